@@ -1,0 +1,240 @@
+//! Opening a backend connection: TCP, StartupMessage, authentication, then the server's
+//! ParameterStatus and BackendKeyData up to the first ReadyForQuery.
+
+use super::conn::{BackendConn, BackendKey, BackendState};
+use super::BackendError;
+use crate::protocol::error::BackendError as ServerError;
+use crate::protocol::{backend_msg, frontend_msg, startup, tag, TransactionStatus};
+use bytes::{Buf, BytesMut};
+use md5::{Digest, Md5};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// What tidepool can prove to PostgreSQL about a user.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BackendSecret {
+    None,
+    Plain(String),
+    /// `md5` + hex(md5(password + user)): enough for md5 authentication, not for SCRAM.
+    Md5Hash(String),
+}
+
+impl std::fmt::Debug for BackendSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendSecret::None => "None",
+            BackendSecret::Plain(_) => "Plain(<hidden>)",
+            BackendSecret::Md5Hash(_) => "Md5Hash(<hidden>)",
+        })
+    }
+}
+
+/// Who tidepool logs in as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendLogin {
+    pub user: String,
+    pub database: String,
+    pub secret: BackendSecret,
+}
+
+/// Connects to `addr` and logs in, sending `params` (beyond user and database) in the startup
+/// packet. The whole exchange is bounded by `timeout`.
+pub async fn connect(
+    addr: &Arc<str>,
+    login: &BackendLogin,
+    params: &[(String, String)],
+    startup_signature: u64,
+    id: u64,
+    timeout: Duration,
+) -> Result<BackendConn, BackendError> {
+    match tokio::time::timeout(timeout, connect_inner(addr, login, params, startup_signature, id)).await {
+        Ok(result) => result,
+        Err(_) => Err(BackendError::ConnectTimeout {
+            addr: addr.to_string(),
+        }),
+    }
+}
+
+async fn connect_inner(
+    addr: &Arc<str>,
+    login: &BackendLogin,
+    params: &[(String, String)],
+    startup_signature: u64,
+    id: u64,
+) -> Result<BackendConn, BackendError> {
+    let stream = TcpStream::connect(&**addr)
+        .await
+        .map_err(|source| BackendError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    // Small request/response messages: latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let mut conn = BackendConn::new(stream, addr.clone(), id, startup_signature);
+
+    let mut all: Vec<(&str, &str)> = vec![
+        ("user", login.user.as_str()),
+        ("database", login.database.as_str()),
+    ];
+    all.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut out = BytesMut::with_capacity(256);
+    startup::encode_startup(&all, &mut out);
+    conn.write_all(&out).await?;
+
+    authenticate(&mut conn, login).await?;
+
+    loop {
+        let frame = conn.read_frame().await?;
+        match frame.tag {
+            tag::BACKEND_KEY_DATA => {
+                if let Some((pid, secret)) = backend_msg::parse_backend_key_data(&frame.body) {
+                    conn.key = BackendKey { pid, secret };
+                }
+            }
+            tag::PARAMETER_STATUS => conn.record_parameter(&frame.body),
+            tag::READY_FOR_QUERY => {
+                conn.set_state(BackendState::Ready(TransactionStatus::Idle));
+                return Ok(conn);
+            }
+            tag::ERROR_RESPONSE => return Err(server_error(&conn, &frame)),
+            tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
+            other => return Err(unexpected(&conn, other, "startup")),
+        }
+    }
+}
+
+fn server_error(conn: &BackendConn, frame: &crate::protocol::Frame) -> BackendError {
+    let e = ServerError::parse(frame);
+    BackendError::Server {
+        addr: conn.addr.to_string(),
+        fatal: e.is_fatal(),
+        code: e.code,
+        message: e.message,
+    }
+}
+
+fn unexpected(conn: &BackendConn, tag: u8, phase: &'static str) -> BackendError {
+    BackendError::Unexpected {
+        addr: conn.addr.to_string(),
+        tag: tag as char,
+        phase,
+    }
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn authenticate(conn: &mut BackendConn, login: &BackendLogin) -> Result<(), BackendError> {
+    let mut scram: Option<ScramSha256> = None;
+    let mut out = BytesMut::with_capacity(256);
+    loop {
+        let frame = conn.read_frame().await?;
+        if frame.tag == tag::ERROR_RESPONSE {
+            return Err(server_error(conn, &frame));
+        }
+        if frame.tag != tag::AUTHENTICATION || frame.body.len() < 4 {
+            return Err(unexpected(conn, frame.tag, "authentication"));
+        }
+        let mut body = frame.body.clone();
+        let code = body.get_i32();
+        out.clear();
+        match code {
+            0 => return Ok(()),
+            3 => {
+                let Some(password) = plain_password(login) else {
+                    return Err(no_password(conn, login));
+                };
+                let mut data = password.as_bytes().to_vec();
+                data.push(0);
+                frontend_msg::password(&mut out, &data);
+            }
+            5 => {
+                if body.len() != 4 {
+                    return Err(unexpected(conn, frame.tag, "md5 authentication"));
+                }
+                let salt = [body[0], body[1], body[2], body[3]];
+                let hash = match &login.secret {
+                    BackendSecret::Plain(p) => md5_hex(&[p.as_bytes(), login.user.as_bytes()]),
+                    BackendSecret::Md5Hash(h) => h.trim_start_matches("md5").to_string(),
+                    BackendSecret::None => return Err(no_password(conn, login)),
+                };
+                let response = format!("md5{}", md5_hex(&[hash.as_bytes(), &salt]));
+                let mut data = response.into_bytes();
+                data.push(0);
+                frontend_msg::password(&mut out, &data);
+            }
+            10 => {
+                let offered = body.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                if !offered {
+                    let list = String::from_utf8_lossy(&body).replace('\0', " ");
+                    return Err(BackendError::UnsupportedAuth {
+                        addr: conn.addr.to_string(),
+                        method: format!("SASL ({})", list.trim()),
+                    });
+                }
+                let Some(password) = plain_password(login) else {
+                    return Err(no_password(conn, login));
+                };
+                // Channel binding needs TLS toward the server (a later step); not offered here.
+                let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                frontend_msg::sasl_initial_response(&mut out, SCRAM_SHA_256, client.message());
+                scram = Some(client);
+            }
+            11 | 12 => {
+                let Some(client) = scram.as_mut() else {
+                    return Err(unexpected(conn, frame.tag, "SASL authentication"));
+                };
+                let step = if code == 11 {
+                    client.update(&body)
+                } else {
+                    client.finish(&body)
+                };
+                step.map_err(|source| BackendError::Scram {
+                    addr: conn.addr.to_string(),
+                    source,
+                })?;
+                if code == 12 {
+                    continue;
+                }
+                frontend_msg::sasl_response(&mut out, client.message());
+            }
+            other => {
+                let method = match other {
+                    2 => "Kerberos V5".to_string(),
+                    7 | 8 => "GSSAPI".to_string(),
+                    9 => "SSPI".to_string(),
+                    n => format!("unknown ({n})"),
+                };
+                tracing::error!(node = %conn.addr, %method, "backend demands an unsupported authentication method");
+                return Err(BackendError::UnsupportedAuth {
+                    addr: conn.addr.to_string(),
+                    method,
+                });
+            }
+        }
+        conn.write_all(&out).await?;
+    }
+}
+
+fn plain_password(login: &BackendLogin) -> Option<&str> {
+    match &login.secret {
+        BackendSecret::Plain(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn no_password(conn: &BackendConn, login: &BackendLogin) -> BackendError {
+    BackendError::NoPassword {
+        addr: conn.addr.to_string(),
+        user: login.user.clone(),
+    }
+}
+
+/// Lower-case hex of the MD5 of the concatenated parts.
+fn md5_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Md5::new();
+    for p in parts {
+        hasher.update(p);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,65 @@
+//! Why talking to a PostgreSQL backend failed, and whether the client may be retried elsewhere.
+
+use crate::protocol::FrameError;
+
+/// A failure on a backend connection. `Display` is safe to show to clients (no secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to server {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server {addr}")]
+    ConnectTimeout { addr: String },
+    #[error("server {addr} closed the connection unexpectedly")]
+    Closed { addr: String },
+    #[error("I/O error on server connection {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server {addr} sent an invalid message: {source}")]
+    Protocol {
+        addr: String,
+        #[source]
+        source: FrameError,
+    },
+    #[error("server {addr} sent an unexpected message {tag:?} during {phase}")]
+    Unexpected {
+        addr: String,
+        tag: char,
+        phase: &'static str,
+    },
+    /// PostgreSQL refused the login or a statement tidepool ran; `code`/`message` are its own.
+    #[error("server {addr}: {message} (SQLSTATE {code})")]
+    Server {
+        addr: String,
+        code: String,
+        message: String,
+        fatal: bool,
+    },
+    #[error("server {addr} requested authentication method {method}, which tidepool does not support")]
+    UnsupportedAuth { addr: String, method: String },
+    #[error("server {addr} requested a password but none is configured for user {user:?}")]
+    NoPassword { addr: String, user: String },
+    #[error("SCRAM authentication with server {addr} failed: {source}")]
+    Scram {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BackendError {
+    /// True when no byte of a client's request can have reached PostgreSQL, so the request may
+    /// be retried on another connection.
+    pub fn happened_before_login(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }
+        )
+    }
+}

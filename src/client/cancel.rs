@@ -1,0 +1,123 @@
+//! Cancel requests: each client gets its own key; a CancelRequest carrying it is forwarded to
+//! the backend running that client's query right now, with that backend's real key, and to
+//! nothing otherwise (a late cancel must never hit another client's query).
+
+use crate::backend::BackendKey;
+use crate::protocol::startup::encode_cancel;
+use bytes::BytesMut;
+use rand::RngExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The key a client received in BackendKeyData.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Where a client's query is running, if anywhere.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub addr: Arc<str>,
+    pub key: BackendKey,
+}
+
+/// Shared between a session (which updates it at every checkout and release) and the registry.
+#[derive(Debug, Default)]
+pub struct CancelSlot {
+    target: Mutex<Option<CancelTarget>>,
+}
+
+impl CancelSlot {
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
+    fn get(&self) -> Option<CancelTarget> {
+        self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// All live client keys.
+#[derive(Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<ClientKey, Arc<CancelSlot>>>,
+}
+
+/// Removes the key when the session ends.
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    pub key: ClientKey,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl CancelRegistry {
+    /// Registers a new client. `pid` is the real backend pid in session mode (so that
+    /// `pg_backend_pid()` matches); otherwise a random one is drawn. The secret is always ours,
+    /// drawn from the OS CSPRNG.
+    pub fn register(self: &Arc<Self>, pid: Option<i32>) -> Registration {
+        let mut rng = rand::rng();
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let key = loop {
+            let key = ClientKey {
+                pid: pid.unwrap_or_else(|| rng.random_range(1..i32::MAX)),
+                secret: rng.random(),
+            };
+            if !clients.contains_key(&key) {
+                break key;
+            }
+        };
+        let slot = Arc::new(CancelSlot::default());
+        clients.insert(key, slot.clone());
+        Registration {
+            registry: self.clone(),
+            key,
+            slot,
+        }
+    }
+
+    /// Forwards a cancel for `key` to the backend now serving that client. Unknown keys and idle
+    /// clients are ignored, as PostgreSQL ignores bad cancel keys.
+    pub async fn cancel(&self, key: ClientKey) {
+        let slot = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let Some(target) = slot.and_then(|s| s.get()) else {
+            tracing::debug!(pid = key.pid, "cancel request for no running query; ignored");
+            return;
+        };
+        if let Err(e) = send_cancel(&target).await {
+            tracing::warn!(node = %target.addr, error = %e, "forwarding cancel request failed");
+        }
+    }
+}
+
+async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        TcpStream::connect(&*target.addr),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let mut out = BytesMut::with_capacity(16);
+    encode_cancel(target.key.pid, target.key.secret, &mut out);
+    stream.write_all(&out).await?;
+    stream.shutdown().await?;
+    Ok(())
+}

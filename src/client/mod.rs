@@ -1,0 +1,13 @@
+//! The application side: accepting connections, startup, authentication, and each client's
+//! session with the relay to its backend.
+
+pub mod auth;
+pub mod cancel;
+pub mod conn;
+pub mod listener;
+pub mod params;
+pub mod relay;
+pub mod session;
+pub mod startup;
+
+pub use listener::ClientCounter;

@@ -1,0 +1,312 @@
+//! Pumps frames between a client and its backend until something needs the session's attention.
+//!
+//! One future drives both sockets in both directions (like `copy_bidirectional`), so a slow
+//! reader on one side never blocks the other direction, and each side's pending output is written
+//! with one syscall for all the frames that are ready. Frames pass as raw bytes: only headers are
+//! read, plus the bodies of ReadyForQuery, ParameterStatus and ErrorResponse from the server.
+//! Rows and COPY data of any size stream through with bounded buffers. All state lives in the
+//! structs passed in, so the future can be dropped (by `select!`) at any point without loss.
+
+use crate::backend::{record_parameter, BackendConn, BackendError, BackendState};
+use crate::protocol::error::BackendError as ServerError;
+use crate::protocol::frame::peek_header;
+use crate::protocol::{tag, FrameError, TransactionStatus};
+use bytes::{Buf, BytesMut};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_util::io::{poll_read_buf, poll_write_buf};
+
+use super::conn::{ClientConn, ClientIoError};
+
+/// Stop reading a side while this much output for the other side is waiting to be written.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read at least this much space at a time.
+const READ_RESERVE: usize = 16 * 1024;
+/// Server frames are streamed; this only bounds the length field we accept as sane.
+const SERVER_FRAME_LIMIT: u32 = 1 << 30;
+
+/// Where the current request/response exchange stands. Lives in the session, not the future.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Sync, Query and FunctionCall messages forwarded whose ReadyForQuery has not come back.
+    pub pending: u32,
+    /// Extended-protocol messages forwarded since the last Sync (the batch is open).
+    pub unsynced: bool,
+    /// Status of the last ReadyForQuery.
+    pub status: TransactionStatus,
+    /// Bytes of a server frame still to be streamed to the client.
+    passthrough: usize,
+    /// The quiet state was already reported to the session; cleared by client activity.
+    quiet_reported: bool,
+    /// Parameters the server reported during the exchange (the client changed them).
+    pub reported: Vec<(String, String)>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            pending: 0,
+            unsynced: false,
+            status: TransactionStatus::Idle,
+            passthrough: 0,
+            quiet_reported: false,
+            reported: Vec::new(),
+        }
+    }
+}
+
+impl Exchange {
+    /// True when every request was answered and no batch is open.
+    pub fn is_quiet(&self) -> bool {
+        self.pending == 0 && !self.unsynced && self.passthrough == 0
+    }
+
+    /// Marks the current quiet state as already seen by the session.
+    pub fn mark_quiet_reported(&mut self) {
+        self.quiet_reported = true;
+    }
+}
+
+/// Why the relay stopped.
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// All requests answered and the server is idle, outside a transaction.
+    Idle,
+    /// All requests answered, but inside a (possibly failed) transaction.
+    IdleInTransaction,
+    /// The client sent Terminate.
+    ClientTerminated,
+    ClientFailed(ClientIoError),
+    BackendFailed(BackendError),
+    /// The server sent a FATAL error (the frame, not yet forwarded) and is closing.
+    BackendFatal(bytes::Bytes),
+}
+
+/// Runs until an event; cancel-safe.
+pub async fn relay(client: &mut ClientConn, backend: &mut BackendConn, ex: &mut Exchange) -> RelayEvent {
+    poll_fn(|cx| poll_relay(cx, client, backend, ex)).await
+}
+
+fn poll_relay(
+    cx: &mut Context<'_>,
+    client: &mut ClientConn,
+    backend: &mut BackendConn,
+    ex: &mut Exchange,
+) -> Poll<RelayEvent> {
+    loop {
+        let mut progress = false;
+
+        // Client-bound bytes first: they free the server to send more.
+        if !client.wbuf.is_empty() {
+            match poll_write_buf(Pin::new(&mut client.stream), cx, &mut client.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
+                Poll::Pending => {}
+            }
+        }
+        if !backend.wbuf.is_empty() {
+            match poll_write_buf(Pin::new(&mut backend.stream), cx, &mut backend.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::BackendFailed(closed(backend))),
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::BackendFailed(io(backend, e))),
+                Poll::Pending => {}
+            }
+        }
+
+        if client.wbuf.len() < HIGH_WATER {
+            if backend.rbuf.capacity() - backend.rbuf.len() < READ_RESERVE / 4 {
+                backend.rbuf.reserve(READ_RESERVE);
+            }
+            match poll_read_buf(Pin::new(&mut backend.stream), cx, &mut backend.rbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::BackendFailed(closed(backend))),
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    if let Some(event) = scan_server(backend, client, ex) {
+                        return Poll::Ready(event);
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::BackendFailed(io(backend, e))),
+                Poll::Pending => {}
+            }
+        }
+
+        if backend.wbuf.len() < HIGH_WATER {
+            // Frames may already be buffered (read before the backend was attached).
+            let before = backend.wbuf.len();
+            let scanned = scan_client(client, backend, ex);
+            progress |= backend.wbuf.len() != before;
+            match scanned {
+                Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
+                Ok(false) => {}
+                Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
+            }
+            if client.rbuf.capacity() - client.rbuf.len() < READ_RESERVE / 4 {
+                client.rbuf.reserve(READ_RESERVE);
+            }
+            match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    match scan_client(client, backend, ex) {
+                        Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
+                        Ok(false) => {}
+                        Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
+                Poll::Pending => {}
+            }
+        }
+
+        if ex.is_quiet() && backend.wbuf.is_empty() && !ex.quiet_reported {
+            ex.quiet_reported = true;
+            return Poll::Ready(match ex.status {
+                TransactionStatus::Idle => RelayEvent::Idle,
+                _ => RelayEvent::IdleInTransaction,
+            });
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    }
+}
+
+fn closed(backend: &BackendConn) -> BackendError {
+    BackendError::Closed {
+        addr: backend.addr.to_string(),
+    }
+}
+
+fn io(backend: &BackendConn, source: std::io::Error) -> BackendError {
+    BackendError::Io {
+        addr: backend.addr.to_string(),
+        source,
+    }
+}
+
+/// Moves every whole client frame to the server's output, counting requests. Returns true on
+/// Terminate (not forwarded: the server connection outlives the client).
+fn scan_client(
+    client: &mut ClientConn,
+    backend: &mut BackendConn,
+    ex: &mut Exchange,
+) -> Result<bool, FrameError> {
+    let limit = client.decoder.max_len();
+    let buf = &client.rbuf[..];
+    let mut pos = 0;
+    let mut terminated = false;
+    while let Some((tag, total)) = peek_header(&buf[pos..], limit)? {
+        if buf.len() - pos < total {
+            break;
+        }
+        match tag {
+            tag::TERMINATE => {
+                terminated = true;
+                break;
+            }
+            tag::SYNC => {
+                ex.pending += 1;
+                ex.unsynced = false;
+            }
+            tag::QUERY | tag::FUNCTION_CALL => ex.pending += 1,
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
+                ex.unsynced = true
+            }
+            _ => {}
+        }
+        pos += total;
+    }
+    if pos > 0 {
+        backend.wbuf.extend_from_slice(&buf[..pos]);
+        client.rbuf.advance(pos);
+        ex.quiet_reported = false;
+        backend.set_state(BackendState::Busy);
+    }
+    if terminated {
+        client.rbuf.clear();
+    } else if let Ok(Some((_, total))) = peek_header(&client.rbuf, limit) {
+        // Make room for the whole next frame so one read can complete it.
+        client.rbuf.reserve(total.saturating_sub(client.rbuf.len()));
+    }
+    Ok(terminated)
+}
+
+/// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and
+/// ErrorResponse frames.
+fn scan_server(backend: &mut BackendConn, client: &mut ClientConn, ex: &mut Exchange) -> Option<RelayEvent> {
+    let buf = &backend.rbuf[..];
+    let mut pos = 0;
+    let mut event = None;
+    if ex.passthrough > 0 {
+        let n = ex.passthrough.min(buf.len());
+        pos = n;
+        ex.passthrough -= n;
+    }
+    while ex.passthrough == 0 {
+        let (tag, total) = match peek_header(&buf[pos..], SERVER_FRAME_LIMIT) {
+            Ok(Some(header)) => header,
+            Ok(None) => break,
+            Err(source) => {
+                event = Some(RelayEvent::BackendFailed(BackendError::Protocol {
+                    addr: backend.addr.to_string(),
+                    source,
+                }));
+                break;
+            }
+        };
+        let watched = matches!(
+            tag,
+            tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE
+        );
+        if !watched {
+            let n = total.min(buf.len() - pos);
+            pos += n;
+            ex.passthrough = total - n;
+            continue;
+        }
+        if buf.len() - pos < total {
+            break;
+        }
+        let body = &buf[pos + 5..pos + total];
+        match tag {
+            tag::READY_FOR_QUERY => {
+                ex.pending = ex.pending.saturating_sub(1);
+                match body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
+                    Some(status) => {
+                        ex.status = status;
+                        if ex.pending == 0 && backend.state != BackendState::Broken {
+                            backend.state = BackendState::Ready(status);
+                        }
+                    }
+                    None => backend.state = BackendState::Broken,
+                }
+            }
+            tag::PARAMETER_STATUS => {
+                if let Some((name, value)) = record_parameter(&mut backend.reported, body) {
+                    ex.reported.push((name.to_string(), value.to_string()));
+                }
+            }
+            _ => {
+                let frame = crate::protocol::Frame {
+                    tag,
+                    body: bytes::Bytes::copy_from_slice(body),
+                };
+                if ServerError::parse(&frame).is_fatal() {
+                    // Forward what came before; the session decides what the client sees.
+                    client.wbuf.extend_from_slice(&buf[..pos]);
+                    backend.rbuf.advance(pos + total);
+                    backend.state = BackendState::Broken;
+                    let mut whole = BytesMut::with_capacity(total);
+                    frame.write_to(&mut whole);
+                    return Some(RelayEvent::BackendFatal(whole.freeze()));
+                }
+            }
+        }
+        pos += total;
+    }
+    client.wbuf.extend_from_slice(&buf[..pos]);
+    backend.rbuf.advance(pos);
+    event
+}

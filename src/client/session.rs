@@ -1,0 +1,525 @@
+//! One client's life after startup: authentication, the welcome, then requests served over
+//! backends checked out per transaction (transaction mode) or once (session mode).
+
+use super::auth::{self, AuthError};
+use super::cancel::{CancelTarget, Registration};
+use super::conn::{ClientConn, ClientIoError};
+use super::params::{follow_reported, settings_diff_sql, ClientParams};
+use super::relay::{relay, Exchange, RelayEvent};
+use super::startup::{negotiate, Opening, StartupFailure};
+use crate::app::Shared;
+use crate::backend::{BackendConn, BackendError};
+use crate::config::PoolMode;
+use crate::pool::{Pool, PoolError, StartupWish};
+use crate::protocol::error::BackendError as ServerError;
+use crate::protocol::{backend_msg, tag, ErrorFields, Severity, SqlState, TransactionStatus};
+use bytes::{Buf, Bytes};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+/// Why a client connection ended; logged with every disconnection.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    #[error("client sent Terminate")]
+    Terminated,
+    #[error("{0}")]
+    ClientIo(#[from] ClientIoError),
+    #[error("startup failed: {0}")]
+    Startup(#[from] StartupFailure),
+    #[error("login timed out")]
+    LoginTimeout,
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("client_idle_timeout")]
+    IdleTimeout,
+    #[error("idle_transaction_timeout")]
+    IdleInTransactionTimeout,
+    #[error("server connection lost: {0}")]
+    BackendLost(String),
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error("cancel request")]
+    CancelRequest,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Serves one accepted connection to the end.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let over_limit = !shared
+        .clients
+        .try_enter(shared.snapshot().config.proxy.max_client_conn);
+    let reason = serve_inner(&shared, stream, peer, over_limit).await;
+    if !over_limit {
+        shared.clients.leave();
+    }
+    match &reason {
+        CloseReason::CancelRequest => {}
+        CloseReason::Terminated => tracing::debug!(%peer, "client disconnected: {reason}"),
+        _ => tracing::info!(%peer, "client disconnected: {reason}"),
+    }
+}
+
+async fn serve_inner(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    over_limit: bool,
+) -> CloseReason {
+    let snapshot = shared.snapshot();
+    let proxy = &snapshot.config.proxy;
+    let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
+    let login_deadline = Instant::now() + proxy.client_login_timeout.0;
+
+    let params = match tokio::time::timeout_at(login_deadline, negotiate(&mut client)).await {
+        Err(_) => return CloseReason::LoginTimeout,
+        Ok(Err(e)) => return e.into(),
+        Ok(Ok(Opening::Cancel(key))) => {
+            shared.cancels.cancel(key).await;
+            return CloseReason::CancelRequest;
+        }
+        Ok(Ok(Opening::Login(params))) => params,
+    };
+    if over_limit {
+        client
+            .send_fatal(ErrorFields::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            ))
+            .await;
+        return CloseReason::Refused("max_client_conn reached".into());
+    }
+
+    let user = snapshot.users.lookup(&params.user);
+    let auth = auth::authenticate(&mut client, &params.user, user.as_deref(), &snapshot.users);
+    match tokio::time::timeout_at(login_deadline, auth).await {
+        Err(_) => {
+            client
+                .send_fatal(ErrorFields::fatal(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    "canceling authentication due to timeout",
+                ))
+                .await;
+            return CloseReason::LoginTimeout;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, user = %params.user, database = %params.database, "login failed: {e}");
+            if let Some(error) = e.client_error(&params.user) {
+                client.send_fatal(error).await;
+            }
+            return e.into();
+        }
+        Ok(Ok(())) => {}
+    }
+    let Some(user) = user else {
+        // authenticate() fails for unknown users; this is unreachable in practice.
+        return CloseReason::Refused("unknown user".into());
+    };
+
+    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user.config) else {
+        let message = format!("database \"{}\" does not exist", params.database);
+        client
+            .send_fatal(ErrorFields::fatal(
+                SqlState::INVALID_CATALOG_NAME,
+                message.clone(),
+            ))
+            .await;
+        return CloseReason::Refused(message);
+    };
+    let mode = pool.settings().mode;
+    let mut session = Session {
+        shared: shared.clone(),
+        client,
+        pool,
+        mode,
+        params,
+        exchange: Exchange::default(),
+        backend: None,
+        pending_error: None,
+        discard_until_sync: false,
+    };
+    let reason = session.run().await;
+    session.finish().await;
+    reason
+}
+
+/// A logged-in client.
+struct Session {
+    shared: Arc<Shared>,
+    client: ClientConn,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    params: ClientParams,
+    exchange: Exchange,
+    /// The backend serving the client now, if any.
+    backend: Option<BackendConn>,
+    /// An error owed to the client's next request (its server died while it idled in a
+    /// transaction).
+    pending_error: Option<ErrorFields>,
+    /// After an error in an extended-protocol batch, drop client messages until Sync.
+    discard_until_sync: bool,
+}
+
+impl Session {
+    async fn run(&mut self) -> CloseReason {
+        if let Err(reason) = self.attach(true).await {
+            return reason;
+        }
+        let registration = self.welcome();
+        if self.mode == PoolMode::Transaction {
+            // Login needed a backend only to learn and apply the client's settings.
+            let backend = self.backend.take().expect("attached at login");
+            self.pool.release(backend);
+        }
+        let reason = self.serve_requests(&registration).await;
+        registration.slot.set(None);
+        reason
+    }
+
+    /// Gets a backend for the client: session mode once at login, transaction mode per
+    /// transaction. On login, errors are FATAL (as PostgreSQL's would be at startup).
+    async fn attach(&mut self, login: bool) -> Result<(), CloseReason> {
+        let wish = match self.mode {
+            PoolMode::Session => StartupWish {
+                want: Some(self.params.signature()),
+                params: &self.params.settings,
+            },
+            PoolMode::Transaction => StartupWish {
+                want: None,
+                params: &[],
+            },
+        };
+        let mut backend = match self.pool.checkout(wish).await {
+            Ok(b) => b,
+            Err(PoolError::WaitTimeout) => {
+                let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
+                    .with_detail("No server connection became available within query_wait_timeout.");
+                self.client.send_fatal(error).await;
+                return Err(CloseReason::WaitTimeout);
+            }
+            Err(PoolError::Backend(e)) => {
+                self.client
+                    .send_fatal(backend_error_for_client(&e, Severity::Fatal))
+                    .await;
+                return Err(CloseReason::BackendLost(e.to_string()));
+            }
+        };
+        if self.mode == PoolMode::Transaction {
+            if let Some(sql) = settings_diff_sql(&backend.applied, &self.params.settings) {
+                let outcome = backend.run_simple(&sql).await;
+                match outcome {
+                    Ok(o) if o.error.is_none() => backend.applied = self.params.settings.clone(),
+                    Ok(o) => {
+                        // A value the server refuses: PostgreSQL would refuse the login.
+                        let e = o.parsed_error().unwrap_or_default();
+                        self.pool.release(backend);
+                        let mut error = ErrorFields::fatal(SqlState::new("22023"), e.message.clone());
+                        if let Some(code) = SqlState::parse(&e.code) {
+                            error.code = code;
+                        }
+                        if !login {
+                            error.severity = Severity::Error;
+                        }
+                        self.client.send_fatal(error).await;
+                        return Err(CloseReason::Refused(e.message));
+                    }
+                    Err(e) => {
+                        self.pool.discard(backend);
+                        self.client
+                            .send_fatal(backend_error_for_client(&e, Severity::Fatal))
+                            .await;
+                        return Err(CloseReason::BackendLost(e.to_string()));
+                    }
+                }
+            }
+        }
+        self.exchange = Exchange::default();
+        self.backend = Some(backend);
+        Ok(())
+    }
+
+    /// AuthenticationOk was sent by auth; now ParameterStatus, BackendKeyData, ReadyForQuery.
+    fn welcome(&mut self) -> Registration {
+        let backend = self.backend.as_ref().expect("attached at login");
+        for (name, value) in &backend.reported {
+            backend_msg::parameter_status(&mut self.client.wbuf, name, value);
+        }
+        let real_pid = (self.mode == PoolMode::Session).then_some(backend.key.pid);
+        let registration = self.shared.cancels.register(real_pid);
+        backend_msg::backend_key_data(
+            &mut self.client.wbuf,
+            registration.key.pid,
+            registration.key.secret,
+        );
+        backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
+        self.exchange.mark_quiet_reported();
+        registration
+    }
+
+    async fn serve_requests(&mut self, registration: &Registration) -> CloseReason {
+        let shared = self.shared.clone();
+        loop {
+            if self.backend.is_none() {
+                if let Err(reason) = self.wait_for_request().await {
+                    return reason;
+                }
+                if let Err(reason) = self.attach(false).await {
+                    return reason;
+                }
+            }
+            let idle_deadline = match self.exchange.status {
+                _ if !self.exchange.is_quiet() => None,
+                TransactionStatus::Idle => self.idle_timeout(),
+                _ => shared.snapshot().config.proxy.idle_transaction_timeout.non_zero(),
+            }
+            .map(|t| Instant::now() + t);
+            let backend = self.backend.as_mut().expect("attached above");
+            registration.slot.set(Some(CancelTarget {
+                addr: backend.addr.clone(),
+                key: backend.key,
+            }));
+            let event = tokio::select! {
+                event = relay(&mut self.client, backend, &mut self.exchange) => event,
+                _ = sleep_or_never(idle_deadline) => {
+                    return self.idle_timeout_hit().await;
+                }
+                _ = shared.shutdown.wait(), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
+                    self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
+                    return CloseReason::Shutdown;
+                }
+            };
+            match event {
+                RelayEvent::Idle => {
+                    self.follow_settings();
+                    if self.mode == PoolMode::Transaction {
+                        registration.slot.set(None);
+                        let backend = self.backend.take().expect("attached");
+                        self.pool.release(backend);
+                    }
+                }
+                RelayEvent::IdleInTransaction => self.follow_settings(),
+                RelayEvent::ClientTerminated => return CloseReason::Terminated,
+                RelayEvent::ClientFailed(e) => return CloseReason::ClientIo(e),
+                RelayEvent::BackendFailed(e) => {
+                    registration.slot.set(None);
+                    if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                        return reason;
+                    }
+                }
+                RelayEvent::BackendFatal(frame) => {
+                    registration.slot.set(None);
+                    let message = ServerError::parse(&crate::protocol::Frame {
+                        tag: frame[0],
+                        body: frame.slice(5..),
+                    })
+                    .message;
+                    if let Some(reason) = self.backend_lost(Some(frame), message).await {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        self.shared.snapshot().config.proxy.client_idle_timeout.non_zero()
+    }
+
+    /// Settings the client changed during the exchange follow it to its next backend.
+    fn follow_settings(&mut self) {
+        if self.exchange.reported.is_empty() {
+            return;
+        }
+        let reported = std::mem::take(&mut self.exchange.reported);
+        follow_reported(&mut self.params.settings, &reported);
+        if let Some(backend) = self.backend.as_mut() {
+            follow_reported(&mut backend.applied, &reported);
+        }
+    }
+
+    /// Transaction mode between transactions: flush, wait for the client's next request, and
+    /// answer locally what needs no server (an owed error, Flush, Terminate).
+    async fn wait_for_request(&mut self) -> Result<(), CloseReason> {
+        loop {
+            self.client.flush().await?;
+            if self.client.rbuf.is_empty() {
+                let deadline = self.idle_timeout().map(|t| Instant::now() + t);
+                let shared = self.shared.clone();
+                tokio::select! {
+                    ready = self.client.wait_readable() => ready?,
+                    _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
+                    _ = shared.shutdown.wait() => {
+                        self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
+                        return Err(CloseReason::Shutdown);
+                    }
+                }
+                self.client.fill().await?;
+            }
+            let frame =
+                match crate::protocol::frame::peek_header(&self.client.rbuf, self.client.decoder.max_len()) {
+                    Ok(Some((tag, total))) if self.client.rbuf.len() >= total => (tag, total),
+                    Ok(_) => {
+                        self.client.fill().await?;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.client
+                            .send_fatal(ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
+                            .await;
+                        return Err(ClientIoError::Frame(e).into());
+                    }
+                };
+            let (tag, total) = frame;
+            if tag == tag::TERMINATE {
+                return Err(CloseReason::Terminated);
+            }
+            if let Some(error) = self.pending_error.take() {
+                self.client.queue_error(&error);
+                if matches!(tag, tag::QUERY | tag::FUNCTION_CALL | tag::SYNC) {
+                    self.client.rbuf.advance(total);
+                    backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
+                } else {
+                    self.discard_until_sync = true;
+                }
+                continue;
+            }
+            if self.discard_until_sync {
+                self.client.rbuf.advance(total);
+                if tag == tag::SYNC {
+                    self.discard_until_sync = false;
+                    backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
+                }
+                continue;
+            }
+            if tag == tag::FLUSH {
+                // Nothing is pending, so there is nothing to flush.
+                self.client.rbuf.advance(total);
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    async fn idle_timeout_hit(&mut self) -> CloseReason {
+        let in_transaction = self.backend.is_some() && self.exchange.status != TransactionStatus::Idle;
+        let (code, message, reason) = if in_transaction {
+            (
+                SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+                "terminating connection due to idle-in-transaction timeout",
+                CloseReason::IdleInTransactionTimeout,
+            )
+        } else {
+            (
+                SqlState::IDLE_SESSION_TIMEOUT,
+                "terminating connection due to idle-session timeout",
+                CloseReason::IdleTimeout,
+            )
+        };
+        self.client.send_fatal(ErrorFields::fatal(code, message)).await;
+        reason
+    }
+
+    /// The backend died or sent FATAL. Returns a reason when the client must go too.
+    async fn backend_lost(&mut self, fatal_frame: Option<Bytes>, message: String) -> Option<CloseReason> {
+        let backend = self.backend.take().expect("attached");
+        tracing::warn!(pool = %self.pool.key, backend = backend.id, "server connection lost: {message}");
+        self.pool.discard(backend);
+        let ex = std::mem::take(&mut self.exchange);
+        if self.mode == PoolMode::Session {
+            match fatal_frame {
+                Some(frame) => self.client.wbuf.extend_from_slice(&frame),
+                None => self.client.queue_error(&ErrorFields::fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    "server closed the connection unexpectedly",
+                )),
+            }
+            let _ = self.client.flush().await;
+            return Some(CloseReason::BackendLost(message));
+        }
+        // Transaction mode: the client keeps its connection and learns its transaction is gone.
+        let error = match &fatal_frame {
+            Some(frame) => {
+                let e = ServerError::parse(&crate::protocol::Frame {
+                    tag: frame[0],
+                    body: frame.slice(5..),
+                });
+                let mut fields = ErrorFields::error(
+                    SqlState::parse(&e.code).unwrap_or(SqlState::CONNECTION_FAILURE),
+                    e.message,
+                );
+                fields.detail =
+                    Some("The server connection was lost; any open transaction was rolled back.".into());
+                fields
+            }
+            None => ErrorFields::error(
+                SqlState::CONNECTION_FAILURE,
+                "server closed the connection unexpectedly",
+            )
+            .with_detail("The server connection was lost; any open transaction was rolled back."),
+        };
+        if ex.pending > 0 || ex.unsynced {
+            self.client.queue_error(&error);
+            for _ in 0..ex.pending {
+                backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
+            }
+            self.discard_until_sync = ex.unsynced;
+        } else {
+            self.pending_error = Some(error);
+        }
+        None
+    }
+
+    /// Returns or closes the backend when the client leaves.
+    async fn finish(&mut self) {
+        let Some(mut backend) = self.backend.take() else {
+            return;
+        };
+        let quiet = self.exchange.is_quiet() && backend.wbuf.is_empty();
+        if !quiet {
+            // A request is still running: the connection's state is unknown.
+            self.pool.discard(backend);
+            return;
+        }
+        let settings = self.pool.settings();
+        let cleanup = async {
+            if self.exchange.status != TransactionStatus::Idle {
+                backend.run_simple("ROLLBACK").await?;
+            }
+            if self.mode == PoolMode::Session {
+                backend.reset(&settings.reset_query).await?;
+            }
+            Ok::<(), BackendError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), cleanup).await {
+            Ok(Ok(())) => self.pool.release(backend),
+            _ => self.pool.discard(backend),
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a client sees when tidepool could not get it a working backend.
+fn backend_error_for_client(e: &BackendError, severity: Severity) -> ErrorFields {
+    let mut fields = match e {
+        BackendError::Server { code, message, .. } => ErrorFields::error(
+            SqlState::parse(code).unwrap_or(SqlState::CONNECTION_FAILURE),
+            message.clone(),
+        ),
+        other => ErrorFields::error(SqlState::CONNECTION_FAILURE, other.to_string()),
+    };
+    fields.severity = severity;
+    fields
+}

@@ -1,0 +1,270 @@
+//! Configuration: the TOML schema, defaults, validation, and the immutable snapshot shared by tasks.
+//!
+//! A `Config` is parsed and validated as a whole and then never mutated: reload builds a new one
+//! and swaps it in atomically (see `app.rs`). Every key is documented in `pool.toml.example`.
+
+mod units;
+mod validate;
+
+pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
+pub use validate::ConfigError;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub pool: PoolConfig,
+    pub nodes: Vec<NodeConfig>,
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    pub users: Vec<UserConfig>,
+}
+
+/// How long a client keeps its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A backend for the client's whole connection.
+    Session,
+    /// A backend per transaction; returned at ReadyForQuery with status idle.
+    #[default]
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+/// `[proxy]`: the client-facing side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address to accept clients on. Not reloadable.
+    pub listen: SocketAddr,
+    /// Default pool mode for databases that do not set their own.
+    pub pool_mode: PoolMode,
+    /// Client connections allowed at once; the next one gets 53300.
+    pub max_client_conn: usize,
+    /// A client must finish startup and authentication within this time.
+    pub client_login_timeout: ConfigDuration,
+    /// Close a client idle (outside a transaction) this long; 0 = off.
+    pub client_idle_timeout: ConfigDuration,
+    /// Close a client idle inside a transaction this long; 0 = off.
+    pub idle_transaction_timeout: ConfigDuration,
+    /// Largest message a client may send (the length field of any frame).
+    pub max_message_size: ByteSize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".parse().expect("valid literal"),
+            pool_mode: PoolMode::Transaction,
+            max_client_conn: 10_000,
+            client_login_timeout: ConfigDuration::secs(60),
+            client_idle_timeout: ConfigDuration::secs(0),
+            idle_transaction_timeout: ConfigDuration::secs(0),
+            max_message_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+/// `[pool]`: backend connection pools, one per (database, user).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Backend connections per pool.
+    pub default_pool_size: usize,
+    /// Connections kept open even when idle.
+    pub min_pool_size: usize,
+    /// Extra connections allowed once a client waited `reserve_pool_timeout`.
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: ConfigDuration,
+    /// A client waiting longer than this for a backend gets an error; 0 = wait forever.
+    pub query_wait_timeout: ConfigDuration,
+    /// Time allowed to connect and log in to PostgreSQL.
+    pub server_connect_timeout: ConfigDuration,
+    /// Close backends idle longer than this; 0 = never.
+    pub server_idle_timeout: ConfigDuration,
+    /// Close backends older than this at their next release; 0 = never.
+    pub server_lifetime: ConfigDuration,
+    /// Run on a backend released by a session-mode client; empty = none.
+    pub server_reset_query: String,
+    /// Run on a backend idle longer than `server_check_delay` before handing it out; empty = none.
+    pub server_check_query: String,
+    pub server_check_delay: ConfigDuration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: ConfigDuration::secs(5),
+            query_wait_timeout: ConfigDuration::secs(120),
+            server_connect_timeout: ConfigDuration::secs(15),
+            server_idle_timeout: ConfigDuration::secs(600),
+            server_lifetime: ConfigDuration::secs(3600),
+            server_reset_query: "DISCARD ALL".into(),
+            server_check_query: "SELECT 1".into(),
+            server_check_delay: ConfigDuration::secs(30),
+        }
+    }
+}
+
+/// `[[nodes]]`: one PostgreSQL server.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+impl NodeConfig {
+    /// `host:port` as used to connect and in logs.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[databases.NAME]`: a database clients may connect to.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Database name on the backend (default: the table key).
+    pub dbname: Option<String>,
+    /// Overrides `proxy.pool_mode`.
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides `pool.default_pool_size`.
+    pub pool_size: Option<usize>,
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    /// Cleartext password.
+    #[serde(rename = "password")]
+    Password,
+    /// No check at all: only where configured explicitly.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Password => "password",
+            AuthMethod::Trust => "trust",
+        }
+    }
+}
+
+/// `[[users]]`: a login clients may use.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plaintext, `md5…` hash, or `SCRAM-SHA-256$…` verifier.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Overrides the default method (scram-sha-256).
+    #[serde(default)]
+    pub auth_method: Option<AuthMethod>,
+    /// Login used toward PostgreSQL (default: `name`).
+    #[serde(default)]
+    pub backend_user: Option<String>,
+    /// Password used toward PostgreSQL (default: `password` when it is usable).
+    #[serde(default)]
+    pub backend_password: Option<String>,
+    /// Overrides the pool size for this user's pools.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    // Secrets never reach logs, not even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("auth_method", &self.auth_method)
+            .field("backend_user", &self.backend_user)
+            .field(
+                "backend_password",
+                &self.backend_password.as_ref().map(|_| "<hidden>"),
+            )
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl UserConfig {
+    /// The method this user authenticates with.
+    pub fn method(&self) -> AuthMethod {
+        self.auth_method.unwrap_or(AuthMethod::ScramSha256)
+    }
+}
+
+impl Config {
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(ConfigError::from_toml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Pool mode for a database (its own, else the proxy default).
+    pub fn pool_mode_for(&self, database: &str) -> PoolMode {
+        self.databases
+            .get(database)
+            .and_then(|db| db.pool_mode)
+            .unwrap_or(self.proxy.pool_mode)
+    }
+
+    /// Pool size for a (database, user) pair: the user's override, the database's, else default.
+    pub fn pool_size_for(&self, database: &str, user: &UserConfig) -> usize {
+        user.pool_size
+            .or_else(|| self.databases.get(database).and_then(|db| db.pool_size))
+            .unwrap_or(self.pool.default_pool_size)
+    }
+
+    /// The configured user with this name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}

@@ -1,0 +1,17 @@
+//! tidepool: a PostgreSQL connection pooler and read/write load-balancing proxy.
+//!
+//! Data flow (see docs/ARCHITECTURE.md): `client::listener` accepts → `client::startup` reads
+//! the startup packet → `client::auth` checks the password → `client::session` serves queries,
+//! checking a backend out of `pool` per transaction (or per session) and relaying frames with
+//! `client::relay`; `backend` owns each PostgreSQL connection.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod backend;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod pool;
+pub mod protocol;
+pub mod shutdown;

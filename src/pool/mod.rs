@@ -1,0 +1,334 @@
+//! Backend connection pools, one per (database, user, node).
+//!
+//! Design: each `Pool` keeps its bookkeeping in a `PoolCore` under a plain mutex that is never held
+//! across an `.await`; all I/O (connect, check, close) happens outside the lock. A client that
+//! finds the pool exhausted parks on a oneshot in the core's FIFO; whoever releases a connection
+//! hands it straight to the first waiter, so no task polls and nobody is woken for nothing. One
+//! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
+
+mod core;
+mod registry;
+
+pub use self::core::{Limits, Pooled, Want};
+pub use registry::{PoolKey, Pools};
+
+use self::core::{Acquire, Grant, PoolCore, Released};
+use crate::backend::{self, BackendConn, BackendError, BackendLogin};
+use crate::config::PoolMode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+impl Pooled for BackendConn {
+    fn signature(&self) -> u64 {
+        self.startup_signature
+    }
+    fn created(&self) -> Instant {
+        self.created
+    }
+}
+
+/// Everything a pool needs to open and look after its connections; rebuilt on reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub addr: Arc<str>,
+    pub login: BackendLogin,
+    pub mode: PoolMode,
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+    pub query_wait_timeout: Option<Duration>,
+    pub reserve_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub lifetime: Option<Duration>,
+    pub reset_query: String,
+    pub check_query: String,
+    pub check_delay: Duration,
+}
+
+/// Why a checkout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Counters read by the admin console and metrics; updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub waiting_clients: AtomicUsize,
+    pub checkouts: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+}
+
+/// One pool of backend connections to one node for one (database, user).
+pub struct Pool {
+    pub key: PoolKey,
+    settings: arc_swap::ArcSwap<PoolSettings>,
+    core: Mutex<PoolCore<BackendConn>>,
+    conn_ids: Arc<AtomicU64>,
+    pub stats: PoolStats,
+}
+
+/// Parameters a client wants its connection opened with (session mode) and their signature.
+#[derive(Debug, Clone, Copy)]
+pub struct StartupWish<'a> {
+    pub want: Want,
+    pub params: &'a [(String, String)],
+}
+
+/// Gives back the pool slot of a connection that never came to be, even if the future is dropped.
+struct SlotGuard<'a> {
+    pool: &'a Pool,
+    armed: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.lock().forget();
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(key: PoolKey, settings: PoolSettings, conn_ids: Arc<AtomicU64>) -> Self {
+        Pool {
+            core: Mutex::new(PoolCore::new(settings.limits)),
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+            key,
+            conn_ids,
+            stats: PoolStats::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolCore<BackendConn>> {
+        // A panic while holding this lock leaves counts that are still consistent enough to go on.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies new settings (reload). Size changes take effect at the next release.
+    pub fn update_settings(&self, settings: PoolSettings) {
+        self.lock().set_limits(settings.limits);
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// (open, idle, waiting) right now.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let core = self.lock();
+        (core.open(), core.idle_count(), core.waiting())
+    }
+
+    /// Gets a connection: an idle one, a new one, or the next one released, within
+    /// `query_wait_timeout`.
+    pub async fn checkout(&self, wish: StartupWish<'_>) -> Result<BackendConn, PoolError> {
+        let settings = self.settings();
+        let started = Instant::now();
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let step = self.lock().acquire(wish.want);
+            match step {
+                Acquire::Idle(conn) => {
+                    if let Some(conn) = self.check_idle(conn, &settings).await {
+                        return Ok(conn);
+                    }
+                }
+                Acquire::Connect => return self.open_in_slot(&settings, wish).await,
+                Acquire::Replace(old) => {
+                    tokio::spawn(old.terminate());
+                    return self.open_in_slot(&settings, wish).await;
+                }
+                Acquire::Wait { waiter, grant } => {
+                    self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
+                    let granted = self.wait(waiter, grant, &settings, started).await;
+                    self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
+                    match granted {
+                        Ok(Grant::Conn(conn)) => {
+                            if let Some(conn) = self.check_idle(conn, &settings).await {
+                                return Ok(conn);
+                            }
+                        }
+                        Ok(Grant::Slot) => return self.open_in_slot(&settings, wish).await,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a grant; after `reserve_timeout` tries the reserve; gives up at the deadline.
+    async fn wait(
+        &self,
+        waiter: u64,
+        mut grant: tokio::sync::oneshot::Receiver<Grant<BackendConn>>,
+        settings: &PoolSettings,
+        started: Instant,
+    ) -> Result<Grant<BackendConn>, PoolError> {
+        // Dropped mid-wait (client gone): the closed receiver is skipped by the next release.
+        let deadline = settings.query_wait_timeout.map(|t| started + t);
+        let mut reserve_at = (settings.limits.reserve_size > 0).then(|| started + settings.reserve_timeout);
+        loop {
+            let reserve_sleep = async {
+                match reserve_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let deadline_sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                got = &mut grant => {
+                    // The sender is only dropped with the pool itself.
+                    return got.map_err(|_| PoolError::WaitTimeout);
+                }
+                _ = reserve_sleep => {
+                    reserve_at = None;
+                    if self.lock().try_reserve(waiter) {
+                        return Ok(Grant::Slot);
+                    }
+                }
+                _ = deadline_sleep => {
+                    if self.lock().cancel_wait(waiter) {
+                        self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(PoolError::WaitTimeout);
+                    }
+                    // Granted at the last moment: take it.
+                    return grant.await.map_err(|_| PoolError::WaitTimeout);
+                }
+            }
+        }
+    }
+
+    /// Opens a connection in a slot already counted as open.
+    async fn open_in_slot(
+        &self,
+        settings: &PoolSettings,
+        wish: StartupWish<'_>,
+    ) -> Result<BackendConn, PoolError> {
+        let mut guard = SlotGuard {
+            pool: self,
+            armed: true,
+        };
+        let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let result = backend::connect(
+            &settings.addr,
+            &settings.login,
+            wish.params,
+            wish.want.unwrap_or(0),
+            id,
+            settings.connect_timeout,
+        )
+        .await;
+        match result {
+            Ok(conn) => {
+                guard.armed = false;
+                Ok(conn)
+            }
+            Err(e) => {
+                self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pool = %self.key, error = %e, "backend connection failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs `server_check_query` on a connection idle longer than `server_check_delay`;
+    /// returns it if healthy, else closes it and frees its slot.
+    async fn check_idle(&self, mut conn: BackendConn, settings: &PoolSettings) -> Option<BackendConn> {
+        if settings.check_query.is_empty() || conn.last_used.elapsed() < settings.check_delay {
+            return Some(conn);
+        }
+        match conn.run_simple(&settings.check_query).await {
+            Ok(outcome) if outcome.error.is_none() && conn.is_reusable() => Some(conn),
+            _ => {
+                tracing::info!(pool = %self.key, backend = conn.id, "idle backend failed its check; closing it");
+                self.discard(conn);
+                None
+            }
+        }
+    }
+
+    /// Returns a connection that is idle and clean; anything else is discarded.
+    pub fn release(&self, mut conn: BackendConn) {
+        if !conn.is_reusable() {
+            self.discard(conn);
+            return;
+        }
+        let settings = self.settings.load();
+        let now = Instant::now();
+        if settings
+            .lifetime
+            .is_some_and(|l| now.duration_since(conn.created) >= l)
+        {
+            self.discard(conn);
+            return;
+        }
+        conn.last_used = now;
+        let released = self.lock().release(conn, now);
+        if let Released::Close(conn) = released {
+            tokio::spawn(conn.terminate());
+        }
+    }
+
+    /// Closes a connection that must not be reused and frees its slot.
+    pub fn discard(&self, conn: BackendConn) {
+        self.lock().forget();
+        tokio::spawn(conn.terminate());
+    }
+
+    /// Periodic upkeep: closes expired idle connections and opens up to `min_pool_size`.
+    pub fn maintain(self: &Arc<Self>) {
+        let settings = self.settings();
+        let expired = self
+            .lock()
+            .expire(Instant::now(), settings.idle_timeout, settings.lifetime);
+        for conn in expired {
+            tokio::spawn(conn.terminate());
+        }
+        let missing = self.lock().prewarm();
+        for _ in 0..missing {
+            let pool = self.clone();
+            let settings = settings.clone();
+            tokio::spawn(async move {
+                let id = pool.conn_ids.fetch_add(1, Ordering::Relaxed);
+                let result = backend::connect(
+                    &settings.addr,
+                    &settings.login,
+                    &[],
+                    0,
+                    id,
+                    settings.connect_timeout,
+                )
+                .await;
+                match result {
+                    Ok(conn) => pool.release(conn),
+                    Err(e) => {
+                        tracing::warn!(pool = %pool.key, error = %e, "prewarming a backend failed");
+                        pool.lock().forget();
+                    }
+                }
+            });
+        }
+    }
+
+    /// Closes every idle connection (shutdown, RECONNECT).
+    pub fn close_idle(&self) {
+        let idle = self.lock().drain_idle();
+        for conn in idle {
+            tokio::spawn(conn.terminate());
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The set of pools, created on first use from the configuration snapshot.
+
+use super::{Pool, PoolSettings};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+/// Identifies a pool: client-visible database, client user, and node address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+    pub node: Arc<str>,
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.database, self.user, self.node)
+    }
+}
+
+/// All pools of the process.
+#[derive(Default)]
+pub struct Pools {
+    map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    conn_ids: Arc<AtomicU64>,
+}
+
+impl Pools {
+    /// The pool for `key`, created with `settings` if it does not exist yet.
+    pub fn get_or_create(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = map.get(key) {
+            return pool.clone();
+        }
+        let pool = Arc::new(Pool::new(key.clone(), settings(), self.conn_ids.clone()));
+        map.insert(key.clone(), pool.clone());
+        pool
+    }
+
+    /// A snapshot of all pools (admin console, janitor).
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+}
