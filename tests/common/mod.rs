@@ -9,6 +9,8 @@
 //! and `md5user` / `md5-secret` (stored and checked as md5); database `app` owned by `app`.
 #![allow(dead_code)] // every test binary uses its own subset of these helpers
 
+pub mod wire;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -132,12 +134,7 @@ pub async fn try_connect(
 }
 
 /// Like [`try_connect`], panicking with the reason when the login fails.
-pub async fn connect(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> tokio_postgres::Client {
+pub async fn connect(addr: SocketAddr, user: &str, password: &str, db: &str) -> tokio_postgres::Client {
     try_connect(addr, user, password, db)
         .await
         .unwrap_or_else(|error| panic!("cannot connect to {addr} as {user}/{db}: {error}"))
@@ -167,9 +164,7 @@ pub fn psql_cmd(addr: SocketAddr, user: &str, db: &str) -> Command {
         .iter()
         .find(|(name, _)| *name == user)
         .map(|(_, password)| *password)
-        .unwrap_or_else(|| {
-            panic!("psql_cmd: unknown harness user {user:?}; use psql_cmd_with_password")
-        });
+        .unwrap_or_else(|| panic!("psql_cmd: unknown harness user {user:?}; use psql_cmd_with_password"));
     psql_cmd_with_password(addr, user, password, db)
 }
 

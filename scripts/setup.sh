@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what tidepool's demo and tests need on a fresh Debian/Ubuntu machine with Rust:
+# PostgreSQL server binaries and the rustfmt/clippy components. Idempotent and quiet when
+# everything is already there.
+set -euo pipefail
+
+have_initdb() {
+    [ -n "${TIDEPOOL_PG_BIN:-}" ] && [ -x "$TIDEPOOL_PG_BIN/initdb" ] && return 0
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1
+}
+
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+have_initdb || missing+=(postgresql postgresql-contrib)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-contrib)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+
+# The Debian package starts a cluster on port 5432; tidepool's tests never use it, so leave it.
+
+if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
