@@ -305,6 +305,11 @@ impl Session {
                 }
                 RelayEvent::IdleInTransaction => self.follow_settings(),
                 RelayEvent::ClientTerminated => return CloseReason::Terminated,
+                RelayEvent::ClientFailed(ClientIoError::Frame(e)) => {
+                    let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
+                    self.client.send_fatal(error).await;
+                    return CloseReason::ClientIo(ClientIoError::Frame(e));
+                }
                 RelayEvent::ClientFailed(e) => return CloseReason::ClientIo(e),
                 RelayEvent::BackendFailed(e) => {
                     registration.slot.set(None);

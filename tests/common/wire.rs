@@ -178,6 +178,37 @@ impl RawClient {
     pub fn login(addr: SocketAddr, user: &str, password: &str, db: &str) -> (RawClient, Vec<Msg>) {
         let mut c = RawClient::connect(addr);
         c.send(&startup_packet(&[("user", user), ("database", db)]));
+        finish_login(&mut c, user, password)
+    }
+}
+
+/// Answers authentication after a StartupMessage was sent; returns the welcome messages.
+pub fn finish_login(c: &mut RawClient, user: &str, password: &str) -> (RawClient, Vec<Msg>) {
+    match authenticate(c, user, password) {
+        Ok(()) => {}
+        Err(m) => panic!("login failed: {:?}", m.message()),
+    }
+    let welcome = c.until_ready();
+    let stream = c.stream.try_clone().unwrap();
+    let buf = std::mem::take(&mut c.buf);
+    (RawClient { stream, buf }, welcome)
+}
+
+/// Answers authentication and expects an ErrorResponse (during or right after it).
+pub fn finish_login_expecting_error(c: &mut RawClient, user: &str, password: &str) -> Msg {
+    if let Err(m) = authenticate(c, user, password) {
+        return m;
+    }
+    let welcome = c.until_ready();
+    welcome
+        .into_iter()
+        .find(|m| m.tag == b'E')
+        .expect("an ErrorResponse after authentication")
+}
+
+/// Runs the authentication exchange; `Err` carries an ErrorResponse received instead.
+fn authenticate(c: &mut RawClient, user: &str, password: &str) -> Result<(), Msg> {
+    {
         let mut scram: Option<ScramSha256> = None;
         loop {
             let m = c.recv().expect("login: connection closed");
@@ -220,11 +251,10 @@ impl RawClient {
                         other => panic!("unexpected auth request {other}"),
                     }
                 }
-                b'E' => panic!("login failed: {:?}", m.message()),
+                b'E' => return Err(m),
                 other => panic!("unexpected message {:?} during auth", other as char),
             }
         }
-        let welcome = c.until_ready();
-        (c, welcome)
     }
+    Ok(())
 }

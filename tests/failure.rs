@@ -1,0 +1,150 @@
+//! A backend dying under a client: only that client hears of it; in transaction mode it goes on
+//! with a new transaction, and the dead connection leaves the pool.
+
+mod common;
+
+use common::wire::{query, Msg, RawClient};
+use common::*;
+use std::time::Duration;
+use tidepool::config::Config;
+
+async fn proxy(pool_size: usize, mode: &str) -> tidepool::app::Proxy {
+    let toml = base_config_toml(tokio::task::block_in_place(pg))
+        .replace(
+            "default_pool_size = 10",
+            &format!("default_pool_size = {pool_size}"),
+        )
+        .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""));
+    start_proxy(Config::from_toml(&toml).unwrap()).await
+}
+
+fn value(c: &mut RawClient, sql: &str) -> String {
+    c.send(&query(sql));
+    let msgs = c.until_ready();
+    msgs.iter()
+        .find_map(Msg::first_value)
+        .unwrap_or_else(|| panic!("{sql}: {msgs:?}"))
+}
+
+fn terminate(pid: &str) {
+    pg().psql("postgres", &format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_mid_transaction_errors_only_that_client_which_then_continues() {
+    let proxy = proxy(2, "transaction").await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut victim, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let (mut bystander, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        victim.send(&query("BEGIN"));
+        victim.until_ready();
+        let pid = value(&mut victim, "SELECT pg_backend_pid()");
+        bystander.send(&query("BEGIN"));
+        bystander.until_ready();
+        let bystander_pid = value(&mut bystander, "SELECT pg_backend_pid()");
+        assert_ne!(pid, bystander_pid);
+
+        terminate(&pid);
+        std::thread::sleep(Duration::from_millis(200));
+
+        // The victim's next statement learns that its transaction is gone.
+        victim.send(&query("SELECT 1"));
+        let msgs = victim.until_ready();
+        let error = msgs
+            .iter()
+            .find(|m| m.tag == b'E')
+            .expect("an error for the lost transaction");
+        assert_eq!(
+            error.severity().as_deref(),
+            Some("ERROR"),
+            "not FATAL: the client stays"
+        );
+        assert_eq!(error.sqlstate().as_deref(), Some("57P01"));
+        assert_eq!(msgs.last().unwrap().body, b"I");
+        // And carries on with a new transaction on a healthy backend.
+        let new_pid = value(&mut victim, "SELECT pg_backend_pid()");
+        assert_ne!(new_pid, pid);
+        victim.send(&query("BEGIN; SELECT 1; COMMIT"));
+        assert!(victim.until_ready().iter().all(|m| m.tag != b'E'));
+
+        // The bystander's transaction never noticed.
+        assert_eq!(value(&mut bystander, "SELECT pg_backend_pid()"), bystander_pid);
+        bystander.send(&query("COMMIT"));
+        assert!(bystander.until_ready().iter().all(|m| m.tag != b'E'));
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_during_a_running_query_answers_that_query_with_an_error() {
+    let proxy = proxy(1, "transaction").await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        c.send(&query("SELECT pg_sleep(30)"));
+        std::thread::sleep(Duration::from_millis(300));
+        terminate(&pid);
+        let msgs = c.until_ready();
+        let error = msgs.iter().find(|m| m.tag == b'E').expect("error");
+        assert_eq!(error.severity().as_deref(), Some("ERROR"));
+        assert_eq!(msgs.last().unwrap().tag, b'Z');
+        assert_eq!(value(&mut c, "SELECT 42"), "42");
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_client_gets_a_clear_fatal_when_its_backend_dies() {
+    let proxy = proxy(2, "session").await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        c.send(&query("SELECT pg_sleep(30)"));
+        std::thread::sleep(Duration::from_millis(300));
+        terminate(&pid);
+        let mut last = None;
+        while let Some(m) = c.recv() {
+            last = Some(m);
+        }
+        assert_eq!(last.and_then(|m| m.severity()).as_deref(), Some("FATAL"));
+        // A new session works.
+        let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        assert_eq!(value(&mut c, "SELECT 7"), "7");
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_the_running_query_only() {
+    let proxy = proxy(2, "transaction").await;
+    let addr = proxy.local_addr();
+    let client = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let other = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other_query = tokio::spawn(async move { other.simple_query("SELECT pg_sleep(1), 'other'").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the cancelled query returns promptly")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+    assert!(
+        other_query.await.unwrap().is_ok(),
+        "the other client's query was not cancelled"
+    );
+    proxy.shutdown().await;
+}
