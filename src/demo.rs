@@ -71,7 +71,7 @@ async fn serve(cluster: &LocalCluster, listen: Option<SocketAddr>, password: &st
     let config = demo_config(listen, &ports, password)?;
     let proxy = Proxy::start(config).await?;
     print_banner(cluster, proxy.local_addr(), password);
-    let waited = tokio::signal::ctrl_c().await;
+    let waited = crate::shutdown::stop_signal().await;
     println!("\nStopping the proxy and the demo PostgreSQL cluster…");
     proxy.shutdown().await;
     waited.map_err(DemoError::Signal)

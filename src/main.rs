@@ -103,23 +103,10 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_stop_signal().await;
+    if let Err(e) = tidepool::shutdown::stop_signal().await {
+        eprintln!("tidepool: cannot listen for signals: {e}");
+    }
     tracing::info!("stopping");
     proxy.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

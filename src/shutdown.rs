@@ -33,3 +33,13 @@ impl Shutdown {
         let _ = rx.wait_for(|stopping| *stopping).await;
     }
 }
+
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = term.recv() => Ok(()),
+    }
+}
