@@ -4,6 +4,7 @@
 use crate::backend::{BackendLogin, BackendSecret};
 use crate::client::auth::UserDirectory;
 use crate::client::cancel::CancelRegistry;
+use crate::client::statements::StatementCache;
 use crate::client::{listener, ClientCounter};
 use crate::config::{Config, PoolMode, UserConfig};
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
@@ -27,6 +28,8 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub pools: Pools,
     pub cancels: Arc<CancelRegistry>,
+    /// Named prepared statements interned across clients (transaction mode).
+    pub statements: StatementCache,
     pub clients: ClientCounter,
     pub shutdown: Shutdown,
 }
@@ -126,6 +129,7 @@ impl Proxy {
             snapshot: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
+            statements: StatementCache::default(),
             clients: ClientCounter::default(),
             shutdown: Shutdown::default(),
         });

@@ -40,14 +40,28 @@ fn demo_prints_a_working_connection_string_and_cleans_up_on_ctrl_c() {
 
     let psql = tidepool::cluster::PgBinaries::locate().unwrap().tool("psql");
     let out = Command::new(psql)
-        .args([url.as_str(), "-X", "-A", "-t", "-c", "SELECT 'hello through tidepool'"])
+        .args([
+            url.as_str(),
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT 'hello through tidepool'",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello through tidepool");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello through tidepool"
+    );
 
     // Ctrl-C, sent to the demo process only.
-    assert!(Command::new("kill").args(["-INT", &demo.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = demo.try_wait().unwrap() {
@@ -57,5 +71,8 @@ fn demo_prints_a_working_connection_string_and_cleans_up_on_ctrl_c() {
         assert!(Instant::now() < deadline, "demo did not stop after Ctrl-C");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!std::path::Path::new(&data_dir).exists(), "{data_dir} was left behind");
+    assert!(
+        !std::path::Path::new(&data_dir).exists(),
+        "{data_dir} was left behind"
+    );
 }

@@ -51,6 +51,8 @@ pub struct BackendConn {
     /// Identifies the startup parameters this connection was opened with (session mode matches
     /// clients to connections opened with exactly their parameters).
     pub startup_signature: u64,
+    /// Statements tidepool prepared here under its own names (transaction mode).
+    pub statements: crate::client::statements::BackendStatements,
     pub(crate) state: BackendState,
     pub created: Instant,
     pub last_used: Instant,
@@ -81,6 +83,7 @@ impl BackendConn {
             reported: Vec::new(),
             applied: Vec::new(),
             startup_signature,
+            statements: Default::default(),
             state: BackendState::Busy,
             created: now,
             last_used: now,

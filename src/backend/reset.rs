@@ -64,8 +64,9 @@ impl BackendConn {
                 fatal: false,
             });
         }
-        // DISCARD ALL drops every setting, so nothing client-specific is applied any more.
+        // DISCARD ALL drops every setting and prepared statement.
         self.applied.clear();
+        self.statements.clear();
         Ok(())
     }
 }

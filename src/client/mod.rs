@@ -9,5 +9,6 @@ pub mod params;
 pub mod relay;
 pub mod session;
 pub mod startup;
+pub mod statements;
 
 pub use listener::ClientCounter;

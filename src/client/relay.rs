@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::conn::{ClientConn, ClientIoError};
+use super::statements::{self, ClientStatements, Disposition, Pipeline, RewriteContext, StatementCache};
 
 /// Stop reading a side while this much output for the other side is waiting to be written.
 const HIGH_WATER: usize = 256 * 1024;
@@ -41,6 +42,21 @@ pub struct Exchange {
     quiet_reported: bool,
     /// Parameters the server reported during the exchange (the client changed them).
     pub reported: Vec<(String, String)>,
+    /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
+    /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
+    copy: CopyTracking,
+}
+
+#[derive(Debug, Default)]
+struct CopyTracking {
+    /// The last request was an extended-protocol Execute (not a simple Query).
+    after_execute: bool,
+    /// Syncs sent since that Execute and before any CopyDone/CopyFail.
+    syncs_since_execute: u32,
+    /// CopyDone or CopyFail was sent since that Execute.
+    ended_since_execute: bool,
+    /// The server is reading COPY data: Syncs now get no answer.
+    in_copy_in: bool,
 }
 
 impl Default for Exchange {
@@ -52,6 +68,7 @@ impl Default for Exchange {
             passthrough: 0,
             quiet_reported: false,
             reported: Vec::new(),
+            copy: CopyTracking::default(),
         }
     }
 }
@@ -59,7 +76,7 @@ impl Default for Exchange {
 impl Exchange {
     /// True when every request was answered and no batch is open.
     pub fn is_quiet(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.passthrough == 0
+        self.pending == 0 && !self.unsynced && self.passthrough == 0 && !self.copy.in_copy_in
     }
 
     /// Marks the current quiet state as already seen by the session.
@@ -83,9 +100,22 @@ pub enum RelayEvent {
     BackendFatal(bytes::Bytes),
 }
 
+/// Statement renaming for transaction mode (see `statements`).
+pub struct Rewrite<'a> {
+    pub cache: &'a StatementCache,
+    pub client: &'a mut ClientStatements,
+    pub pipe: &'a mut Pipeline,
+    pub capacity: usize,
+}
+
 /// Runs until an event; cancel-safe.
-pub async fn relay(client: &mut ClientConn, backend: &mut BackendConn, ex: &mut Exchange) -> RelayEvent {
-    poll_fn(|cx| poll_relay(cx, client, backend, ex)).await
+pub async fn relay(
+    client: &mut ClientConn,
+    backend: &mut BackendConn,
+    ex: &mut Exchange,
+    mut rewrite: Option<Rewrite<'_>>,
+) -> RelayEvent {
+    poll_fn(|cx| poll_relay(cx, client, backend, ex, rewrite.as_mut())).await
 }
 
 fn poll_relay(
@@ -93,6 +123,7 @@ fn poll_relay(
     client: &mut ClientConn,
     backend: &mut BackendConn,
     ex: &mut Exchange,
+    mut rewrite: Option<&mut Rewrite<'_>>,
 ) -> Poll<RelayEvent> {
     loop {
         let mut progress = false;
@@ -123,7 +154,7 @@ fn poll_relay(
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::BackendFailed(closed(backend))),
                 Poll::Ready(Ok(_)) => {
                     progress = true;
-                    if let Some(event) = scan_server(backend, client, ex) {
+                    if let Some(event) = scan_server(backend, client, ex, rewrite.as_deref_mut()) {
                         return Poll::Ready(event);
                     }
                 }
@@ -135,7 +166,7 @@ fn poll_relay(
         if backend.wbuf.len() < HIGH_WATER {
             // Frames may already be buffered (read before the backend was attached).
             let before = backend.wbuf.len();
-            let scanned = scan_client(client, backend, ex);
+            let scanned = scan_client(client, backend, ex, rewrite.as_deref_mut());
             progress |= backend.wbuf.len() != before;
             match scanned {
                 Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
@@ -149,7 +180,7 @@ fn poll_relay(
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
                 Poll::Ready(Ok(_)) => {
                     progress = true;
-                    match scan_client(client, backend, ex) {
+                    match scan_client(client, backend, ex, rewrite.as_deref_mut()) {
                         Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
                         Ok(false) => {}
                         Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
@@ -192,34 +223,70 @@ fn scan_client(
     client: &mut ClientConn,
     backend: &mut BackendConn,
     ex: &mut Exchange,
+    mut rewrite: Option<&mut Rewrite<'_>>,
 ) -> Result<bool, FrameError> {
     let limit = client.decoder.max_len();
     let buf = &client.rbuf[..];
     let mut pos = 0;
+    let mut copied = 0;
     let mut terminated = false;
     while let Some((tag, total)) = peek_header(&buf[pos..], limit)? {
         if buf.len() - pos < total {
             break;
         }
+        let ignored_by_server = ex.copy.in_copy_in && matches!(tag, tag::SYNC | tag::FLUSH);
         match tag {
             tag::TERMINATE => {
                 terminated = true;
                 break;
             }
+            _ if ignored_by_server => {}
             tag::SYNC => {
                 ex.pending += 1;
                 ex.unsynced = false;
+                if !ex.copy.ended_since_execute {
+                    ex.copy.syncs_since_execute += 1;
+                }
             }
-            tag::QUERY | tag::FUNCTION_CALL => ex.pending += 1,
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
-                ex.unsynced = true
+            tag::QUERY | tag::FUNCTION_CALL => {
+                ex.pending += 1;
+                ex.copy.after_execute = false;
+            }
+            tag::EXECUTE => {
+                ex.unsynced = true;
+                ex.copy.after_execute = true;
+                ex.copy.syncs_since_execute = 0;
+                ex.copy.ended_since_execute = false;
+            }
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => ex.unsynced = true,
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                ex.copy.in_copy_in = false;
+                ex.copy.ended_since_execute = true;
             }
             _ => {}
+        }
+        if let Some(rw) = rewrite.as_deref_mut().filter(|_| !ignored_by_server) {
+            // Statement names are per client: rename, inject or answer (transaction mode).
+            backend.wbuf.extend_from_slice(&buf[copied..pos]);
+            let mut ctx = RewriteContext {
+                cache: rw.cache,
+                client: rw.client,
+                backend: &mut backend.statements,
+                capacity: rw.capacity,
+            };
+            statements::client_frame(
+                &buf[pos..pos + total],
+                &mut ctx,
+                rw.pipe,
+                &mut backend.wbuf,
+                &mut client.wbuf,
+            );
+            copied = pos + total;
         }
         pos += total;
     }
     if pos > 0 {
-        backend.wbuf.extend_from_slice(&buf[..pos]);
+        backend.wbuf.extend_from_slice(&buf[copied..pos]);
         client.rbuf.advance(pos);
         ex.quiet_reported = false;
         backend.set_state(BackendState::Busy);
@@ -234,10 +301,16 @@ fn scan_client(
 }
 
 /// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and
-/// ErrorResponse frames.
-fn scan_server(backend: &mut BackendConn, client: &mut ClientConn, ex: &mut Exchange) -> Option<RelayEvent> {
+/// ErrorResponse frames (and, with statement rewriting, every message that ends a request).
+fn scan_server(
+    backend: &mut BackendConn,
+    client: &mut ClientConn,
+    ex: &mut Exchange,
+    mut rewrite: Option<&mut Rewrite<'_>>,
+) -> Option<RelayEvent> {
     let buf = &backend.rbuf[..];
     let mut pos = 0;
+    let mut copied = 0;
     let mut event = None;
     if ex.passthrough > 0 {
         let n = ex.passthrough.min(buf.len());
@@ -258,9 +331,11 @@ fn scan_server(backend: &mut BackendConn, client: &mut ClientConn, ex: &mut Exch
         };
         let watched = matches!(
             tag,
-            tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE
-        );
+            tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE | tag::COPY_IN_RESPONSE
+        ) || (rewrite.is_some()
+            && (total == 5 || matches!(tag, tag::COMMAND_COMPLETE | tag::ROW_DESCRIPTION | b't')));
         if !watched {
+            // Rows, COPY data and the like end no request: stream them.
             let n = total.min(buf.len() - pos);
             pos += n;
             ex.passthrough = total - n;
@@ -283,19 +358,34 @@ fn scan_server(backend: &mut BackendConn, client: &mut ClientConn, ex: &mut Exch
                     None => backend.state = BackendState::Broken,
                 }
             }
+            tag::COPY_IN_RESPONSE => {
+                if ex.copy.after_execute {
+                    // Syncs sent between the Execute and its COPY data were swallowed by the COPY.
+                    let ignored = std::mem::take(&mut ex.copy.syncs_since_execute);
+                    ex.pending = ex.pending.saturating_sub(ignored);
+                    // The batch is open again until a Sync after the COPY data.
+                    ex.unsynced |= ignored > 0;
+                    if let Some(rw) = rewrite.as_deref_mut() {
+                        rw.pipe.forget_ready_after_head(ignored as usize);
+                    }
+                }
+                ex.copy.in_copy_in = !ex.copy.ended_since_execute || !ex.copy.after_execute;
+            }
             tag::PARAMETER_STATUS => {
                 if let Some((name, value)) = record_parameter(&mut backend.reported, body) {
                     ex.reported.push((name.to_string(), value.to_string()));
                 }
             }
-            _ => {
+            tag::ERROR_RESPONSE => {
+                // A failed COPY stops reading COPY data: Syncs are answered again.
+                ex.copy.in_copy_in = false;
                 let frame = crate::protocol::Frame {
                     tag,
                     body: bytes::Bytes::copy_from_slice(body),
                 };
                 if ServerError::parse(&frame).is_fatal() {
                     // Forward what came before; the session decides what the client sees.
-                    client.wbuf.extend_from_slice(&buf[..pos]);
+                    client.wbuf.extend_from_slice(&buf[copied..pos]);
                     backend.rbuf.advance(pos + total);
                     backend.state = BackendState::Broken;
                     let mut whole = BytesMut::with_capacity(total);
@@ -303,10 +393,29 @@ fn scan_server(backend: &mut BackendConn, client: &mut ClientConn, ex: &mut Exch
                     return Some(RelayEvent::BackendFatal(whole.freeze()));
                 }
             }
+            _ => {}
+        }
+        if let Some(rw) = rewrite.as_deref_mut() {
+            let disposition = statements::server_message(
+                &buf[pos..pos + total],
+                rw.pipe,
+                rw.client,
+                &mut backend.statements,
+            );
+            let end = if disposition == Disposition::Swallow {
+                pos
+            } else {
+                pos + total
+            };
+            if disposition == Disposition::Swallow || rw.pipe.has_made_at_head() {
+                client.wbuf.extend_from_slice(&buf[copied..end]);
+                copied = pos + total;
+                statements::deliver_made(rw.pipe, rw.client, &mut client.wbuf);
+            }
         }
         pos += total;
     }
-    client.wbuf.extend_from_slice(&buf[..pos]);
+    client.wbuf.extend_from_slice(&buf[copied..pos]);
     backend.rbuf.advance(pos);
     event
 }

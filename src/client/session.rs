@@ -5,8 +5,9 @@ use super::auth::{self, AuthError};
 use super::cancel::{CancelTarget, Registration};
 use super::conn::{ClientConn, ClientIoError};
 use super::params::{follow_reported, settings_diff_sql, ClientParams};
-use super::relay::{relay, Exchange, RelayEvent};
+use super::relay::{relay, Exchange, RelayEvent, Rewrite};
 use super::startup::{negotiate, Opening, StartupFailure};
+use super::statements::{ClientStatements, Pipeline};
 use crate::app::Shared;
 use crate::backend::{BackendConn, BackendError};
 use crate::config::PoolMode;
@@ -143,6 +144,9 @@ async fn serve_inner(
         backend: None,
         pending_error: None,
         discard_until_sync: false,
+        statements: ClientStatements::default(),
+        pipeline: Pipeline::default(),
+        max_prepared: snapshot.config.pool.max_prepared_statements,
     };
     let reason = session.run().await;
     session.finish().await;
@@ -164,6 +168,12 @@ struct Session {
     pending_error: Option<ErrorFields>,
     /// After an error in an extended-protocol batch, drop client messages until Sync.
     discard_until_sync: bool,
+    /// The client's named prepared statements (transaction mode).
+    statements: ClientStatements,
+    /// Requests awaiting answers, for statement renaming (transaction mode).
+    pipeline: Pipeline,
+    /// `pool.max_prepared_statements` at login; 0 turns renaming off.
+    max_prepared: usize,
 }
 
 impl Session {
@@ -240,6 +250,7 @@ impl Session {
             }
         }
         self.exchange = Exchange::default();
+        self.pipeline = Pipeline::default();
         self.backend = Some(backend);
         Ok(())
     }
@@ -284,8 +295,14 @@ impl Session {
                 addr: backend.addr.clone(),
                 key: backend.key,
             }));
+            let rewrite = (self.mode == PoolMode::Transaction && self.max_prepared > 0).then(|| Rewrite {
+                cache: &shared.statements,
+                client: &mut self.statements,
+                pipe: &mut self.pipeline,
+                capacity: self.max_prepared,
+            });
             let event = tokio::select! {
-                event = relay(&mut self.client, backend, &mut self.exchange) => event,
+                event = relay(&mut self.client, backend, &mut self.exchange, rewrite) => event,
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
@@ -401,6 +418,18 @@ impl Session {
                     backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
                 }
                 continue;
+            }
+            if self.mode == PoolMode::Transaction && self.max_prepared > 0 && tag == tag::PARSE {
+                let answered = super::statements::answer_without_backend(
+                    &self.client.rbuf,
+                    &self.shared.statements,
+                    &mut self.statements,
+                    &mut self.client.wbuf,
+                );
+                if let Some(used) = answered {
+                    self.client.rbuf.advance(used);
+                    continue;
+                }
             }
             if tag == tag::FLUSH {
                 // Nothing is pending, so there is nothing to flush.

@@ -103,6 +103,9 @@ pub struct PoolConfig {
     /// Run on a backend idle longer than `server_check_delay` before handing it out; empty = none.
     pub server_check_query: String,
     pub server_check_delay: ConfigDuration,
+    /// Named prepared statements kept per backend in transaction mode (LRU); 0 = pass statement
+    /// names through untouched, as if tidepool did not track them.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PoolConfig {
@@ -119,6 +122,7 @@ impl Default for PoolConfig {
             server_reset_query: "DISCARD ALL".into(),
             server_check_query: "SELECT 1".into(),
             server_check_delay: ConfigDuration::secs(30),
+            max_prepared_statements: 500,
         }
     }
 }

@@ -1,0 +1,642 @@
+//! Named prepared statements in transaction mode.
+//!
+//! A client's statement names mean nothing to the next backend it gets, so tidepool keeps them:
+//! each client maps its names to interned `Statement`s (query text + parameter types, shared by
+//! every client that prepares the same thing), and each backend remembers which statements it has
+//! prepared, under tidepool's own names (`tp<id>`), in an LRU bounded by `max_prepared_statements`.
+//! Parse of a statement the backend already has is answered by tidepool; Bind and Describe of one
+//! it lacks get a Parse injected in front. Since answers must reach the client in request order,
+//! every request that expects an answer is queued (`Expect`): the server's answers pop the queue,
+//! answers to injected requests are swallowed, and made-up answers wait their turn.
+
+use crate::protocol::backend_msg::{begin, finish, put_cstr, read_cstr};
+use crate::protocol::{tag, ErrorFields, SqlState};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// One distinct statement: the Parse body after the name (query text and parameter types).
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    /// The name tidepool gives it on backends.
+    pub backend_name: String,
+    /// `query\0` + parameter count + type OIDs, exactly as the client sent them.
+    pub definition: Bytes,
+    /// PostgreSQL accepted it once: a later Parse can be answered without a backend.
+    parsed_ok: AtomicBool,
+    /// ParameterDescription + RowDescription/NoData as PostgreSQL sent them, for answering a
+    /// Describe without a backend.
+    description: OnceLock<Bytes>,
+}
+
+impl Statement {
+    /// A Parse message preparing this statement under its backend name.
+    fn write_parse(&self, out: &mut BytesMut) {
+        let s = begin(out, tag::PARSE);
+        put_cstr(out, &self.backend_name);
+        out.extend_from_slice(&self.definition);
+        finish(out, s);
+    }
+
+    /// The query text, for logs and the admin console.
+    pub fn query(&self) -> &str {
+        read_cstr(&self.definition).map(|(q, _)| q).unwrap_or("")
+    }
+}
+
+/// Process-wide interning of statements, so that the same text prepared by many clients is one
+/// statement on each backend. Entries die with the last client that holds them.
+#[derive(Default)]
+pub struct StatementCache {
+    by_definition: Mutex<HashMap<Bytes, Weak<Statement>>>,
+    next_id: AtomicU64,
+}
+
+impl StatementCache {
+    pub fn intern(&self, definition: &[u8]) -> Arc<Statement> {
+        let mut map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stmt) = map.get(definition).and_then(Weak::upgrade) {
+            return stmt;
+        }
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let definition = Bytes::copy_from_slice(definition);
+        let stmt = Arc::new(Statement {
+            id,
+            backend_name: format!("tp{id}"),
+            definition: definition.clone(),
+            parsed_ok: AtomicBool::new(false),
+            description: OnceLock::new(),
+        });
+        map.insert(definition, Arc::downgrade(&stmt));
+        stmt
+    }
+
+    /// The statement with this definition, if some client holds it.
+    pub fn lookup(&self, definition: &[u8]) -> Option<Arc<Statement>> {
+        let map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(definition).and_then(Weak::upgrade)
+    }
+
+    /// Live distinct statements (admin console).
+    pub fn len(&self) -> usize {
+        let map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A client's named statements.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    pub by_name: HashMap<String, Arc<Statement>>,
+}
+
+/// The statements a backend has prepared, least recently used first out.
+#[derive(Debug, Default)]
+pub struct BackendStatements {
+    /// Statement id → (the statement, last use tick).
+    prepared: HashMap<u64, (Arc<Statement>, u64)>,
+    tick: u64,
+}
+
+impl BackendStatements {
+    fn has(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.prepared.get_mut(&id) {
+            Some(entry) => {
+                entry.1 = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a statement as prepared; returns the one to close if over `capacity`.
+    fn add(&mut self, stmt: &Arc<Statement>, capacity: usize) -> Option<Arc<Statement>> {
+        self.tick += 1;
+        self.prepared.insert(stmt.id, (stmt.clone(), self.tick));
+        if self.prepared.len() <= capacity.max(1) {
+            return None;
+        }
+        let (&oldest, _) = self.prepared.iter().min_by_key(|(_, (_, used))| *used)?;
+        self.prepared.remove(&oldest).map(|(s, _)| s)
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.prepared.remove(&id);
+    }
+
+    /// A Close that never ran: the backend still has the statement.
+    fn reinstate(&mut self, stmt: &Arc<Statement>) {
+        self.prepared.insert(stmt.id, (stmt.clone(), 0));
+    }
+
+    /// After DISCARD ALL / DEALLOCATE ALL the backend has none left.
+    pub fn clear(&mut self) {
+        self.prepared.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+}
+
+/// What a request expects back, in order.
+#[derive(Debug)]
+pub enum Expect {
+    /// The answer to a client request: forwarded.
+    Client(Request),
+    /// The answer to a request tidepool injected: swallowed (errors still reach the client).
+    Injected(Request),
+    /// An answer tidepool made up, sent when it reaches the head of the queue.
+    Made(Made),
+}
+
+/// A request on the wire, by the answer that completes it.
+#[derive(Debug)]
+pub enum Request {
+    /// ParseComplete. `registered` is the client name to drop and `prepared` the statement to
+    /// unmark if the Parse fails or is skipped.
+    Parse {
+        registered: Option<String>,
+        prepared: Option<Arc<Statement>>,
+    },
+    Bind,
+    /// ParameterDescription then RowDescription or NoData; captured for the statement.
+    DescribeStatement {
+        stmt: Option<Arc<Statement>>,
+        captured: Vec<u8>,
+    },
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// CloseComplete. For tidepool's own Close of an evicted statement, the statement to count as
+    /// prepared again if the Close is skipped after an error.
+    Close {
+        evicted: Option<Arc<Statement>>,
+    },
+    /// ReadyForQuery (Sync, Query and FunctionCall alike).
+    Ready,
+}
+
+/// A made-up answer, with what to do to the client's names once it is delivered.
+#[derive(Debug)]
+pub struct Made {
+    pub frame: Bytes,
+    /// Close of a client statement: the name goes when the CloseComplete is delivered (an error
+    /// earlier in the batch means PostgreSQL would never have closed it).
+    pub drop_name: Option<String>,
+    /// Made-up errors make the client's later messages up to Sync skipped, as PostgreSQL does.
+    pub is_error: bool,
+}
+
+/// Per-attach state of the statement machinery.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    pub queue: VecDeque<Expect>,
+    /// A made-up error was queued: drop client messages until its Sync.
+    pub skipping: bool,
+}
+
+impl Pipeline {
+    /// Drops the first `n` ReadyForQuery expectations after the head (Syncs that a COPY swallowed).
+    pub fn forget_ready_after_head(&mut self, mut n: usize) {
+        let mut i = 1;
+        while n > 0 && i < self.queue.len() {
+            if matches!(self.queue[i], Expect::Client(Request::Ready)) {
+                self.queue.remove(i);
+                n -= 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// True when the next answer due is one tidepool makes up.
+    pub fn has_made_at_head(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Made(_)))
+    }
+}
+
+/// Everything the client-side rewrite needs.
+pub struct RewriteContext<'a> {
+    pub cache: &'a StatementCache,
+    pub client: &'a mut ClientStatements,
+    pub backend: &'a mut BackendStatements,
+    pub capacity: usize,
+}
+
+fn simple(tag: u8) -> Bytes {
+    Bytes::from(vec![tag, 0, 0, 0, 4])
+}
+
+/// Handles one whole client frame in transaction mode: forwards it (renamed where needed) to
+/// `to_server`, injects what the backend lacks, queues expectations. Made-up answers at the head
+/// of the queue go to `to_client` at once.
+pub fn client_frame(
+    frame: &[u8],
+    ctx: &mut RewriteContext<'_>,
+    pipe: &mut Pipeline,
+    to_server: &mut BytesMut,
+    to_client: &mut BytesMut,
+) {
+    let tag = frame[0];
+    let body = &frame[5..];
+    if pipe.skipping {
+        if tag != tag::SYNC {
+            return;
+        }
+        pipe.skipping = false;
+    }
+    match tag {
+        tag::PARSE => parse(frame, body, ctx, pipe, to_server),
+        tag::BIND => {
+            let renamed = read_cstr(body).and_then(|(portal, rest)| {
+                let (name, tail) = read_cstr(rest)?;
+                let stmt = (!name.is_empty()).then(|| ctx.client.by_name.get(name).cloned())??;
+                Some((portal.to_string(), stmt, tail))
+            });
+            match renamed {
+                Some((portal, stmt, tail)) => {
+                    ensure_prepared(&stmt, ctx, pipe, to_server);
+                    let s = begin(to_server, tag::BIND);
+                    put_cstr(to_server, &portal);
+                    put_cstr(to_server, &stmt.backend_name);
+                    to_server.extend_from_slice(tail);
+                    finish(to_server, s);
+                }
+                None => to_server.extend_from_slice(frame),
+            }
+            pipe.queue.push_back(Expect::Client(Request::Bind));
+        }
+        tag::DESCRIBE => {
+            let kind = body.first().copied();
+            let stmt = match (kind, read_cstr(body.get(1..).unwrap_or(&[]))) {
+                (Some(b'S'), Some((name, _))) if !name.is_empty() => ctx.client.by_name.get(name).cloned(),
+                _ => None,
+            };
+            let stmt_for_capture = stmt.clone();
+            match stmt {
+                Some(stmt) => {
+                    ensure_prepared(&stmt, ctx, pipe, to_server);
+                    let s = begin(to_server, tag::DESCRIBE);
+                    to_server.put_u8(b'S');
+                    put_cstr(to_server, &stmt.backend_name);
+                    finish(to_server, s);
+                }
+                None => to_server.extend_from_slice(frame),
+            }
+            let request = if kind == Some(b'S') {
+                Request::DescribeStatement {
+                    stmt: stmt_for_capture,
+                    captured: Vec::new(),
+                }
+            } else {
+                Request::DescribePortal
+            };
+            pipe.queue.push_back(Expect::Client(request));
+        }
+        tag::CLOSE => match (body.first(), read_cstr(body.get(1..).unwrap_or(&[]))) {
+            (Some(b'S'), Some((name, _))) if !name.is_empty() => {
+                // The backend's copy stays for other clients; closing an unknown name is not an
+                // error in PostgreSQL either.
+                pipe.queue.push_back(Expect::Made(Made {
+                    frame: simple(b'3'),
+                    drop_name: Some(name.to_string()),
+                    is_error: false,
+                }));
+            }
+            _ => {
+                to_server.extend_from_slice(frame);
+                pipe.queue
+                    .push_back(Expect::Client(Request::Close { evicted: None }));
+            }
+        },
+        tag::EXECUTE => {
+            to_server.extend_from_slice(frame);
+            pipe.queue.push_back(Expect::Client(Request::Execute));
+        }
+        tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => {
+            if tag == tag::QUERY && clears_statements(body) {
+                ctx.client.by_name.clear();
+                ctx.backend.clear();
+            }
+            to_server.extend_from_slice(frame);
+            pipe.queue.push_back(Expect::Client(Request::Ready));
+        }
+        // Flush, COPY data and anything else: no answer of their own.
+        _ => to_server.extend_from_slice(frame),
+    }
+    deliver_made(pipe, ctx.client, to_client);
+}
+
+fn parse(
+    frame: &[u8],
+    body: &[u8],
+    ctx: &mut RewriteContext<'_>,
+    pipe: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    let Some((name, definition)) = read_cstr(body) else {
+        // Malformed: let PostgreSQL say so.
+        to_server.extend_from_slice(frame);
+        pipe.queue.push_back(Expect::Client(Request::Parse {
+            registered: None,
+            prepared: None,
+        }));
+        return;
+    };
+    if name.is_empty() {
+        to_server.extend_from_slice(frame);
+        pipe.queue.push_back(Expect::Client(Request::Parse {
+            registered: None,
+            prepared: None,
+        }));
+        return;
+    }
+    if ctx.client.by_name.contains_key(name) {
+        let error = ErrorFields::error(
+            SqlState::new("42P05"),
+            format!("prepared statement \"{name}\" already exists"),
+        );
+        pipe.queue.push_back(Expect::Made(Made {
+            frame: error.to_bytes(),
+            drop_name: None,
+            is_error: true,
+        }));
+        pipe.skipping = true;
+        return;
+    }
+    let stmt = ctx.cache.intern(definition);
+    ctx.client.by_name.insert(name.to_string(), stmt.clone());
+    if ctx.backend.has(stmt.id) {
+        pipe.queue.push_back(Expect::Made(Made {
+            frame: simple(b'1'),
+            drop_name: None,
+            is_error: false,
+        }));
+        return;
+    }
+    close_evicted(ctx.backend.add(&stmt, ctx.capacity), pipe, to_server);
+    stmt.write_parse(to_server);
+    pipe.queue.push_back(Expect::Client(Request::Parse {
+        registered: Some(name.to_string()),
+        prepared: Some(stmt),
+    }));
+}
+
+/// Injects a Parse if the backend lacks the statement.
+fn ensure_prepared(
+    stmt: &Arc<Statement>,
+    ctx: &mut RewriteContext<'_>,
+    pipe: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    if ctx.backend.has(stmt.id) {
+        return;
+    }
+    close_evicted(ctx.backend.add(stmt, ctx.capacity), pipe, to_server);
+    stmt.write_parse(to_server);
+    pipe.queue.push_back(Expect::Injected(Request::Parse {
+        registered: None,
+        prepared: Some(stmt.clone()),
+    }));
+}
+
+fn close_evicted(evicted: Option<Arc<Statement>>, pipe: &mut Pipeline, to_server: &mut BytesMut) {
+    if let Some(old) = evicted {
+        let s = begin(to_server, tag::CLOSE);
+        to_server.put_u8(b'S');
+        put_cstr(to_server, &old.backend_name);
+        finish(to_server, s);
+        pipe.queue
+            .push_back(Expect::Injected(Request::Close { evicted: Some(old) }));
+    }
+}
+
+/// DISCARD ALL and DEALLOCATE ALL drop every prepared statement of the session.
+fn clears_statements(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(64)]).to_ascii_uppercase();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
+        .filter(|w| !w.is_empty())
+        .collect();
+    matches!(
+        words.as_slice(),
+        ["DISCARD", "ALL", ..] | ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..]
+    )
+}
+
+/// Sends made-up answers now at the head of the queue.
+pub fn deliver_made(pipe: &mut Pipeline, client: &mut ClientStatements, to_client: &mut BytesMut) {
+    while let Some(Expect::Made(_)) = pipe.queue.front() {
+        let Some(Expect::Made(made)) = pipe.queue.pop_front() else {
+            unreachable!("checked above")
+        };
+        to_client.extend_from_slice(&made.frame);
+        if let Some(name) = made.drop_name {
+            client.by_name.remove(&name);
+        }
+        if made.is_error {
+            skip_to_sync(pipe, client, None);
+        }
+    }
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Forward,
+    Swallow,
+}
+
+/// Accounts for one server message (by tag) against the queue.
+pub fn server_message(
+    frame: &[u8],
+    pipe: &mut Pipeline,
+    client: &mut ClientStatements,
+    backend: &mut BackendStatements,
+) -> Disposition {
+    use crate::protocol::tag as t;
+    let tag = frame[0];
+    if tag == b't' {
+        if let Some(Expect::Client(Request::DescribeStatement { captured, .. })) = pipe.queue.front_mut() {
+            captured.extend_from_slice(frame);
+        }
+    }
+    let head_ends = match (pipe.queue.front(), tag) {
+        // Asynchronous messages belong to no request.
+        (_, t::NOTICE_RESPONSE | t::PARAMETER_STATUS | t::NOTIFICATION_RESPONSE) => false,
+        (None, _) => false,
+        (Some(Expect::Client(r) | Expect::Injected(r)), _) => match (r, tag) {
+            (Request::Ready, t::READY_FOR_QUERY) => true,
+            (Request::Ready, _) => false,
+            (_, t::ERROR_RESPONSE) => true,
+            (Request::Parse { .. }, b'1') | (Request::Bind, b'2') | (Request::Close { .. }, b'3') => true,
+            (Request::DescribeStatement { .. } | Request::DescribePortal, b'T' | b'n') => true,
+            (Request::Execute, b'C' | b'I' | b's') => true,
+            _ => false,
+        },
+        (Some(Expect::Made(_)), _) => false,
+    };
+    if !head_ends {
+        return Disposition::Forward;
+    }
+    let mut head = pipe.queue.pop_front().expect("head checked");
+    remember_success(&mut head, tag, frame);
+    let (injected, request) = match head {
+        Expect::Client(r) => (false, r),
+        Expect::Injected(r) => (true, r),
+        Expect::Made(_) => unreachable!("made-up answers never end by a server message"),
+    };
+    let mut disposition = if injected {
+        Disposition::Swallow
+    } else {
+        Disposition::Forward
+    };
+    if tag == t::ERROR_RESPONSE {
+        // The client must hear of a failed injected Parse: its own request fails with it.
+        disposition = Disposition::Forward;
+        rollback(&request, client, backend);
+        skip_to_sync(pipe, client, Some(backend));
+    }
+    disposition
+}
+
+/// Records what a successful answer teaches about a statement.
+fn remember_success(head: &mut Expect, tag: u8, frame: &[u8]) {
+    match head {
+        Expect::Client(Request::Parse {
+            prepared: Some(stmt), ..
+        })
+        | Expect::Injected(Request::Parse {
+            prepared: Some(stmt), ..
+        }) if tag == b'1' => {
+            stmt.parsed_ok.store(true, Ordering::Relaxed);
+        }
+        Expect::Client(Request::DescribeStatement {
+            stmt: Some(stmt),
+            captured,
+        }) if tag == b'T' || tag == b'n' => {
+            if !captured.is_empty() {
+                captured.extend_from_slice(frame);
+                let _ = stmt.description.set(Bytes::from(std::mem::take(captured)));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Answers `Parse`/`Describe` of statements PostgreSQL already accepted, up to a `Sync`, with no
+/// backend at all, so a client preparing between transactions never waits for the pool (a
+/// driver that prepares synchronously would otherwise stall the clients sharing its thread).
+/// Returns the bytes consumed from `input`, or `None` when a backend is needed.
+pub fn answer_without_backend(
+    input: &[u8],
+    cache: &StatementCache,
+    client: &mut ClientStatements,
+    to_client: &mut BytesMut,
+) -> Option<usize> {
+    let mut pos = 0;
+    let mut registrations: Vec<(String, Arc<Statement>)> = Vec::new();
+    let mut reply = BytesMut::new();
+    loop {
+        let rest = &input[pos..];
+        if rest.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if len < 4 || rest.len() < 1 + len {
+            return None;
+        }
+        let body = &rest[5..1 + len];
+        match rest[0] {
+            tag::PARSE => {
+                let (name, definition) = read_cstr(body)?;
+                if name.is_empty()
+                    || client.by_name.contains_key(name)
+                    || registrations.iter().any(|(n, _)| n == name)
+                {
+                    return None;
+                }
+                let stmt = cache.lookup(definition)?;
+                if !stmt.parsed_ok.load(Ordering::Relaxed) {
+                    return None;
+                }
+                registrations.push((name.to_string(), stmt));
+                reply.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+            }
+            tag::DESCRIBE if body.first() == Some(&b'S') => {
+                let (name, _) = read_cstr(&body[1..])?;
+                let stmt = registrations
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| s)
+                    .or_else(|| client.by_name.get(name))?;
+                reply.extend_from_slice(stmt.description.get()?);
+            }
+            tag::SYNC => {
+                pos += 1 + len;
+                break;
+            }
+            _ => return None,
+        }
+        pos += 1 + len;
+    }
+    client.by_name.extend(registrations);
+    to_client.extend_from_slice(&reply);
+    crate::protocol::backend_msg::ready_for_query(to_client, b'I');
+    Some(pos)
+}
+
+/// After an error PostgreSQL ignores everything up to Sync: so do the queue and the names.
+fn skip_to_sync(
+    pipe: &mut Pipeline,
+    client: &mut ClientStatements,
+    mut backend: Option<&mut BackendStatements>,
+) {
+    while let Some(head) = pipe.queue.front() {
+        if matches!(head, Expect::Client(Request::Ready)) {
+            break;
+        }
+        match pipe.queue.pop_front() {
+            Some(Expect::Client(r) | Expect::Injected(r)) => {
+                if let Some(b) = backend.as_deref_mut() {
+                    rollback(&r, client, b);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rollback(request: &Request, client: &mut ClientStatements, backend: &mut BackendStatements) {
+    match request {
+        Request::Parse { registered, prepared } => {
+            if let Some(name) = registered {
+                client.by_name.remove(name);
+            }
+            if let Some(stmt) = prepared {
+                backend.forget(stmt.id);
+            }
+        }
+        Request::Close { evicted: Some(stmt) } => backend.reinstate(stmt),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Named prepared statements in transaction mode: whatever backend serves the next transaction
+//! has the client's statements, and no client sees another's names.
+
+mod common;
+
+use common::wire::{bind, execute, frame, parse, sync, Msg, RawClient};
+use common::*;
+use tidepool::config::Config;
+
+async fn proxy(pool_size: usize) -> tidepool::app::Proxy {
+    let toml = base_config_toml(tokio::task::block_in_place(pg)).replace(
+        "default_pool_size = 10",
+        &format!("default_pool_size = {pool_size}"),
+    );
+    start_proxy(Config::from_toml(&toml).unwrap()).await
+}
+
+fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepared_statements_across_many_transactions_and_backends() {
+    let proxy = proxy(3).await;
+    let addr = proxy.local_addr();
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let client = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+            let add = client.prepare("SELECT $1::int + $2::int").await.unwrap();
+            let pid = client.prepare("SELECT pg_backend_pid()").await.unwrap();
+            let mut pids = std::collections::HashSet::new();
+            for i in 0..50 {
+                let row = client.query_one(&add, &[&i, &c]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + c);
+                pids.insert(client.query_one(&pid, &[]).await.unwrap().get::<_, i32>(0));
+            }
+            // query() prepares an unnamed-then-named statement each time.
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM generate_series(1, $1::int)", &[&c])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, c as i64);
+            pids.len()
+        }));
+    }
+    let mut max_backends = 0;
+    for t in tasks {
+        max_backends = max_backends.max(t.await.unwrap());
+    }
+    assert!(max_backends > 1, "statements were used on several backends");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_before_bind_unknown_names_and_reuse_after_close() {
+    let proxy = proxy(2).await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut a, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let (mut b, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        // a prepares in one transaction…
+        let mut msg = parse("st", "SELECT $1::int * 2");
+        msg.extend(sync());
+        a.send(&msg);
+        assert_eq!(tags(&a.until_ready()), "1Z");
+        // …b keeps a backend busy in a transaction, so a's next one may land elsewhere.
+        b.send(&common::wire::query("BEGIN"));
+        b.until_ready();
+        // Describe before Bind, on whatever backend a gets now.
+        let mut describe = b"S".to_vec();
+        describe.extend_from_slice(b"st\0");
+        let mut msg = frame(b'D', &describe);
+        msg.extend(sync());
+        a.send(&msg);
+        assert_eq!(tags(&a.until_ready()), "tTZ");
+        // Bind with a parameter, Execute.
+        let mut bind_body = b"\0st\0".to_vec();
+        bind_body.extend_from_slice(&0i16.to_be_bytes());
+        bind_body.extend_from_slice(&1i16.to_be_bytes());
+        bind_body.extend_from_slice(&2i32.to_be_bytes());
+        bind_body.extend_from_slice(b"21");
+        bind_body.extend_from_slice(&0i16.to_be_bytes());
+        let mut msg = frame(b'B', &bind_body);
+        msg.extend(execute());
+        msg.extend(sync());
+        a.send(&msg);
+        let msgs = a.until_ready();
+        assert_eq!(tags(&msgs), "2DCZ");
+        assert_eq!(msgs[1].first_value().as_deref(), Some("42"));
+        // b never sees a's statement name.
+        let mut msg = bind("st");
+        msg.extend(execute());
+        msg.extend(sync());
+        b.send(&msg);
+        let msgs = b.until_ready();
+        assert_eq!(msgs[0].sqlstate().as_deref(), Some("26000"), "{msgs:?}");
+        b.send(&common::wire::query("ROLLBACK"));
+        b.until_ready();
+        // Close, then the name is free again (with another text).
+        let mut msg = frame(b'C', b"Sst\0");
+        msg.extend(parse("st", "SELECT 'again'"));
+        msg.extend(bind("st"));
+        msg.extend(execute());
+        msg.extend(sync());
+        a.send(&msg);
+        let msgs = a.until_ready();
+        assert_eq!(tags(&msgs), "312DCZ");
+        assert_eq!(msgs[3].first_value().as_deref(), Some("again"));
+        // Parse of an existing name is 42P05, and the batch is skipped up to Sync.
+        let mut msg = parse("st", "SELECT 1");
+        msg.extend(bind("st"));
+        msg.extend(execute());
+        msg.extend(sync());
+        a.send(&msg);
+        let msgs = a.until_ready();
+        assert_eq!(tags(&msgs), "EZ");
+        assert_eq!(msgs[0].sqlstate().as_deref(), Some("42P05"));
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_mode_through_a_small_pool() {
+    let proxy = proxy(5).await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let out = pg_tool_cmd("pgbench", addr, APP_USER, APP_PASSWORD, APP_DB)
+                .args(args)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "pgbench {args:?}:\n{text}");
+            text
+        };
+        run(&["-i", "-q", "-s", "1"]);
+        for extra in [&["-S"][..], &[][..]] {
+            let mut args = vec!["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"];
+            args.extend_from_slice(extra);
+            let out = run(&args);
+            assert!(
+                out.contains("number of failed transactions: 0 (0.000%)"),
+                "{args:?}:\n{out}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}
