@@ -530,11 +530,9 @@ fn remember_success(head: &mut Expect, tag: u8, frame: &[u8]) {
         Expect::Client(Request::DescribeStatement {
             stmt: Some(stmt),
             captured,
-        }) if tag == b'T' || tag == b'n' => {
-            if !captured.is_empty() {
-                captured.extend_from_slice(frame);
-                let _ = stmt.description.set(Bytes::from(std::mem::take(captured)));
-            }
+        }) if (tag == b'T' || tag == b'n') && !captured.is_empty() => {
+            captured.extend_from_slice(frame);
+            let _ = stmt.description.set(Bytes::from(std::mem::take(captured)));
         }
         _ => {}
     }
@@ -612,13 +610,10 @@ fn skip_to_sync(
         if matches!(head, Expect::Client(Request::Ready)) {
             break;
         }
-        match pipe.queue.pop_front() {
-            Some(Expect::Client(r) | Expect::Injected(r)) => {
-                if let Some(b) = backend.as_deref_mut() {
-                    rollback(&r, client, b);
-                }
+        if let Some(Expect::Client(r) | Expect::Injected(r)) = pipe.queue.pop_front() {
+            if let Some(b) = backend.as_deref_mut() {
+                rollback(&r, client, b);
             }
-            _ => {}
         }
     }
 }
