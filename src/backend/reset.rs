@@ -12,6 +12,8 @@ use bytes::BytesMut;
 pub struct QueryOutcome {
     /// The first ErrorResponse, if the statement failed (the raw frame, so it can be relayed).
     pub error: Option<Frame>,
+    /// The first row returned, as text values (`None` = NULL).
+    pub first_row: Option<Vec<Option<String>>>,
 }
 
 impl QueryOutcome {
@@ -32,6 +34,10 @@ impl BackendConn {
             let frame = self.read_frame().await?;
             if self.observe(&frame) {
                 return Ok(outcome);
+            }
+            if frame.tag == tag::DATA_ROW && outcome.first_row.is_none() {
+                outcome.first_row = Some(parse_data_row(&frame.body));
+                continue;
             }
             if frame.tag == tag::ERROR_RESPONSE {
                 let parsed = ServerError::parse(&frame);
@@ -69,4 +75,31 @@ impl BackendConn {
         self.statements.clear();
         Ok(())
     }
+}
+
+/// Text values of a DataRow body; malformed input yields what could be read.
+fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    if body.len() < 2 {
+        return values;
+    }
+    let count = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+    let mut pos = 2;
+    for _ in 0..count {
+        let Some(len) = body.get(pos..pos + 4) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        pos += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let Some(value) = body.get(pos..pos + len as usize) else {
+            break;
+        };
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        pos += len as usize;
+    }
+    values
 }

@@ -8,6 +8,7 @@ pub mod listener;
 pub mod params;
 pub mod relay;
 pub mod session;
+pub mod session_state;
 pub mod startup;
 pub mod statements;
 

@@ -22,8 +22,11 @@ const SESSION_REPORTED: &[&str] = &[
 pub struct ClientParams {
     pub user: String,
     pub database: String,
-    /// Settings as (lower-case name, raw value), in the order given, `options -c` included.
+    /// Settings as (lower-case name, raw value), in the order given, `options -c` included;
+    /// in transaction mode updated as the client changes them.
     pub settings: Vec<(String, String)>,
+    /// The settings of the StartupMessage itself: what `RESET` returns to.
+    pub startup_settings: Vec<(String, String)>,
 }
 
 impl ClientParams {
@@ -62,6 +65,7 @@ impl ClientParams {
         Ok(ClientParams {
             user,
             database,
+            startup_settings: settings.clone(),
             settings,
         })
     }
@@ -89,7 +93,8 @@ pub fn follow_reported(settings: &mut Vec<(String, String)>, reported: &[(String
     }
 }
 
-fn set(settings: &mut Vec<(String, String)>, name: String, value: String) {
+/// Sets or replaces one setting.
+pub fn set(settings: &mut Vec<(String, String)>, name: String, value: String) {
     match settings.iter_mut().find(|(n, _)| *n == name) {
         Some(entry) => entry.1 = value,
         None => settings.push((name, value)),
@@ -193,7 +198,7 @@ pub fn settings_diff_sql(applied: &[(String, String)], wanted: &[(String, String
 }
 
 /// An escape-string literal: means the same whatever standard_conforming_strings is.
-fn literal(value: &str) -> String {
+pub fn literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 3);
     out.push_str("E'");
     for c in value.chars() {

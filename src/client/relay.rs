@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::conn::{ClientConn, ClientIoError};
+use super::session_state::{may_change_settings, SessionChanges};
 use super::statements::{self, ClientStatements, Disposition, Pipeline, RewriteContext, StatementCache};
 
 /// Stop reading a side while this much output for the other side is waiting to be written.
@@ -42,6 +43,10 @@ pub struct Exchange {
     quiet_reported: bool,
     /// Parameters the server reported during the exchange (the client changed them).
     pub reported: Vec<(String, String)>,
+    /// Settings the client's statements changed (transaction mode carries them along).
+    pub changes: SessionChanges,
+    /// Whether to look for such changes (transaction mode only: a session keeps its backend).
+    pub track_settings: bool,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
@@ -68,6 +73,8 @@ impl Default for Exchange {
             passthrough: 0,
             quiet_reported: false,
             reported: Vec::new(),
+            changes: SessionChanges::default(),
+            track_settings: false,
             copy: CopyTracking::default(),
         }
     }
@@ -265,6 +272,9 @@ fn scan_client(
             }
             _ => {}
         }
+        if ex.track_settings && matches!(tag, tag::QUERY | tag::PARSE) {
+            note_setting_changes(tag, &buf[pos + 5..pos + total], &mut ex.changes);
+        }
         if let Some(rw) = rewrite.as_deref_mut().filter(|_| !ignored_by_server) {
             // Statement names are per client: rename, inject or answer (transaction mode).
             backend.wbuf.extend_from_slice(&buf[copied..pos]);
@@ -298,6 +308,23 @@ fn scan_client(
         client.rbuf.reserve(total.saturating_sub(client.rbuf.len()));
     }
     Ok(terminated)
+}
+
+/// Records settings a Query or Parse may change (`SET`, `RESET`, `DISCARD ALL`).
+fn note_setting_changes(tag: u8, body: &[u8], changes: &mut SessionChanges) {
+    let sql = if tag == tag::PARSE {
+        // Parse: statement name, then the query text.
+        let Some(name_end) = body.iter().position(|&b| b == 0) else {
+            return;
+        };
+        &body[name_end + 1..]
+    } else {
+        body
+    };
+    let sql = &sql[..sql.iter().position(|&b| b == 0).unwrap_or(sql.len())];
+    if may_change_settings(sql) {
+        changes.scan(&String::from_utf8_lossy(sql));
+    }
 }
 
 /// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and

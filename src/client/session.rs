@@ -250,6 +250,7 @@ impl Session {
             }
         }
         self.exchange = Exchange::default();
+        self.exchange.track_settings = self.mode == PoolMode::Transaction;
         self.pipeline = Pipeline::default();
         self.backend = Some(backend);
         Ok(())
@@ -314,6 +315,15 @@ impl Session {
             match event {
                 RelayEvent::Idle => {
                     self.follow_settings();
+                    if !self.exchange.changes.is_empty() {
+                        if let Err(e) = self.carry_setting_changes().await {
+                            registration.slot.set(None);
+                            if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                                return reason;
+                            }
+                            continue;
+                        }
+                    }
                     if self.mode == PoolMode::Transaction {
                         registration.slot.set(None);
                         let backend = self.backend.take().expect("attached");
@@ -363,6 +373,46 @@ impl Session {
         if let Some(backend) = self.backend.as_mut() {
             follow_reported(&mut backend.applied, &reported);
         }
+    }
+
+    /// After a transaction that ran SET/RESET/DISCARD ALL: reads back what the settings are now
+    /// and records them as the client's (they follow it) and as the backend's (so the next client
+    /// gets only its own). One round trip, only after such transactions.
+    async fn carry_setting_changes(&mut self) -> Result<(), BackendError> {
+        let changes = std::mem::take(&mut self.exchange.changes);
+        let backend = self.backend.as_mut().expect("attached");
+        let settings = &mut self.params.settings;
+        if changes.reset_all {
+            // The backend went back to server defaults; the client to its startup values.
+            *settings = self.params.startup_settings.clone();
+            backend.applied.clear();
+        }
+        for name in &changes.reset {
+            settings.retain(|(n, _)| n != name);
+            if let Some((_, v)) = self.params.startup_settings.iter().find(|(n, _)| n == name) {
+                settings.push((name.clone(), v.clone()));
+            }
+            backend.applied.retain(|(n, _)| n != name);
+        }
+        if changes.set.is_empty() {
+            return Ok(());
+        }
+        let columns: Vec<String> = changes
+            .set
+            .iter()
+            .map(|n| format!("pg_catalog.current_setting({}, true)", super::params::literal(n)))
+            .collect();
+        let outcome = backend
+            .run_simple(&format!("SELECT {}", columns.join(", ")))
+            .await?;
+        let row = outcome.first_row.unwrap_or_default();
+        for (name, value) in changes.set.iter().zip(row) {
+            if let Some(value) = value {
+                super::params::set(settings, name.clone(), value.clone());
+                super::params::set(&mut backend.applied, name.clone(), value);
+            }
+        }
+        Ok(())
     }
 
     /// Transaction mode between transactions: flush, wait for the client's next request, and
