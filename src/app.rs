@@ -31,7 +31,15 @@ pub struct Shared {
     /// Named prepared statements interned across clients (transaction mode).
     pub statements: StatementCache,
     pub clients: ClientCounter,
+    pub stats: ProxyStats,
     pub shutdown: Shutdown,
+}
+
+/// Process-wide counters (admin console, metrics), updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Clients currently pinned to their backend in transaction mode.
+    pub pinned_clients: std::sync::atomic::AtomicUsize,
 }
 
 /// Why the proxy could not start.
@@ -131,6 +139,7 @@ impl Proxy {
             cancels: Arc::new(CancelRegistry::default()),
             statements: StatementCache::default(),
             clients: ClientCounter::default(),
+            stats: ProxyStats::default(),
             shutdown: Shutdown::default(),
         });
         let tasks = TaskTracker::new();

@@ -6,6 +6,7 @@ pub mod cancel;
 pub mod conn;
 pub mod listener;
 pub mod params;
+pub mod pinning;
 pub mod relay;
 pub mod session;
 pub mod session_state;

@@ -47,6 +47,10 @@ pub struct Exchange {
     pub changes: SessionChanges,
     /// Whether to look for such changes (transaction mode only: a session keeps its backend).
     pub track_settings: bool,
+    /// A statement may have taken or released something that pins the client to its backend.
+    pub pins_may_have_changed: bool,
+    /// The client is pinned now (then more kinds of statement may release it).
+    pub pinned: bool,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
@@ -75,6 +79,8 @@ impl Default for Exchange {
             reported: Vec::new(),
             changes: SessionChanges::default(),
             track_settings: false,
+            pins_may_have_changed: false,
+            pinned: false,
             copy: CopyTracking::default(),
         }
     }
@@ -273,7 +279,7 @@ fn scan_client(
             _ => {}
         }
         if ex.track_settings && matches!(tag, tag::QUERY | tag::PARSE) {
-            note_setting_changes(tag, &buf[pos + 5..pos + total], &mut ex.changes);
+            note_setting_changes(tag, &buf[pos + 5..pos + total], ex);
         }
         if let Some(rw) = rewrite.as_deref_mut().filter(|_| !ignored_by_server) {
             // Statement names are per client: rename, inject or answer (transaction mode).
@@ -310,8 +316,9 @@ fn scan_client(
     Ok(terminated)
 }
 
-/// Records settings a Query or Parse may change (`SET`, `RESET`, `DISCARD ALL`).
-fn note_setting_changes(tag: u8, body: &[u8], changes: &mut SessionChanges) {
+/// Records settings a Query or Parse may change (`SET`, `RESET`, `DISCARD ALL`), and whether it
+/// may pin the client to its backend.
+fn note_setting_changes(tag: u8, body: &[u8], ex: &mut Exchange) {
     let sql = if tag == tag::PARSE {
         // Parse: statement name, then the query text.
         let Some(name_end) = body.iter().position(|&b| b == 0) else {
@@ -323,8 +330,9 @@ fn note_setting_changes(tag: u8, body: &[u8], changes: &mut SessionChanges) {
     };
     let sql = &sql[..sql.iter().position(|&b| b == 0).unwrap_or(sql.len())];
     if may_change_settings(sql) {
-        changes.scan(&String::from_utf8_lossy(sql));
+        ex.changes.scan(&String::from_utf8_lossy(sql));
     }
+    ex.pins_may_have_changed |= super::pinning::may_change_pins(sql, ex.pinned);
 }
 
 /// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and

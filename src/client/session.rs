@@ -147,6 +147,7 @@ async fn serve_inner(
         statements: ClientStatements::default(),
         pipeline: Pipeline::default(),
         max_prepared: snapshot.config.pool.max_prepared_statements,
+        pins: Default::default(),
     };
     let reason = session.run().await;
     session.finish().await;
@@ -174,6 +175,8 @@ struct Session {
     pipeline: Pipeline,
     /// `pool.max_prepared_statements` at login; 0 turns renaming off.
     max_prepared: usize,
+    /// What pins the client to its backend now (transaction mode).
+    pins: super::pinning::Pins,
 }
 
 impl Session {
@@ -189,6 +192,12 @@ impl Session {
         }
         let reason = self.serve_requests(&registration).await;
         registration.slot.set(None);
+        if self.pins.any() {
+            self.shared
+                .stats
+                .pinned_clients
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         reason
     }
 
@@ -251,6 +260,7 @@ impl Session {
         }
         self.exchange = Exchange::default();
         self.exchange.track_settings = self.mode == PoolMode::Transaction;
+        self.exchange.pinned = self.pins.any();
         self.pipeline = Pipeline::default();
         self.backend = Some(backend);
         Ok(())
@@ -324,7 +334,16 @@ impl Session {
                             continue;
                         }
                     }
-                    if self.mode == PoolMode::Transaction {
+                    if self.exchange.pins_may_have_changed {
+                        if let Err(e) = self.probe_pins().await {
+                            registration.slot.set(None);
+                            if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                                return reason;
+                            }
+                            continue;
+                        }
+                    }
+                    if self.mode == PoolMode::Transaction && !self.pins.any() {
                         registration.slot.set(None);
                         let backend = self.backend.take().expect("attached");
                         self.pool.release(backend);
@@ -373,6 +392,34 @@ impl Session {
         if let Some(backend) = self.backend.as_mut() {
             follow_reported(&mut backend.applied, &reported);
         }
+    }
+
+    /// Asks the backend what the client holds that cannot move (locks, temp tables, cursors,
+    /// LISTEN); while it holds any, the backend stays with the client.
+    async fn probe_pins(&mut self) -> Result<(), BackendError> {
+        self.exchange.pins_may_have_changed = false;
+        let backend = self.backend.as_mut().expect("attached");
+        let outcome = backend.run_simple(super::pinning::PROBE_SQL).await?;
+        let pins = super::pinning::Pins::from_row(&outcome.first_row.unwrap_or_default());
+        if pins.any() != self.pins.any() {
+            let peer = self.client.peer;
+            if pins.any() {
+                self.shared
+                    .stats
+                    .pinned_clients
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%peer, backend = backend.id, "client pinned to its backend: {}", pins.describe());
+            } else {
+                self.shared
+                    .stats
+                    .pinned_clients
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%peer, backend = backend.id, "client unpinned");
+            }
+        }
+        self.pins = pins;
+        self.exchange.pinned = pins.any();
+        Ok(())
     }
 
     /// After a transaction that ran SET/RESET/DISCARD ALL: reads back what the settings are now
@@ -577,6 +624,9 @@ impl Session {
             }
             if self.mode == PoolMode::Session {
                 backend.reset(&settings.reset_query).await?;
+            } else if self.pins.any() {
+                // Locks, temp tables, cursors and LISTENs must not outlive their client.
+                backend.reset("DISCARD ALL").await?;
             }
             Ok::<(), BackendError>(())
         };

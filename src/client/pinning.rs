@@ -1,0 +1,134 @@
+//! Session state that cannot move between backends (session advisory locks, temporary tables,
+//! WITH HOLD cursors, LISTEN): while a client holds any, transaction mode keeps it on its
+//! backend, and lets go as soon as it holds none.
+//!
+//! A lexical look at each statement says whether it might create or drop such state; after a
+//! transaction where one did, one probe query asks the backend what the client holds now. The
+//! probe is exact (rolled-back work, functions that lock, `ON COMMIT DROP` all come out right)
+//! and costs a round trip only after such transactions.
+
+/// Words after which a client may hold something that pins it.
+const PIN_TRIGGERS: &[&[u8]] = &[b"ADVISORY", b"TEMP", b"HOLD", b"LISTEN"];
+/// Words after which a pinned client may have let go (checked only while pinned).
+const UNPIN_TRIGGERS: &[&[u8]] = &[
+    b"ADVISORY",
+    b"DISCARD",
+    b"CLOSE",
+    b"DROP",
+    b"LISTEN",
+    b"ROLLBACK",
+    b"ABORT",
+];
+
+/// Cheap test: might this statement text take (or, when `pinned`, release) something that pins?
+pub fn may_change_pins(sql: &[u8], pinned: bool) -> bool {
+    let words = if pinned { UNPIN_TRIGGERS } else { PIN_TRIGGERS };
+    words
+        .iter()
+        .any(|word| sql.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
+}
+
+/// One round trip that counts what the session holds, by kind.
+pub const PROBE_SQL: &str = "SELECT \
+    (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
+    (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
+    (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable), \
+    (SELECT count(*) FROM pg_catalog.pg_listening_channels())";
+
+/// What pins a client to its backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pins {
+    pub advisory_locks: u64,
+    pub temp_relations: u64,
+    pub hold_cursors: u64,
+    pub listens: u64,
+}
+
+impl Pins {
+    /// Reads the probe's row; missing or odd values count as pinned, to be safe.
+    pub fn from_row(row: &[Option<String>]) -> Pins {
+        let get = |i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)
+        };
+        Pins {
+            advisory_locks: get(0),
+            temp_relations: get(1),
+            hold_cursors: get(2),
+            listens: get(3),
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.advisory_locks + self.temp_relations + self.hold_cursors + self.listens > 0
+    }
+
+    /// Short description for logs and the admin console.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.advisory_locks, "advisory lock"),
+            (self.temp_relations, "temporary relation"),
+            (self.hold_cursors, "WITH HOLD cursor"),
+            (self.listens, "LISTEN channel"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}{}", if n == 1 { "" } else { "s" }));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers() {
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "create temporary table t (x int)",
+            "CREATE TEMP TABLE t AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "listen jobs",
+            "UNLISTEN *",
+            "DISCARD TEMP",
+            "CLOSE c",
+            "DROP TABLE t",
+        ] {
+            assert!(may_change_pins(sql.as_bytes(), true), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "create temporary table t (x int)",
+            "LISTEN jobs",
+        ] {
+            assert!(may_change_pins(sql.as_bytes(), false), "{sql}");
+        }
+        assert!(
+            !may_change_pins(b"DROP TABLE t", false),
+            "nothing to release when not pinned"
+        );
+        assert!(!may_change_pins(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            false
+        ));
+        assert!(!may_change_pins(
+            b"UPDATE pgbench_branches SET bbalance = bbalance + $1",
+            true
+        ));
+    }
+
+    #[test]
+    fn probe_rows() {
+        let row = |v: [&str; 4]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert!(!Pins::from_row(&row(["0", "0", "0", "0"])).any());
+        let pins = Pins::from_row(&row(["2", "0", "1", "0"]));
+        assert!(pins.any());
+        assert_eq!(pins.describe(), "2 advisory locks, 1 WITH HOLD cursor");
+        assert!(Pins::from_row(&[]).any(), "an unreadable probe pins, to be safe");
+    }
+}
