@@ -89,11 +89,8 @@ mod tests {
     #[test]
     fn triggers() {
         for sql in [
-            "SELECT pg_advisory_lock(1)",
-            "create temporary table t (x int)",
-            "CREATE TEMP TABLE t AS SELECT 1",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            "listen jobs",
+            "SELECT pg_advisory_unlock(1)",
+            "SELECT pg_advisory_unlock_all()",
             "UNLISTEN *",
             "DISCARD TEMP",
             "CLOSE c",
