@@ -148,3 +148,50 @@ async fn cancel_request_stops_the_running_query_only() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_a_client_waiting_for_the_pool_takes_it_out_of_the_queue() {
+    let proxy = proxy(1, "transaction").await;
+    let addr = proxy.local_addr();
+    let holder = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let waiter = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let token = waiter.cancel_token();
+    let waiter = std::sync::Arc::new(waiter);
+    let queued = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.simple_query("SELECT 'never ran'").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!queued.is_finished(), "the waiter is queued behind the holder");
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the queued request is answered at once")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+    // The holder never noticed; after it commits, the waiter works normally.
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiter.simple_query("SELECT 1").await.unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_never_hits_the_next_query() {
+    let proxy = proxy(1, "transaction").await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    // a's query is over; its cancel arrives while b runs a query on the same (only) backend.
+    a.simple_query("SELECT 1").await.unwrap();
+    let token = a.cancel_token();
+    let b_query = tokio::spawn(async move { b.simple_query("SELECT pg_sleep(0.5), 'b done'").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    assert!(
+        b_query.await.unwrap().is_ok(),
+        "b's query was not cancelled by a's late cancel"
+    );
+    proxy.shutdown().await;
+}

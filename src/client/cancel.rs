@@ -29,9 +29,37 @@ pub struct CancelTarget {
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     target: Mutex<Option<CancelTarget>>,
+    /// The client is queued for a backend: a cancel takes it out of the queue.
+    waiting: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
 }
 
 impl CancelSlot {
+    /// Runs `wait` (a pool checkout) until it ends or a cancel request for this client arrives;
+    /// `None` means cancelled. Cancels arriving outside this window do nothing.
+    pub async fn cancellable<T>(&self, wait: impl std::future::Future<Output = T>) -> Option<T> {
+        use std::sync::atomic::Ordering;
+        let notified = self.wake.notified();
+        tokio::pin!(notified);
+        // Registered before `waiting` is visible, so no cancel can slip between the two.
+        notified.as_mut().enable();
+        self.waiting.store(true, Ordering::SeqCst);
+        let result = tokio::select! {
+            value = wait => Some(value),
+            _ = notified => None,
+        };
+        self.waiting.store(false, Ordering::SeqCst);
+        result
+    }
+
+    fn cancel_wait(&self) -> bool {
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            self.wake.notify_waiters();
+            return true;
+        }
+        false
+    }
+
     pub fn set(&self, target: Option<CancelTarget>) {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
@@ -98,8 +126,14 @@ impl CancelRegistry {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
-        let Some(target) = slot.and_then(|s| s.get()) else {
-            tracing::debug!(pid = key.pid, "cancel request for no running query; ignored");
+        let Some(slot) = slot else {
+            tracing::debug!(pid = key.pid, "cancel request with an unknown key; ignored");
+            return;
+        };
+        let Some(target) = slot.get() else {
+            if !slot.cancel_wait() {
+                tracing::debug!(pid = key.pid, "cancel request for no running query; ignored");
+            }
             return;
         };
         if let Err(e) = send_cancel(&target).await {

@@ -2,7 +2,7 @@
 //! backends checked out per transaction (transaction mode) or once (session mode).
 
 use super::auth::{self, AuthError};
-use super::cancel::{CancelTarget, Registration};
+use super::cancel::{CancelSlot, CancelTarget, Registration};
 use super::conn::{ClientConn, ClientIoError};
 use super::params::{follow_reported, settings_diff_sql, ClientParams};
 use super::relay::{relay, Exchange, RelayEvent, Rewrite};
@@ -204,6 +204,16 @@ impl Session {
     /// Gets a backend for the client: session mode once at login, transaction mode per
     /// transaction. On login, errors are FATAL (as PostgreSQL's would be at startup).
     async fn attach(&mut self, login: bool) -> Result<(), CloseReason> {
+        self.attach_cancellable(login, None).await.map(|_| ())
+    }
+
+    /// `attach`, but a cancel request for this client while it waits for the pool takes it out
+    /// of the queue: its request gets 57014 and the connection stays. Returns false then.
+    async fn attach_cancellable(
+        &mut self,
+        login: bool,
+        cancel: Option<&CancelSlot>,
+    ) -> Result<bool, CloseReason> {
         let wish = match self.mode {
             PoolMode::Session => StartupWish {
                 want: Some(self.params.signature()),
@@ -214,7 +224,19 @@ impl Session {
                 params: &[],
             },
         };
-        let mut backend = match self.pool.checkout(wish).await {
+        let checkout = self.pool.checkout(wish);
+        let checked_out = match cancel {
+            Some(slot) => slot.cancellable(checkout).await,
+            None => Some(checkout.await),
+        };
+        let Some(checked_out) = checked_out else {
+            self.pending_error = Some(ErrorFields::error(
+                SqlState::QUERY_CANCELED,
+                "canceling statement due to user request",
+            ));
+            return Ok(false);
+        };
+        let mut backend = match checked_out {
             Ok(b) => b,
             Err(PoolError::WaitTimeout) => {
                 let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
@@ -263,7 +285,7 @@ impl Session {
         self.exchange.pinned = self.pins.any();
         self.pipeline = Pipeline::default();
         self.backend = Some(backend);
-        Ok(())
+        Ok(true)
     }
 
     /// AuthenticationOk was sent by auth; now ParameterStatus, BackendKeyData, ReadyForQuery.
@@ -291,8 +313,11 @@ impl Session {
                 if let Err(reason) = self.wait_for_request().await {
                     return reason;
                 }
-                if let Err(reason) = self.attach(false).await {
-                    return reason;
+                match self.attach_cancellable(false, Some(&registration.slot)).await {
+                    Ok(true) => {}
+                    // Cancelled while queued: the owed error answers the request.
+                    Ok(false) => continue,
+                    Err(reason) => return reason,
                 }
             }
             let idle_deadline = match self.exchange.status {
