@@ -195,3 +195,48 @@ async fn a_late_cancel_never_hits_the_next_query() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_query_has_it_cancelled_and_its_backend_reused() {
+    let proxy = proxy(1, "transaction").await;
+    let addr = proxy.local_addr();
+    let pid = tokio::task::spawn_blocking(move || {
+        let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        c.send(&query("BEGIN; SELECT pg_sleep(60)"));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(c);
+        pid
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let other = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let rows = other.simple_query("SELECT pg_backend_pid()").await.unwrap();
+    let got = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the abandoned query was cancelled, not waited for"
+    );
+    assert_eq!(got, pid, "the same backend, cancelled, rolled back and reused");
+    // now() is the transaction's start: equal to the statement's only in a fresh transaction.
+    let fresh = other
+        .simple_query("SELECT now() = statement_timestamp()")
+        .await
+        .unwrap();
+    let fresh = fresh
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(fresh, "t", "the abandoned transaction was rolled back");
+    proxy.shutdown().await;
+}

@@ -136,9 +136,14 @@ impl CancelRegistry {
             }
             return;
         };
-        if let Err(e) = send_cancel(&target).await {
-            tracing::warn!(node = %target.addr, error = %e, "forwarding cancel request failed");
-        }
+        send_cancel_to(&target).await;
+    }
+}
+
+/// Sends a CancelRequest for `target`; failures are logged, as there is no one to tell.
+pub async fn send_cancel_to(target: &CancelTarget) {
+    if let Err(e) = send_cancel(target).await {
+        tracing::warn!(node = %target.addr, error = %e, "sending cancel request failed");
     }
 }
 

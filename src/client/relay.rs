@@ -92,6 +92,11 @@ impl Exchange {
         self.pending == 0 && !self.unsynced && self.passthrough == 0 && !self.copy.in_copy_in
     }
 
+    /// True while the server reads COPY data from the client.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy.in_copy_in
+    }
+
     /// Marks the current quiet state as already seen by the session.
     pub fn mark_quiet_reported(&mut self) {
         self.quiet_reported = true;
