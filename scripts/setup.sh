@@ -21,6 +21,11 @@ missing=()
 have_initdb || missing+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-contrib)
+# Driver tests (psycopg, asyncpg, node-postgres) install those from PyPI/npm themselves; they
+# need python3 with venv, and node with npm.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt_install "${missing[@]}"

@@ -35,6 +35,8 @@ pub struct Exchange {
     pub pending: u32,
     /// Extended-protocol messages forwarded since the last Sync (the batch is open).
     pub unsynced: bool,
+    /// A Bind or Execute since the last Sync: the open batch has portals tied to this backend.
+    binds_since_sync: bool,
     /// Status of the last ReadyForQuery.
     pub status: TransactionStatus,
     /// Bytes of a server frame still to be streamed to the client.
@@ -73,6 +75,7 @@ impl Default for Exchange {
         Exchange {
             pending: 0,
             unsynced: false,
+            binds_since_sync: false,
             status: TransactionStatus::Idle,
             passthrough: 0,
             quiet_reported: false,
@@ -110,6 +113,10 @@ pub enum RelayEvent {
     Idle,
     /// All requests answered, but inside a (possibly failed) transaction.
     IdleInTransaction,
+    /// Outside a transaction, every request answered, but the client flushed a batch of only
+    /// Parse/Describe/Close (as asyncpg prepares) without a Sync yet: nothing ties it to this
+    /// backend, which may go back to the pool once tidepool closes the batch itself.
+    IdleUnsynced,
     /// The client sent Terminate.
     ClientTerminated,
     ClientFailed(ClientIoError),
@@ -209,6 +216,17 @@ fn poll_relay(
             }
         }
 
+        let statement_only_batch = rewrite.as_deref().is_some_and(|rw| rw.pipe.queue.is_empty())
+            && ex.pending == 0
+            && ex.unsynced
+            && !ex.binds_since_sync
+            && ex.passthrough == 0
+            && !ex.copy.in_copy_in
+            && ex.status == TransactionStatus::Idle;
+        if statement_only_batch && backend.wbuf.is_empty() && !ex.quiet_reported {
+            ex.quiet_reported = true;
+            return Poll::Ready(RelayEvent::IdleUnsynced);
+        }
         if ex.is_quiet() && backend.wbuf.is_empty() && !ex.quiet_reported {
             ex.quiet_reported = true;
             return Poll::Ready(match ex.status {
@@ -262,6 +280,7 @@ fn scan_client(
             tag::SYNC => {
                 ex.pending += 1;
                 ex.unsynced = false;
+                ex.binds_since_sync = false;
                 if !ex.copy.ended_since_execute {
                     ex.copy.syncs_since_execute += 1;
                 }
@@ -272,11 +291,16 @@ fn scan_client(
             }
             tag::EXECUTE => {
                 ex.unsynced = true;
+                ex.binds_since_sync = true;
                 ex.copy.after_execute = true;
                 ex.copy.syncs_since_execute = 0;
                 ex.copy.ended_since_execute = false;
             }
-            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => ex.unsynced = true,
+            tag::BIND => {
+                ex.unsynced = true;
+                ex.binds_since_sync = true;
+            }
+            tag::PARSE | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => ex.unsynced = true,
             tag::COPY_DONE | tag::COPY_FAIL => {
                 ex.copy.in_copy_in = false;
                 ex.copy.ended_since_execute = true;

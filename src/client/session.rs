@@ -375,6 +375,34 @@ impl Session {
                     }
                 }
                 RelayEvent::IdleInTransaction => self.follow_settings(),
+                RelayEvent::IdleUnsynced => {
+                    if self.pins.any() {
+                        continue;
+                    }
+                    // Close the batch on the backend ourselves; a lone Sync from the client later
+                    // is answered without a backend.
+                    let backend = self.backend.as_mut().expect("attached");
+                    let mut out = bytes::BytesMut::with_capacity(5);
+                    crate::protocol::frontend_msg::sync(&mut out);
+                    let closed = async {
+                        backend.write_all(&out).await?;
+                        loop {
+                            let frame = backend.read_frame().await?;
+                            if backend.observe(&frame) {
+                                break;
+                            }
+                        }
+                        Ok::<(), BackendError>(())
+                    }
+                    .await;
+                    registration.slot.set(None);
+                    let backend = self.backend.take().expect("attached");
+                    match closed {
+                        Ok(()) => self.pool.release(backend),
+                        Err(_) => self.pool.discard(backend),
+                    }
+                    self.exchange.unsynced = false;
+                }
                 RelayEvent::ClientTerminated => return CloseReason::Terminated,
                 RelayEvent::ClientFailed(ClientIoError::Frame(e)) => {
                     let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
@@ -553,9 +581,14 @@ impl Session {
                     continue;
                 }
             }
-            if tag == tag::FLUSH {
-                // Nothing is pending, so there is nothing to flush.
+            if tag == tag::FLUSH || tag == tag::SYNC {
+                // No backend means no transaction and no open batch: nothing to flush, and a
+                // Sync (say, of a batch tidepool already closed on its backend) is answered
+                // exactly as PostgreSQL would.
                 self.client.rbuf.advance(total);
+                if tag == tag::SYNC {
+                    backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
+                }
                 continue;
             }
             return Ok(());

@@ -586,8 +586,11 @@ pub fn answer_without_backend(
                     .or_else(|| client.by_name.get(name))?;
                 reply.extend_from_slice(stmt.description.get()?);
             }
-            tag::SYNC => {
+            tag::SYNC | tag::FLUSH => {
                 pos += 1 + len;
+                if rest[0] == tag::SYNC {
+                    crate::protocol::backend_msg::ready_for_query(&mut reply, b'I');
+                }
                 break;
             }
             _ => return None,
@@ -596,7 +599,6 @@ pub fn answer_without_backend(
     }
     client.by_name.extend(registrations);
     to_client.extend_from_slice(&reply);
-    crate::protocol::backend_msg::ready_for_query(to_client, b'I');
     Some(pos)
 }
 

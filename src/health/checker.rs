@@ -1,0 +1,87 @@
+//! The two kinds of task: a checker per node on a fixed interval, and the aggregator that turns
+//! their results into the published topology.
+
+use super::probe::{CheckError, Probe};
+use super::status::TopologyView;
+use super::topology::{Observation, Topology};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// Checks one node every `interval` until cancelled or the aggregator is gone. Checks never
+/// overlap: one that runs long delays the next instead of piling up.
+pub(crate) async fn run_checker<P: Probe>(
+    node: usize,
+    addr: Arc<str>,
+    mut probe: P,
+    interval: Duration,
+    timeout: Duration,
+    results: mpsc::Sender<Observation>,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            outcome = tokio::time::timeout(timeout, probe.check()) => outcome,
+        };
+        let outcome = outcome.unwrap_or_else(|_| {
+            Err(CheckError::Timeout {
+                addr: addr.to_string(),
+                after: timeout,
+            })
+        });
+        let observation = Observation {
+            node,
+            at: Instant::now(),
+            outcome,
+        };
+        if results.send(observation).await.is_err() {
+            break;
+        }
+    }
+    probe.close().await;
+}
+
+/// Where the aggregator publishes: the lock-free snapshot the balancer loads per transaction,
+/// and the channel that wakes waiters when the topology (not mere lag) changes.
+pub(crate) struct Publisher {
+    pub view: Arc<ArcSwap<TopologyView>>,
+    pub changes: watch::Sender<Arc<TopologyView>>,
+}
+
+impl Publisher {
+    fn publish(&self, view: TopologyView) {
+        let view = Arc::new(view);
+        self.view.store(view.clone());
+        // Receivers always see the newest view, but are only notified when it matters.
+        self.changes.send_if_modified(|current| {
+            let changed = !current.same_topology(&view);
+            *current = view;
+            changed
+        });
+    }
+}
+
+/// Applies observations in arrival order and publishes after each. Ends when every checker has
+/// ended; dropping `publisher` then wakes all waiters.
+pub(crate) async fn run_aggregator(
+    mut topology: Topology,
+    mut results: mpsc::Receiver<Observation>,
+    publisher: Publisher,
+) {
+    while let Some(observation) = results.recv().await {
+        topology.apply(observation);
+        publisher.publish(topology.view());
+    }
+}

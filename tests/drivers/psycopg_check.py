@@ -1,0 +1,26 @@
+"""psycopg 3 with prepare_threshold=0 (every statement server-prepared) through tidepool.
+
+Several connections interleave so that transactions land on different backends of a small pool.
+Prints "OK <count>" on success; any mismatch raises.
+"""
+import os
+import sys
+
+import psycopg
+
+dsn = os.environ["TIDEPOOL_DSN"]
+conns = [psycopg.connect(dsn, prepare_threshold=0, autocommit=True) for _ in range(3)]
+checked = 0
+for round_ in range(40):
+    for i, conn in enumerate(conns):
+        row = conn.execute("SELECT %s::int * 2, %s::text", (round_ + i, f"c{i}")).fetchone()
+        assert row == ((round_ + i) * 2, f"c{i}"), row
+        with conn.transaction():
+            conn.execute("SELECT %s::int", (i,)).fetchone()
+            row = conn.execute("SELECT count(*) FROM generate_series(1, %s)", (round_,)).fetchone()
+            assert row[0] == round_, row
+        checked += 2
+# Prepared statements really were used (psycopg names them _pg3_N).
+assert any(conn.prepared_max for conn in conns)
+print("OK", checked)
+sys.exit(0)
