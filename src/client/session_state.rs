@@ -163,7 +163,14 @@ impl Iterator for Statements<'_> {
                 b'"' => {
                     flush(&mut word, &mut words);
                     let end = skip_quoted(bytes, i, b'"');
-                    let ident = &self.rest[i + 1..end.saturating_sub(1).max(i + 1)];
+                    // An unterminated identifier runs to the end of the text (and `end - 1`
+                    // could then split a multi-byte character).
+                    let close = if end > i + 1 && bytes[end - 1] == b'"' {
+                        end - 1
+                    } else {
+                        end
+                    };
+                    let ident = &self.rest[i + 1..close];
                     // Quoted identifiers keep their case; GUC names are case-insensitive anyway.
                     if words.len() < WORDS_PER_STATEMENT {
                         words.push(ident.replace("\"\"", "\""));
@@ -326,8 +333,10 @@ mod tests {
             "SET \"",
             "ö SET ü",
             "SET $x$ y",
+            "SET \"é",
         ] {
             scan(sql);
         }
+        assert_eq!(scan("SET \"ü").set, ["ü"]);
     }
 }

@@ -3,6 +3,8 @@
 //! A `Config` is parsed and validated as a whole and then never mutated: reload builds a new one
 //! and swaps it in atomically (see `app.rs`). Every key is documented in `pool.toml.example`.
 
+#[cfg(test)]
+mod tests;
 mod units;
 mod validate;
 
@@ -20,6 +22,7 @@ use std::path::Path;
 pub struct Config {
     pub proxy: ProxyConfig,
     pub pool: PoolConfig,
+    pub health: crate::health::HealthConfig,
     pub nodes: Vec<NodeConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: Vec<UserConfig>,

@@ -147,6 +147,9 @@ impl Config {
                 }
             }
         }
+        self.health
+            .validate()
+            .map_err(|e| ConfigError::invalid(format!("health.{}", e.key), e.reason))?;
         Ok(())
     }
 }

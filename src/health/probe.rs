@@ -1,12 +1,9 @@
-//! One health check: the monitoring connection to a node, the one-round-trip query, and reading
-//! its single row.
+//! One health check: the monitoring connection to a node, the one-round-trip query, and
+//! interpreting its single row.
 
 use super::status::{Lsn, Role};
 use super::topology::Sample;
-use crate::backend::{self, BackendConn, BackendError, BackendLogin, BackendState};
-use crate::protocol::error::BackendError as ServerError;
-use crate::protocol::{frontend_msg, tag};
-use bytes::BytesMut;
+use crate::backend::{self, BackendConn, BackendError, BackendLogin};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,11 +101,26 @@ impl Monitor {
                 self.conn.insert(conn)
             }
         };
-        let result = query_row(conn, HEALTH_QUERY).await;
+        let outcome = conn.run_simple(HEALTH_QUERY).await;
         if !conn.is_reusable() {
             self.conn = None;
         }
-        parse_sample(&self.addr, &result?)
+        let outcome = outcome?;
+        let addr = || self.addr.to_string();
+        if let Some(error) = outcome.parsed_error() {
+            return Err(CheckError::Query {
+                addr: addr(),
+                code: error.code,
+                message: error.message,
+            });
+        }
+        let Some(row) = outcome.first_row else {
+            return Err(CheckError::BadRow {
+                addr: addr(),
+                reason: "no row",
+            });
+        };
+        parse_sample(&self.addr, &row)
     }
 }
 
@@ -122,82 +134,6 @@ impl Probe for Monitor {
             conn.terminate().await;
         }
     }
-}
-
-/// Runs `sql` with the simple protocol and returns its first row as text (`None` = NULL).
-async fn query_row(conn: &mut BackendConn, sql: &str) -> Result<Vec<Option<String>>, CheckError> {
-    let mut out = BytesMut::with_capacity(sql.len() + 6);
-    frontend_msg::query(&mut out, sql);
-    conn.set_state(BackendState::Busy);
-    conn.write_all(&out).await?;
-    let mut row = None;
-    let mut failure: Option<ServerError> = None;
-    loop {
-        let frame = conn.read_frame().await?;
-        if conn.observe(&frame) {
-            break;
-        }
-        match frame.tag {
-            tag::DATA_ROW if row.is_none() => row = Some(parse_data_row(&frame.body)),
-            tag::ERROR_RESPONSE => {
-                let error = ServerError::parse(&frame);
-                if error.is_fatal() {
-                    conn.set_state(BackendState::Broken);
-                    return Err(CheckError::Backend(BackendError::Server {
-                        addr: conn.addr.to_string(),
-                        code: error.code,
-                        message: error.message,
-                        fatal: true,
-                    }));
-                }
-                failure.get_or_insert(error);
-            }
-            _ => {}
-        }
-    }
-    let addr = || conn.addr.to_string();
-    if let Some(error) = failure {
-        return Err(CheckError::Query {
-            addr: addr(),
-            code: error.code,
-            message: error.message,
-        });
-    }
-    match row {
-        Some(Some(values)) => Ok(values),
-        Some(None) => Err(CheckError::BadRow {
-            addr: addr(),
-            reason: "malformed DataRow",
-        }),
-        None => Err(CheckError::BadRow {
-            addr: addr(),
-            reason: "no row",
-        }),
-    }
-}
-
-/// The text values of a DataRow body; `None` when the body is malformed.
-pub(crate) fn parse_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
-    let (count, mut rest) = body.split_first_chunk::<2>()?;
-    let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
-    let mut values = Vec::with_capacity(count);
-    for _ in 0..count {
-        let (len, after) = rest.split_first_chunk::<4>()?;
-        let len = i32::from_be_bytes(*len);
-        rest = after;
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        if rest.len() < len {
-            return None;
-        }
-        let (value, after) = rest.split_at(len);
-        values.push(Some(std::str::from_utf8(value).ok()?.to_string()));
-        rest = after;
-    }
-    rest.is_empty().then_some(values)
 }
 
 /// Interprets the row of [`HEALTH_QUERY`].
@@ -243,32 +179,9 @@ pub(crate) fn parse_sample(addr: &str, row: &[Option<String>]) -> Result<Sample,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{backend_msg, FrameDecoder};
 
     fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
-        let mut out = BytesMut::new();
-        backend_msg::data_row(&mut out, values);
-        let frame = FrameDecoder::new(1 << 20)
-            .decode_frame(&mut out)
-            .unwrap()
-            .unwrap();
-        assert_eq!(frame.tag, tag::DATA_ROW);
-        parse_data_row(&frame.body).expect("well-formed row")
-    }
-
-    #[test]
-    fn data_rows_round_trip_and_reject_garbage() {
-        assert_eq!(
-            row(&[Some("t"), None, Some("")]),
-            [Some("t".into()), None, Some(String::new())]
-        );
-        assert_eq!(parse_data_row(&[0, 1, 0, 0, 0, 5, b'a']), None, "value cut short");
-        assert_eq!(
-            parse_data_row(&[0, 1, 255, 255, 255, 255, 0]),
-            None,
-            "trailing bytes"
-        );
-        assert_eq!(parse_data_row(&[0]), None);
+        values.iter().map(|v| v.map(String::from)).collect()
     }
 
     #[test]

@@ -106,7 +106,9 @@ fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
     let mut params = Vec::new();
     let mut protocol_options = Vec::new();
     let mut fields = body[..body.len() - 1].split(|&b| b == 0);
-    while let Some(name) = fields.next() {
+    loop {
+        // Running out of fields before the empty name means the terminator is missing.
+        let name = fields.next().ok_or(StartupError::BadLayout)?;
         if name.is_empty() {
             // The terminating empty name; nothing may follow it.
             if fields.next().is_some() {
@@ -225,6 +227,8 @@ mod tests {
             Err(StartupError::UnsupportedProtocol { major: 2, .. })
         ));
         let mut b = packet(0x0003_0000, b"user\0u");
+        assert_eq!(StartupDecoder::decode(&mut b), Err(StartupError::BadLayout));
+        let mut b = packet(0x0003_0000, b"user\0u\0");
         assert_eq!(StartupDecoder::decode(&mut b), Err(StartupError::BadLayout));
         let mut b = packet(0x0003_0000, b"database\0d\0\0");
         assert_eq!(StartupDecoder::decode(&mut b), Err(StartupError::NoUser));

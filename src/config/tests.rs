@@ -1,0 +1,344 @@
+//! Unit tests for parsing and validation: every rule names its key, unknown keys are refused,
+//! defaults are the documented ones, `pool.toml.example` is valid, and secrets stay hidden.
+
+use super::*;
+use std::time::Duration;
+
+const EXAMPLE: &str = include_str!("../../pool.toml.example");
+
+/// A config section a test may replace.
+#[derive(Clone, Copy)]
+enum Section {
+    Proxy,
+    Pool,
+    Nodes,
+    Databases,
+    Users,
+}
+use Section::*;
+
+/// A valid config split by section, so a test can replace one section and keep the rest.
+struct Parts([String; 5]);
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts([
+            String::new(),
+            String::new(),
+            "[[nodes]]\nhost = \"127.0.0.1\"\n".into(),
+            "[databases.app]\n".into(),
+            "[[users]]\nname = \"app\"\npassword = \"app-secret\"\n".into(),
+        ])
+    }
+}
+
+impl Parts {
+    /// The default config with one section's body replaced.
+    fn with(section: Section, text: impl Into<String>) -> Parts {
+        let mut parts = Parts::default();
+        parts.0[section as usize] = text.into();
+        parts
+    }
+
+    fn render(&self) -> String {
+        let [proxy, pool, nodes, databases, users] = &self.0;
+        format!("[proxy]\n{proxy}\n[pool]\n{pool}\n{nodes}\n{databases}\n{users}")
+    }
+
+    fn parse(&self) -> Result<Config, ConfigError> {
+        Config::from_toml(&self.render())
+    }
+}
+
+/// The message of a refused config; panics if it was accepted.
+fn refused(text: &str) -> String {
+    match Config::from_toml(text) {
+        Ok(config) => panic!("accepted {config:?} from:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// RFC 7677's example verifier (password "pencil").
+const SCRAM: &str = "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$\
+    WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+const MD5: &str = "md5a3556571e93b0d20722ba62be61e8c2d";
+
+#[test]
+fn each_rule_names_its_key() {
+    let second_node = |body: &str| format!("[[nodes]]\nhost = \"a\"\n[[nodes]]\n{body}\n");
+    let user = |body: &str| format!("[[users]]\nname = \"app\"\n{body}\n");
+    // One rule per row: section to replace, its new body, the whole error message.
+    #[rustfmt::skip]
+    let cases = [
+        (Proxy, "max_client_conn = 0".into(), "proxy.max_client_conn: must be > 0"),
+        (Proxy, "client_login_timeout = \"0\"".into(), "proxy.client_login_timeout: must be > 0"),
+        (Proxy, "max_message_size = \"8191\"".into(), "proxy.max_message_size: must be between 8kB and 1GB"),
+        (Proxy, "max_message_size = \"1025MB\"".into(), "proxy.max_message_size: must be between 8kB and 1GB"),
+        (Pool, "default_pool_size = 0".into(), "pool.default_pool_size: must be > 0"),
+        (Pool, "default_pool_size = 2\nmin_pool_size = 3".into(), "pool.min_pool_size: must not exceed pool.default_pool_size"),
+        (Pool, "server_connect_timeout = \"0\"".into(), "pool.server_connect_timeout: must be > 0"),
+        (Nodes, String::new(), "nodes: at least one [[nodes]] entry is required"),
+        (Nodes, second_node("host = \" \""), "nodes[1].host: must not be empty"),
+        (Nodes, second_node("host = \"b\"\nport = 0"), "nodes[1].port: must be > 0"),
+        (Databases, String::new(), "databases: at least one [databases.NAME] table is required"),
+        (Databases, "[databases.app]\npool_size = 0".into(), "databases.app.pool_size: must be > 0"),
+        (Databases, "[databases.app]\ndbname = \"\"".into(), "databases.app.dbname: must not be empty"),
+        (Users, "[[users]]\nname = \"\"\nauth_method = \"trust\"".into(), "users[0].name: must not be empty"),
+        (Users, user("auth_method = \"trust\"").repeat(2), "users[1].name: user \"app\" is listed twice"),
+        (Users, user("password = \"x\"\npool_size = 0"), "users[0].pool_size: must be > 0"),
+        (Users, user(""), "users[0].password: required for auth_method scram-sha-256"),
+        (Users, user("auth_method = \"md5\""), "users[0].password: required for auth_method md5"),
+        (Users, user("password = \"\""), "users[0].password: must not be empty"),
+        (Users, user("password = \"SCRAM-SHA-256$4096:c2FsdA==\""), "users[0].password: expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"),
+        (Users, user(&format!("password = \"{SCRAM}\"\nauth_method = \"md5\"")), "users[0].auth_method: md5 cannot be checked against the stored kind of password"),
+        (Users, user(&format!("password = \"{MD5}\"")), "users[0].auth_method: scram-sha-256 cannot be checked against the stored kind of password"),
+    ];
+    for (section, body, expected) in cases {
+        let text = Parts::with(section, body).render();
+        match Config::from_toml(&text) {
+            Err(error @ ConfigError::Invalid { .. }) => {
+                assert_eq!(error.to_string(), expected, "in:\n{text}")
+            }
+            other => panic!("expected {expected:?}, got {other:?} from:\n{text}"),
+        }
+    }
+}
+
+#[test]
+fn what_the_rules_allow() {
+    // Bounds are inclusive; trust needs no password; a SCRAM verifier also serves `password`.
+    let ok = [
+        Parts::with(Proxy, "max_message_size = \"8kB\""),
+        Parts::with(Proxy, "max_message_size = \"1GB\""),
+        Parts::with(Pool, "default_pool_size = 3\nmin_pool_size = 3"),
+        Parts::with(Users, "[[users]]\nname = \"t\"\nauth_method = \"trust\""),
+        Parts::with(
+            Users,
+            format!("[[users]]\nname = \"s\"\npassword = \"{SCRAM}\"\nauth_method = \"password\""),
+        ),
+        Parts::with(Users, ""),
+    ];
+    for parts in ok {
+        if let Err(error) = parts.parse() {
+            panic!("refused: {error}\n{}", parts.render());
+        }
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    let cases = [
+        ("[proxy]\nlisten_addr = \"127.0.0.1:1\"", "listen_addr"),
+        ("[pool]\npool_size = 3", "pool_size"),
+        ("[poool]\ndefault_pool_size = 3", "poool"),
+        ("[[nodes]]\nhost = \"h\"\nweight = 2", "weight"),
+        ("[databases.app]\ndatabase = \"x\"", "database"),
+        ("[[users]]\nname = \"u\"\nrole = \"x\"", "role"),
+    ];
+    for (text, key) in cases {
+        let message = refused(text);
+        assert!(
+            message.contains(&format!("unknown field `{key}`")),
+            "{key}: {message}"
+        );
+    }
+}
+
+#[test]
+fn malformed_durations_sizes_and_types_are_refused() {
+    let cases = [
+        ("client_login_timeout = \"5\"", "has no unit"),
+        ("client_login_timeout = \"5 fortnights\"", "unknown duration unit"),
+        (
+            "client_login_timeout = \"-5s\"",
+            "does not start with a whole number",
+        ),
+        (
+            "client_login_timeout = \"99999999999999999999d\"",
+            "does not start with a whole number",
+        ),
+        ("client_login_timeout = \"9999999999999999d\"", "is too large"),
+        ("client_login_timeout = 5", "expected a string"),
+        ("max_message_size = \"64 parsecs\"", "unknown size unit"),
+        ("max_message_size = \"MB\"", "does not start with a whole number"),
+        ("max_message_size = \"99999999999TB\"", "is too large"),
+        ("max_message_size = 65536", "expected a string"),
+        ("listen = \"localhost\"", "invalid socket address"),
+        ("pool_mode = \"statement\"", "unknown variant `statement`"),
+        ("max_client_conn = -1", "max_client_conn"),
+    ];
+    for (line, why) in cases {
+        let text = Parts::with(Proxy, line).render();
+        let message = refused(&text);
+        let key = line.split(' ').next().expect("key");
+        assert!(message.contains(why), "{line}: {message}");
+        assert!(message.contains(key), "{line} must name its key: {message}");
+    }
+}
+
+#[test]
+fn absent_keys_take_the_documented_defaults() {
+    let config = Parts::default().parse().expect("valid");
+    let proxy = &config.proxy;
+    assert_eq!(proxy.listen, "127.0.0.1:6432".parse().unwrap());
+    assert_eq!(proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(proxy.max_client_conn, 10_000);
+    assert_eq!(proxy.client_login_timeout.0, Duration::from_secs(60));
+    assert_eq!(proxy.client_idle_timeout.non_zero(), None);
+    assert_eq!(proxy.idle_transaction_timeout.non_zero(), None);
+    assert_eq!(proxy.max_message_size, ByteSize(64 << 20));
+
+    let pool = &config.pool;
+    assert_eq!(
+        (pool.default_pool_size, pool.min_pool_size, pool.reserve_pool_size),
+        (20, 0, 0)
+    );
+    let secs = |d: ConfigDuration| d.0.as_secs();
+    assert_eq!(secs(pool.reserve_pool_timeout), 5);
+    assert_eq!(secs(pool.query_wait_timeout), 120);
+    assert_eq!(secs(pool.server_connect_timeout), 15);
+    assert_eq!(secs(pool.server_idle_timeout), 600);
+    assert_eq!(secs(pool.server_lifetime), 3600);
+    assert_eq!(secs(pool.server_check_delay), 30);
+    assert_eq!(pool.server_reset_query, "DISCARD ALL");
+    assert_eq!(pool.server_check_query, "SELECT 1");
+    assert_eq!(pool.max_prepared_statements, 500);
+
+    assert_eq!(config.nodes[0].port, 5432);
+    assert_eq!(config.databases["app"], DatabaseConfig::default());
+    let user = &config.users[0];
+    assert_eq!(user.method(), AuthMethod::ScramSha256);
+    assert_eq!(
+        (&user.backend_user, &user.backend_password, user.pool_size),
+        (&None, &None, None)
+    );
+    assert_eq!(config.pool_mode_for("app"), PoolMode::Transaction);
+    assert_eq!(config.pool_size_for("app", user), 20);
+}
+
+#[test]
+fn pool_size_and_mode_overrides_apply_user_then_database_then_default() {
+    let mut parts = Parts::with(Pool, "default_pool_size = 7");
+    parts.0[Databases as usize] =
+        "[databases.app]\npool_size = 5\npool_mode = \"session\"\n[databases.other]\n".into();
+    parts.0[Users as usize] = "[[users]]\nname = \"a\"\npassword = \"p\"\npool_size = 2\n\
+        [[users]]\nname = \"b\"\npassword = \"p\"\n"
+        .into();
+    let config = parts.parse().expect("valid");
+    let (a, b) = (config.user("a").unwrap(), config.user("b").unwrap());
+    assert_eq!(config.pool_size_for("app", a), 2);
+    assert_eq!(config.pool_size_for("app", b), 5);
+    assert_eq!(config.pool_size_for("other", b), 7);
+    assert_eq!(config.pool_mode_for("app"), PoolMode::Session);
+    assert_eq!(config.pool_mode_for("other"), PoolMode::Transaction);
+    assert!(config.user("c").is_none());
+}
+
+/// The example with its disabled optional keys (`#key = value` lines) switched on.
+fn example_with_every_key() -> String {
+    EXAMPLE
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn example_file_is_valid_and_shows_the_defaults() {
+    let config = Config::from_toml(EXAMPLE).unwrap_or_else(|e| panic!("pool.toml.example: {e}"));
+    // Its [proxy] and [pool] values are the defaults, so the comments cannot drift from the code.
+    assert_eq!(
+        format!("{:?}", config.proxy),
+        format!("{:?}", ProxyConfig::default())
+    );
+    assert_eq!(
+        format!("{:?}", config.pool),
+        format!("{:?}", PoolConfig::default())
+    );
+    assert_eq!(config.nodes[0].address(), "127.0.0.1:5432");
+    assert!(config.databases.contains_key("app"));
+    assert!(config.user("app").is_some());
+
+    let full = example_with_every_key();
+    let config = Config::from_toml(&full).unwrap_or_else(|e| panic!("example with every key: {e}"));
+    let user = config.user("app").expect("app");
+    assert!(user.auth_method.is_some() && user.backend_user.is_some() && user.backend_password.is_some());
+    assert!(user.pool_size.is_some());
+    let db = &config.databases["app"];
+    assert!(db.dbname.is_some() && db.pool_mode.is_some() && db.pool_size.is_some());
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    let full = example_with_every_key();
+    let keys = [
+        "listen",
+        "pool_mode",
+        "max_client_conn",
+        "client_login_timeout",
+        "client_idle_timeout",
+        "idle_transaction_timeout",
+        "max_message_size",
+        "default_pool_size",
+        "min_pool_size",
+        "reserve_pool_size",
+        "reserve_pool_timeout",
+        "query_wait_timeout",
+        "server_connect_timeout",
+        "server_idle_timeout",
+        "server_lifetime",
+        "server_reset_query",
+        "server_check_query",
+        "server_check_delay",
+        "max_prepared_statements",
+        "host",
+        "port",
+        "dbname",
+        "pool_size",
+        "name",
+        "password",
+        "auth_method",
+        "backend_user",
+        "backend_password",
+    ];
+    for key in keys {
+        let line = format!("\n{key} = ");
+        let at = full
+            .find(&line)
+            .unwrap_or_else(|| panic!("pool.toml.example lacks {key}"));
+        // The line before a key is its comment.
+        let before = full[..at].lines().last().unwrap_or("");
+        assert!(before.starts_with("# "), "{key} has no comment above it");
+    }
+}
+
+#[test]
+fn secrets_never_reach_debug_output() {
+    let users = format!(
+        "[[users]]\nname = \"app\"\npassword = \"plain-secret-1\"\nbackend_password = \"backend-secret-2\"\n\
+         [[users]]\nname = \"m\"\npassword = \"{MD5}\"\nauth_method = \"md5\"\n\
+         [[users]]\nname = \"s\"\npassword = \"{SCRAM}\"\n"
+    );
+    let config = Parts::with(Users, users).parse().expect("valid");
+    for shown in [format!("{config:?}"), format!("{config:#?}")] {
+        let scram_keys = "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=";
+        for secret in ["plain-secret-1", "backend-secret-2", &MD5[3..], scram_keys] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("<hidden>") && shown.contains("\"app\""));
+    }
+}
+
+#[test]
+fn load_names_a_missing_file() {
+    let path = std::path::Path::new("/nonexistent/tidepool/pool.toml");
+    let error = Config::load(path).expect_err("no such file");
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(
+        error.to_string().contains("/nonexistent/tidepool/pool.toml"),
+        "{error}"
+    );
+}

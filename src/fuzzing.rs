@@ -1,0 +1,329 @@
+//! Entry points for fuzz targets: one function per target, shared by `fuzz/` and `tests/fuzz_smoke.rs`.
+//!
+//! Each takes arbitrary bytes and must never panic. Besides "no crash", each asserts what its
+//! decoder promises (bytes consumed match the length word, a re-encoded message equals its
+//! input, …): a failed assertion is a finding just like a crash. Nothing here does I/O, and
+//! nothing is slow per input (no PBKDF2), so a fuzzer runs thousands of inputs per second.
+
+use crate::backend::record_parameter;
+use crate::client::auth::fuzz_scram_exchange;
+use crate::client::params::{follow_reported, settings_diff_sql, ClientParams};
+use crate::client::pinning::may_change_pins;
+use crate::client::session_state::{may_change_settings, SessionChanges};
+use crate::client::statements::{
+    answer_without_backend, client_frame, deliver_made, server_message, BackendStatements, ClientStatements,
+    Pipeline, RewriteContext, StatementCache,
+};
+use crate::config::Config;
+use crate::protocol::backend_msg::{parse_backend_key_data, parse_parameter_status};
+use crate::protocol::error::BackendError;
+use crate::protocol::frame::peek_header;
+use crate::protocol::frontend_msg::{parse_password, parse_sasl_initial, sasl_initial_response};
+use crate::protocol::startup::{encode_startup, StartupDecoder};
+use crate::protocol::{
+    ErrorFields, Frame, FrameDecoder, FrameError, SqlState, StartupPacket, TransactionStatus,
+};
+use bytes::{Bytes, BytesMut};
+
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
+/// Every target by name (the name of its `fuzz/fuzz_targets/*.rs` and `fuzz/seeds/*` dir).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("startup_packet", startup_packet),
+    ("frame_decoder", frame_decoder),
+    ("scram_exchange", scram_exchange),
+    ("config", config),
+    ("client_messages", client_messages),
+    ("statements", statements),
+    ("sql_scan", sql_scan),
+];
+
+/// Startup-phase packets, back to back, then the parameters of each StartupMessage as a
+/// session would interpret them (`options` parsing, settings SQL).
+pub fn startup_packet(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    loop {
+        let offset = data.len() - buf.len();
+        match StartupDecoder::decode(&mut buf) {
+            Ok(Some(packet)) => {
+                // A packet is exactly its length word long.
+                let used = data.len() - buf.len() - offset;
+                let declared = u32::from_be_bytes(data[offset..offset + 4].try_into().expect("4 bytes"));
+                assert_eq!(used as u64, u64::from(declared));
+                if let StartupPacket::Startup {
+                    minor,
+                    params,
+                    protocol_options,
+                } = packet
+                {
+                    check_startup(minor, &params, &protocol_options, &data[offset..offset + used]);
+                    interpret_params(params);
+                }
+            }
+            Ok(None) => {
+                assert_eq!(
+                    &buf[..],
+                    &data[offset..],
+                    "an incomplete packet must not be consumed"
+                );
+                return;
+            }
+            // The connection would be closed here.
+            Err(error) => {
+                let _ = error.to_string();
+                return;
+            }
+        }
+    }
+}
+
+/// What a decoded StartupMessage promises about the packet it came from.
+fn check_startup(minor: u16, params: &[(String, String)], options: &[String], wire: &[u8]) {
+    assert!(params.iter().any(|(k, _)| k == "user"), "no user, yet decoded");
+    if !options.is_empty() {
+        return;
+    }
+    // Nothing dropped or invented: the parameters re-encode to the very same packet.
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut again = BytesMut::new();
+    encode_startup(&pairs, &mut again);
+    again[6..8].copy_from_slice(&minor.to_be_bytes());
+    assert_eq!(&again[..], wire, "StartupMessage does not re-encode");
+}
+
+fn interpret_params(params: Vec<(String, String)>) {
+    match ClientParams::from_startup(params) {
+        Ok(p) => {
+            assert!(!p.user.is_empty() && !p.database.is_empty());
+            let _ = p.signature();
+            let _ = settings_diff_sql(&[], &p.settings);
+            let _ = settings_diff_sql(&p.settings, &[]);
+        }
+        // What the client would be sent must itself be one well-formed frame.
+        Err(fields) => {
+            let mut wire = BytesMut::from(&fields.to_bytes()[..]);
+            let frame = FrameDecoder::new(1 << 20).decode_frame(&mut wire);
+            assert!(
+                matches!(frame, Ok(Some(_))) && wire.is_empty(),
+                "bad ErrorResponse built"
+            );
+        }
+    }
+}
+
+/// Frames arriving a few bytes per read. Byte 0 picks the length limit (low nibble, so
+/// oversized frames are common) and the read size (high nibble); the rest is the stream.
+pub fn frame_decoder(data: &[u8]) {
+    let Some((&knobs, input)) = data.split_first() else {
+        return;
+    };
+    let limit = 4 + u32::from(knobs & 0x0f) * 16;
+    let read_size = 1 + usize::from(knobs >> 4) * 5;
+    let decoder = FrameDecoder::new(limit);
+    let mut buf = BytesMut::new();
+    // Bytes of `input` delivered to `buf`, and bytes already returned as frames.
+    let (mut fed, mut taken) = (0, 0);
+    while fed < input.len() {
+        let end = (fed + read_size).min(input.len());
+        buf.extend_from_slice(&input[fed..end]);
+        fed = end;
+        loop {
+            let before = buf.len();
+            match decoder.decode_frame(&mut buf) {
+                Ok(Some(frame)) => {
+                    let used = before - buf.len();
+                    assert_eq!(used, 5 + frame.body.len(), "consumed bytes != 5 + body");
+                    assert!(taken + used <= fed, "consumed more than was read");
+                    assert!(frame.body.len() + 4 <= limit as usize, "frame over the limit");
+                    let mut again = BytesMut::new();
+                    frame.write_to(&mut again);
+                    assert_eq!(
+                        &again[..],
+                        &input[taken..taken + used],
+                        "frame does not re-encode"
+                    );
+                    taken += used;
+                }
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "consumed bytes without a frame");
+                    if let Ok(Some((_, total))) = peek_header(&buf, limit) {
+                        assert!(buf.len() < total && total <= limit as usize + 1);
+                    }
+                    break;
+                }
+                Err(error) => {
+                    let word = u32::from_be_bytes(buf[1..5].try_into().expect("a header was read"));
+                    match error {
+                        FrameError::BadLength(len) => assert!(len == word && len < 4),
+                        FrameError::TooLarge { size, .. } => assert!(size == word && size > limit),
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    assert_eq!(&buf[..], &input[taken..], "bytes lost or invented");
+}
+
+/// A whole SCRAM exchange; see [`fuzz_scram_exchange`] for how the bytes are split.
+pub fn scram_exchange(data: &[u8]) {
+    fuzz_scram_exchange(data);
+}
+
+/// A configuration file: parse, validate, and the lookups sessions make on a valid one.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let config = match Config::from_toml(text) {
+        Ok(config) => config,
+        Err(error) => {
+            let _ = error.to_string();
+            return;
+        }
+    };
+    assert!(config.validate().is_ok(), "validation is not deterministic");
+    for name in config.databases.keys() {
+        let _ = config.pool_mode_for(name);
+        for user in &config.users {
+            assert!(config.pool_size_for(name, user) > 0, "validated pool size of 0");
+            assert!(config.user(&user.name).is_some());
+        }
+    }
+    for node in &config.nodes {
+        let _ = node.address();
+    }
+    let _ = format!(
+        "{config:?} {} {}",
+        config.proxy.max_message_size, config.pool.server_lifetime
+    );
+}
+
+/// One message body read with every reader tidepool applies to client and server bodies
+/// during authentication and relaying.
+pub fn client_messages(data: &[u8]) {
+    if let Some(password) = parse_password(data) {
+        assert_eq!(password.len() + 1, data.len());
+    }
+    if let Some((mechanism, payload)) = parse_sasl_initial(data) {
+        let mut again = BytesMut::new();
+        match payload {
+            Some(payload) => sasl_initial_response(&mut again, mechanism, payload),
+            None => {
+                // The builder has no form for "no data": write the -1 length by hand.
+                again.extend_from_slice(&[b'p', 0, 0, 0, 0]);
+                again.extend_from_slice(mechanism.as_bytes());
+                again.extend_from_slice(&[0, 0xff, 0xff, 0xff, 0xff]);
+            }
+        }
+        assert_eq!(&again[5..], data, "SASLInitialResponse does not re-encode");
+    }
+
+    let frame = Frame {
+        tag: b'E',
+        body: Bytes::copy_from_slice(data),
+    };
+    let _ = BackendError::parse(&frame).is_fatal();
+    let mut reported = Vec::new();
+    if let Some((name, value)) = parse_parameter_status(data) {
+        assert_eq!(record_parameter(&mut reported, data), Some((name, value)));
+        let mut settings = Vec::new();
+        follow_reported(&mut settings, &reported);
+    }
+    let _ = parse_backend_key_data(data);
+    if let Some(&first) = data.first() {
+        if let Some(status) = TransactionStatus::from_byte(first) {
+            assert_eq!(status.as_byte(), first);
+        }
+    }
+
+    // Our own ErrorResponse carrying arbitrary text must read back as that text, minus NULs.
+    let text = String::from_utf8_lossy(data);
+    if let Some(code) = SqlState::parse(&text) {
+        assert_eq!(code.as_str(), text);
+    }
+    let mut wire =
+        BytesMut::from(&ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, text.clone()).to_bytes()[..]);
+    let frame = FrameDecoder::new(u32::MAX).decode_frame(&mut wire);
+    let Ok(Some(frame)) = frame else {
+        panic!("our ErrorResponse is not a frame: {frame:?}");
+    };
+    let parsed = BackendError::parse(&frame);
+    assert_eq!(parsed.message, text.replace('\0', ""));
+    assert_eq!((parsed.code.as_str(), parsed.is_fatal()), ("08P01", true));
+}
+
+/// Transaction-mode statement renaming, driven by client and server frames interleaved.
+/// Byte 0 sets the backend's statement capacity (1 to 4, so evictions are common). Then
+/// records: a byte whose bit 0 says the frame comes from the client (else from the server) and
+/// whose bit 1 first offers the rest of the input to `answer_without_backend`, then a frame.
+pub fn statements(data: &[u8]) {
+    let Some((&knobs, mut rest)) = data.split_first() else {
+        return;
+    };
+    let capacity = 1 + usize::from(knobs & 3);
+    let cache = StatementCache::default();
+    let (mut client, mut backend) = (ClientStatements::default(), BackendStatements::default());
+    let mut pipe = Pipeline::default();
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+    while let Some((&op, after)) = rest.split_first() {
+        if op & 2 != 0 {
+            let mut answers = BytesMut::new();
+            if let Some(used) = answer_without_backend(after, &cache, &mut client, &mut answers) {
+                assert!(used <= after.len(), "answered more than was sent");
+                assert_whole_frames(&answers);
+            }
+        }
+        let Ok(Some((_, total))) = peek_header(after, 1 << 16) else {
+            break;
+        };
+        let Some((frame, next)) = after.split_at_checked(total) else {
+            break;
+        };
+        if op & 1 != 0 {
+            let mut ctx = RewriteContext {
+                cache: &cache,
+                client: &mut client,
+                backend: &mut backend,
+                capacity,
+            };
+            client_frame(frame, &mut ctx, &mut pipe, &mut to_server, &mut to_client);
+        } else {
+            let _ = server_message(frame, &mut pipe, &mut client, &mut backend);
+            deliver_made(&mut pipe, &mut client, &mut to_client);
+        }
+        assert!(
+            backend.len() <= capacity,
+            "backend keeps more statements than allowed"
+        );
+        rest = next;
+    }
+    assert_whole_frames(&to_server);
+    assert_whole_frames(&to_client);
+}
+
+/// `bytes` is a sequence of whole, well-formed frames.
+fn assert_whole_frames(bytes: &[u8]) {
+    let mut buf = BytesMut::from(bytes);
+    let decoder = FrameDecoder::new(u32::MAX);
+    while let Ok(Some(_)) = decoder.decode_frame(&mut buf) {}
+    assert!(
+        buf.is_empty(),
+        "not whole frames: {:?}",
+        buf.escape_ascii().to_string()
+    );
+}
+
+/// The lexical scans the relay runs on Query and Parse text: settings a batch may change and
+/// whether it may pin the client. The text is cut at its first NUL, as the relay does.
+pub fn sql_scan(data: &[u8]) {
+    let sql = &data[..data.iter().position(|&b| b == 0).unwrap_or(data.len())];
+    let mut changes = SessionChanges::default();
+    changes.scan(&String::from_utf8_lossy(sql));
+    // The relay scans only what the cheap filter lets through: it must never hide a change.
+    if !changes.is_empty() {
+        assert!(may_change_settings(sql), "filter hides a change: {changes:?}");
+    }
+    let _ = may_change_pins(sql, false) | may_change_pins(sql, true);
+}
