@@ -241,7 +241,7 @@ impl UserConfig {
 impl Config {
     /// Parses TOML text and validates it.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(ConfigError::from_toml)?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::from_toml(e, text))?;
         config.validate()?;
         Ok(config)
     }

@@ -342,3 +342,16 @@ fn load_names_a_missing_file() {
         "{error}"
     );
 }
+
+#[test]
+fn syntax_errors_never_echo_secrets() {
+    for bad in [
+        "[[users]]\nname = \"u\"\npasswrd = \"hunter2-secret\"\n",
+        "[[users]]\nname = \"u\"\npassword = [\"hunter2-secret\"]\n",
+        "[[users]]\nname = \"u\"\npassword = \"hunter2-secret\n",
+    ] {
+        let err = Config::from_toml(bad).expect_err("invalid").to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.starts_with("line 3"), "{err}");
+    }
+}

@@ -21,8 +21,23 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn from_toml(error: toml::de::Error) -> ConfigError {
-        ConfigError::Syntax(error.to_string().trim_end().to_string())
+    /// toml's own error text quotes the offending line, which may hold a password: keep only
+    /// the position and the message.
+    pub(super) fn from_toml(error: toml::de::Error, text: &str) -> ConfigError {
+        let position = error.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            match key_at_line(text, line) {
+                Some(key) => format!("line {line}, column {column} ({key}): "),
+                None => format!("line {line}, column {column}: "),
+            }
+        });
+        ConfigError::Syntax(format!(
+            "{}{}",
+            position.unwrap_or_default(),
+            error.message().trim_end()
+        ))
     }
 
     fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -31,6 +46,29 @@ impl ConfigError {
             reason: reason.into(),
         }
     }
+}
+
+/// The dotted key assigned on a line (`proxy.client_login_timeout`), if the line is a plain
+/// `key = …` assignment; never any part of the value.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let assignment = lines.get(line.checked_sub(1)?)?;
+    let key = assignment.split_once('=')?.0.trim();
+    let bare = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !bare(key) {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .filter(|t| bare(t));
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 /// Smallest `max_message_size` that still lets ordinary clients work.
