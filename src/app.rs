@@ -7,7 +7,9 @@ use crate::client::cancel::CancelRegistry;
 use crate::client::statements::StatementCache;
 use crate::client::{listener, ClientCounter};
 use crate::config::{Config, PoolMode, UserConfig};
+use crate::health::Health;
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
+use crate::router::{Classifier, RoundRobin};
 use crate::shutdown::Shutdown;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -21,6 +23,10 @@ use tokio_util::task::TaskTracker;
 pub struct Snapshot {
     pub config: Config,
     pub users: UserDirectory,
+    /// Read/write classification for this config's function lists (cached by statement text).
+    pub classifier: Classifier,
+    /// `[[nodes]] weight`, in node order.
+    pub weights: Vec<u32>,
 }
 
 /// Everything tasks share, passed down explicitly (no globals).
@@ -32,6 +38,10 @@ pub struct Shared {
     pub statements: StatementCache,
     pub clients: ClientCounter,
     pub stats: ProxyStats,
+    /// Node roles and lag, when there is more than one node to choose from.
+    pub health: Option<Health>,
+    /// Read rotation position.
+    pub round_robin: RoundRobin,
     pub shutdown: Shutdown,
 }
 
@@ -63,23 +73,23 @@ impl Shared {
 
     /// The pool serving `database` for `user` on the node to use now; `None` if the database is
     /// not configured.
-    pub fn pool_for(&self, snapshot: &Snapshot, database: &str, user: &UserConfig) -> Option<Arc<Pool>> {
+    pub fn pool_for(
+        &self,
+        snapshot: &Snapshot,
+        database: &str,
+        user: &UserConfig,
+        node_index: usize,
+    ) -> Option<Arc<Pool>> {
         let config = &snapshot.config;
         let db = config.databases.get(database)?;
-        let node = config.nodes.first()?;
+        let node = config.nodes.get(node_index)?;
         let key = PoolKey {
             database: database.to_string(),
             user: user.name.clone(),
             node: Arc::from(node.address()),
         };
         Some(self.pools.get_or_create(&key, || {
-            let secret = match (&user.backend_password, &user.password) {
-                (Some(p), _) => BackendSecret::Plain(p.clone()),
-                (None, Some(p)) if p.starts_with("SCRAM-SHA-256$") => BackendSecret::None,
-                (None, Some(p)) if p.len() == 35 && p.starts_with("md5") => BackendSecret::Md5Hash(p.clone()),
-                (None, Some(p)) => BackendSecret::Plain(p.clone()),
-                (None, None) => BackendSecret::None,
-            };
+            let secret = backend_secret(user);
             let pool = &config.pool;
             let mode: PoolMode = config.pool_mode_for(database);
             PoolSettings {
@@ -123,24 +133,25 @@ impl Proxy {
         let listen = config.proxy.listen;
         // Deriving SCRAM verifiers costs thousands of hash rounds per user: keep it off the
         // async workers.
-        let snapshot = tokio::task::spawn_blocking(move || {
-            let users = UserDirectory::build(&config);
-            Snapshot { config, users }
-        })
-        .await
-        .map_err(|e| AppError::Users(e.to_string()))?;
+        let snapshot = tokio::task::spawn_blocking(move || build_snapshot(config))
+            .await
+            .map_err(|e| AppError::Users(e.to_string()))??;
         let listener = bind(listen).map_err(|source| AppError::Listen { addr: listen, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| AppError::Listen { addr: listen, source })?;
+        let shutdown = Shutdown::default();
+        let health = start_health(&snapshot.config, &shutdown);
         let shared = Arc::new(Shared {
+            health,
+            round_robin: RoundRobin::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
             statements: StatementCache::default(),
             clients: ClientCounter::default(),
             stats: ProxyStats::default(),
-            shutdown: Shutdown::default(),
+            shutdown,
         });
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
@@ -181,6 +192,60 @@ impl Proxy {
     /// `shutdown_within` with a 30 s grace period.
     pub async fn shutdown(self) {
         self.shutdown_within(Duration::from_secs(30)).await;
+    }
+}
+
+/// Validates what the config derives (the classifier) and prepares user secrets.
+fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
+    let users = UserDirectory::build(&config);
+    let classifier =
+        Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
+    let weights = config.nodes.iter().map(|n| n.weight).collect();
+    Ok(Snapshot {
+        config,
+        users,
+        classifier,
+        weights,
+    })
+}
+
+/// With several nodes, a checker per node finds the primary and measures lag. It logs in as the
+/// first configured user that has a password usable toward PostgreSQL.
+fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
+    if config.nodes.len() < 2 {
+        return None;
+    }
+    let database = config
+        .databases
+        .iter()
+        .next()
+        .map(|(name, db)| db.dbname.clone().unwrap_or_else(|| name.clone()))?;
+    let user = config
+        .users
+        .iter()
+        .find(|u| !matches!(backend_secret(u), BackendSecret::None))
+        .or_else(|| config.users.first())?;
+    let login = BackendLogin {
+        user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
+        database,
+        secret: backend_secret(user),
+    };
+    let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
+    let stop = shutdown.subscribe();
+    Some(Health::spawn(nodes, login, config.health.clone(), async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    }))
+}
+
+/// What tidepool can prove to PostgreSQL for a configured user.
+fn backend_secret(user: &UserConfig) -> BackendSecret {
+    match (&user.backend_password, &user.password) {
+        (Some(p), _) => BackendSecret::Plain(p.clone()),
+        (None, Some(p)) if p.starts_with("SCRAM-SHA-256$") => BackendSecret::None,
+        (None, Some(p)) if p.len() == 35 && p.starts_with("md5") => BackendSecret::Md5Hash(p.clone()),
+        (None, Some(p)) => BackendSecret::Plain(p.clone()),
+        (None, None) => BackendSecret::None,
     }
 }
 

@@ -26,6 +26,11 @@ impl Shutdown {
         *self.tx.borrow()
     }
 
+    /// A receiver that sees the flag change.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
     /// Resolves once shutdown has started (at once if it already has).
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();

@@ -160,3 +160,26 @@ async fn an_oversized_message_mid_session_is_08p01() {
     .unwrap();
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_a_listening_session_with_the_sender_pid() {
+    let proxy = session_proxy().await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut listener, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        listener.send(&query("LISTEN jobs"));
+        listener.until_ready();
+        let (mut sender, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let sender_pid = value(&mut sender, "SELECT pg_backend_pid()");
+        sender.send(&query("NOTIFY jobs, 'payload-1'"));
+        sender.until_ready();
+        let note = listener.recv().expect("a NotificationResponse");
+        assert_eq!(note.tag, b'A');
+        let pid = i32::from_be_bytes(note.body[..4].try_into().unwrap());
+        assert_eq!(pid.to_string(), sender_pid, "the sender's real pid");
+        assert_eq!(&note.body[4..], b"jobs\0payload-1\0");
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

@@ -123,7 +123,7 @@ async fn serve_inner(
         return CloseReason::Refused("unknown user".into());
     };
 
-    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user.config) else {
+    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user.config, 0) else {
         let message = format!("database \"{}\" does not exist", params.database);
         client
             .send_fatal(ErrorFields::fatal(
@@ -134,10 +134,13 @@ async fn serve_inner(
         return CloseReason::Refused(message);
     };
     let mode = pool.settings().mode;
+    let node_count = snapshot.config.nodes.len();
     let mut session = Session {
         shared: shared.clone(),
         client,
+        node_pools: vec![None; node_count],
         pool,
+        user,
         mode,
         params,
         exchange: Exchange::default(),
@@ -158,7 +161,11 @@ async fn serve_inner(
 struct Session {
     shared: Arc<Shared>,
     client: ClientConn,
+    /// The pool of the node serving (or about to serve) the client.
     pool: Arc<Pool>,
+    /// Pools of every node for this client's (database, user), found once.
+    node_pools: Vec<Option<Arc<Pool>>>,
+    user: Arc<super::auth::UserAuth>,
     mode: PoolMode,
     params: ClientParams,
     exchange: Exchange,
@@ -214,41 +221,82 @@ impl Session {
         login: bool,
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
-        let wish = match self.mode {
-            PoolMode::Session => StartupWish {
-                want: Some(self.params.signature()),
-                params: &self.params.settings,
-            },
-            PoolMode::Transaction => StartupWish {
-                want: None,
-                params: &[],
-            },
-        };
-        let checkout = self.pool.checkout(wish);
-        let checked_out = match cancel {
-            Some(slot) => slot.cancellable(checkout).await,
-            None => Some(checkout.await),
-        };
-        let Some(checked_out) = checked_out else {
-            self.pending_error = Some(ErrorFields::error(
-                SqlState::QUERY_CANCELED,
-                "canceling statement due to user request",
-            ));
-            return Ok(false);
-        };
-        let mut backend = match checked_out {
-            Ok(b) => b,
-            Err(PoolError::WaitTimeout) => {
-                let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
-                    .with_detail("No server connection became available within query_wait_timeout.");
-                self.client.send_fatal(error).await;
-                return Err(CloseReason::WaitTimeout);
+        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health.is_some())
+            .then(|| self.classify_request());
+        // A node that refuses connections may be failing over: with health checking, wait for the
+        // topology to change and choose again, up to failover_timeout.
+        let failover_deadline = Instant::now() + self.shared.snapshot().config.routing.failover_timeout.0;
+        let mut backend = loop {
+            if self.shared.health.is_some() {
+                // Sessions (and logins) start on the primary; transactions go where they may.
+                match self.choose_node(decision).await {
+                    Ok(index) => match self.node_pool(index) {
+                        Some(pool) => self.pool = pool,
+                        None => {
+                            return Err(CloseReason::Refused(
+                                "database disappeared from the configuration".into(),
+                            ))
+                        }
+                    },
+                    Err(mut error) if login => {
+                        error.severity = Severity::Fatal;
+                        let message = error.message.clone();
+                        self.client.send_fatal(error).await;
+                        return Err(CloseReason::Refused(message));
+                    }
+                    Err(error) => {
+                        self.pending_error = Some(error);
+                        return Ok(false);
+                    }
+                }
             }
-            Err(PoolError::Backend(e)) => {
-                self.client
-                    .send_fatal(backend_error_for_client(&e, Severity::Fatal))
-                    .await;
-                return Err(CloseReason::BackendLost(e.to_string()));
+            let wish = match self.mode {
+                PoolMode::Session => StartupWish {
+                    want: Some(self.params.signature()),
+                    params: &self.params.settings,
+                },
+                PoolMode::Transaction => StartupWish {
+                    want: None,
+                    params: &[],
+                },
+            };
+            let changed = self.shared.health.as_ref().map(|h| h.changed());
+            let checkout = self.pool.checkout(wish);
+            let checked_out = match cancel {
+                Some(slot) => slot.cancellable(checkout).await,
+                None => Some(checkout.await),
+            };
+            let Some(checked_out) = checked_out else {
+                self.pending_error = Some(ErrorFields::error(
+                    SqlState::QUERY_CANCELED,
+                    "canceling statement due to user request",
+                ));
+                return Ok(false);
+            };
+            match checked_out {
+                Ok(b) => break b,
+                Err(PoolError::WaitTimeout) => {
+                    let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
+                        .with_detail("No server connection became available within query_wait_timeout.");
+                    self.client.send_fatal(error).await;
+                    return Err(CloseReason::WaitTimeout);
+                }
+                Err(PoolError::Backend(e)) => {
+                    if let Some(changed) = changed.filter(|_| e.happened_before_login()) {
+                        if tokio::time::timeout_at(failover_deadline, changed).await.is_ok() {
+                            continue;
+                        }
+                    }
+                    if login || self.mode == PoolMode::Session {
+                        self.client
+                            .send_fatal(backend_error_for_client(&e, Severity::Fatal))
+                            .await;
+                        return Err(CloseReason::BackendLost(e.to_string()));
+                    }
+                    // Transaction mode: this request fails, the client stays.
+                    self.pending_error = Some(backend_error_for_client(&e, Severity::Error));
+                    return Ok(false);
+                }
             }
         };
         if self.mode == PoolMode::Transaction {
@@ -286,6 +334,119 @@ impl Session {
         self.pipeline = Pipeline::default();
         self.backend = Some(backend);
         Ok(true)
+    }
+
+    /// The pool of node `index` for this client, found once per session.
+    fn node_pool(&mut self, index: usize) -> Option<Arc<Pool>> {
+        if let Some(Some(pool)) = self.node_pools.get(index) {
+            return Some(pool.clone());
+        }
+        let snapshot = self.shared.snapshot();
+        let pool = self
+            .shared
+            .pool_for(&snapshot, &self.params.database, &self.user.config, index)?;
+        if let Some(slot) = self.node_pools.get_mut(index) {
+            *slot = Some(pool.clone());
+        }
+        Some(pool)
+    }
+
+    /// Classifies the request waiting in the read buffer: the simple-protocol Query, or every
+    /// Parse/Bind up to the Sync of an extended-protocol batch (a batch goes to one node, so any
+    /// write in it sends it to the primary). Anything not visible in full counts as a write.
+    fn classify_request(&self) -> crate::router::Decision {
+        use crate::router::{Access, Control, Decision};
+        let snapshot = self.shared.snapshot();
+        let write = write_decision();
+        let buf = &self.client.rbuf[..];
+        let mut pos = 0;
+        let mut combined: Option<Decision> = None;
+        while let Ok(Some((tag, total))) =
+            crate::protocol::frame::peek_header(&buf[pos..], self.client.decoder.max_len())
+        {
+            if buf.len() - pos < total {
+                return write;
+            }
+            let body = &buf[pos + 5..pos + total];
+            let sql = match tag {
+                tag::QUERY => Some(cstr(body)),
+                tag::PARSE => body.iter().position(|&b| b == 0).map(|n| cstr(&body[n + 1..])),
+                tag::BIND => {
+                    let statement = body
+                        .iter()
+                        .position(|&b| b == 0)
+                        .map(|n| cstr(&body[n + 1..]))
+                        .unwrap_or_default();
+                    match self.statements.by_name.get(statement.as_ref()) {
+                        Some(stmt) => Some(std::borrow::Cow::Owned(stmt.query().to_string())),
+                        // The unnamed statement or one parsed earlier in this batch.
+                        None if combined.is_some() => None,
+                        None => return write,
+                    }
+                }
+                tag::SYNC | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => None,
+                _ => return write,
+            };
+            if let Some(sql) = sql {
+                let mut decision = snapshot.classifier.classify(&sql);
+                if matches!(decision.control, Some(Control::BeginReadOnly)) {
+                    decision.access = Access::Read;
+                }
+                combined = Some(match combined {
+                    None => decision,
+                    Some(previous) if previous.access == Access::Write => previous,
+                    Some(previous) if decision.access == Access::Read => previous,
+                    Some(_) => decision,
+                });
+            }
+            if tag == tag::QUERY || tag == tag::SYNC {
+                return combined.unwrap_or(write);
+            }
+            pos += total;
+        }
+        write
+    }
+
+    /// The node for a request with this classification (`None`: the primary). Waits up to
+    /// `failover_timeout` for a primary to appear; never sends a write to a standby.
+    async fn choose_node(&self, decision: Option<crate::router::Decision>) -> Result<usize, ErrorFields> {
+        use crate::router::{pick, Target};
+        let Some(health) = self.shared.health.as_ref() else {
+            return Ok(0);
+        };
+        let snapshot = self.shared.snapshot();
+        let decision = decision.unwrap_or_else(write_decision);
+        let deadline = Instant::now() + snapshot.config.routing.failover_timeout.0;
+        loop {
+            // Subscribe before looking, so a change in between is not missed.
+            let changed = health.changed();
+            let view = health.view();
+            let routing = &snapshot.config.routing;
+            match pick(
+                &decision,
+                &view,
+                routing,
+                &snapshot.weights,
+                &self.shared.round_robin,
+            ) {
+                Target::Node { index, .. } => return Ok(index),
+                Target::NoStandby => {
+                    return Err(ErrorFields::error(
+                        SqlState::CANNOT_CONNECT_NOW,
+                        "no standby available",
+                    ))
+                }
+                Target::NoPrimary => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Err(ErrorFields::error(
+                            SqlState::CANNOT_CONNECT_NOW,
+                            "no primary server available",
+                        )
+                        .with_detail("No node reported being the primary within failover_timeout."));
+                    }
+                }
+            }
+        }
     }
 
     /// AuthenticationOk was sent by auth; now ParameterStatus, BackendKeyData, ReadyForQuery.
@@ -730,6 +891,23 @@ async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result
         }
     }
     Ok(())
+}
+
+/// A NUL-terminated string at the start of `bytes`, lossily decoded.
+fn cstr(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+}
+
+/// What a request tidepool cannot see into is: a write, for the primary.
+fn write_decision() -> crate::router::Decision {
+    crate::router::Decision {
+        access: crate::router::Access::Write,
+        reason: crate::router::Reason::Write,
+        control: None,
+        hint: None,
+        max_lag: None,
+    }
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

@@ -23,6 +23,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub pool: PoolConfig,
     pub health: crate::health::HealthConfig,
+    pub routing: crate::router::RoutingConfig,
     pub nodes: Vec<NodeConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: Vec<UserConfig>,
@@ -137,6 +138,13 @@ pub struct NodeConfig {
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,
+    /// Share of the reads this node gets among standbys (0 = none). Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_pg_port() -> u16 {

@@ -29,6 +29,7 @@
 //! once per distinct statement.
 
 mod analyze;
+mod balance;
 mod cache;
 mod config;
 mod lexical;
@@ -39,6 +40,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use balance::{pick, ReadsOnPrimary, RoundRobin, RoutingConfig, Target, Why};
 pub use cache::CacheStats;
 pub use config::{ClassifierConfig, ClassifierError, DEFAULT_WRITE_FUNCTIONS};
 

@@ -1,0 +1,191 @@
+//! Picks the node for a transaction from a classification and the current topology: writes to
+//! the primary, reads round-robin over standbys that are up and fresh enough (honouring
+//! weights), falling back to the primary. Pure: no I/O, table-tested.
+
+use super::{Access, Decision, Hint};
+use crate::config::{ByteSize, ConfigDuration};
+use crate::health::TopologyView;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// When reads may use the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadsOnPrimary {
+    /// Only when no standby qualifies (default).
+    #[default]
+    Fallback,
+    /// The primary is one more read target in the rotation.
+    Always,
+    /// Never: with no standby, a read fails with `no standby available`.
+    Never,
+}
+
+/// `[routing]`: read/write splitting over the `[[nodes]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// A standby further behind the primary than this (replay time) gets no reads; 0 = no limit.
+    pub max_lag: ConfigDuration,
+    /// A standby further behind than this many bytes of WAL gets no reads; 0 = no limit.
+    pub max_lag_bytes: ByteSize,
+    pub reads_on_primary: ReadsOnPrimary,
+    /// How long writes wait for a primary to appear (failover) before failing.
+    pub failover_timeout: ConfigDuration,
+    /// Functions whose use makes a statement a write (see `ClassifierConfig`); empty = defaults.
+    pub write_functions: Vec<String>,
+    /// Functions never counted as writes.
+    pub read_only_functions: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_lag: ConfigDuration::secs(10),
+            max_lag_bytes: ByteSize(16 << 20),
+            reads_on_primary: ReadsOnPrimary::Fallback,
+            failover_timeout: ConfigDuration::secs(30),
+            write_functions: Vec::new(),
+            read_only_functions: Vec::new(),
+        }
+    }
+}
+
+impl RoutingConfig {
+    /// The classifier's configuration derived from this one.
+    pub fn classifier(&self) -> super::ClassifierConfig {
+        let mut config = super::ClassifierConfig::default();
+        if !self.write_functions.is_empty() {
+            config.write_functions = self.write_functions.clone();
+        }
+        config.read_only_functions = self.read_only_functions.clone();
+        config
+    }
+}
+
+/// Where a transaction goes, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Node {
+        index: usize,
+        why: Why,
+    },
+    /// A write (or a read falling back) needs the primary and none is known now.
+    NoPrimary,
+    /// A read with `reads_on_primary = "never"` and no standby that qualifies.
+    NoStandby,
+}
+
+/// Routing reasons, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    Write,
+    Read,
+    Hint,
+    /// A read that went to the primary because no standby qualified.
+    NoStandby,
+    /// Only one node is configured.
+    SingleNode,
+}
+
+/// Round-robin position, shared by all sessions of a process.
+#[derive(Debug, Default)]
+pub struct RoundRobin(AtomicUsize);
+
+impl RoundRobin {
+    fn next(&self) -> usize {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Chooses a node. `weights` are per node (same order as the view); 0 takes a node out of the
+/// read rotation.
+pub fn pick(
+    decision: &Decision,
+    view: &TopologyView,
+    config: &RoutingConfig,
+    weights: &[u32],
+    rr: &RoundRobin,
+) -> Target {
+    let wants_standby = match decision.hint {
+        Some(Hint::Primary) => false,
+        Some(Hint::Standby) => true,
+        None => decision.access == Access::Read,
+    };
+    let why_primary = if decision.hint == Some(Hint::Primary) {
+        Why::Hint
+    } else {
+        Why::Write
+    };
+    let primary = view.primary();
+    if !wants_standby {
+        return primary.map_or(Target::NoPrimary, |index| Target::Node {
+            index,
+            why: why_primary,
+        });
+    }
+    let max_lag = decision.max_lag.or(config.max_lag.non_zero());
+    let max_bytes = (config.max_lag_bytes.0 > 0).then_some(config.max_lag_bytes.0);
+    let mut candidates: Vec<(usize, u32)> = view
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.is_usable_standby())
+        .filter(|(_, n)| fresh_enough(n.lag, n.lag_bytes, max_lag, max_bytes))
+        .map(|(i, _)| (i, weights.get(i).copied().unwrap_or(1)))
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    if config.reads_on_primary == ReadsOnPrimary::Always {
+        if let Some(p) = primary {
+            candidates.push((p, weights.get(p).copied().unwrap_or(1).max(1)));
+        }
+    }
+    let total: u64 = candidates.iter().map(|(_, w)| *w as u64).sum();
+    if total > 0 {
+        let mut slot = rr.next() as u64 % total;
+        for (index, weight) in candidates {
+            if slot < weight as u64 {
+                let why = if decision.hint == Some(Hint::Standby) {
+                    Why::Hint
+                } else {
+                    Why::Read
+                };
+                return Target::Node { index, why };
+            }
+            slot -= weight as u64;
+        }
+    }
+    match (config.reads_on_primary, primary) {
+        (ReadsOnPrimary::Never, _) => Target::NoStandby,
+        (_, Some(index)) => Target::Node {
+            index,
+            why: Why::NoStandby,
+        },
+        (_, None) => Target::NoPrimary,
+    }
+}
+
+/// Unknown lag counts as too much when a bound applies (a standby we cannot measure is not
+/// known to be fresh).
+fn fresh_enough(
+    lag: Option<Duration>,
+    lag_bytes: Option<u64>,
+    max_lag: Option<Duration>,
+    max_bytes: Option<u64>,
+) -> bool {
+    let time_ok = match (max_lag, lag) {
+        (None, _) => true,
+        (Some(limit), Some(lag)) => lag <= limit,
+        (Some(_), None) => false,
+    };
+    let bytes_ok = match (max_bytes, lag_bytes) {
+        (None, _) => true,
+        (Some(limit), Some(bytes)) => bytes <= limit,
+        (Some(_), None) => false,
+    };
+    time_ok && bytes_ok
+}
+
+#[cfg(test)]
+mod tests;

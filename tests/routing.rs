@@ -1,0 +1,196 @@
+//! Read/write splitting over a real primary + 2 streaming standbys: reads on standbys, writes
+//! (and everything that might write) on the primary, and writes following a promotion.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use tidepool::cluster::{LocalCluster, NodeOptions, PgBinaries, StopMode};
+use tidepool::config::Config;
+
+fn start_cluster() -> LocalCluster {
+    let bins = PgBinaries::locate().unwrap();
+    let mut cluster = LocalCluster::start(&bins, NodeOptions::default()).unwrap();
+    cluster.create_role(APP_USER, APP_PASSWORD).unwrap();
+    cluster.create_database(APP_DB, APP_USER).unwrap();
+    cluster.add_standby().unwrap();
+    cluster.add_standby().unwrap();
+    cluster
+}
+
+fn config(cluster: &LocalCluster) -> Config {
+    let mut toml = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[pool]\ndefault_pool_size = 4\n\n\
+         [health]\nhealth_check_interval = \"100ms\"\nhealth_check_timeout = \"1s\"\nfall = 2\nrise = 1\n\n\
+         [routing]\nfailover_timeout = \"30s\"\n\n[databases.{APP_DB}]\n\n\
+         [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n"
+    );
+    for node in cluster.nodes() {
+        toml.push_str(&format!(
+            "\n[[nodes]]\nhost = \"127.0.0.1\"\nport = {}\n",
+            node.port
+        ));
+    }
+    Config::from_toml(&toml).unwrap()
+}
+
+async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Waits until the proxy's health view knows a primary and both standbys.
+async fn wait_for_topology(proxy: &tidepool::app::Proxy) {
+    let health = proxy
+        .shared()
+        .health
+        .as_ref()
+        .expect("health checking runs with 3 nodes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = health.view();
+        if view.primary().is_some() && view.nodes.iter().filter(|n| n.is_usable_standby()).count() == 2 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topology never settled: {view:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_standbys_writes_and_writers_in_disguise_on_the_primary() {
+    let cluster = tokio::task::spawn_blocking(start_cluster).await.unwrap();
+    let proxy = start_proxy(config(&cluster)).await;
+    wait_for_topology(&proxy).await;
+    let c = connect(proxy.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS items (id serial primary key, v int)")
+        .await
+        .unwrap();
+    let standby_ports: Vec<u16> = cluster.standbys.iter().map(|n| n.port).collect();
+
+    // Plain reads: standbys, round-robin over both.
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let got = one(
+            &c,
+            "SELECT pg_is_in_recovery()::text || ' ' || inet_server_port()",
+        )
+        .await;
+        let (recovery, port) = got.split_once(' ').unwrap();
+        assert_eq!(recovery, "true");
+        ports.insert(port.parse::<u16>().unwrap());
+    }
+    assert_eq!(
+        ports,
+        standby_ports.iter().copied().collect(),
+        "reads spread over both standbys"
+    );
+
+    // Everything that might write goes to the primary.
+    for sql in [
+        "INSERT INTO items (v) VALUES (1) RETURNING pg_is_in_recovery()",
+        "WITH w AS (INSERT INTO items (v) VALUES (2) RETURNING id) SELECT pg_is_in_recovery() FROM w",
+        "SELECT pg_is_in_recovery() FROM items FOR UPDATE",
+        "SELECT pg_is_in_recovery() FROM items FOR NO KEY UPDATE",
+        "SELECT nextval('items_id_seq') > 0 AND NOT pg_is_in_recovery()",
+        "/* tidepool: primary */ SELECT pg_is_in_recovery()",
+        "SELECT pg_is_in_recovery() FROM (SELECT pg_advisory_xact_lock(1)) x",
+    ] {
+        let got = one(&c, sql).await;
+        assert!(
+            got == "f" || got == "t" && sql.contains("nextval"),
+            "{sql} ran on a standby: {got}"
+        );
+    }
+    // Explicit transactions stay on the primary; read-only ones go to a standby.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "f");
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "t");
+    c.batch_execute("COMMIT").await.unwrap();
+    // Extended protocol (tokio-postgres prepares): same rules.
+    let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap();
+    assert!(row.get::<_, bool>(0));
+    let row = c
+        .query_one(
+            "INSERT INTO items (v) VALUES ($1) RETURNING pg_is_in_recovery()",
+            &[&3i32],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    proxy.shutdown().await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_promotion_and_never_reach_a_standby() {
+    let cluster = tokio::task::spawn_blocking(start_cluster).await.unwrap();
+    let proxy = start_proxy(config(&cluster)).await;
+    wait_for_topology(&proxy).await;
+    let addr = proxy.local_addr();
+    let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    c.batch_execute("CREATE TABLE log (id serial primary key, on_standby bool)")
+        .await
+        .unwrap();
+
+    // A writer that keeps inserting; each insert reports whether it ran in recovery.
+    let writer = tokio::spawn(async move {
+        let mut ok = 0u32;
+        let mut errors = 0u32;
+        let mut messages = std::collections::BTreeSet::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(12) {
+            match c
+                .simple_query("INSERT INTO log (on_standby) VALUES (pg_is_in_recovery())")
+                .await
+            {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    errors += 1;
+                    messages.insert(e.to_string());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, errors, messages)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let new_primary_port = cluster.standbys[0].port;
+    tokio::task::block_in_place(|| {
+        cluster.primary.stop(StopMode::Immediate).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster.standbys[0].promote().unwrap();
+    });
+    let (ok, errors, messages) = writer.await.unwrap();
+    assert!(
+        ok > 50,
+        "writes resumed after the promotion ({ok} ok, {errors} errors: {messages:?})"
+    );
+    assert!(
+        errors <= 3,
+        "only in-flight writes may fail ({errors} errors: {messages:?})"
+    );
+
+    let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    assert_eq!(
+        one(&c, "SELECT inet_server_port() FROM (SELECT 1) x FOR UPDATE").await,
+        new_primary_port.to_string()
+    );
+    assert_eq!(
+        one(&c, "SELECT count(*) FROM log WHERE on_standby").await,
+        "0",
+        "no write ever ran in recovery"
+    );
+    proxy.shutdown().await;
+    drop(cluster);
+}
