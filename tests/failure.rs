@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::wire::{query, Msg, RawClient};
+use common::wire::{query, RawClient};
 use common::*;
 use std::time::Duration;
 use tidepool::config::Config;
@@ -16,14 +16,6 @@ async fn proxy(pool_size: usize, mode: &str) -> tidepool::app::Proxy {
         )
         .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""));
     start_proxy(Config::from_toml(&toml).unwrap()).await
-}
-
-fn value(c: &mut RawClient, sql: &str) -> String {
-    c.send(&query(sql));
-    let msgs = c.until_ready();
-    msgs.iter()
-        .find_map(Msg::first_value)
-        .unwrap_or_else(|| panic!("{sql}: {msgs:?}"))
 }
 
 fn terminate(pid: &str) {
@@ -40,10 +32,10 @@ async fn backend_killed_mid_transaction_errors_only_that_client_which_then_conti
         let (mut bystander, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         victim.send(&query("BEGIN"));
         victim.until_ready();
-        let pid = value(&mut victim, "SELECT pg_backend_pid()");
+        let pid = victim.value("SELECT pg_backend_pid()");
         bystander.send(&query("BEGIN"));
         bystander.until_ready();
-        let bystander_pid = value(&mut bystander, "SELECT pg_backend_pid()");
+        let bystander_pid = bystander.value("SELECT pg_backend_pid()");
         assert_ne!(pid, bystander_pid);
 
         terminate(&pid);
@@ -64,13 +56,13 @@ async fn backend_killed_mid_transaction_errors_only_that_client_which_then_conti
         assert_eq!(error.sqlstate().as_deref(), Some("57P01"));
         assert_eq!(msgs.last().unwrap().body, b"I");
         // And carries on with a new transaction on a healthy backend.
-        let new_pid = value(&mut victim, "SELECT pg_backend_pid()");
+        let new_pid = victim.value("SELECT pg_backend_pid()");
         assert_ne!(new_pid, pid);
         victim.send(&query("BEGIN; SELECT 1; COMMIT"));
         assert!(victim.until_ready().iter().all(|m| m.tag != b'E'));
 
         // The bystander's transaction never noticed.
-        assert_eq!(value(&mut bystander, "SELECT pg_backend_pid()"), bystander_pid);
+        assert_eq!(bystander.value("SELECT pg_backend_pid()"), bystander_pid);
         bystander.send(&query("COMMIT"));
         assert!(bystander.until_ready().iter().all(|m| m.tag != b'E'));
     })
@@ -85,7 +77,7 @@ async fn backend_killed_during_a_running_query_answers_that_query_with_an_error(
     let addr = proxy.local_addr();
     tokio::task::spawn_blocking(move || {
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        let pid = c.value("SELECT pg_backend_pid()");
         c.send(&query("SELECT pg_sleep(30)"));
         std::thread::sleep(Duration::from_millis(300));
         terminate(&pid);
@@ -93,7 +85,7 @@ async fn backend_killed_during_a_running_query_answers_that_query_with_an_error(
         let error = msgs.iter().find(|m| m.tag == b'E').expect("error");
         assert_eq!(error.severity().as_deref(), Some("ERROR"));
         assert_eq!(msgs.last().unwrap().tag, b'Z');
-        assert_eq!(value(&mut c, "SELECT 42"), "42");
+        assert_eq!(c.value("SELECT 42"), "42");
     })
     .await
     .unwrap();
@@ -106,7 +98,7 @@ async fn session_mode_client_gets_a_clear_fatal_when_its_backend_dies() {
     let addr = proxy.local_addr();
     tokio::task::spawn_blocking(move || {
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        let pid = c.value("SELECT pg_backend_pid()");
         c.send(&query("SELECT pg_sleep(30)"));
         std::thread::sleep(Duration::from_millis(300));
         terminate(&pid);
@@ -117,7 +109,7 @@ async fn session_mode_client_gets_a_clear_fatal_when_its_backend_dies() {
         assert_eq!(last.and_then(|m| m.severity()).as_deref(), Some("FATAL"));
         // A new session works.
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        assert_eq!(value(&mut c, "SELECT 7"), "7");
+        assert_eq!(c.value("SELECT 7"), "7");
     })
     .await
     .unwrap();
@@ -202,7 +194,7 @@ async fn a_client_that_leaves_mid_query_has_it_cancelled_and_its_backend_reused(
     let addr = proxy.local_addr();
     let pid = tokio::task::spawn_blocking(move || {
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        let pid = c.value("SELECT pg_backend_pid()");
         c.send(&query("BEGIN; SELECT pg_sleep(60)"));
         std::thread::sleep(Duration::from_millis(300));
         drop(c);
@@ -213,13 +205,7 @@ async fn a_client_that_leaves_mid_query_has_it_cancelled_and_its_backend_reused(
     let started = std::time::Instant::now();
     let other = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
     let rows = other.simple_query("SELECT pg_backend_pid()").await.unwrap();
-    let got = rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap();
+    let got = first_value(&rows);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the abandoned query was cancelled, not waited for"
@@ -230,13 +216,7 @@ async fn a_client_that_leaves_mid_query_has_it_cancelled_and_its_backend_reused(
         .simple_query("SELECT now() = statement_timestamp()")
         .await
         .unwrap();
-    let fresh = fresh
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap();
+    let fresh = first_value(&fresh);
     assert_eq!(fresh, "t", "the abandoned transaction was rolled back");
     proxy.shutdown().await;
 }

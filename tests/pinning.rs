@@ -122,13 +122,7 @@ async fn a_pinned_client_that_leaves_takes_its_state_with_it() {
         .simple_query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
         .await
         .unwrap();
-    let count = rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap();
+    let count = first_value(&rows);
     assert_eq!(count, "0", "the lock went with its client");
     assert!(
         b.simple_query("SELECT * FROM leftover").await.is_err(),

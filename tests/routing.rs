@@ -39,12 +39,7 @@ async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
         .simple_query(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
+    first_value(&rows)
 }
 
 /// Waits until the proxy's health view knows a primary and both standbys.

@@ -25,14 +25,6 @@ fn login_with(addr: std::net::SocketAddr, params: &[(&str, &str)]) -> (RawClient
     common::wire::finish_login(&mut c, APP_USER, APP_PASSWORD)
 }
 
-fn value(c: &mut RawClient, sql: &str) -> String {
-    c.send(&query(sql));
-    let msgs = c.until_ready();
-    msgs.iter()
-        .find_map(Msg::first_value)
-        .unwrap_or_else(|| panic!("{sql}: {msgs:?}"))
-}
-
 fn parameter(welcome: &[Msg], name: &str) -> Option<String> {
     welcome.iter().filter(|m| m.tag == b'S').find_map(|m| {
         let mut parts = m.body.split(|&b| b == 0);
@@ -50,7 +42,7 @@ async fn backend_key_data_carries_the_real_backend_pid() {
         let (mut c, welcome) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         let key = welcome.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
         let pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
-        assert_eq!(value(&mut c, "SELECT pg_backend_pid()"), pid.to_string());
+        assert_eq!(c.value("SELECT pg_backend_pid()"), pid.to_string());
     })
     .await
     .unwrap();
@@ -78,9 +70,9 @@ async fn startup_parameters_apply_and_reset_returns_to_them() {
         );
         assert_eq!(parameter(&welcome, "client_encoding").as_deref(), Some("LATIN1"));
         assert_eq!(parameter(&welcome, "DateStyle").as_deref(), Some("German, DMY"));
-        assert_eq!(value(&mut c, "SHOW statement_timeout"), "1234ms");
-        assert_eq!(value(&mut c, "SHOW work_mem"), "5MB");
-        assert_eq!(value(&mut c, "SHOW client_min_messages"), "warning");
+        assert_eq!(c.value("SHOW statement_timeout"), "1234ms");
+        assert_eq!(c.value("SHOW work_mem"), "5MB");
+        assert_eq!(c.value("SHOW client_min_messages"), "warning");
 
         c.send(&query(
             "SET statement_timeout = '9s'; SET application_name = 'changed'",
@@ -88,11 +80,11 @@ async fn startup_parameters_apply_and_reset_returns_to_them() {
         c.until_ready();
         c.send(&query("RESET statement_timeout"));
         c.until_ready();
-        assert_eq!(value(&mut c, "SHOW statement_timeout"), "1234ms");
+        assert_eq!(c.value("SHOW statement_timeout"), "1234ms");
         c.send(&query("RESET ALL"));
         c.until_ready();
-        assert_eq!(value(&mut c, "SHOW application_name"), "from-startup");
-        assert_eq!(value(&mut c, "SHOW work_mem"), "5MB");
+        assert_eq!(c.value("SHOW application_name"), "from-startup");
+        assert_eq!(c.value("SHOW work_mem"), "5MB");
     })
     .await
     .unwrap();
@@ -126,7 +118,7 @@ async fn pg_terminate_backend_ends_the_session_as_it_would_directly() {
     let addr = proxy.local_addr();
     tokio::task::spawn_blocking(move || {
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        let pid = value(&mut c, "SELECT pg_backend_pid()");
+        let pid = c.value("SELECT pg_backend_pid()");
         pg().psql("postgres", &format!("SELECT pg_terminate_backend({pid})"))
             .unwrap();
         let mut last = None;
@@ -148,7 +140,7 @@ async fn an_oversized_message_mid_session_is_08p01() {
     let addr = proxy.local_addr();
     tokio::task::spawn_blocking(move || {
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        assert_eq!(value(&mut c, "SELECT 1"), "1");
+        assert_eq!(c.value("SELECT 1"), "1");
         c.send(&common::wire::frame(b'Q', &vec![b'x'; 100_000]));
         let mut last = None;
         while let Some(m) = c.recv() {
@@ -170,7 +162,7 @@ async fn notifications_reach_a_listening_session_with_the_sender_pid() {
         listener.send(&query("LISTEN jobs"));
         listener.until_ready();
         let (mut sender, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-        let sender_pid = value(&mut sender, "SELECT pg_backend_pid()");
+        let sender_pid = sender.value("SELECT pg_backend_pid()");
         sender.send(&query("NOTIFY jobs, 'payload-1'"));
         sender.until_ready();
         let note = listener.recv().expect("a NotificationResponse");

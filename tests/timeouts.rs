@@ -55,16 +55,6 @@ async fn min_pool_size_prewarms_and_idle_timeout_evicts_down_to_it() {
     proxy.shutdown().await;
 }
 
-fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
-    messages
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .expect("a row")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_that_died_while_idle_is_replaced_by_the_check_query() {
     let proxy = start_proxy(config("server_check_delay = \"0s\"", "")).await;

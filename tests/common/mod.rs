@@ -174,3 +174,14 @@ pub fn psql_cmd_with_password(addr: SocketAddr, user: &str, password: &str, db: 
     command.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
     command
 }
+
+/// The first column of the first row of a simple-query result.
+pub fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a row")
+}

@@ -113,6 +113,15 @@ pub fn sync() -> Vec<u8> {
 }
 
 impl RawClient {
+    /// Runs one simple query and returns the first value of its first row.
+    pub fn value(&mut self, sql: &str) -> String {
+        self.send(&query(sql));
+        let msgs = self.until_ready();
+        msgs.iter()
+            .find_map(Msg::first_value)
+            .unwrap_or_else(|| panic!("{sql}: {msgs:?}"))
+    }
+
     pub fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
