@@ -123,6 +123,57 @@ async fn reads_on_standbys_writes_and_writers_in_disguise_on_the_primary() {
         .await
         .unwrap();
     assert!(!row.get::<_, bool>(0));
+    // SET tidepool.route and the startup option force a role for the whole connection.
+    c.batch_execute("SET tidepool.route = 'primary'").await.unwrap();
+    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "f");
+    c.batch_execute("SET tidepool.route = 'auto'").await.unwrap();
+    assert_eq!(one(&c, "SELECT pg_is_in_recovery()").await, "t");
+    let addr = proxy.local_addr();
+    let (forced, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(APP_USER)
+        .password(APP_PASSWORD)
+        .dbname(APP_DB)
+        .options("-c tidepool.route=primary")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    assert_eq!(one(&forced, "SELECT pg_is_in_recovery()").await, "f");
+
+    // A standby whose replay is paused falls behind and leaves the read rotation; it comes back
+    // once it catches up.
+    let paused = &cluster.standbys[0];
+    tokio::task::block_in_place(|| paused.psql("postgres", "SELECT pg_wal_replay_pause()").unwrap());
+    c.batch_execute("INSERT INTO items (v) SELECT g FROM generate_series(1, 200000) g")
+        .await
+        .unwrap();
+    let health = proxy.shared().health.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health.view().nodes[1].lag_bytes.unwrap_or(0) < 20 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "lag never grew: {:?}",
+            health.view().nodes[1]
+        );
+        c.batch_execute("INSERT INTO items (v) SELECT g FROM generate_series(1, 100000) g")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for _ in 0..6 {
+        let port = one(&c, "SELECT inet_server_port()").await;
+        assert_ne!(port, paused.port.to_string(), "a lagging standby got a read");
+    }
+    tokio::task::block_in_place(|| paused.psql("postgres", "SELECT pg_wal_replay_resume()").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut back = false;
+    while Instant::now() < deadline && !back {
+        back = one(&c, "SELECT inet_server_port()").await == paused.port.to_string();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the standby returned to the rotation after catching up");
     proxy.shutdown().await;
     drop(cluster);
 }

@@ -140,6 +140,7 @@ async fn serve_inner(
         client,
         node_pools: vec![None; node_count],
         pool,
+        route: startup_route(&params),
         user,
         mode,
         params,
@@ -166,6 +167,8 @@ struct Session {
     /// Pools of every node for this client's (database, user), found once.
     node_pools: Vec<Option<Arc<Pool>>>,
     user: Arc<super::auth::UserAuth>,
+    /// `SET tidepool.route` / `options=-c tidepool.route=…`: forces reads or writes to one role.
+    route: crate::router::RouteSetting,
     mode: PoolMode,
     params: ClientParams,
     exchange: Exchange,
@@ -354,7 +357,20 @@ impl Session {
     /// Classifies the request waiting in the read buffer: the simple-protocol Query, or every
     /// Parse/Bind up to the Sync of an extended-protocol batch (a batch goes to one node, so any
     /// write in it sends it to the primary). Anything not visible in full counts as a write.
-    fn classify_request(&self) -> crate::router::Decision {
+    fn classify_request(&mut self) -> crate::router::Decision {
+        let mut new_route = None;
+        let decision = self.classify_buffered(&mut new_route);
+        let decision = apply_route(decision, self.route);
+        if let Some(route) = new_route {
+            self.route = route;
+        }
+        decision
+    }
+
+    fn classify_buffered(
+        &self,
+        new_route: &mut Option<crate::router::RouteSetting>,
+    ) -> crate::router::Decision {
         use crate::router::{Access, Control, Decision};
         let snapshot = self.shared.snapshot();
         let write = write_decision();
@@ -391,6 +407,10 @@ impl Session {
                 let mut decision = snapshot.classifier.classify(&sql);
                 if matches!(decision.control, Some(Control::BeginReadOnly)) {
                     decision.access = Access::Read;
+                }
+                if let Some(Control::SetRoute { route, local: false }) = decision.control {
+                    // Takes effect from the next transaction on (PostgreSQL runs the SET too).
+                    *new_route = Some(route);
                 }
                 combined = Some(match combined {
                     None => decision,
@@ -897,6 +917,38 @@ async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result
 fn cstr(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end])
+}
+
+/// `tidepool.route` from the startup packet (`options=-c tidepool.route=standby`).
+fn startup_route(params: &ClientParams) -> crate::router::RouteSetting {
+    use crate::router::RouteSetting;
+    match params
+        .settings
+        .iter()
+        .find(|(name, _)| name == "tidepool.route")
+        .map(|(_, v)| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("primary") => RouteSetting::Primary,
+        Some("standby") => RouteSetting::Standby,
+        _ => RouteSetting::Auto,
+    }
+}
+
+/// A connection-wide route setting acts like a hint on every statement without one.
+fn apply_route(
+    mut decision: crate::router::Decision,
+    route: crate::router::RouteSetting,
+) -> crate::router::Decision {
+    use crate::router::{Hint, RouteSetting};
+    if decision.hint.is_none() {
+        decision.hint = match route {
+            RouteSetting::Primary => Some(Hint::Primary),
+            RouteSetting::Standby => Some(Hint::Standby),
+            RouteSetting::Auto => None,
+        };
+    }
+    decision
 }
 
 /// What a request tidepool cannot see into is: a write, for the primary.
