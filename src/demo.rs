@@ -17,7 +17,7 @@ pub struct DemoOptions {
     /// Where the proxy accepts clients. Default: 127.0.0.1 on a port the OS picks.
     pub listen: Option<SocketAddr>,
     /// Streaming standbys to start behind the primary; each is listed as an extra `[[nodes]]`
-    /// entry. Default 0: read/write routing to standbys comes with the HA work.
+    /// entry, and reads are spread over them. Default 2.
     pub standbys: usize,
 }
 
@@ -135,6 +135,14 @@ fn print_banner(cluster: &LocalCluster, proxy_addr: SocketAddr, password: &str) 
     println!("  psql \"postgresql://{DEMO_USER}:{password}@{addr}/{DEMO_DB}\"");
     println!();
     println!("Each transaction borrows a pooled server connection and returns it at COMMIT.");
+    if !cluster.standbys.is_empty() {
+        println!("Reads go round-robin to the standbys, anything that might write to the primary;");
+        println!("see where a statement ran with:");
+        println!();
+        println!("  SELECT inet_server_port(), pg_is_in_recovery();");
+        println!("  CREATE TABLE t (x int); INSERT INTO t VALUES (1) RETURNING inet_server_port();");
+        println!();
+    }
     println!("Press Ctrl-C to stop; the PostgreSQL cluster is deleted on exit.");
 }
 

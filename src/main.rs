@@ -29,7 +29,7 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
         /// Streaming standbys to start beside the primary.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 2)]
         standbys: usize,
     },
 }
