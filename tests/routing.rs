@@ -19,10 +19,14 @@ fn start_cluster() -> LocalCluster {
 }
 
 fn config(cluster: &LocalCluster) -> Config {
+    config_with(cluster, "")
+}
+
+fn config_with(cluster: &LocalCluster, routing_extra: &str) -> Config {
     let mut toml = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[pool]\ndefault_pool_size = 4\n\n\
          [health]\nhealth_check_interval = \"100ms\"\nhealth_check_timeout = \"1s\"\nfall = 2\nrise = 1\n\n\
-         [routing]\nfailover_timeout = \"30s\"\n\n[databases.{APP_DB}]\n\n\
+         [routing]\nfailover_timeout = \"30s\"\n{routing_extra}\n\n[databases.{APP_DB}]\n\n\
          [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n"
     );
     for node in cluster.nodes() {
@@ -237,6 +241,46 @@ async fn writes_follow_a_promotion_and_never_reach_a_standby() {
         "0",
         "no write ever ran in recovery"
     );
+    proxy.shutdown().await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_while_every_standby_is_paused() {
+    let cluster = tokio::task::spawn_blocking(start_cluster).await.unwrap();
+    let proxy = start_proxy(config_with(
+        &cluster,
+        "read_your_writes = true\nmax_lag = \"0\"\nmax_lag_bytes = \"0\"",
+    ))
+    .await;
+    wait_for_topology(&proxy).await;
+    let addr = proxy.local_addr();
+    let writer = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let reader = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    writer.batch_execute("CREATE TABLE ryw (id int)").await.unwrap();
+    // Let the standbys replay the table, then stop their replay.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| {
+        for standby in &cluster.standbys {
+            standby.psql("postgres", "SELECT pg_wal_replay_pause()").unwrap();
+        }
+    });
+    for i in 0..20 {
+        writer
+            .batch_execute(&format!("INSERT INTO ryw VALUES ({i})"))
+            .await
+            .unwrap();
+        // The writer always sees its own row (its reads wait for, or skip, stale standbys)…
+        let seen = one(&writer, &format!("SELECT count(*) FROM ryw WHERE id = {i}")).await;
+        assert_eq!(seen, "1", "write {i} not visible to its writer");
+        // …while a client that wrote nothing keeps reading from the (paused) standbys.
+        assert_eq!(one(&reader, "SELECT pg_is_in_recovery()").await, "t");
+    }
+    tokio::task::block_in_place(|| {
+        for standby in &cluster.standbys {
+            standby.psql("postgres", "SELECT pg_wal_replay_resume()").unwrap();
+        }
+    });
     proxy.shutdown().await;
     drop(cluster);
 }

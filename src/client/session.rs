@@ -141,6 +141,8 @@ async fn serve_inner(
         node_pools: vec![None; node_count],
         pool,
         route: startup_route(&params),
+        ryw_lsn: None,
+        routed_write: false,
         user,
         mode,
         params,
@@ -169,6 +171,10 @@ struct Session {
     user: Arc<super::auth::UserAuth>,
     /// `SET tidepool.route` / `options=-c tidepool.route=…`: forces reads or writes to one role.
     route: crate::router::RouteSetting,
+    /// The primary's WAL position after the client's last write transaction (read your writes).
+    ryw_lsn: Option<crate::health::Lsn>,
+    /// The current transaction was routed as a write (to the primary).
+    routed_write: bool,
     mode: PoolMode,
     params: ClientParams,
     exchange: Exchange,
@@ -226,6 +232,7 @@ impl Session {
     ) -> Result<bool, CloseReason> {
         let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health.is_some())
             .then(|| self.classify_request());
+        self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout.
         let failover_deadline = Instant::now() + self.shared.snapshot().config.routing.failover_timeout.0;
@@ -430,25 +437,36 @@ impl Session {
     /// The node for a request with this classification (`None`: the primary). Waits up to
     /// `failover_timeout` for a primary to appear; never sends a write to a standby.
     async fn choose_node(&self, decision: Option<crate::router::Decision>) -> Result<usize, ErrorFields> {
-        use crate::router::{pick, Target};
+        use crate::router::{pick, Target, Why};
         let Some(health) = self.shared.health.as_ref() else {
             return Ok(0);
         };
         let snapshot = self.shared.snapshot();
         let decision = decision.unwrap_or_else(write_decision);
         let deadline = Instant::now() + snapshot.config.routing.failover_timeout.0;
+        let ryw_deadline = Instant::now() + snapshot.config.routing.ryw_wait.0;
         loop {
             // Subscribe before looking, so a change in between is not missed.
             let changed = health.changed();
             let view = health.view();
             let routing = &snapshot.config.routing;
+            let min_lsn = self
+                .ryw_lsn
+                .filter(|_| decision.access == crate::router::Access::Read);
             match pick(
                 &decision,
                 &view,
                 routing,
                 &snapshot.weights,
                 &self.shared.round_robin,
+                min_lsn,
             ) {
+                Target::Node {
+                    why: Why::NoStandby, ..
+                } if min_lsn.is_some() && Instant::now() < ryw_deadline => {
+                    // Give a standby up to ryw_wait to replay the client's last write.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 Target::Node { index, .. } => return Ok(index),
                 Target::NoStandby => {
                     return Err(ErrorFields::error(
@@ -549,6 +567,15 @@ impl Session {
                             continue;
                         }
                     }
+                    if self.routed_write && self.read_your_writes() {
+                        if let Err(e) = self.record_write_position().await {
+                            registration.slot.set(None);
+                            if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                                return reason;
+                            }
+                            continue;
+                        }
+                    }
                     if self.mode == PoolMode::Transaction && !self.pins.any() {
                         registration.slot.set(None);
                         let backend = self.backend.take().expect("attached");
@@ -626,6 +653,30 @@ impl Session {
         if let Some(backend) = self.backend.as_mut() {
             follow_reported(&mut backend.applied, &reported);
         }
+    }
+
+    fn read_your_writes(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.shared.health.is_some()
+            && self.shared.snapshot().config.routing.read_your_writes
+    }
+
+    /// After a write transaction: where the primary's WAL is now, so that this client's reads
+    /// only go to standbys that replayed that far.
+    async fn record_write_position(&mut self) -> Result<(), BackendError> {
+        self.routed_write = false;
+        let backend = self.backend.as_mut().expect("attached");
+        let outcome = backend
+            .run_simple("SELECT pg_catalog.pg_current_wal_lsn()")
+            .await?;
+        let lsn = outcome
+            .first_row
+            .and_then(|row| row.into_iter().next().flatten())
+            .and_then(|text| crate::health::Lsn::parse(&text));
+        if lsn.is_some() {
+            self.ryw_lsn = lsn;
+        }
+        Ok(())
     }
 
     /// Asks the backend what the client holds that cannot move (locks, temp tables, cursors,

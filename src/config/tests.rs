@@ -304,6 +304,8 @@ fn example_file_documents_every_key() {
         "failover_timeout",
         "write_functions",
         "read_only_functions",
+        "read_your_writes",
+        "ryw_wait",
         "host",
         "port",
         "weight",

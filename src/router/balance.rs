@@ -4,7 +4,7 @@
 
 use super::{Access, Decision, Hint};
 use crate::config::{ByteSize, ConfigDuration};
-use crate::health::TopologyView;
+use crate::health::{Lsn, TopologyView};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -37,6 +37,11 @@ pub struct RoutingConfig {
     pub write_functions: Vec<String>,
     /// Functions never counted as writes.
     pub read_only_functions: Vec<String>,
+    /// After a client's write transaction, its reads go only to standbys that have replayed it
+    /// (else to the primary). Costs one round trip after each write transaction.
+    pub read_your_writes: bool,
+    /// How long such a read may wait for a standby to catch up before using the primary.
+    pub ryw_wait: ConfigDuration,
 }
 
 impl Default for RoutingConfig {
@@ -48,6 +53,8 @@ impl Default for RoutingConfig {
             failover_timeout: ConfigDuration::secs(30),
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),
+            read_your_writes: false,
+            ryw_wait: ConfigDuration::secs(0),
         }
     }
 }
@@ -83,7 +90,8 @@ pub enum Why {
     Write,
     Read,
     Hint,
-    /// A read that went to the primary because no standby qualified.
+    /// A read that went to the primary because no standby qualified (lag, health, or not yet
+    /// replayed the client's own writes).
     NoStandby,
     /// Only one node is configured.
     SingleNode,
@@ -100,13 +108,14 @@ impl RoundRobin {
 }
 
 /// Chooses a node. `weights` are per node (same order as the view); 0 takes a node out of the
-/// read rotation.
+/// read rotation. `min_lsn`: a standby must have replayed at least this far (read your writes).
 pub fn pick(
     decision: &Decision,
     view: &TopologyView,
     config: &RoutingConfig,
     weights: &[u32],
     rr: &RoundRobin,
+    min_lsn: Option<Lsn>,
 ) -> Target {
     let wants_standby = match decision.hint {
         Some(Hint::Primary) => false,
@@ -133,6 +142,7 @@ pub fn pick(
         .enumerate()
         .filter(|(_, n)| n.is_usable_standby())
         .filter(|(_, n)| fresh_enough(n.lag, n.lag_bytes, max_lag, max_bytes))
+        .filter(|(_, n)| min_lsn.is_none_or(|min| n.lsn.is_some_and(|lsn| lsn >= min)))
         .map(|(i, _)| (i, weights.get(i).copied().unwrap_or(1)))
         .filter(|(_, w)| *w > 0)
         .collect();

@@ -40,7 +40,7 @@ fn decision(access: Access) -> Decision {
 
 fn targets(d: &Decision, v: &TopologyView, config: &RoutingConfig, weights: &[u32], n: usize) -> Vec<Target> {
     let rr = RoundRobin::default();
-    (0..n).map(|_| pick(d, v, config, weights, &rr)).collect()
+    (0..n).map(|_| pick(d, v, config, weights, &rr, None)).collect()
 }
 
 fn node_of(t: Target) -> Option<usize> {
@@ -113,7 +113,8 @@ fn per_statement_max_lag_overrides_the_global_bound() {
             &v,
             &RoutingConfig::default(),
             &[],
-            &RoundRobin::default()
+            &RoundRobin::default(),
+            None
         )),
         Some(0)
     );
@@ -124,7 +125,8 @@ fn per_statement_max_lag_overrides_the_global_bound() {
             &v,
             &RoutingConfig::default(),
             &[],
-            &RoundRobin::default()
+            &RoundRobin::default(),
+            None
         )),
         Some(1)
     );
@@ -141,7 +143,7 @@ fn hints_weights_and_reads_on_primary_modes() {
     let mut d = decision(Access::Read);
     d.hint = Some(Hint::Primary);
     assert_eq!(
-        pick(&d, &v, &config, &[], &RoundRobin::default()),
+        pick(&d, &v, &config, &[], &RoundRobin::default(), None),
         Target::Node {
             index: 0,
             why: Why::Hint
@@ -150,7 +152,7 @@ fn hints_weights_and_reads_on_primary_modes() {
     let mut w = decision(Access::Write);
     w.hint = Some(Hint::Standby);
     assert!(matches!(
-        pick(&w, &v, &config, &[], &RoundRobin::default()),
+        pick(&w, &v, &config, &[], &RoundRobin::default(), None),
         Target::Node {
             index: 1 | 2,
             why: Why::Hint
@@ -189,7 +191,8 @@ fn no_primary_and_no_standby() {
             &only_standby,
             &config,
             &[],
-            &RoundRobin::default()
+            &RoundRobin::default(),
+            None
         ),
         Target::NoPrimary
     );
@@ -204,7 +207,8 @@ fn no_primary_and_no_standby() {
             &only_primary,
             &never,
             &[],
-            &RoundRobin::default()
+            &RoundRobin::default(),
+            None
         ),
         Target::NoStandby
     );
@@ -219,8 +223,34 @@ fn no_primary_and_no_standby() {
             &down_primary,
             &config,
             &[],
-            &RoundRobin::default()
+            &RoundRobin::default(),
+            None
         ),
         Target::NoPrimary
+    );
+}
+
+#[test]
+fn read_your_writes_skips_standbys_that_have_not_replayed_the_write() {
+    let mut behind = node(Role::Standby, true, Some(0), Some(0));
+    behind.lsn = Some(crate::health::Lsn(100));
+    let mut caught_up = node(Role::Standby, true, Some(0), Some(0));
+    caught_up.lsn = Some(crate::health::Lsn(200));
+    let v = view(vec![node(Role::Primary, true, None, None), behind, caught_up]);
+    let config = RoutingConfig::default();
+    let rr = RoundRobin::default();
+    let d = decision(Access::Read);
+    for _ in 0..4 {
+        assert_eq!(
+            node_of(pick(&d, &v, &config, &[], &rr, Some(crate::health::Lsn(150)))),
+            Some(2)
+        );
+    }
+    assert_eq!(
+        pick(&d, &v, &config, &[], &rr, Some(crate::health::Lsn(300))),
+        Target::Node {
+            index: 0,
+            why: Why::NoStandby
+        }
     );
 }
