@@ -130,3 +130,13 @@ async fn a_pinned_client_that_leaves_takes_its_state_with_it() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_prepare_pins_until_deallocated() {
+    assert_pins_until(
+        "PREPARE by_id (int) AS SELECT $1 + 1",
+        "EXECUTE by_id(41)",
+        "DEALLOCATE by_id",
+    )
+    .await;
+}

@@ -685,7 +685,8 @@ impl Session {
         self.exchange.pins_may_have_changed = false;
         let backend = self.backend.as_mut().expect("attached");
         let outcome = backend.run_simple(super::pinning::PROBE_SQL).await?;
-        let pins = super::pinning::Pins::from_row(&outcome.first_row.unwrap_or_default());
+        let row = outcome.first_row.unwrap_or_default();
+        let pins = super::pinning::Pins::from_row(&row);
         if pins.any() != self.pins.any() {
             let peer = self.client.peer;
             if pins.any() {
