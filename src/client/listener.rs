@@ -40,7 +40,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tasks: Task
         };
         match accepted {
             Ok((stream, peer)) => {
-                tasks.spawn(super::session::serve(shared.clone(), stream, peer));
+                tasks.spawn(super::login::serve(shared.clone(), stream, peer));
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.

@@ -1,13 +1,17 @@
 //! The application side: accepting connections, startup, authentication, and each client's
 //! session with the relay to its backend.
 
+mod abandon;
 pub mod auth;
 pub mod cancel;
 pub mod conn;
+mod follow;
 pub mod listener;
+pub mod login;
 pub mod params;
 pub mod pinning;
 pub mod relay;
+mod routing;
 pub mod session;
 pub mod session_state;
 pub mod startup;

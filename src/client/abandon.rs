@@ -1,0 +1,79 @@
+//! A client leaves: its backend is rolled back (or cancelled and drained) and cleaned, then
+//! returned to the pool, or closed when that cannot be done quickly.
+
+use super::cancel::CancelTarget;
+use super::relay::Exchange;
+use super::session::Session;
+use crate::backend::{BackendConn, BackendError};
+use crate::config::PoolMode;
+use crate::protocol::{backend_msg, tag, TransactionStatus};
+use std::time::Duration;
+
+impl Session {
+    /// Returns or closes the backend when the client leaves.
+    pub(super) async fn finish(&mut self) {
+        let Some(mut backend) = self.backend.take() else {
+            return;
+        };
+        let settings = self.pool.settings();
+        let quiet = self.exchange.is_quiet() && backend.wbuf.is_empty();
+        let exchange = &mut self.exchange;
+        let (mode, pinned) = (self.mode, self.pins.any());
+        let cleanup = async {
+            if !quiet {
+                // Abandoned mid-request: cancel it and read to the end, so that the connection
+                // can serve someone else.
+                drain_abandoned(&mut backend, exchange).await?;
+            }
+            if exchange.status != TransactionStatus::Idle {
+                backend.run_simple("ROLLBACK").await?;
+            }
+            if mode == PoolMode::Session {
+                backend.reset(&settings.reset_query).await?;
+            } else if pinned {
+                // Locks, temp tables, cursors and LISTENs must not outlive their client.
+                backend.reset("DISCARD ALL").await?;
+            }
+            Ok::<(), BackendError>(())
+        };
+        // Bounded: a statement that ignores cancel is not worth waiting for.
+        match tokio::time::timeout(Duration::from_secs(5), cleanup).await {
+            Ok(Ok(())) => self.pool.release(backend),
+            _ => self.pool.discard(backend),
+        }
+    }
+}
+
+/// Finishes what a departed client left running: sends what was buffered, ends an open COPY or
+/// batch, cancels the running statement, and reads until every request is answered.
+async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result<(), BackendError> {
+    use crate::protocol::frontend_msg;
+    let mut out = std::mem::take(&mut backend.wbuf);
+    if ex.in_copy_in() {
+        let s = backend_msg::begin(&mut out, tag::COPY_FAIL);
+        backend_msg::put_cstr(&mut out, "client disconnected");
+        backend_msg::finish(&mut out, s);
+    }
+    if ex.unsynced {
+        frontend_msg::sync(&mut out);
+        ex.pending += 1;
+    }
+    backend.write_all(&out).await?;
+    if ex.pending > 0 {
+        let target = CancelTarget {
+            addr: backend.addr.clone(),
+            key: backend.key,
+        };
+        tokio::spawn(async move { super::cancel::send_cancel_to(&target).await });
+    }
+    while ex.pending > 0 {
+        let frame = backend.read_frame().await?;
+        if backend.observe(&frame) {
+            ex.pending -= 1;
+            if let Some(status) = frame.body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
+                ex.status = status;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! From accepted socket to logged-in session: startup packet, max_client_conn, authentication,
+//! the database's pool, then the session; every disconnection is logged with its reason.
+
+use super::auth::{self, AuthError};
+use super::conn::{ClientConn, ClientIoError};
+use super::relay::Exchange;
+use super::routing::startup_route;
+use super::session::Session;
+use super::startup::{negotiate, Opening, StartupFailure};
+use super::statements::{ClientStatements, Pipeline};
+use crate::app::Shared;
+use crate::protocol::{ErrorFields, SqlState};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Why a client connection ended; logged with every disconnection.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    #[error("client sent Terminate")]
+    Terminated,
+    #[error("{0}")]
+    ClientIo(#[from] ClientIoError),
+    #[error("startup failed: {0}")]
+    Startup(#[from] StartupFailure),
+    #[error("login timed out")]
+    LoginTimeout,
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("client_idle_timeout")]
+    IdleTimeout,
+    #[error("idle_transaction_timeout")]
+    IdleInTransactionTimeout,
+    #[error("server connection lost: {0}")]
+    BackendLost(String),
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error("cancel request")]
+    CancelRequest,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Serves one accepted connection to the end.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let over_limit = !shared
+        .clients
+        .try_enter(shared.snapshot().config.proxy.max_client_conn);
+    let reason = serve_inner(&shared, stream, peer, over_limit).await;
+    if !over_limit {
+        shared.clients.leave();
+    }
+    match &reason {
+        CloseReason::CancelRequest => {}
+        CloseReason::Terminated => tracing::debug!(%peer, "client disconnected: {reason}"),
+        _ => tracing::info!(%peer, "client disconnected: {reason}"),
+    }
+}
+
+async fn serve_inner(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    over_limit: bool,
+) -> CloseReason {
+    let snapshot = shared.snapshot();
+    let proxy = &snapshot.config.proxy;
+    let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
+    let login_deadline = Instant::now() + proxy.client_login_timeout.0;
+
+    let params = match tokio::time::timeout_at(login_deadline, negotiate(&mut client)).await {
+        Err(_) => return CloseReason::LoginTimeout,
+        Ok(Err(e)) => return e.into(),
+        Ok(Ok(Opening::Cancel(key))) => {
+            shared.cancels.cancel(key).await;
+            return CloseReason::CancelRequest;
+        }
+        Ok(Ok(Opening::Login(params))) => params,
+    };
+    if over_limit {
+        client
+            .send_fatal(ErrorFields::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            ))
+            .await;
+        return CloseReason::Refused("max_client_conn reached".into());
+    }
+
+    let user = snapshot.users.lookup(&params.user);
+    let auth = auth::authenticate(&mut client, &params.user, user.as_deref(), &snapshot.users);
+    match tokio::time::timeout_at(login_deadline, auth).await {
+        Err(_) => {
+            client
+                .send_fatal(ErrorFields::fatal(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    "canceling authentication due to timeout",
+                ))
+                .await;
+            return CloseReason::LoginTimeout;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, user = %params.user, database = %params.database, "login failed: {e}");
+            if let Some(error) = e.client_error(&params.user) {
+                client.send_fatal(error).await;
+            }
+            return e.into();
+        }
+        Ok(Ok(())) => {}
+    }
+    let Some(user) = user else {
+        // authenticate() fails for unknown users; this is unreachable in practice.
+        return CloseReason::Refused("unknown user".into());
+    };
+
+    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user.config, 0) else {
+        let message = format!("database \"{}\" does not exist", params.database);
+        client
+            .send_fatal(ErrorFields::fatal(
+                SqlState::INVALID_CATALOG_NAME,
+                message.clone(),
+            ))
+            .await;
+        return CloseReason::Refused(message);
+    };
+    let mode = pool.settings().mode;
+    let node_count = snapshot.config.nodes.len();
+    let mut session = Session {
+        shared: shared.clone(),
+        client,
+        node_pools: vec![None; node_count],
+        pool,
+        route: startup_route(&params),
+        ryw_lsn: None,
+        routed_write: false,
+        user,
+        mode,
+        params,
+        exchange: Exchange::default(),
+        backend: None,
+        pending_error: None,
+        discard_until_sync: false,
+        statements: ClientStatements::default(),
+        pipeline: Pipeline::default(),
+        max_prepared: snapshot.config.pool.max_prepared_statements,
+        pins: Default::default(),
+    };
+    let reason = session.run().await;
+    session.finish().await;
+    reason
+}
