@@ -123,36 +123,43 @@ async fn describe_before_bind_unknown_names_and_reuse_after_close() {
     proxy.shutdown().await;
 }
 
+/// Runs pgbench through `addr`; panics with its output unless it succeeds.
+fn pgbench(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let out = pg_tool_cmd("pgbench", addr, APP_USER, APP_PASSWORD, APP_DB)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?}:\n{text}");
+    text
+}
+
+/// Both shapes share one pgbench database, so they run one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbench_prepared_mode_through_a_small_pool() {
-    let proxy = proxy(5).await;
-    let addr = proxy.local_addr();
-    tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| {
-            let out = pg_tool_cmd("pgbench", addr, APP_USER, APP_PASSWORD, APP_DB)
-                .args(args)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "pgbench {args:?}:\n{text}");
-            text
-        };
-        run(&["-i", "-q", "-s", "1"]);
-        for extra in [&["-S"][..], &[][..]] {
-            let mut args = vec!["-M", "prepared", "-c", "50", "-j", "2", "-T", "5"];
-            args.extend_from_slice(extra);
-            let out = run(&args);
-            assert!(
-                out.contains("number of failed transactions: 0 (0.000%)"),
-                "{args:?}:\n{out}"
-            );
-        }
-    })
-    .await
-    .unwrap();
-    proxy.shutdown().await;
+async fn pgbench_prepared_mode_through_small_pools() {
+    for (pool_size, clients) in [(5, "50"), (20, "256")] {
+        let proxy = proxy(pool_size).await;
+        let addr = proxy.local_addr();
+        tokio::task::spawn_blocking(move || {
+            if pool_size == 5 {
+                pgbench(addr, &["-i", "-q", "-s", "2"]);
+            }
+            for extra in [&["-S"][..], &[][..]] {
+                let mut args = vec!["-M", "prepared", "-c", clients, "-j", "2", "-T", "5"];
+                args.extend_from_slice(extra);
+                let out = pgbench(addr, &args);
+                assert!(
+                    out.contains("number of failed transactions: 0 (0.000%)"),
+                    "{args:?}:\n{out}"
+                );
+            }
+        })
+        .await
+        .unwrap();
+        proxy.shutdown().await;
+    }
 }
