@@ -327,3 +327,27 @@ pub fn sql_scan(data: &[u8]) {
     }
     let _ = may_change_pins(sql, false) | may_change_pins(sql, true);
 }
+
+/// xorshift64: a tiny deterministic generator for property tests and the fuzz smoke test, so a
+/// failure reproduces on every run without an extra crate. Not for anything secret.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// One element of a non-empty slice.
+    pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())]
+    }
+}

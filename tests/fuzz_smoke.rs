@@ -3,6 +3,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use tidepool::fuzzing::XorShift;
 use tidepool::fuzzing::{Target, TARGETS};
 
 /// Random inputs and mutated seeds per target, each.
@@ -24,27 +25,6 @@ const INTERESTING_U32: &[u32] = &[
     0x7fff_ffff,
     u32::MAX,
 ];
-
-/// xorshift64: deterministic, so a failure reproduces on every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len())]
-    }
-}
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -99,13 +79,13 @@ fn mutate(rng: &mut XorShift, seed: &[u8], other: &[u8]) -> Vec<u8> {
 /// Random bytes; half the time drawn from bytes the seeds use, so text formats stay textual.
 fn random_input(rng: &mut XorShift, alphabet: &[u8]) -> Vec<u8> {
     let len = rng.below(128);
-    let textual = rng.next() & 1 == 0 && !alphabet.is_empty();
+    let textual = rng.next_u64() & 1 == 0 && !alphabet.is_empty();
     (0..len)
         .map(|_| {
             if textual {
                 rng.pick(alphabet)
             } else {
-                rng.next() as u8
+                rng.next_u64() as u8
             }
         })
         .collect()

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::fuzzing::XorShift;
 
 const R: Access = Access::Read;
 const W: Access = Access::Write;
@@ -510,27 +511,12 @@ fn tokenizer_never_hides_code() {
     }
 }
 
-/// Small deterministic generator, so the properties need no extra crate.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[test]
 fn random_bytes_never_panic() {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..3000 {
         let len = rng.below(80);
-        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         fuzz_classify(&bytes);
         let mut prefixed = b"SELECT ".to_vec();
         prefixed.extend_from_slice(&bytes);

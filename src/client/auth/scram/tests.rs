@@ -3,6 +3,7 @@
 use super::verifier::salted_password;
 use super::*;
 use crate::client::auth::crypto::{hmac_sha256, sha256, xor_into};
+use crate::fuzzing::XorShift;
 use postgres_protocol::authentication::sasl::{self, ScramSha256};
 
 const RFC_SALT: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";
@@ -402,18 +403,6 @@ fn debug_output_hides_secrets() {
     assert!(shown.contains("awaiting client-final"), "{shown}");
 }
 
-/// A tiny deterministic generator so failures reproduce.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn fuzz_entry_survives_random_and_mutated_input() {
     let first = b"n,,n=,r=abc";
@@ -442,10 +431,10 @@ fn fuzz_entry_survives_random_and_mutated_input() {
     }
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..5000 {
-        let len = (rng.next() % 96) as usize;
+        let len = (rng.next_u64() % 96) as usize;
         let alphabet = b"npyrcsima=,0AZ+/\x00\xff";
         let data: Vec<u8> = (0..len)
-            .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+            .map(|_| alphabet[(rng.next_u64() % alphabet.len() as u64) as usize])
             .collect();
         fuzz_scram_exchange(&data);
     }
