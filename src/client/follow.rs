@@ -22,7 +22,7 @@ impl Session {
     pub(super) fn read_your_writes(&self) -> bool {
         self.mode == PoolMode::Transaction
             && self.shared.health.is_some()
-            && self.shared.snapshot().config.routing.read_your_writes
+            && self.snapshot.config.routing.read_your_writes
     }
 
     /// After a write transaction: where the primary's WAL is now, so that this client's reads

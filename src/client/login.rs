@@ -8,7 +8,7 @@ use super::routing::startup_route;
 use super::session::Session;
 use super::startup::{negotiate, Opening, StartupFailure};
 use super::statements::{ClientStatements, Pipeline};
-use crate::app::Shared;
+use crate::app::{Shared, Snapshot};
 use crate::protocol::{ErrorFields, SqlState};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,10 +47,9 @@ pub enum CloseReason {
 /// Serves one accepted connection to the end.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let over_limit = !shared
-        .clients
-        .try_enter(shared.snapshot().config.proxy.max_client_conn);
-    let reason = serve_inner(&shared, stream, peer, over_limit).await;
+    let snapshot = shared.snapshot();
+    let over_limit = !shared.clients.try_enter(snapshot.config.proxy.max_client_conn);
+    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit).await;
     if !over_limit {
         shared.clients.leave();
     }
@@ -63,11 +62,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 
 async fn serve_inner(
     shared: &Arc<Shared>,
+    snapshot: Arc<Snapshot>,
     stream: TcpStream,
     peer: SocketAddr,
     over_limit: bool,
 ) -> CloseReason {
-    let snapshot = shared.snapshot();
     let proxy = &snapshot.config.proxy;
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
     let login_deadline = Instant::now() + proxy.client_login_timeout.0;
@@ -131,6 +130,7 @@ async fn serve_inner(
     let node_count = snapshot.config.nodes.len();
     let mut session = Session {
         shared: shared.clone(),
+        snapshot: snapshot.clone(),
         client,
         node_pools: vec![None; node_count],
         pool,

@@ -15,7 +15,7 @@ impl Session {
         if let Some(Some(pool)) = self.node_pools.get(index) {
             return Some(pool.clone());
         }
-        let snapshot = self.shared.snapshot();
+        let snapshot = self.snapshot.clone();
         let pool = self
             .shared
             .pool_for(&snapshot, &self.params.database, &self.user.config, index)?;
@@ -43,7 +43,7 @@ impl Session {
         new_route: &mut Option<crate::router::RouteSetting>,
     ) -> crate::router::Decision {
         use crate::router::{Access, Control, Decision};
-        let snapshot = self.shared.snapshot();
+        let snapshot = self.snapshot.clone();
         let write = write_decision();
         let buf = &self.client.rbuf[..];
         let mut pos = 0;
@@ -108,7 +108,7 @@ impl Session {
         let Some(health) = self.shared.health.as_ref() else {
             return Ok(0);
         };
-        let snapshot = self.shared.snapshot();
+        let snapshot = self.snapshot.clone();
         let decision = decision.unwrap_or_else(write_decision);
         let deadline = Instant::now() + snapshot.config.routing.failover_timeout.0;
         let ryw_deadline = Instant::now() + snapshot.config.routing.ryw_wait.0;

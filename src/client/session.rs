@@ -7,7 +7,7 @@ use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
 use super::relay::{relay, Exchange, RelayEvent, Rewrite};
 use super::statements::{ClientStatements, Pipeline};
-use crate::app::Shared;
+use crate::app::{Shared, Snapshot};
 use crate::backend::{BackendConn, BackendError};
 use crate::config::PoolMode;
 use crate::pool::{Pool, PoolError, StartupWish};
@@ -21,6 +21,8 @@ use tokio::time::{sleep_until, Instant};
 /// A logged-in client.
 pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
+    /// The configuration this transaction runs under: taken once per attach, not per message.
+    pub(super) snapshot: Arc<Snapshot>,
     pub(super) client: ClientConn,
     /// The pool of the node serving (or about to serve) the client.
     pub(super) pool: Arc<Pool>,
@@ -88,12 +90,13 @@ impl Session {
         login: bool,
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
+        self.snapshot = self.shared.snapshot();
         let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health.is_some())
             .then(|| self.classify_request());
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout.
-        let failover_deadline = Instant::now() + self.shared.snapshot().config.routing.failover_timeout.0;
+        let failover_deadline = Instant::now() + self.snapshot.config.routing.failover_timeout.0;
         let mut backend = loop {
             if self.shared.health.is_some() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
@@ -239,7 +242,7 @@ impl Session {
             let idle_deadline = match self.exchange.status {
                 _ if !self.exchange.is_quiet() => None,
                 TransactionStatus::Idle => self.idle_timeout(),
-                _ => shared.snapshot().config.proxy.idle_transaction_timeout.non_zero(),
+                _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
             let backend = self.backend.as_mut().expect("attached above");
@@ -357,7 +360,7 @@ impl Session {
     }
 
     pub(super) fn idle_timeout(&self) -> Option<Duration> {
-        self.shared.snapshot().config.proxy.client_idle_timeout.non_zero()
+        self.snapshot.config.proxy.client_idle_timeout.non_zero()
     }
 
     /// Transaction mode between transactions: flush, wait for the client's next request, and
