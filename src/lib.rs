@@ -16,5 +16,6 @@ pub mod fuzzing;
 pub mod health;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod shutdown;

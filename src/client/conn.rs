@@ -24,6 +24,15 @@ pub enum ClientIoError {
     Startup(#[from] StartupError),
 }
 
+/// What the TLS layer learned about a client connection (`ClientConn::tls`, `None` on plain TCP).
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// `tls-server-end-point` channel-binding data (RFC 5929): the hash of our certificate.
+    pub server_end_point: Vec<u8>,
+    /// Common name of the client's verified certificate, when it sent one.
+    pub peer_common_name: Option<String>,
+}
+
 /// One application connection.
 pub struct ClientConn {
     pub(crate) stream: TcpStream,
@@ -32,6 +41,8 @@ pub struct ClientConn {
     /// Bytes to send, written out by `flush` or by the relay.
     pub(crate) wbuf: BytesMut,
     pub peer: SocketAddr,
+    /// Set once a TLS handshake completed.
+    pub tls: Option<TlsInfo>,
     pub(crate) decoder: FrameDecoder,
 }
 
@@ -42,6 +53,7 @@ impl ClientConn {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             peer,
+            tls: None,
             decoder: FrameDecoder::new(max_message_size),
         }
     }
