@@ -22,3 +22,11 @@ pub enum ReloadError {
 pub async fn reload(_shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     Err(ReloadError::Unavailable("not implemented yet".into()))
 }
+
+/// Applies an already parsed configuration (admin `SET`, or `reload` after reading the file).
+pub async fn apply(
+    _shared: &Arc<Shared>,
+    _config: crate::config::Config,
+) -> Result<ReloadReport, ReloadError> {
+    Err(ReloadError::Unavailable("not implemented yet".into()))
+}
