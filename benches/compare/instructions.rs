@@ -1,0 +1,142 @@
+//! Instructions per forwarded query, counted by valgrind's callgrind (repeatable on a noisy
+//! machine, unlike time). Each proxy runs twice under callgrind, forwarding N and then 2N
+//! select-only transactions from the same pgbench clients; the difference divided by N leaves
+//! out start-up, logins and shutdown.
+
+use super::targets::{start_pgbouncer, start_tidepool, Bench, Process, Target, DATABASE, PASSWORD, USER};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 4;
+
+pub struct InstructionsResult {
+    pub transactions: usize,
+    pub per_query: Vec<(Target, f64)>,
+}
+
+pub fn measure(bench: &Bench, transactions: usize) -> Result<InstructionsResult, String> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return Err("valgrind is not installed (apt-get install valgrind)".into());
+    }
+    let transactions = transactions.max(CLIENTS);
+    let mut per_query = Vec::new();
+    for target in [Target::PgBouncer, Target::Tidepool] {
+        let once = count(bench, target, transactions, "n")?;
+        let twice = count(bench, target, 2 * transactions, "2n")?;
+        let per = (twice as f64 - once as f64) / transactions as f64;
+        eprintln!(
+            "compare: {} instructions per select-only query: {per:.0}",
+            target.name()
+        );
+        per_query.push((target, per));
+    }
+    Ok(InstructionsResult {
+        transactions,
+        per_query,
+    })
+}
+
+/// Total instructions the proxy executed over its life while forwarding `transactions`.
+fn count(bench: &Bench, target: Target, transactions: usize, label: &str) -> Result<u64, String> {
+    let name = format!("callgrind-{}-{label}", target.name());
+    let dir = bench.dir.path().join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // PgBouncer runs as postgres when we are root: let it write its profile here.
+    let _ = Command::new("chmod").arg("0777").arg(&dir).status();
+    let out = dir.join("callgrind.out");
+    let wrapper = vec![
+        "valgrind".to_string(),
+        "--tool=callgrind".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+    ];
+    let primary = bench.cluster.primary.addr();
+    let (process, addr) = match target {
+        Target::PgBouncer => start_pgbouncer(bench.dir.path(), &name, primary, bench.pool_size, &wrapper)?,
+        _ => start_tidepool(bench.dir.path(), &name, &[primary], bench.pool_size, &wrapper)?,
+    };
+    let pid = match target {
+        Target::PgBouncer => read_pid(&bench.dir.path().join(&name).join("pgbouncer.pid"))?,
+        _ => process.pid(),
+    };
+    let status = Command::new(bench.pgbench())
+        .args(["-n", "-S", "-M", "simple", "-c", &CLIENTS.to_string(), "-j", "1"])
+        .args(["-t", &(transactions / CLIENTS).to_string()])
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            USER,
+            DATABASE,
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("pgbench: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "pgbench through {} under callgrind failed",
+            target.name()
+        ));
+    }
+    stop(process, pid)?;
+    read_total(&out)
+}
+
+fn read_pid(path: &Path) -> Result<u32, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .trim()
+        .parse()
+        .map_err(|_| format!("{}: not a pid", path.display()))
+}
+
+/// SIGTERM, then wait for callgrind to write its profile (it does so at exit). The child is
+/// valgrind itself, or `runuser`, which exits after it.
+fn stop(mut process: Process, pid: u32) -> Result<(), String> {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if process.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not exit under callgrind", process.name));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// callgrind's `totals:` (or `summary:`) line: instructions executed.
+fn read_total(out: &Path) -> Result<u64, String> {
+    // Threads may each get a file (`out-NN`); sum whatever is there.
+    let dir = out.parent().ok_or("no profile directory")?;
+    let mut total = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("callgrind.out"))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(v) = value {
+            total += v;
+            found = true;
+        }
+    }
+    if found {
+        Ok(total)
+    } else {
+        Err(format!("no callgrind totals in {}", dir.display()))
+    }
+}

@@ -1,0 +1,337 @@
+//! The things pgbench is pointed at: PostgreSQL itself, PgBouncer and tidepool, each started
+//! here on free loopback ports and stopped (by pid) when the benchmark ends.
+
+use super::pgbench::Protocol;
+use super::Options;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tidepool::cluster::{LocalCluster, NodeOptions, PgBinaries};
+
+pub const USER: &str = "bench";
+pub const PASSWORD: &str = "bench-secret";
+pub const DATABASE: &str = "bench";
+
+/// Where a pgbench run goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    PgBouncer,
+    /// tidepool in front of the primary only: the like-for-like comparison with PgBouncer.
+    Tidepool,
+    /// tidepool in front of the primary and both standbys, spreading reads.
+    TidepoolSplit,
+}
+
+impl Target {
+    pub const MAIN: [Target; 3] = [Target::Direct, Target::PgBouncer, Target::Tidepool];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::PgBouncer => "pgbouncer",
+            Target::Tidepool => "tidepool",
+            Target::TidepoolSplit => "tidepool (r/w split)",
+        }
+    }
+
+    /// PgBouncer before 1.21 cannot run named prepared statements in transaction mode.
+    pub fn supports(self, protocol: Protocol) -> bool {
+        !(self == Target::PgBouncer && protocol == Protocol::Prepared)
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything the benchmark started.
+pub struct Bench {
+    pub cluster: LocalCluster,
+    pub dir: tempfile::TempDir,
+    pub pgbouncer: Process,
+    pub pgbouncer_addr: SocketAddr,
+    pub pgbouncer_version: String,
+    pub tidepool: Process,
+    pub tidepool_addr: SocketAddr,
+    pub tidepool_split: Process,
+    pub tidepool_split_addr: SocketAddr,
+    pub pool_size: usize,
+    pub postgres_version: String,
+}
+
+impl Bench {
+    pub fn start(options: &Options) -> Result<Bench, String> {
+        let bins = PgBinaries::locate().map_err(|e| e.to_string())?;
+        let node_options = NodeOptions {
+            hba_rules: vec!["host all all 127.0.0.1/32 scram-sha-256".into()],
+            // 256 direct clients plus the poolers' pools and the standbys' walsenders.
+            extra_conf: vec!["max_connections = 400".into(), "shared_buffers = 256MB".into()],
+        };
+        let mut cluster = LocalCluster::start(&bins, node_options).map_err(|e| e.to_string())?;
+        cluster.create_role(USER, PASSWORD).map_err(|e| e.to_string())?;
+        cluster
+            .create_database(DATABASE, USER)
+            .map_err(|e| e.to_string())?;
+        let primary = cluster.primary.addr();
+        let status = Command::new(bins.tool("pgbench"))
+            .args(["-i", "-q", "-s", &options.scale.to_string(), "-h"])
+            .arg(primary.ip().to_string())
+            .args(["-p", &primary.port().to_string(), "-U", USER, DATABASE])
+            .env("PGPASSWORD", PASSWORD)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("pgbench -i: {e}"))?;
+        if !status.success() {
+            return Err(format!("pgbench -i failed: {status}"));
+        }
+        // Standbys after the data load, so pg_basebackup copies it instead of streaming it.
+        cluster.add_standby().map_err(|e| e.to_string())?;
+        cluster.add_standby().map_err(|e| e.to_string())?;
+        let postgres_version = cluster
+            .primary
+            .psql("postgres", "SHOW server_version")
+            .map_err(|e| e.to_string())?
+            .trim()
+            .to_string();
+
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let nodes: Vec<SocketAddr> = cluster.nodes().map(|n| n.addr()).collect();
+        let (pgbouncer, pgbouncer_addr) =
+            start_pgbouncer(dir.path(), "pgbouncer", primary, options.pool_size, &[])?;
+        let pgbouncer_version = command_output("/usr/sbin/pgbouncer", &["--version"])
+            .lines()
+            .next()
+            .unwrap_or("unknown")
+            .to_string();
+        let (tidepool, tidepool_addr) =
+            start_tidepool(dir.path(), "single", &nodes[..1], options.pool_size, &[])?;
+        let (tidepool_split, tidepool_split_addr) =
+            start_tidepool(dir.path(), "split", &nodes, options.pool_size, &[])?;
+        Ok(Bench {
+            cluster,
+            dir,
+            pgbouncer,
+            pgbouncer_addr,
+            pgbouncer_version,
+            tidepool,
+            tidepool_addr,
+            tidepool_split,
+            tidepool_split_addr,
+            pool_size: options.pool_size,
+            postgres_version,
+        })
+    }
+
+    pub fn addr(&self, target: Target) -> SocketAddr {
+        match target {
+            Target::Direct => self.cluster.primary.addr(),
+            Target::PgBouncer => self.pgbouncer_addr,
+            Target::Tidepool => self.tidepool_addr,
+            Target::TidepoolSplit => self.tidepool_split_addr,
+        }
+    }
+
+    /// The pid of the proxy process itself (PgBouncer may run under `runuser`, which forks).
+    pub fn proxy_pid(&self, target: Target) -> Option<u32> {
+        match target {
+            Target::Direct => None,
+            Target::PgBouncer => std::fs::read_to_string(self.dir.path().join("pgbouncer/pgbouncer.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .or(Some(self.pgbouncer.pid())),
+            Target::Tidepool => Some(self.tidepool.pid()),
+            Target::TidepoolSplit => Some(self.tidepool_split.pid()),
+        }
+    }
+
+    pub fn pgbench(&self) -> PathBuf {
+        self.cluster.binaries().tool("pgbench")
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+        .unwrap_or_default()
+}
+
+fn running_as_root() -> bool {
+    command_output("id", &["-u"]).trim() == "0"
+}
+
+/// PgBouncer refuses to run as root: run it as `postgres` then, in a directory it owns.
+/// `wrapper` runs in front of the binary (e.g. valgrind); the instance lives in `dir/name`.
+pub fn start_pgbouncer(
+    dir: &Path,
+    name: &str,
+    primary: SocketAddr,
+    pool_size: usize,
+    wrapper: &[String],
+) -> Result<(Process, SocketAddr), String> {
+    let binary = "/usr/sbin/pgbouncer";
+    if !Path::new(binary).exists() {
+        return Err("PgBouncer is not installed (apt-get install pgbouncer)".into());
+    }
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    let port = free_port()?;
+    std::fs::write(home.join("userlist.txt"), format!("\"{USER}\" \"{PASSWORD}\"\n"))
+        .map_err(|e| e.to_string())?;
+    let ini = format!(
+        "[databases]\n\
+         {DATABASE} = host={host} port={pg_port} dbname={DATABASE}\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = md5\n\
+         auth_file = {home}/userlist.txt\n\
+         pool_mode = transaction\n\
+         default_pool_size = {pool_size}\n\
+         max_client_conn = 12000\n\
+         listen_backlog = 4096\n\
+         logfile = {home}/pgbouncer.log\n\
+         pidfile = {home}/pgbouncer.pid\n\
+         log_connections = 0\n\
+         log_disconnections = 0\n\
+         ignore_startup_parameters = extra_float_digits\n",
+        host = primary.ip(),
+        pg_port = primary.port(),
+        home = home.display(),
+    );
+    let ini_path = home.join("pgbouncer.ini");
+    std::fs::write(&ini_path, ini).map_err(|e| e.to_string())?;
+    let mut command = if running_as_root() {
+        for entry in [home.clone(), home.join("userlist.txt"), ini_path.clone()] {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&entry)
+                .status();
+            if !status.map(|s| s.success()).unwrap_or(false) {
+                return Err(format!("cannot chown {} to postgres", entry.display()));
+            }
+        }
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).args(wrapper).arg(binary);
+        c
+    } else if let Some((first, rest)) = wrapper.split_first() {
+        let mut c = Command::new(first);
+        c.args(rest).arg(binary);
+        c
+    } else {
+        Command::new(binary)
+    };
+    let child = command
+        .arg(&ini_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("pgbouncer: {e}"))?;
+    let process = Process {
+        child,
+        name: "pgbouncer",
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr, &home.join("pgbouncer.log"), wrapper)?;
+    Ok((process, addr))
+}
+
+/// The release binary built beside this benchmark, with a config written here; `wrapper` runs in
+/// front of it (e.g. valgrind).
+pub fn start_tidepool(
+    dir: &Path,
+    name: &str,
+    nodes: &[SocketAddr],
+    pool_size: usize,
+    wrapper: &[String],
+) -> Result<(Process, SocketAddr), String> {
+    let port = free_port()?;
+    let mut config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\nmax_client_conn = 12000\n\n\
+         [pool]\ndefault_pool_size = {pool_size}\n\n\
+         [databases.{DATABASE}]\n\n\
+         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nauth_method = \"md5\"\n"
+    );
+    for node in nodes {
+        config.push_str(&format!(
+            "\n[[nodes]]\nhost = \"{}\"\nport = {}\n",
+            node.ip(),
+            node.port()
+        ));
+    }
+    let path = dir.join(format!("tidepool-{name}.toml"));
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    let log = dir.join(format!("tidepool-{name}.log"));
+    let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let binary = env!("CARGO_BIN_EXE_tidepool");
+    let mut command = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let child = command
+        .arg("--config")
+        .arg(&path)
+        .env("TIDEPOOL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("tidepool: {e}"))?;
+    let process = Process {
+        child,
+        name: "tidepool",
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr, &log, wrapper)?;
+    if nodes.len() > 1 {
+        // Let the health checker find the primary and the standbys before measuring.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    Ok((process, addr))
+}
+
+fn wait_listening(addr: SocketAddr, log: &Path, wrapper: &[String]) -> Result<(), String> {
+    // Under valgrind, start-up takes many times longer.
+    let patience = Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "nothing listens on {addr} after {} s; log: {}",
+        patience.as_secs(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    ))
+}
