@@ -212,7 +212,10 @@ pub fn userlist(data: &[u8]) {
     let entries = match parse_userlist(text) {
         Ok(entries) => entries,
         Err(error) => {
-            assert!(error.line >= 1 && error.line <= text.lines().count().max(1), "{error}");
+            assert!(
+                error.line >= 1 && error.line <= text.lines().count().max(1),
+                "{error}"
+            );
             return;
         }
     };
@@ -257,7 +260,11 @@ pub fn hba_file(data: &[u8]) {
         for tls in [false, true] {
             for (db, user) in [("app", "app"), ("all", "x"), ("postgres", "postgres")] {
                 if let Some(rule) = rules.decide(tls, db, user, addr) {
-                    let n: usize = rule.origin.strip_prefix("line ").and_then(|n| n.parse().ok()).expect("origin");
+                    let n: usize = rule
+                        .origin
+                        .strip_prefix("line ")
+                        .and_then(|n| n.parse().ok())
+                        .expect("origin");
                     assert!(n >= 1 && n <= lines);
                 }
             }

@@ -255,7 +255,10 @@ fn sasl_step(client: &mut Sasl, code: i32, body: &[u8]) -> Result<Option<Vec<u8>
         }
         (Sasl::Password(c), _) => c.finish(body).map(|_| None).map_err(SaslFailure::Library),
         (Sasl::Keys(c), 11) => c.server_first(body).map(Some).map_err(SaslFailure::PassThrough),
-        (Sasl::Keys(c), _) => c.server_final(body).map(|_| None).map_err(SaslFailure::PassThrough),
+        (Sasl::Keys(c), _) => c
+            .server_final(body)
+            .map(|_| None)
+            .map_err(SaslFailure::PassThrough),
     }
 }
 

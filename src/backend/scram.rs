@@ -132,7 +132,9 @@ mod tests {
         let mut client = KeyClient::new(keys);
         let first = server.client_first(&client.client_first()).expect("client-first");
         let last = client.server_first(&first)?;
-        let fin = server.client_final(&last).map_err(|_| PassThroughError::ServerSignature)?;
+        let fin = server
+            .client_final(&last)
+            .map_err(|_| PassThroughError::ServerSignature)?;
         client.server_final(&fin)
     }
 
@@ -174,10 +176,10 @@ mod tests {
         keys.client_key[0] ^= 1;
         keys.server_key[0] ^= 1;
         assert_eq!(run(keys, verifier), Err(PassThroughError::ServerSignature));
-        assert!(!format!("{:?}", keys_from_login(
-            &ScramVerifier::derive(b"x", b"s", 1).unwrap(),
-            b"x"
-        ))
+        assert!(!format!(
+            "{:?}",
+            keys_from_login(&ScramVerifier::derive(b"x", b"s", 1).unwrap(), b"x")
+        )
         .contains('['));
     }
 

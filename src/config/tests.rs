@@ -348,12 +348,18 @@ fn example_hba_table_is_valid_and_documented() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(block.starts_with("[[hba]]"), "{block}");
-    let config = Parts::with(Users, format!("[[users]]\nname = \"app\"\npassword = \"pw\"\n{block}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("[[hba]] example: {e}"));
+    let config = Parts::with(
+        Users,
+        format!("[[users]]\nname = \"app\"\npassword = \"pw\"\n{block}"),
+    )
+    .parse()
+    .unwrap_or_else(|e| panic!("[[hba]] example: {e}"));
     assert_eq!(config.hba.len(), 1);
     for key in ["type", "database", "user", "address", "method"] {
-        assert!(EXAMPLE.contains(&format!("\n#   {key} = ")), "[[hba]] example lacks {key}");
+        assert!(
+            EXAMPLE.contains(&format!("\n#   {key} = ")),
+            "[[hba]] example lacks {key}"
+        );
     }
     assert_eq!(config.auth, AuthConfig::default());
 }
@@ -361,26 +367,31 @@ fn example_hba_table_is_valid_and_documented() {
 #[test]
 fn auth_rules_name_their_key() {
     let hba = |body: &str| format!("[[users]]\nname = \"app\"\npassword = \"pw\"\n[[hba]]\n{body}\n");
-    let rule = |t: &str, a: &str, m: &str| hba(&format!(
-        "type = \"{t}\"\ndatabase = \"all\"\nuser = \"all\"\naddress = \"{a}\"\nmethod = \"{m}\""
-    ));
+    let rule = |t: &str, a: &str, m: &str| {
+        hba(&format!(
+            "type = \"{t}\"\ndatabase = \"all\"\nuser = \"all\"\naddress = \"{a}\"\nmethod = \"{m}\""
+        ))
+    };
     #[rustfmt::skip]
     let cases = [
         (rule("hots", "all", "md5"), "hba[0].type: unknown connection type \"hots\" (use host, hostssl or hostnossl)"),
         (rule("host", "10.0.0.0/40", "md5"), "hba[0].address: invalid address \"10.0.0.0/40\" (use all, a CIDR block like 10.0.0.0/8, or an address and a netmask)"),
         (rule("host", "all", "gss"), "hba[0].method: authentication method \"gss\" is not supported by tidepool"),
         (rule("host", "all", "cert"), "hba[0].method: cert authentication is only supported on hostssl connections"),
-        (format!("[[users]]\nname = \"app\"\npassword = \"pw\"\nauth_method = \"md5\"\n[auth]\nauth_hba_file = \"x\"\n"),
+        ("[[users]]\nname = \"app\"\npassword = \"pw\"\nauth_method = \"md5\"\n[auth]\nauth_hba_file = \"x\"\n".to_string(),
             "users[0].auth_method: cannot be combined with [[hba]] or auth.auth_hba_file: the hba rules choose the method"),
-        (format!("[[users]]\nname = \"app\"\n"), "users[0].password: required for auth_method scram-sha-256"),
+        ("[[users]]\nname = \"app\"\n".to_string(), "users[0].password: required for auth_method scram-sha-256"),
         (format!("{}[auth]\nauth_hba_file = \"x\"\n", rule("host", "all", "md5")),
             "auth.auth_hba_file: cannot be combined with [[hba]] entries: use one or the other"),
-        (format!("[[users]]\nname = \"a\"\npassword = \"pw\"\n[auth]\nauth_user = \"a\"\nauth_query = \" \"\n"),
+        ("[[users]]\nname = \"a\"\npassword = \"pw\"\n[auth]\nauth_user = \"a\"\nauth_query = \" \"\n".to_string(),
             "auth.auth_query: must not be empty when auth.auth_user is set"),
-        (format!("[[users]]\nname = \"a\"\npassword = \"pw\"\n[auth]\nauth_file = \"\"\n"), "auth.auth_file: must not be empty"),
+        ("[[users]]\nname = \"a\"\npassword = \"pw\"\n[auth]\nauth_file = \"\"\n".to_string(), "auth.auth_file: must not be empty"),
     ];
     for (users, expected) in cases {
-        let error = Parts::with(Users, users.clone()).parse().expect_err(&users).to_string();
+        let error = Parts::with(Users, users.clone())
+            .parse()
+            .expect_err(&users)
+            .to_string();
         assert_eq!(error, expected);
     }
     // With an external source, a listed user needs no password (it comes from the file).

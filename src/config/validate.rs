@@ -103,8 +103,9 @@ impl Config {
             ));
         }
         for (i, entry) in self.hba.iter().enumerate() {
-            crate::client::auth::hba::HbaRule::from_entry(entry, format!("hba[{i}]"))
-                .map_err(|(field, problem)| ConfigError::invalid(format!("hba[{i}].{field}"), problem.to_string()))?;
+            crate::client::auth::hba::HbaRule::from_entry(entry, format!("hba[{i}]")).map_err(
+                |(field, problem)| ConfigError::invalid(format!("hba[{i}].{field}"), problem.to_string()),
+            )?;
         }
         Ok(())
     }

@@ -128,7 +128,10 @@ impl HbaRules {
         let mut skipped = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let number = index + 1;
-            let at = |problem| HbaFileError { line: number, problem };
+            let at = |problem| HbaFileError {
+                line: number,
+                problem,
+            };
             let fields = tokenize(line).map_err(at)?;
             let Some(first) = fields.first() else {
                 continue;
@@ -309,13 +312,17 @@ fn rule_from_fields(fields: &[Vec<Token>], origin: String) -> Result<HbaRule, Hb
     let users = parse_names(&fields[2], false)?;
     let address_text = &word(3)?.text;
     // An address without '/' takes its netmask from the next field.
-    let needs_mask = address_text != "all" && !address_text.contains('/') && address_text.parse::<IpAddr>().is_ok();
+    let needs_mask =
+        address_text != "all" && !address_text.contains('/') && address_text.parse::<IpAddr>().is_ok();
     let (address, method_at) = if needs_mask {
         (parse_address(address_text, Some(&word(4)?.text))?, 5)
     } else {
         (parse_address(address_text, None)?, 4)
     };
-    let method = parse_method(&word(method_at).map_err(|_| HbaProblem::MissingFields)?.text, conn)?;
+    let method = parse_method(
+        &word(method_at).map_err(|_| HbaProblem::MissingFields)?.text,
+        conn,
+    )?;
     if let Some(extra) = fields.get(method_at + 1) {
         return Err(HbaProblem::Options(join(extra)));
     }
@@ -330,7 +337,11 @@ fn rule_from_fields(fields: &[Vec<Token>], origin: String) -> Result<HbaRule, Hb
 }
 
 fn join(tokens: &[Token]) -> String {
-    tokens.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(",")
+    tokens
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_conn_type(text: &str) -> Result<ConnType, HbaProblem> {
@@ -385,7 +396,10 @@ fn parse_address(text: &str, mask: Option<&str>) -> Result<AddressMatch, HbaProb
         (None, Some(mask)) => {
             let addr: IpAddr = text.parse().map_err(|_| bad())?;
             let mask: IpAddr = mask.parse().map_err(|_| HbaProblem::Netmask(mask.to_string()))?;
-            (addr, mask_prefix(addr, mask).ok_or_else(|| HbaProblem::Netmask(mask.to_string()))?)
+            (
+                addr,
+                mask_prefix(addr, mask).ok_or_else(|| HbaProblem::Netmask(mask.to_string()))?,
+            )
         }
         (None, None) if text.parse::<IpAddr>().is_err() && !text.is_empty() && !text.contains(':') => {
             return Err(HbaProblem::HostName(text.to_string()))
@@ -413,7 +427,9 @@ fn mask_prefix(addr: IpAddr, mask: IpAddr) -> Option<u8> {
 fn parse_method(text: &str, conn: ConnType) -> Result<AuthMethod, HbaProblem> {
     let method = match AuthMethod::from_name(text) {
         Some(method) => method,
-        None if UNSUPPORTED_METHODS.contains(&text) => return Err(HbaProblem::UnsupportedMethod(text.into())),
+        None if UNSUPPORTED_METHODS.contains(&text) => {
+            return Err(HbaProblem::UnsupportedMethod(text.into()))
+        }
         None => return Err(HbaProblem::UnknownMethod(text.into())),
     };
     if method == AuthMethod::Cert && conn != ConnType::HostSsl {

@@ -242,9 +242,10 @@ pub async fn authenticate(
             let user_name = user_name.to_string();
             let checked = password.clone();
             // Checking against a SCRAM verifier means deriving one: not on the async workers.
-            let ok = tokio::task::spawn_blocking(move || secret.verify_password(&user_name, checked.as_bytes()))
-                .await
-                .unwrap_or(false);
+            let ok =
+                tokio::task::spawn_blocking(move || secret.verify_password(&user_name, checked.as_bytes()))
+                    .await
+                    .unwrap_or(false);
             if !ok {
                 return Err(AuthError::Failed);
             }

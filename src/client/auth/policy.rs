@@ -38,7 +38,9 @@ pub fn choose_method(
         AuthMethod::Reject => Err(AuthError::Rejected(refused_at(conn))),
         AuthMethod::Cert if !conn.tls => Err(AuthError::CertRequired),
         // Refused before the client is asked, so the password never crosses the wire in clear.
-        AuthMethod::Password if !conn.tls && !allow_cleartext_without_tls => Err(AuthError::CleartextWithoutTls),
+        AuthMethod::Password if !conn.tls && !allow_cleartext_without_tls => {
+            Err(AuthError::CleartextWithoutTls)
+        }
         method => Ok(method),
     }
 }
@@ -64,7 +66,11 @@ pub struct RefusedAt {
 impl RefusedAt {
     /// `host "…", user "…", database "…", no encryption`, as PostgreSQL words it.
     pub fn describe(&self) -> String {
-        let encryption = if self.tls { "SSL encryption" } else { "no encryption" };
+        let encryption = if self.tls {
+            "SSL encryption"
+        } else {
+            "no encryption"
+        };
         format!(
             "host \"{}\", user \"{}\", database \"{}\", {encryption}",
             self.host, self.user, self.database
@@ -102,9 +108,18 @@ mod tests {
 
     #[test]
     fn without_rules_the_user_method_or_scram() {
-        assert_eq!(choose_method(None, false, None, &conn(false, "u")).unwrap(), ScramSha256);
-        assert_eq!(choose_method(None, false, Some(Md5), &conn(false, "u")).unwrap(), Md5);
-        assert_eq!(choose_method(None, false, Some(Trust), &conn(false, "u")).unwrap(), Trust);
+        assert_eq!(
+            choose_method(None, false, None, &conn(false, "u")).unwrap(),
+            ScramSha256
+        );
+        assert_eq!(
+            choose_method(None, false, Some(Md5), &conn(false, "u")).unwrap(),
+            Md5
+        );
+        assert_eq!(
+            choose_method(None, false, Some(Trust), &conn(false, "u")).unwrap(),
+            Trust
+        );
     }
 
     #[test]
@@ -114,8 +129,14 @@ mod tests {
              hostnossl all admin 0.0.0.0/0 reject\n\
              host all all 10.0.0.0/8 md5\n",
         );
-        assert_eq!(choose_method(Some(&hba), false, None, &conn(true, "u")).unwrap(), Cert);
-        assert_eq!(choose_method(Some(&hba), false, None, &conn(false, "u")).unwrap(), Md5);
+        assert_eq!(
+            choose_method(Some(&hba), false, None, &conn(true, "u")).unwrap(),
+            Cert
+        );
+        assert_eq!(
+            choose_method(Some(&hba), false, None, &conn(false, "u")).unwrap(),
+            Md5
+        );
         let rejected = choose_method(Some(&hba), false, None, &conn(false, "admin")).unwrap_err();
         let error = rejected.client_error("admin").unwrap();
         assert_eq!(error.code, SqlState::INVALID_AUTHORIZATION);
@@ -134,7 +155,9 @@ mod tests {
             assert_eq!(error.code, SqlState::INVALID_AUTHORIZATION);
             assert_eq!(
                 error.message,
-                format!("no pg_hba.conf entry for host \"10.1.2.3\", user \"u\", database \"app\", {wording}")
+                format!(
+                    "no pg_hba.conf entry for host \"10.1.2.3\", user \"u\", database \"app\", {wording}"
+                )
             );
         }
     }
@@ -144,15 +167,24 @@ mod tests {
         let e = choose_method(None, false, Some(Password), &conn(false, "u")).unwrap_err();
         assert!(matches!(e, AuthError::CleartextWithoutTls));
         assert_eq!(e.client_error("u").unwrap().code, SqlState::INVALID_AUTHORIZATION);
-        assert_eq!(choose_method(None, false, Some(Password), &conn(true, "u")).unwrap(), Password);
-        assert_eq!(choose_method(None, true, Some(Password), &conn(false, "u")).unwrap(), Password);
+        assert_eq!(
+            choose_method(None, false, Some(Password), &conn(true, "u")).unwrap(),
+            Password
+        );
+        assert_eq!(
+            choose_method(None, true, Some(Password), &conn(false, "u")).unwrap(),
+            Password
+        );
     }
 
     #[test]
     fn cert_needs_tls_and_the_right_common_name() {
         let e = choose_method(None, false, Some(Cert), &conn(false, "u")).unwrap_err();
         assert!(matches!(e, AuthError::CertRequired));
-        assert_eq!(choose_method(None, false, Some(Cert), &conn(true, "u")).unwrap(), Cert);
+        assert_eq!(
+            choose_method(None, false, Some(Cert), &conn(true, "u")).unwrap(),
+            Cert
+        );
         let with_cn = |cn: Option<&str>| TlsInfo {
             server_end_point: Vec::new(),
             peer_common_name: cn.map(str::to_string),
@@ -161,7 +193,10 @@ mod tests {
         let wrong = check_cert(Some(&with_cn(Some("mallory"))), "alice").unwrap_err();
         let error = wrong.client_error("alice").unwrap();
         assert_eq!(error.code, SqlState::INVALID_AUTHORIZATION);
-        assert_eq!(error.message, "certificate authentication failed for user \"alice\"");
+        assert_eq!(
+            error.message,
+            "certificate authentication failed for user \"alice\""
+        );
         let none = check_cert(Some(&with_cn(None)), "alice").unwrap_err();
         assert_eq!(
             none.client_error("alice").unwrap().message,

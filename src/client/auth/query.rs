@@ -74,7 +74,11 @@ impl AuthQuery {
     fn cached(&self, name: &str) -> Option<Option<Arc<UserAuth>>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let entry = cache.get(name)?;
-        let ttl = if entry.user.is_some() { self.ttl } else { self.miss_ttl };
+        let ttl = if entry.user.is_some() {
+            self.ttl
+        } else {
+            self.miss_ttl
+        };
         (entry.at.elapsed() < ttl).then(|| entry.user.clone())
     }
 

@@ -133,6 +133,9 @@ mod tests {
             assert!(error.to_string().starts_with(&format!("line {line}: ")));
         }
         let bad_scram = parse_userlist("\"a\" \"SCRAM-SHA-256$4096:zz\"").expect_err("bad verifier");
-        assert!(matches!(bad_scram.problem, UserlistProblem::Secret(SecretError::Scram(_))));
+        assert!(matches!(
+            bad_scram.problem,
+            UserlistProblem::Secret(SecretError::Scram(_))
+        ));
     }
 }

@@ -26,19 +26,43 @@ fn first_match_wins_like_pg_hba() {
     let (rules, skipped) = HbaRules::parse_file(text).expect("valid");
     assert_eq!(skipped, [2]);
     assert_eq!(rules.len(), 8);
-    assert_eq!(method(&rules, false, "app", "alice", "10.1.1.1"), Some(AuthMethod::Trust));
-    assert_eq!(method(&rules, false, "app", "bob", "10.1.1.1"), Some(AuthMethod::Md5));
-    assert_eq!(method(&rules, false, "other", "bob", "10.1.1.1"), Some(AuthMethod::Md5));
-    assert_eq!(method(&rules, true, "third", "bob", "10.1.1.1"), Some(AuthMethod::Cert));
-    assert_eq!(method(&rules, false, "bob", "bob", "192.168.1.1"), Some(AuthMethod::Password));
+    assert_eq!(
+        method(&rules, false, "app", "alice", "10.1.1.1"),
+        Some(AuthMethod::Trust)
+    );
+    assert_eq!(
+        method(&rules, false, "app", "bob", "10.1.1.1"),
+        Some(AuthMethod::Md5)
+    );
+    assert_eq!(
+        method(&rules, false, "other", "bob", "10.1.1.1"),
+        Some(AuthMethod::Md5)
+    );
+    assert_eq!(
+        method(&rules, true, "third", "bob", "10.1.1.1"),
+        Some(AuthMethod::Cert)
+    );
+    assert_eq!(
+        method(&rules, false, "bob", "bob", "192.168.1.1"),
+        Some(AuthMethod::Password)
+    );
     assert_eq!(method(&rules, false, "app", "bob", "192.168.1.1"), None);
     // A quoted keyword is a name: "All" matches only the user named All.
-    assert_eq!(method(&rules, false, "x", "All", "127.0.0.1"), Some(AuthMethod::ScramSha256));
+    assert_eq!(
+        method(&rules, false, "x", "All", "127.0.0.1"),
+        Some(AuthMethod::ScramSha256)
+    );
     assert_eq!(method(&rules, false, "x", "all", "127.0.0.1"), None);
     assert_eq!(method(&rules, false, "x", "u", "::1"), Some(AuthMethod::Reject));
     // A v4 client seen on a v6 socket is matched as v4.
-    assert_eq!(method(&rules, false, "app", "bob", "::ffff:10.1.1.1"), Some(AuthMethod::Md5));
-    assert_eq!(rules.decide(false, "app", "bob", ip("10.1.1.1")).unwrap().origin, "line 5");
+    assert_eq!(
+        method(&rules, false, "app", "bob", "::ffff:10.1.1.1"),
+        Some(AuthMethod::Md5)
+    );
+    assert_eq!(
+        rules.decide(false, "app", "bob", ip("10.1.1.1")).unwrap().origin,
+        "line 5"
+    );
 }
 
 #[test]
@@ -46,19 +70,46 @@ fn malformed_lines_name_the_line_and_reason() {
     let cases: &[(&str, HbaProblem)] = &[
         ("host all all", HbaProblem::MissingFields),
         ("hots all all 0.0.0.0/0 md5", HbaProblem::ConnType("hots".into())),
-        ("host all all 0.0.0.0/0 gss", HbaProblem::UnsupportedMethod("gss".into())),
-        ("host all all 0.0.0.0/0 scram", HbaProblem::UnknownMethod("scram".into())),
+        (
+            "host all all 0.0.0.0/0 gss",
+            HbaProblem::UnsupportedMethod("gss".into()),
+        ),
+        (
+            "host all all 0.0.0.0/0 scram",
+            HbaProblem::UnknownMethod("scram".into()),
+        ),
         ("host all all 0.0.0.0/0 cert", HbaProblem::CertNeedsSsl),
-        ("host all all 10.0.0.0/33 md5", HbaProblem::Address("10.0.0.0/33".into())),
-        ("host all all 10.0.0.0/x md5", HbaProblem::Address("10.0.0.0/x".into())),
-        ("host all all example.com md5", HbaProblem::HostName("example.com".into())),
+        (
+            "host all all 10.0.0.0/33 md5",
+            HbaProblem::Address("10.0.0.0/33".into()),
+        ),
+        (
+            "host all all 10.0.0.0/x md5",
+            HbaProblem::Address("10.0.0.0/x".into()),
+        ),
+        (
+            "host all all example.com md5",
+            HbaProblem::HostName("example.com".into()),
+        ),
         ("host all all samenet md5", HbaProblem::HostName("samenet".into())),
-        ("host all all 10.0.0.1 255.0.255.0 md5", HbaProblem::Netmask("255.0.255.0".into())),
-        ("host all +admins 0.0.0.0/0 md5", HbaProblem::NameKeyword("+admins".into())),
-        ("host all @users.txt 0.0.0.0/0 md5", HbaProblem::NameKeyword("@users.txt".into())),
+        (
+            "host all all 10.0.0.1 255.0.255.0 md5",
+            HbaProblem::Netmask("255.0.255.0".into()),
+        ),
+        (
+            "host all +admins 0.0.0.0/0 md5",
+            HbaProblem::NameKeyword("+admins".into()),
+        ),
+        (
+            "host all @users.txt 0.0.0.0/0 md5",
+            HbaProblem::NameKeyword("@users.txt".into()),
+        ),
         ("host all a,,b 0.0.0.0/0 md5", HbaProblem::EmptyName),
         ("host all \"a 0.0.0.0/0 md5", HbaProblem::Quote),
-        ("host all all 0.0.0.0/0 md5 clientcert=verify-full", HbaProblem::Options("clientcert=verify-full".into())),
+        (
+            "host all all 0.0.0.0/0 md5 clientcert=verify-full",
+            HbaProblem::Options("clientcert=verify-full".into()),
+        ),
         ("include other.conf", HbaProblem::Include),
     ];
     for (line, problem) in cases {
@@ -79,10 +130,16 @@ fn config_entries_name_the_field() {
         address: addr.into(),
         method: method.into(),
     };
-    let rule = HbaRule::from_entry(&entry("host", "app, other", "all", "10.0.0.0/8", "md5"), "hba[0]".into())
-        .expect("valid");
+    let rule = HbaRule::from_entry(
+        &entry("host", "app, other", "all", "10.0.0.0/8", "md5"),
+        "hba[0]".into(),
+    )
+    .expect("valid");
     let rules = HbaRules::new(vec![rule]);
-    assert_eq!(method(&rules, false, "other", "x", "10.9.9.9"), Some(AuthMethod::Md5));
+    assert_eq!(
+        method(&rules, false, "other", "x", "10.9.9.9"),
+        Some(AuthMethod::Md5)
+    );
     let bad = [
         (entry("hostx", "all", "all", "all", "md5"), "type"),
         (entry("host", "", "all", "all", "md5"), "database"),
