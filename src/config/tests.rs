@@ -441,3 +441,17 @@ fn syntax_errors_never_echo_secrets() {
         assert!(err.starts_with("line 3"), "{err}");
     }
 }
+
+#[test]
+fn readme_authentication_example_is_valid() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme
+        .find("### Authentication")
+        .expect("README has ### Authentication")..];
+    let start = section.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("closed")];
+    let text = format!("{}\n{example}", Parts::default().render());
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("README example: {e}"));
+    assert_eq!(config.hba.len(), 2);
+    assert!(config.auth.auth_user.is_some() && config.auth.auth_file.is_some());
+}

@@ -192,6 +192,18 @@ impl UserDirectory {
         })
     }
 
+    /// Reads and parses auth_file and auth_hba_file only (`tidepool check`): the errors `build`
+    /// would give, without deriving any verifier.
+    pub fn check_files(config: &Config) -> Result<(), DirectoryError> {
+        if let Some(path) = &config.auth.auth_file {
+            parse_userlist(&read("auth.auth_file", path)?).map_err(|source| DirectoryError::Userlist {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        load_hba(config).map(drop)
+    }
+
     /// A user listed in `[[users]]` or auth_file.
     pub fn lookup(&self, name: &str) -> Option<Arc<UserAuth>> {
         self.users.get(name).cloned()
