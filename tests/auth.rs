@@ -323,9 +323,11 @@ async fn malformed_auth_files_reject_the_config_naming_the_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_lets_in_a_user_created_later_with_scram_pass_through() {
     // auth_user is the harness superuser, trusted by PostgreSQL: no password anywhere here.
-    let proxy = start_proxy(config(
-        "[auth]\nauth_user = \"postgres\"\nauth_query_miss_ttl = \"0\"\n",
-    ))
+    // md5user is listed only for its method: its md5 hash comes from PostgreSQL too.
+    let proxy = start_proxy(config(&format!(
+        "[auth]\nauth_user = \"postgres\"\nauth_query_miss_ttl = \"0\"\n\
+         [[users]]\nname = \"{MD5_USER}\"\nauth_method = \"md5\"\npool_size = 2\n"
+    )))
     .await;
     let addr = proxy.local_addr();
     refused(
@@ -366,6 +368,10 @@ async fn auth_query_lets_in_a_user_created_later_with_scram_pass_through() {
             "late_user"
         );
     }
+    // md5 pass-through: the hash from pg_shadow checks the client and logs in to the md5 backend.
+    assert_eq!(first_request(addr, MD5_USER, APP_DB).await, Ok(5));
+    assert_eq!(current_user(addr, MD5_USER, MD5_PASSWORD).await, MD5_USER);
+    refused(addr, MD5_USER, "wrong", APP_DB, "28P01", &failed(MD5_USER)).await;
     proxy.shutdown().await;
 }
 

@@ -135,3 +135,59 @@ impl AuthQuery {
         Ok(Some(Arc::new(user)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query() -> AuthQuery {
+        let config = Config::from_toml(
+            "[[nodes]]\nhost = \"127.0.0.1\"\n[databases.app]\n[auth]\nauth_user = \"a\"\n\
+             auth_query_cache_ttl = \"60s\"\nauth_query_miss_ttl = \"5s\"\n",
+        )
+        .expect("valid");
+        AuthQuery::new(&config, "a".into(), BackendSecret::None)
+    }
+
+    fn user(name: &str) -> Arc<UserAuth> {
+        Arc::new(UserAuth::new(
+            unlisted_user(name),
+            Some(Secret::Md5([7; 16])),
+            SecretSource::AuthQuery,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_and_misses_expire_after_their_own_ttl() {
+        let q = query();
+        assert!(q.cached("bob").is_none(), "nothing cached yet");
+        q.store("bob", Some(user("bob")));
+        q.store("ghost", None);
+        assert!(matches!(q.cached("bob"), Some(Some(u)) if u.config.name == "bob"));
+        assert!(matches!(q.cached("ghost"), Some(None)));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(q.cached("ghost").is_none(), "a miss is remembered only briefly");
+        assert!(q.cached("bob").is_some());
+        tokio::time::advance(Duration::from_secs(55)).await;
+        assert!(
+            q.cached("bob").is_none(),
+            "an answer expires after auth_query_cache_ttl"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_is_bounded() {
+        let q = query();
+        for i in 0..MAX_CACHED {
+            q.store(&format!("probe{i}"), None);
+        }
+        // Full of fresh entries: a new one is not cached (it will simply be looked up again).
+        q.store("late", Some(user("late")));
+        assert!(q.cached("late").is_none());
+        // Once the misses expired, they make room.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        q.store("late", Some(user("late")));
+        assert!(q.cached("late").is_some());
+        assert_eq!(q.cache.lock().unwrap().len(), 1);
+    }
+}
