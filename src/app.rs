@@ -2,7 +2,7 @@
 //! tasks, and stops them all on shutdown.
 
 use crate::backend::{BackendLogin, BackendSecret};
-use crate::client::auth::UserDirectory;
+use crate::client::auth::{DirectoryError, UserAuth, UserDirectory};
 use crate::client::cancel::CancelRegistry;
 use crate::client::statements::StatementCache;
 use crate::client::{listener, ClientCounter};
@@ -63,6 +63,9 @@ pub enum AppError {
     },
     #[error("preparing user secrets failed: {0}")]
     Users(String),
+    /// auth_file or auth_hba_file is unreadable or malformed.
+    #[error(transparent)]
+    Auth(#[from] DirectoryError),
 }
 
 impl Shared {
@@ -72,14 +75,16 @@ impl Shared {
     }
 
     /// The pool serving `database` for `user` on the node to use now; `None` if the database is
-    /// not configured.
+    /// not configured. A pool logs in with the backend secret of the client that created it
+    /// (for SCRAM pass-through, that client's key).
     pub fn pool_for(
         &self,
         snapshot: &Snapshot,
         database: &str,
-        user: &UserConfig,
+        auth: &UserAuth,
         node_index: usize,
     ) -> Option<Arc<Pool>> {
+        let user = &auth.config;
         let config = &snapshot.config;
         let db = config.databases.get(database)?;
         let node = config.nodes.get(node_index)?;
@@ -88,8 +93,8 @@ impl Shared {
             user: user.name.clone(),
             node: Arc::from(node.address()),
         };
-        Some(self.pools.get_or_create(&key, || {
-            let secret = backend_secret(user);
+        let pool = self.pools.get_or_create(&key, || {
+            let secret = auth.backend.clone();
             let pool = &config.pool;
             let mode: PoolMode = config.pool_mode_for(database);
             PoolSettings {
@@ -114,7 +119,16 @@ impl Shared {
                 check_query: pool.server_check_query.clone(),
                 check_delay: pool.server_check_delay.0,
             }
-        }))
+        });
+        // A pool made by a client that proved nothing usable (trust, cert) learns the secret of
+        // the first client that did.
+        let settings = pool.settings();
+        if settings.login.secret == BackendSecret::None && auth.backend != BackendSecret::None {
+            let mut settings = (*settings).clone();
+            settings.login.secret = auth.backend.clone();
+            pool.update_settings(settings);
+        }
+        Some(pool)
     }
 }
 
@@ -197,7 +211,7 @@ impl Proxy {
 
 /// Validates what the config derives (the classifier) and prepares user secrets.
 fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
-    let users = UserDirectory::build(&config);
+    let users = UserDirectory::build(&config)?;
     let classifier =
         Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
     let weights = config.nodes.iter().map(|n| n.weight).collect();

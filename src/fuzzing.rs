@@ -37,6 +37,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_messages", client_messages),
     ("statements", statements),
     ("sql_scan", sql_scan),
+    ("userlist", userlist),
+    ("hba_file", hba_file),
 ];
 
 /// Startup-phase packets, back to back, then the parameters of each StartupMessage as a
@@ -198,6 +200,76 @@ pub fn config(data: &[u8]) {
         "{config:?} {} {}",
         config.proxy.max_message_size, config.pool.server_lifetime
     );
+}
+
+/// An auth_file (PgBouncer userlist.txt): what parses re-encodes to text that parses the same.
+pub fn userlist(data: &[u8]) {
+    use crate::client::auth::userlist::parse_userlist;
+    use crate::client::auth::Secret;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let entries = match parse_userlist(text) {
+        Ok(entries) => entries,
+        Err(error) => {
+            assert!(
+                error.line >= 1 && error.line <= text.lines().count().max(1),
+                "{error}"
+            );
+            return;
+        }
+    };
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut again = String::new();
+    for entry in &entries {
+        assert!(!entry.name.is_empty());
+        let secret = match &entry.secret {
+            Secret::Plain(p) => p.clone(),
+            Secret::Md5(hash) => format!("md5{}", crate::client::auth::md5::hex_lower(hash)),
+            Secret::Scram(verifier) => verifier.to_string(),
+        };
+        again.push_str(&format!("{} {}\n", quote(&entry.name), quote(&secret)));
+    }
+    let reparsed = parse_userlist(&again).expect("re-encoded userlist parses");
+    assert_eq!(reparsed.len(), entries.len());
+    for (a, b) in entries.iter().zip(&reparsed) {
+        assert_eq!(a.name, b.name);
+        assert!(a.secret == b.secret, "secret of {:?} changed", a.name);
+    }
+}
+
+/// An auth_hba_file: parse, then decide a few connections; errors name a real line.
+pub fn hba_file(data: &[u8]) {
+    use crate::client::auth::hba::HbaRules;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lines = text.lines().count();
+    let rules = match HbaRules::parse_file(text) {
+        Ok((rules, skipped)) => {
+            assert!(skipped.iter().all(|&n| n >= 1 && n <= lines));
+            rules
+        }
+        Err(error) => {
+            assert!(error.line >= 1 && error.line <= lines, "{error}");
+            return;
+        }
+    };
+    for addr in ["127.0.0.1", "10.1.2.3", "::1", "::ffff:192.168.0.1"] {
+        let addr = addr.parse().expect("literal address");
+        for tls in [false, true] {
+            for (db, user) in [("app", "app"), ("all", "x"), ("postgres", "postgres")] {
+                if let Some(rule) = rules.decide(tls, db, user, addr) {
+                    let n: usize = rule
+                        .origin
+                        .strip_prefix("line ")
+                        .and_then(|n| n.parse().ok())
+                        .expect("origin");
+                    assert!(n >= 1 && n <= lines);
+                }
+            }
+        }
+    }
 }
 
 /// One message body read with every reader tidepool applies to client and server bodies

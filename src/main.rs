@@ -56,8 +56,12 @@ fn main() -> ExitCode {
                 eprintln!("tidepool check: --config FILE is required");
                 return ExitCode::from(2);
             };
-            match Config::load(&path) {
-                Ok(_) => {
+            // The files [auth] names are part of the configuration: a bad line fails the check.
+            let checked = Config::load(&path).map_err(|e| e.to_string()).and_then(|config| {
+                tidepool::client::auth::UserDirectory::check_files(&config).map_err(|e| e.to_string())
+            });
+            match checked {
+                Ok(()) => {
                     println!("{}: OK", path.display());
                     ExitCode::SUCCESS
                 }

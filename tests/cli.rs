@@ -72,3 +72,26 @@ fn check_refuses_a_missing_file_and_a_missing_flag() {
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--config"));
 }
+
+#[test]
+fn check_reads_the_auth_files_and_names_the_bad_line() {
+    let mut userlist = tempfile::NamedTempFile::new().expect("temp file");
+    userlist
+        .write_all(b"\"app\" \"app-secret\"\n\"bob\" \"unterminated-secret\n")
+        .expect("write userlist");
+    let with_file = EXAMPLE.replace(
+        "#auth_file = \"userlist.txt\"",
+        &format!("auth_file = \"{}\"", userlist.path().display()),
+    );
+    assert_ne!(with_file, EXAMPLE, "the example no longer shows auth_file");
+    let file = config_file(&with_file);
+    let out = check(file.path());
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let expected = format!(
+        "auth.auth_file {}: line 2: unterminated quoted string",
+        userlist.path().display()
+    );
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+    assert!(!stderr.contains("unterminated-secret"), "stderr: {stderr}");
+}

@@ -2,6 +2,7 @@
 //! ParameterStatus and BackendKeyData up to the first ReadyForQuery.
 
 use super::conn::{BackendConn, BackendKey, BackendState};
+use super::scram::{KeyClient, ScramKeys};
 use super::BackendError;
 use crate::protocol::error::BackendError as ServerError;
 use crate::protocol::{backend_msg, frontend_msg, startup, tag, TransactionStatus};
@@ -19,6 +20,9 @@ pub enum BackendSecret {
     Plain(String),
     /// `md5` + hex(md5(password + user)): enough for md5 authentication, not for SCRAM.
     Md5Hash(String),
+    /// The ClientKey a client proved to tidepool, with the verifier it was checked against:
+    /// enough for SCRAM when the server holds the same verifier (see `scram.rs`).
+    ScramKeys(Arc<ScramKeys>),
 }
 
 impl std::fmt::Debug for BackendSecret {
@@ -27,6 +31,7 @@ impl std::fmt::Debug for BackendSecret {
             BackendSecret::None => "None",
             BackendSecret::Plain(_) => "Plain(<hidden>)",
             BackendSecret::Md5Hash(_) => "Md5Hash(<hidden>)",
+            BackendSecret::ScramKeys(_) => "ScramKeys(<hidden>)",
         })
     }
 }
@@ -123,9 +128,15 @@ fn unexpected(conn: &BackendConn, tag: u8, phase: &'static str) -> BackendError 
     }
 }
 
+/// A SCRAM exchange in progress: with the password, or with a client's keys (pass-through).
+enum Sasl {
+    Password(ScramSha256),
+    Keys(KeyClient),
+}
+
 /// Answers the server's authentication requests until AuthenticationOk.
 async fn authenticate(conn: &mut BackendConn, login: &BackendLogin) -> Result<(), BackendError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Sasl> = None;
     let mut out = BytesMut::with_capacity(256);
     loop {
         let frame = conn.read_frame().await?;
@@ -156,7 +167,9 @@ async fn authenticate(conn: &mut BackendConn, login: &BackendLogin) -> Result<()
                 let hash = match &login.secret {
                     BackendSecret::Plain(p) => md5_hex(&[p.as_bytes(), login.user.as_bytes()]),
                     BackendSecret::Md5Hash(h) => h.trim_start_matches("md5").to_string(),
-                    BackendSecret::None => return Err(no_password(conn, login)),
+                    BackendSecret::None | BackendSecret::ScramKeys(_) => {
+                        return Err(no_password(conn, login))
+                    }
                 };
                 let response = format!("md5{}", md5_hex(&[hash.as_bytes(), &salt]));
                 let mut data = response.into_bytes();
@@ -167,36 +180,48 @@ async fn authenticate(conn: &mut BackendConn, login: &BackendLogin) -> Result<()
                 let offered = body.split(|&b| b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
                 if !offered {
                     let list = String::from_utf8_lossy(&body).replace('\0', " ");
+                    let method = format!("SASL ({})", list.trim());
+                    tracing::error!(node = %conn.addr, %method, "backend demands an unsupported authentication method");
                     return Err(BackendError::UnsupportedAuth {
                         addr: conn.addr.to_string(),
-                        method: format!("SASL ({})", list.trim()),
+                        method,
                     });
                 }
-                let Some(password) = plain_password(login) else {
-                    return Err(no_password(conn, login));
-                };
                 // Channel binding needs TLS toward the server (a later step); not offered here.
-                let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                frontend_msg::sasl_initial_response(&mut out, SCRAM_SHA_256, client.message());
+                let client = match &login.secret {
+                    BackendSecret::Plain(password) => {
+                        let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        frontend_msg::sasl_initial_response(&mut out, SCRAM_SHA_256, client.message());
+                        Sasl::Password(client)
+                    }
+                    BackendSecret::ScramKeys(keys) => {
+                        let client = KeyClient::new((**keys).clone());
+                        frontend_msg::sasl_initial_response(&mut out, SCRAM_SHA_256, &client.client_first());
+                        Sasl::Keys(client)
+                    }
+                    _ => return Err(no_password(conn, login)),
+                };
                 scram = Some(client);
             }
             11 | 12 => {
                 let Some(client) = scram.as_mut() else {
                     return Err(unexpected(conn, frame.tag, "SASL authentication"));
                 };
-                let step = if code == 11 {
-                    client.update(&body)
-                } else {
-                    client.finish(&body)
-                };
-                step.map_err(|source| BackendError::Scram {
-                    addr: conn.addr.to_string(),
-                    source,
+                let reply = sasl_step(client, code, &body).map_err(|source| match source {
+                    SaslFailure::Library(source) => BackendError::Scram {
+                        addr: conn.addr.to_string(),
+                        source,
+                    },
+                    SaslFailure::PassThrough(source) => BackendError::PassThrough {
+                        addr: conn.addr.to_string(),
+                        user: login.user.clone(),
+                        source,
+                    },
                 })?;
-                if code == 12 {
-                    continue;
+                match reply {
+                    Some(reply) => frontend_msg::sasl_response(&mut out, &reply),
+                    None => continue,
                 }
-                frontend_msg::sasl_response(&mut out, client.message());
             }
             other => {
                 let method = match other {
@@ -213,6 +238,27 @@ async fn authenticate(conn: &mut BackendConn, login: &BackendLogin) -> Result<()
             }
         }
         conn.write_all(&out).await?;
+    }
+}
+
+enum SaslFailure {
+    Library(std::io::Error),
+    PassThrough(super::scram::PassThroughError),
+}
+
+/// AuthenticationSASLContinue (11) gives the reply to send; AuthenticationSASLFinal (12) none.
+fn sasl_step(client: &mut Sasl, code: i32, body: &[u8]) -> Result<Option<Vec<u8>>, SaslFailure> {
+    match (client, code) {
+        (Sasl::Password(c), 11) => {
+            c.update(body).map_err(SaslFailure::Library)?;
+            Ok(Some(c.message().to_vec()))
+        }
+        (Sasl::Password(c), _) => c.finish(body).map(|_| None).map_err(SaslFailure::Library),
+        (Sasl::Keys(c), 11) => c.server_first(body).map(Some).map_err(SaslFailure::PassThrough),
+        (Sasl::Keys(c), _) => c
+            .server_final(body)
+            .map(|_| None)
+            .map_err(SaslFailure::PassThrough),
     }
 }
 

@@ -45,6 +45,13 @@ pub enum BackendError {
     UnsupportedAuth { addr: String, method: String },
     #[error("server {addr} requested a password but none is configured for user {user:?}")]
     NoPassword { addr: String, user: String },
+    #[error("SCRAM pass-through for user {user:?} to server {addr} failed: {source}")]
+    PassThrough {
+        addr: String,
+        user: String,
+        #[source]
+        source: super::scram::PassThroughError,
+    },
     #[error("SCRAM authentication with server {addr} failed: {source}")]
     Scram {
         addr: String,

@@ -1,13 +1,17 @@
-//! One connection to PostgreSQL: connect and log in (`connect`), its state (`conn`), running
-//! tidepool's own statements on it and cleaning it between clients (`reset`).
+//! One connection to PostgreSQL: connect and log in (`connect`, SCRAM pass-through in `scram`),
+//! its state (`conn`), running tidepool's own statements on it and cleaning it between clients
+//! (`reset`), parameterised lookups such as auth_query (`lookup`).
 
 mod conn;
 mod connect;
 mod error;
+mod lookup;
 mod reset;
+mod scram;
 
 pub(crate) use conn::record_parameter;
 pub use conn::{BackendConn, BackendKey, BackendState};
 pub use connect::{connect, BackendLogin, BackendSecret};
 pub use error::BackendError;
 pub use reset::QueryOutcome;
+pub use scram::{PassThroughError, ScramKeys};

@@ -90,9 +90,8 @@ async fn serve_inner(
         return CloseReason::Refused("max_client_conn reached".into());
     }
 
-    let user = snapshot.users.lookup(&params.user);
-    let auth = auth::authenticate(&mut client, &params.user, user.as_deref(), &snapshot.users);
-    match tokio::time::timeout_at(login_deadline, auth).await {
+    let auth = auth::login(&mut client, &snapshot.config, &snapshot.users, &params);
+    let user = match tokio::time::timeout_at(login_deadline, auth).await {
         Err(_) => {
             client
                 .send_fatal(ErrorFields::fatal(
@@ -109,14 +108,10 @@ async fn serve_inner(
             }
             return e.into();
         }
-        Ok(Ok(())) => {}
-    }
-    let Some(user) = user else {
-        // authenticate() fails for unknown users; this is unreachable in practice.
-        return CloseReason::Refused("unknown user".into());
+        Ok(Ok(user)) => user,
     };
 
-    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user.config, 0) else {
+    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user, 0) else {
         let message = format!("database \"{}\" does not exist", params.database);
         client
             .send_fatal(ErrorFields::fatal(

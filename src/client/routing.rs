@@ -18,7 +18,7 @@ impl Session {
         let snapshot = self.snapshot.clone();
         let pool = self
             .shared
-            .pool_for(&snapshot, &self.params.database, &self.user.config, index)?;
+            .pool_for(&snapshot, &self.params.database, &self.user, index)?;
         if let Some(slot) = self.node_pools.get_mut(index) {
             *slot = Some(pool.clone());
         }

@@ -3,11 +3,13 @@
 //! A `Config` is parsed and validated as a whole and then never mutated: reload builds a new one
 //! and swaps it in atomically (see `app.rs`). Every key is documented in `pool.toml.example`.
 
+mod auth;
 #[cfg(test)]
 mod tests;
 mod units;
 mod validate;
 
+pub use auth::{AuthConfig, HbaEntry, DEFAULT_AUTH_QUERY};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 pub use validate::ConfigError;
 
@@ -27,6 +29,8 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: Vec<UserConfig>,
+    pub auth: AuthConfig,
+    pub hba: Vec<HbaEntry>,
 }
 
 /// How long a client keeps its backend.
@@ -187,6 +191,12 @@ pub enum AuthMethod {
     /// No check at all: only where configured explicitly.
     #[serde(rename = "trust")]
     Trust,
+    /// TLS client certificate whose CN is the user name (TLS connections only).
+    #[serde(rename = "cert")]
+    Cert,
+    /// Always refused.
+    #[serde(rename = "reject")]
+    Reject,
 }
 
 impl AuthMethod {
@@ -196,7 +206,23 @@ impl AuthMethod {
             AuthMethod::Md5 => "md5",
             AuthMethod::Password => "password",
             AuthMethod::Trust => "trust",
+            AuthMethod::Cert => "cert",
+            AuthMethod::Reject => "reject",
         }
+    }
+
+    /// The method named as in pg_hba.conf; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<AuthMethod> {
+        [
+            AuthMethod::ScramSha256,
+            AuthMethod::Md5,
+            AuthMethod::Password,
+            AuthMethod::Trust,
+            AuthMethod::Cert,
+            AuthMethod::Reject,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == name)
     }
 }
 

@@ -239,6 +239,8 @@ fn example_with_every_key() -> String {
     EXAMPLE
         .lines()
         .map(|line| match line.strip_prefix('#') {
+            // Exclusive with users.auth_method, which this example switches on.
+            Some(rest) if rest.starts_with("auth_hba_file") => line,
             Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
             _ => line,
         })
@@ -316,6 +318,14 @@ fn example_file_documents_every_key() {
         "auth_method",
         "backend_user",
         "backend_password",
+        "auth_file",
+        "#auth_hba_file",
+        "auth_user",
+        "auth_query",
+        "auth_dbname",
+        "auth_query_cache_ttl",
+        "auth_query_miss_ttl",
+        "allow_cleartext_without_tls",
     ];
     for key in keys {
         let line = format!("\n{key} = ");
@@ -326,6 +336,69 @@ fn example_file_documents_every_key() {
         let before = full[..at].lines().last().unwrap_or("");
         assert!(before.starts_with("# "), "{key} has no comment above it");
     }
+}
+
+#[test]
+fn example_hba_table_is_valid_and_documented() {
+    // The [[hba]] example is indented inside comments; un-comment it and parse it.
+    let block: String = EXAMPLE
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(block.starts_with("[[hba]]"), "{block}");
+    let config = Parts::with(
+        Users,
+        format!("[[users]]\nname = \"app\"\npassword = \"pw\"\n{block}"),
+    )
+    .parse()
+    .unwrap_or_else(|e| panic!("[[hba]] example: {e}"));
+    assert_eq!(config.hba.len(), 1);
+    for key in ["type", "database", "user", "address", "method"] {
+        assert!(
+            EXAMPLE.contains(&format!("\n#   {key} = ")),
+            "[[hba]] example lacks {key}"
+        );
+    }
+    assert_eq!(config.auth, AuthConfig::default());
+}
+
+#[test]
+fn auth_rules_name_their_key() {
+    let hba = |body: &str| format!("[[users]]\nname = \"app\"\npassword = \"pw\"\n[[hba]]\n{body}\n");
+    let rule = |t: &str, a: &str, m: &str| {
+        hba(&format!(
+            "type = \"{t}\"\ndatabase = \"all\"\nuser = \"all\"\naddress = \"{a}\"\nmethod = \"{m}\""
+        ))
+    };
+    #[rustfmt::skip]
+    let cases = [
+        (rule("hots", "all", "md5"), "hba[0].type: unknown connection type \"hots\" (use host, hostssl or hostnossl)"),
+        (rule("host", "10.0.0.0/40", "md5"), "hba[0].address: invalid address \"10.0.0.0/40\" (use all, a CIDR block like 10.0.0.0/8, or an address and a netmask)"),
+        (rule("host", "all", "gss"), "hba[0].method: authentication method \"gss\" is not supported by tidepool"),
+        (rule("host", "all", "cert"), "hba[0].method: cert authentication is only supported on hostssl connections"),
+        ("[[users]]\nname = \"app\"\npassword = \"pw\"\nauth_method = \"md5\"\n[auth]\nauth_hba_file = \"x\"\n".to_string(),
+            "users[0].auth_method: cannot be combined with [[hba]] or auth.auth_hba_file: the hba rules choose the method"),
+        ("[[users]]\nname = \"app\"\n".to_string(), "users[0].password: required for auth_method scram-sha-256"),
+        (format!("{}[auth]\nauth_hba_file = \"x\"\n", rule("host", "all", "md5")),
+            "auth.auth_hba_file: cannot be combined with [[hba]] entries: use one or the other"),
+        ("[[users]]\nname = \"a\"\npassword = \"pw\"\n[auth]\nauth_user = \"a\"\nauth_query = \" \"\n".to_string(),
+            "auth.auth_query: must not be empty when auth.auth_user is set"),
+        ("[[users]]\nname = \"a\"\npassword = \"pw\"\n[auth]\nauth_file = \"\"\n".to_string(), "auth.auth_file: must not be empty"),
+    ];
+    for (users, expected) in cases {
+        let error = Parts::with(Users, users.clone())
+            .parse()
+            .expect_err(&users)
+            .to_string();
+        assert_eq!(error, expected);
+    }
+    // With an external source, a listed user needs no password (it comes from the file).
+    let ok = "[[users]]\nname = \"app\"\npool_size = 3\n[auth]\nauth_file = \"userlist.txt\"\n";
+    Parts::with(Users, ok).parse().expect("password from auth_file");
+    let cert = "[[users]]\nname = \"app\"\nauth_method = \"cert\"\n";
+    Parts::with(Users, cert).parse().expect("cert needs no password");
 }
 
 #[test]
@@ -367,4 +440,18 @@ fn syntax_errors_never_echo_secrets() {
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.starts_with("line 3"), "{err}");
     }
+}
+
+#[test]
+fn readme_authentication_example_is_valid() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme
+        .find("### Authentication")
+        .expect("README has ### Authentication")..];
+    let start = section.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").expect("closed")];
+    let text = format!("{}\n{example}", Parts::default().render());
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("README example: {e}"));
+    assert_eq!(config.hba.len(), 2);
+    assert!(config.auth.auth_user.is_some() && config.auth.auth_file.is_some());
 }

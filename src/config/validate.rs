@@ -71,6 +71,46 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
     })
 }
 
+impl Config {
+    /// Whether hba rules decide the methods (`[[hba]]` or `auth.auth_hba_file`).
+    pub fn has_hba_rules(&self) -> bool {
+        !self.hba.is_empty() || self.auth.auth_hba_file.is_some()
+    }
+
+    /// `[auth]` and `[[hba]]`; the files they name are read when the snapshot is built.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        for (name, value) in [
+            ("auth_file", &auth.auth_file),
+            ("auth_hba_file", &auth.auth_hba_file),
+            ("auth_user", &auth.auth_user),
+            ("auth_dbname", &auth.auth_dbname),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError::invalid(format!("auth.{name}"), "must not be empty"));
+            }
+        }
+        if auth.auth_user.is_some() && auth.auth_query.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.auth_query",
+                "must not be empty when auth.auth_user is set",
+            ));
+        }
+        if auth.auth_hba_file.is_some() && !self.hba.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.auth_hba_file",
+                "cannot be combined with [[hba]] entries: use one or the other",
+            ));
+        }
+        for (i, entry) in self.hba.iter().enumerate() {
+            crate::client::auth::hba::HbaRule::from_entry(entry, format!("hba[{i}]")).map_err(
+                |(field, problem)| ConfigError::invalid(format!("hba[{i}].{field}"), problem.to_string()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Smallest `max_message_size` that still lets ordinary clients work.
 const MIN_MESSAGE_SIZE: u64 = 8 << 10;
 /// PostgreSQL itself refuses messages over 1 GB.
@@ -162,15 +202,23 @@ impl Config {
                 return Err(ConfigError::invalid(key("pool_size"), "must be > 0"));
             }
             let secret = user.password.as_deref();
-            match user.method() {
-                AuthMethod::Trust => {}
-                method => {
-                    let Some(secret) = secret else {
-                        return Err(ConfigError::invalid(
-                            key("password"),
-                            format!("required for auth_method {}", method.as_str()),
-                        ));
-                    };
+            if user.auth_method.is_some() && self.has_hba_rules() {
+                return Err(ConfigError::invalid(
+                    key("auth_method"),
+                    "cannot be combined with [[hba]] or auth.auth_hba_file: the hba rules choose the method",
+                ));
+            }
+            match (user.method(), secret) {
+                (AuthMethod::Trust | AuthMethod::Cert | AuthMethod::Reject, _) => {}
+                // The secret may come from auth_file or auth_query.
+                (_, None) if self.auth.has_external_secrets() => {}
+                (method, None) => {
+                    return Err(ConfigError::invalid(
+                        key("password"),
+                        format!("required for auth_method {}", method.as_str()),
+                    ));
+                }
+                (method, Some(secret)) => {
                     let parsed = crate::client::auth::Secret::parse(secret)
                         .map_err(|reason| ConfigError::invalid(key("password"), reason.to_string()))?;
                     if !parsed.supports(method) {
@@ -185,6 +233,7 @@ impl Config {
                 }
             }
         }
+        self.validate_auth()?;
         self.health
             .validate()
             .map_err(|e| ConfigError::invalid(format!("health.{}", e.key), e.reason))?;

@@ -28,6 +28,38 @@ pub fn password(out: &mut BytesMut, data: &[u8]) {
     finish(out, s);
 }
 
+/// Parse of the unnamed statement, parameter types left to the server.
+pub fn parse_unnamed(out: &mut BytesMut, sql: &str) {
+    let s = begin(out, b'P');
+    put_cstr(out, "");
+    put_cstr(out, sql);
+    out.put_i16(0);
+    finish(out, s);
+}
+
+/// Bind of the unnamed statement to the unnamed portal, text parameters and text results.
+pub fn bind_text(out: &mut BytesMut, params: &[&str]) {
+    let s = begin(out, b'B');
+    put_cstr(out, "");
+    put_cstr(out, "");
+    out.put_i16(0);
+    out.put_i16(params.len() as i16);
+    for p in params {
+        out.put_i32(p.len() as i32);
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.put_i16(0);
+    finish(out, s);
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute_unnamed(out: &mut BytesMut) {
+    let s = begin(out, b'E');
+    put_cstr(out, "");
+    out.put_i32(0);
+    finish(out, s);
+}
+
 pub fn sasl_initial_response(out: &mut BytesMut, mechanism: &str, data: &[u8]) {
     let s = begin(out, b'p');
     put_cstr(out, mechanism);

@@ -24,6 +24,10 @@ pub const APP_PASSWORD: &str = "app-secret";
 /// A login whose password PostgreSQL stores and checks as md5.
 pub const MD5_USER: &str = "md5user";
 pub const MD5_PASSWORD: &str = "md5-secret";
+/// Logins whose pg_hba.conf rule is `password`, `trust` and `gss` (roles not created here).
+pub const PASSWORD_BACKEND_USER: &str = "pw_backend";
+pub const TRUST_BACKEND_USER: &str = "trust_backend";
+pub const GSS_BACKEND_USER: &str = "gss_backend";
 /// The database tests use.
 pub const APP_DB: &str = "app";
 
@@ -47,9 +51,13 @@ pub fn pg() -> &'static LocalNode {
 fn start_cluster() -> Result<LocalCluster, ClusterError> {
     let bins = PgBinaries::locate()?;
     let opts = NodeOptions {
-        // First match wins: md5user must be matched before the scram catch-all.
+        // First match wins: md5user must be matched before the scram catch-all. The other
+        // per-user rules give tests/auth.rs a backend for each method (it creates those roles).
         hba_rules: vec![
             format!("host all {MD5_USER} 127.0.0.1/32 md5"),
+            format!("host all {PASSWORD_BACKEND_USER} 127.0.0.1/32 password"),
+            format!("host all {TRUST_BACKEND_USER} 127.0.0.1/32 trust"),
+            format!("host all {GSS_BACKEND_USER} 127.0.0.1/32 gss"),
             "host all all 127.0.0.1/32 scram-sha-256".to_string(),
         ],
         extra_conf: Vec::new(),

@@ -1,75 +1,47 @@
-//! Client authentication: which users exist and how they prove it (the `UserDirectory`, built
-//! once per configuration snapshot), and the message exchange with one client.
+//! Client authentication: which method a connection must use (`policy`, `hba`), where the
+//! user's secret comes from (`directory`: `[[users]]` and `userlist`; `query`: auth_query), and
+//! the message exchange with one client. A SCRAM login yields the client's key, which the
+//! user's pool uses to log in to PostgreSQL (pass-through, see `backend/scram.rs`).
 
-mod crypto;
+pub(crate) mod crypto;
+mod directory;
+pub mod hba;
 pub mod md5;
+mod policy;
+mod query;
 pub mod scram;
 mod secret;
+pub mod userlist;
 
+pub use directory::{backend_secret, unlisted_user, DirectoryError, SecretSource, UserAuth, UserDirectory};
+pub use policy::{check_cert, choose_method, Connection, RefusedAt};
 pub use scram::{fuzz_scram_exchange, ChannelBinding, ScramError, ScramServer, ScramVerifier, ServerNonce};
 pub use secret::{Secret, SecretError};
 
 use super::conn::{ClientConn, ClientIoError};
-use crate::config::{AuthMethod, Config, UserConfig};
+use super::params::ClientParams;
+use crate::backend::{BackendError, BackendSecret, ScramKeys};
+use crate::config::{AuthMethod, Config};
 use crate::protocol::{backend_msg, frontend_msg, tag, ErrorFields, SqlState};
-use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A user as authentication needs it, with expensive derivations done in advance.
-pub struct UserAuth {
-    pub config: UserConfig,
-    pub method: AuthMethod,
-    pub secret: Option<Secret>,
-    /// For SCRAM: the stored verifier, or one derived once from a plaintext password.
-    pub verifier: Option<ScramVerifier>,
-}
-
-/// All users of one configuration snapshot.
-pub struct UserDirectory {
-    users: HashMap<String, Arc<UserAuth>>,
-    /// Seeds the doomed SCRAM exchange run for unknown users, so that a client cannot tell
-    /// unknown users from wrong passwords (as PostgreSQL does); the salt is stable per name.
-    mock_seed: [u8; 32],
-}
-
-impl UserDirectory {
-    /// Builds the directory, deriving SCRAM verifiers for plaintext passwords. Slow (4096 hash
-    /// rounds per such user): call it on a blocking thread.
-    pub fn build(config: &Config) -> UserDirectory {
-        let mut users = HashMap::new();
-        for user in &config.users {
-            // Validation already refused unparsable secrets.
-            let secret = user.password.as_deref().and_then(|p| Secret::parse(p).ok());
-            let method = user.method();
-            let verifier = match (method, &secret) {
-                (AuthMethod::ScramSha256, Some(s)) => s.scram_verifier(),
-                _ => None,
-            };
-            users.insert(
-                user.name.clone(),
-                Arc::new(UserAuth {
-                    config: user.clone(),
-                    method,
-                    secret,
-                    verifier,
-                }),
-            );
-        }
-        let mut mock_seed = [0u8; 32];
-        rand::fill(&mut mock_seed);
-        UserDirectory { users, mock_seed }
-    }
-
-    pub fn lookup(&self, name: &str) -> Option<Arc<UserAuth>> {
-        self.users.get(name).cloned()
-    }
-}
-
-/// Why a client was not let in.
+/// Why a client was not let in. `Display` goes to logs: it never holds a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("wrong password or unknown user")]
     Failed,
+    #[error("no hba rule matches {}", .0.describe())]
+    NoHbaEntry(RefusedAt),
+    #[error("rejected by hba rule for {}", .0.describe())]
+    Rejected(RefusedAt),
+    #[error("cleartext password refused without TLS (auth.allow_cleartext_without_tls is off)")]
+    CleartextWithoutTls,
+    #[error("no valid client certificate")]
+    CertRequired,
+    #[error("client certificate CN is not the user name")]
+    CertFailed,
+    #[error("auth_query lookup failed: {0}")]
+    Lookup(#[source] BackendError),
     #[error("authentication protocol violation: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -87,8 +59,27 @@ impl AuthError {
                 format!("password authentication failed for user \"{user}\""),
             )
         };
+        let refused = |message: String| ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION, message);
         match self {
             AuthError::Failed => Some(failed()),
+            AuthError::NoHbaEntry(at) => Some(refused(format!("no pg_hba.conf entry for {}", at.describe()))),
+            AuthError::Rejected(at) => Some(refused(format!(
+                "pg_hba.conf rejects connection for {}",
+                at.describe()
+            ))),
+            AuthError::CleartextWithoutTls => Some(
+                refused("password authentication is not allowed on a connection without TLS".into())
+                    .with_hint("Connect with sslmode=require, or use scram-sha-256."),
+            ),
+            AuthError::CertRequired => Some(refused("connection requires a valid client certificate".into())),
+            AuthError::CertFailed => Some(refused(format!(
+                "certificate authentication failed for user \"{user}\""
+            ))),
+            // Details (node, SQLSTATE) go to the log, not to an unauthenticated client.
+            AuthError::Lookup(_) => Some(ErrorFields::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "could not look up the user's password (auth_query failed)",
+            )),
             AuthError::Scram(e) if e.is_auth_failure() => Some(failed()),
             AuthError::Scram(e) => Some(ErrorFields::fatal(e.sqlstate(), e.to_string())),
             AuthError::Protocol(message) => {
@@ -99,55 +90,170 @@ impl AuthError {
     }
 }
 
-/// Runs the exchange for `user` (None = unknown) and sends AuthenticationOk on success.
+/// What a successful exchange leaves behind for logging in to PostgreSQL as the same user.
+#[derive(Default)]
+pub enum Proven {
+    #[default]
+    Nothing,
+    /// SCRAM: the ClientKey recovered from the proof.
+    ScramKey([u8; 32]),
+    /// The `password` method: the cleartext the client sent (checked).
+    Password(String),
+}
+
+/// Authenticates the client of `params` (sending AuthenticationOk on success) and returns the
+/// user, carrying what its pool needs to log in to PostgreSQL.
+pub async fn login(
+    client: &mut ClientConn,
+    config: &Config,
+    directory: &UserDirectory,
+    params: &ClientParams,
+) -> Result<Arc<UserAuth>, AuthError> {
+    let name = params.user.as_str();
+    let listed = directory.lookup(name);
+    let conn = Connection {
+        tls: client.tls.is_some(),
+        addr: client.peer.ip(),
+        database: &params.database,
+        user: name,
+    };
+    let configured = listed.as_ref().and_then(|u| u.configured_method());
+    let method = choose_method(
+        directory.hba.as_ref(),
+        directory.allow_cleartext_without_tls,
+        configured,
+        &conn,
+    )?;
+    let user = match method {
+        AuthMethod::Trust | AuthMethod::Cert => listed,
+        _ => match listed {
+            Some(user) if user.secret.is_some() => Some(user),
+            listed => query_user(config, directory, name, listed, &params.database).await?,
+        },
+    };
+    let proven = authenticate(client, method, name, user.as_deref(), directory).await?;
+    let user = user.unwrap_or_else(|| Arc::new(UserAuth::new(unlisted_user(name), None, SecretSource::None)));
+    Ok(with_pass_through(user, proven))
+}
+
+/// The user from auth_query (keeping the `[[users]]` entry's settings, if listed without a
+/// password); `listed` again when there is no auth_query.
+async fn query_user(
+    config: &Config,
+    directory: &UserDirectory,
+    name: &str,
+    listed: Option<Arc<UserAuth>>,
+    database: &str,
+) -> Result<Option<Arc<UserAuth>>, AuthError> {
+    let Some(query) = &directory.query else {
+        return Ok(listed);
+    };
+    // The lookup needs a database to run in: auth_dbname, else the one the client asked for,
+    // if configured (an unknown one fails after authentication with 3D000, as in PostgreSQL).
+    let dbname = config.auth.auth_dbname.clone().or_else(|| {
+        let db = config.databases.get(database)?;
+        Some(db.dbname.clone().unwrap_or_else(|| database.to_string()))
+    });
+    let Some(dbname) = dbname else {
+        return Ok(listed);
+    };
+    let Some(found) = query.lookup(name, &dbname).await.map_err(AuthError::Lookup)? else {
+        return Ok(listed);
+    };
+    Ok(Some(match listed {
+        // Listed without a password: its settings, the secret from PostgreSQL.
+        Some(listed) => {
+            let mut user = (*found).clone();
+            user.backend = backend_secret(&listed.config, user.secret.as_ref());
+            user.config = listed.config.clone();
+            Arc::new(user)
+        }
+        None => found,
+    }))
+}
+
+/// Records what the client proved as the user's backend secret when nothing else is known.
+fn with_pass_through(user: Arc<UserAuth>, proven: Proven) -> Arc<UserAuth> {
+    if user.backend != BackendSecret::None || !user.same_backend_name() {
+        return user;
+    }
+    let backend = match (proven, &user.verifier) {
+        (Proven::ScramKey(client_key), Some(verifier)) => BackendSecret::ScramKeys(Arc::new(ScramKeys {
+            iterations: verifier.iterations,
+            salt: verifier.salt.clone(),
+            client_key,
+            server_key: verifier.server_key,
+        })),
+        (Proven::Password(password), _) => BackendSecret::Plain(password),
+        _ => return user,
+    };
+    let mut user = (*user).clone();
+    user.backend = backend;
+    Arc::new(user)
+}
+
+/// Runs the exchange of `method` for `user` (None = unknown: a doomed exchange, so the client
+/// cannot tell) and queues AuthenticationOk on success.
 pub async fn authenticate(
     client: &mut ClientConn,
+    method: AuthMethod,
     user_name: &str,
     user: Option<&UserAuth>,
     directory: &UserDirectory,
-) -> Result<(), AuthError> {
-    let Some(user) = user else {
-        // Unknown user: a full exchange against a verifier nobody knows.
-        let mock = ScramVerifier::mock(user_name, &directory.mock_seed);
-        let _ = scram_exchange(client, mock).await?;
-        return Err(AuthError::Failed);
-    };
-    match (user.method, &user.secret) {
-        (AuthMethod::Trust, _) => {}
-        (AuthMethod::ScramSha256, _) => {
-            let verifier = user.verifier.clone().ok_or(AuthError::Failed)?;
-            scram_exchange(client, verifier).await?;
+) -> Result<Proven, AuthError> {
+    let secret = user.and_then(|u| u.secret.as_ref());
+    let proven = match (method, secret) {
+        (AuthMethod::Trust, _) => Proven::Nothing,
+        (AuthMethod::Cert, _) => {
+            check_cert(client.tls.as_ref(), user_name)?;
+            Proven::Nothing
         }
-        (AuthMethod::Md5, Some(secret)) => {
-            let hash = secret.md5_hash(user_name).ok_or(AuthError::Failed)?;
+        (AuthMethod::Reject, _) => return Err(AuthError::Failed),
+        // PostgreSQL answers md5 with SCRAM when the password is stored as a SCRAM verifier.
+        (AuthMethod::ScramSha256, _) | (AuthMethod::Md5, Some(Secret::Scram(_))) => {
+            let Some(verifier) = user.and_then(|u| u.verifier.clone()) else {
+                // Unknown user or an md5-only secret: a full exchange nobody can win.
+                let mock = ScramVerifier::mock(user_name, &directory.mock_seed);
+                let _ = scram_exchange(client, mock).await?;
+                return Err(AuthError::Failed);
+            };
+            let server = scram_exchange(client, verifier).await?;
+            server.client_key().map_or(Proven::Nothing, Proven::ScramKey)
+        }
+        (AuthMethod::Md5, secret) => {
+            let hash = secret.and_then(|s| s.md5_hash(user_name));
             let mut salt = [0u8; 4];
             rand::fill(&mut salt);
             backend_msg::authentication_md5(&mut client.wbuf, salt);
             client.flush().await?;
             let response = read_password(client).await?;
-            if !md5::verify_md5_response(&hash, salt, response.as_bytes()) {
-                return Err(AuthError::Failed);
+            match hash {
+                Some(hash) if md5::verify_md5_response(&hash, salt, response.as_bytes()) => Proven::Nothing,
+                _ => return Err(AuthError::Failed),
             }
         }
-        (AuthMethod::Password, Some(secret)) => {
+        (AuthMethod::Password, secret) => {
             backend_msg::authentication_cleartext(&mut client.wbuf);
             client.flush().await?;
             let password = read_password(client).await?;
-            let secret = secret.clone();
+            let Some(secret) = secret.cloned() else {
+                return Err(AuthError::Failed);
+            };
             let user_name = user_name.to_string();
+            let checked = password.clone();
             // Checking against a SCRAM verifier means deriving one: not on the async workers.
             let ok =
-                tokio::task::spawn_blocking(move || secret.verify_password(&user_name, password.as_bytes()))
+                tokio::task::spawn_blocking(move || secret.verify_password(&user_name, checked.as_bytes()))
                     .await
                     .unwrap_or(false);
             if !ok {
                 return Err(AuthError::Failed);
             }
+            Proven::Password(password)
         }
-        (_, None) => return Err(AuthError::Failed),
-    }
+    };
     backend_msg::authentication_ok(&mut client.wbuf);
-    Ok(())
+    Ok(proven)
 }
 
 /// Reads a PasswordMessage as a string.

@@ -51,11 +51,12 @@ impl Secret {
         Ok(Secret::Plain(text.to_owned()))
     }
 
-    /// Whether a client can be authenticated with `method` against this secret.
+    /// Whether a client can be authenticated with `method` against this secret (methods that
+    /// need no secret always can).
     pub fn supports(&self, method: AuthMethod) -> bool {
         matches!(
             (self, method),
-            (_, AuthMethod::Trust)
+            (_, AuthMethod::Trust | AuthMethod::Cert | AuthMethod::Reject)
                 | (Secret::Plain(_), _)
                 | (Secret::Md5(_), AuthMethod::Md5 | AuthMethod::Password)
                 | (Secret::Scram(_), AuthMethod::ScramSha256 | AuthMethod::Password)
