@@ -83,7 +83,23 @@ fn count(bench: &Bench, target: Target, transactions: usize, label: &str) -> Res
         ));
     }
     stop(process, pid)?;
-    read_total(&out)
+    let total = read_total(&out)?;
+    keep_profiles(&dir, &name);
+    Ok(total)
+}
+
+/// Copies the profiles next to the report, for `callgrind_annotate`.
+fn keep_profiles(dir: &Path, name: &str) {
+    let keep = Path::new("target/benchmarks");
+    let _ = std::fs::create_dir_all(keep);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with("callgrind.out") {
+                let _ = std::fs::copy(entry.path(), keep.join(format!("{name}.{file}")));
+            }
+        }
+    }
 }
 
 fn read_pid(path: &Path) -> Result<u32, String> {
