@@ -102,7 +102,12 @@ fn keep_profiles(dir: &Path, name: &str) {
     }
 }
 
+/// PgBouncer may write its pid file just after it starts listening.
 fn read_pid(path: &Path) -> Result<u32, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::fs::read_to_string(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .trim()

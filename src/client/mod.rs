@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cancel;
 pub mod conn;
 mod follow;
+pub mod keywords;
 pub mod listener;
 pub mod login;
 pub mod params;

@@ -24,9 +24,7 @@ const UNPIN_TRIGGERS: &[&[u8]] = &[
 /// Cheap test: might this statement text take (or, when `pinned`, release) something that pins?
 pub fn may_change_pins(sql: &[u8], pinned: bool) -> bool {
     let words = if pinned { UNPIN_TRIGGERS } else { PIN_TRIGGERS };
-    words
-        .iter()
-        .any(|word| sql.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
+    super::keywords::contains_any(sql, words)
 }
 
 /// One round trip that counts what the session holds, by kind.

@@ -97,9 +97,8 @@ impl SessionChanges {
 
 /// Cheap test for whether a statement batch may change session settings at all.
 pub fn may_change_settings(sql: &[u8]) -> bool {
-    // Any SET, RESET or DISCARD word, in any case; false positives only cost a scan.
-    sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"SET"))
-        || sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"DISCARD"))
+    // Any SET, RESET or DISCARD word (set_config too), in any case; false positives only cost a scan.
+    super::keywords::contains_any(sql, &[b"SET", b"DISCARD"])
 }
 
 /// Splits SQL into statements of their first few words, skipping comments and string bodies.

@@ -429,6 +429,10 @@ fn close_evicted(evicted: Option<Arc<Statement>>, pipe: &mut Pipeline, to_server
 
 /// DISCARD ALL and DEALLOCATE ALL drop every prepared statement of the session.
 fn clears_statements(body: &[u8]) -> bool {
+    // Every Query passes here: look closer only when the words may be there.
+    if !super::keywords::contains_any(&body[..body.len().min(64)], &[b"DISCARD", b"DEALLOCATE"]) {
+        return false;
+    }
     let text = String::from_utf8_lossy(&body[..body.len().min(64)]).to_ascii_uppercase();
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')
