@@ -15,6 +15,8 @@ pub const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to write a response.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a client to close after the response.
+const LINGER: Duration = Duration::from_secs(1);
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 32;
 
@@ -148,6 +150,19 @@ async fn answer(shared: &Arc<Shared>, mut stream: TcpStream) -> std::io::Result<
         .await
         .map_err(|_| std::io::ErrorKind::TimedOut)??;
     let _ = stream.shutdown().await;
+    // Closing with unread input makes the kernel send a reset, which can destroy the response
+    // before the client reads it: read what is left (bounded) until the client closes.
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    })
+    .await;
     Ok(())
 }
 
