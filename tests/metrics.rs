@@ -28,7 +28,9 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
+        let name_end = line
+            .find(['{', ' '])
+            .unwrap_or_else(|| panic!("no value: {line}"));
         let name = line[..name_end].to_string();
         let mut rest = &line[name_end..];
         let mut labels = BTreeMap::new();
@@ -53,7 +55,11 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
                     }
                 }
                 let key = inner[start..eq].to_string();
-                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label value not quoted: {line}");
+                assert_eq!(
+                    chars.next().map(|(_, c)| c),
+                    Some('"'),
+                    "label value not quoted: {line}"
+                );
                 let mut value = String::new();
                 while let Some((_, c)) = chars.next() {
                     match c {
@@ -71,11 +77,16 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
             let end = end.unwrap_or_else(|| panic!("unclosed labels: {line}"));
             rest = &inner[end + 1..];
         }
-        let value_text = rest.split_whitespace().next().unwrap_or_else(|| panic!("no value: {line}"));
+        let value_text = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("no value: {line}"));
         let value = match value_text {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            other => other.parse().unwrap_or_else(|_| panic!("bad value {other:?} in {line}")),
+            other => other
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value {other:?} in {line}")),
         };
         samples.push(Sample { name, labels, value });
     }
@@ -90,7 +101,11 @@ impl Scrape {
         self.0
             .iter()
             .filter(|s| s.name == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|s| s.value)
             .sum()
     }
@@ -102,18 +117,28 @@ impl Scrape {
 
 /// One HTTP/1.1 request; returns the status code and the body.
 async fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
     stream.write_all(request).await.expect("send request");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read response");
     let text = String::from_utf8(response).expect("utf-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
     (status, body.to_string())
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+    .await
 }
 
 async fn scrape(addr: SocketAddr) -> Scrape {
@@ -139,7 +164,10 @@ async fn counters_and_histograms_follow_known_traffic() {
     for _ in 0..5 {
         client.simple_query("SELECT 1").await.expect("select");
     }
-    let error = client.simple_query("SELECT * FROM no_such_table").await.expect_err("42P01");
+    let error = client
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .expect_err("42P01");
     assert_eq!(error.as_db_error().unwrap().code().code(), "42P01");
     let after = scrape(metrics).await;
 
@@ -151,8 +179,17 @@ async fn counters_and_histograms_follow_known_traffic() {
     assert_eq!(delta("tidepool_pool_queries_total", &pool), 6.0);
     assert_eq!(delta("tidepool_pool_wait_seconds_count", &pool), 6.0);
     assert_eq!(delta("tidepool_pool_query_duration_seconds_count", &pool), 6.0);
-    assert_eq!(delta("tidepool_role_query_duration_seconds_count", &[("role", "primary")]), 6.0);
-    assert_eq!(delta("tidepool_role_wait_seconds_count", &[("role", "primary")]), 6.0);
+    assert_eq!(
+        delta(
+            "tidepool_role_query_duration_seconds_count",
+            &[("role", "primary")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        delta("tidepool_role_wait_seconds_count", &[("role", "primary")]),
+        6.0
+    );
     assert_eq!(delta("tidepool_errors_total", &[("class", "42")]), 1.0);
     assert!(delta("tidepool_pool_received_bytes_total", &pool) > 0.0);
     assert!(delta("tidepool_pool_sent_bytes_total", &pool) > 0.0);
@@ -182,7 +219,10 @@ async fn health_readiness_and_bad_requests() {
     assert_eq!(get(metrics, "/healthz").await.0, 200);
     // One node, up: ready.
     assert_eq!(get(metrics, "/readyz").await.0, 200);
-    assert_eq!(http(metrics, b"HEAD /metrics HTTP/1.1\r\n\r\n").await, (200, String::new()));
+    assert_eq!(
+        http(metrics, b"HEAD /metrics HTTP/1.1\r\n\r\n").await,
+        (200, String::new())
+    );
     assert_eq!(get(metrics, "/nowhere").await.0, 404);
     assert_eq!(http(metrics, b"POST /metrics HTTP/1.1\r\n\r\n").await.0, 405);
     assert_eq!(http(metrics, b"GET metrics\r\n\r\n").await.0, 400);
@@ -194,7 +234,11 @@ async fn health_readiness_and_bad_requests() {
 #[tokio::test]
 async fn readiness_fails_when_the_only_node_is_unreachable() {
     // A port nobody listens on: bind one and close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let toml = base_config_toml(pg()).replace(&format!("port = {}", pg().port), &format!("port = {port}"));
     let proxy = start_proxy(with_metrics(toml)).await;
     let metrics = proxy.metrics_addr().expect("metrics listen");
@@ -222,14 +266,21 @@ async fn routing_decisions_roles_and_node_gauges() {
          [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n"
     );
     for node in cluster.nodes() {
-        toml.push_str(&format!("\n[[nodes]]\nhost = \"127.0.0.1\"\nport = {}\n", node.port));
+        toml.push_str(&format!(
+            "\n[[nodes]]\nhost = \"127.0.0.1\"\nport = {}\n",
+            node.port
+        ));
     }
     let proxy = start_proxy(with_metrics(toml)).await;
     let metrics = proxy.metrics_addr().expect("metrics listen");
     let health = proxy.shared().health.as_ref().expect("two nodes are checked");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(health.view().primary().is_some() && health.view().nodes.iter().any(|n| n.is_usable_standby())) {
-        assert!(Instant::now() < deadline, "no primary and standby: {:?}", health.view());
+        assert!(
+            Instant::now() < deadline,
+            "no primary and standby: {:?}",
+            health.view()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(metrics, "/readyz").await.0, 200);
@@ -240,22 +291,46 @@ async fn routing_decisions_roles_and_node_gauges() {
         client.simple_query("SELECT 1").await.expect("read");
     }
     for _ in 0..2 {
-        client.simple_query("SELECT txid_current()").await.expect("write function");
+        client
+            .simple_query("SELECT txid_current()")
+            .await
+            .expect("write function");
     }
     let after = scrape(metrics).await;
     let delta = |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
-    assert_eq!(delta("tidepool_routing_decisions_total", &[("reason", "read")]), 4.0);
-    assert_eq!(delta("tidepool_routing_decisions_total", &[("reason", "write_function")]), 2.0);
+    assert_eq!(
+        delta("tidepool_routing_decisions_total", &[("reason", "read")]),
+        4.0
+    );
+    assert_eq!(
+        delta(
+            "tidepool_routing_decisions_total",
+            &[("reason", "write_function")]
+        ),
+        2.0
+    );
     assert_eq!(delta("tidepool_transactions_total", &[("route", "standby")]), 4.0);
     assert_eq!(delta("tidepool_transactions_total", &[("route", "primary")]), 2.0);
-    assert_eq!(delta("tidepool_role_query_duration_seconds_count", &[("role", "standby")]), 4.0);
+    assert_eq!(
+        delta(
+            "tidepool_role_query_duration_seconds_count",
+            &[("role", "standby")]
+        ),
+        4.0
+    );
 
     let primary = format!("127.0.0.1:{}", cluster.primary.port);
     let standby = format!("127.0.0.1:{}", cluster.standbys[0].port);
     assert_eq!(after.get("tidepool_node_up", &[("node", &primary)]), 1.0);
     assert_eq!(after.get("tidepool_node_up", &[("node", &standby)]), 1.0);
-    assert_eq!(after.get("tidepool_node_role", &[("node", &primary), ("role", "primary")]), 1.0);
-    assert_eq!(after.get("tidepool_node_role", &[("node", &standby), ("role", "standby")]), 1.0);
+    assert_eq!(
+        after.get("tidepool_node_role", &[("node", &primary), ("role", "primary")]),
+        1.0
+    );
+    assert_eq!(
+        after.get("tidepool_node_role", &[("node", &standby), ("role", "standby")]),
+        1.0
+    );
     assert_eq!(after.get("tidepool_node_fenced", &[("node", &standby)]), 0.0);
     assert_eq!(after.get("tidepool_node_timeline", &[("node", &primary)]), 1.0);
     drop(client);

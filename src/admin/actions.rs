@@ -24,8 +24,10 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
                 Some(_) => targets.iter().for_each(|c| c.set_paused(true)),
                 None => controls.global.set_paused(true),
             }
-            wait_for(|| pools_of(shared, db.as_deref()).iter().all(|p| p.active() == 0) || !paused(shared, &db))
-                .await;
+            wait_for(|| {
+                pools_of(shared, db.as_deref()).iter().all(|p| p.active() == 0) || !paused(shared, &db)
+            })
+            .await;
             "PAUSE"
         }
         Command::Resume(db) => {
@@ -33,23 +35,31 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
             targets.iter().for_each(|c| c.set_paused(false));
             if db.is_none() {
                 controls.global.set_paused(false);
-                controls.suspended.store(false, std::sync::atomic::Ordering::Release);
+                controls
+                    .suspended
+                    .store(false, std::sync::atomic::Ordering::Release);
             }
             "RESUME"
         }
         Command::Suspend => {
             // tidepool has no socket buffers to flush: SUSPEND holds every new transaction,
             // like PAUSE, without waiting for those in flight.
-            controls.suspended.store(true, std::sync::atomic::Ordering::Release);
+            controls
+                .suspended
+                .store(true, std::sync::atomic::Ordering::Release);
             controls.global.set_paused(true);
             "SUSPEND"
         }
         Command::Disable(db) => {
-            targets(shared, Some(&db))?.iter().for_each(|c| c.set_disabled(true));
+            targets(shared, Some(&db))?
+                .iter()
+                .for_each(|c| c.set_disabled(true));
             "DISABLE"
         }
         Command::Enable(db) => {
-            targets(shared, Some(&db))?.iter().for_each(|c| c.set_disabled(false));
+            targets(shared, Some(&db))?
+                .iter()
+                .for_each(|c| c.set_disabled(false));
             "ENABLE"
         }
         Command::Reconnect(db) => {
@@ -88,9 +98,12 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
         Command::WaitClose(db) => {
             targets(shared, db.as_deref())?;
             wait_for(|| {
-                !shared.pools.servers.all().iter().any(|s| {
-                    s.close_needed() && db.as_deref().is_none_or(|d| d == s.pool.database)
-                })
+                !shared
+                    .pools
+                    .servers
+                    .all()
+                    .iter()
+                    .any(|s| s.close_needed() && db.as_deref().is_none_or(|d| d == s.pool.database))
             })
             .await;
             "WAIT_CLOSE"
@@ -134,7 +147,12 @@ fn targets(shared: &Shared, db: Option<&str>) -> Result<Vec<Arc<DbControl>>, Err
             SqlState::INVALID_CATALOG_NAME,
             format!("no such database: {name}"),
         )),
-        None => Ok(snapshot.config.databases.keys().map(|name| controls.get(name)).collect()),
+        None => Ok(snapshot
+            .config
+            .databases
+            .keys()
+            .map(|name| controls.get(name))
+            .collect()),
     }
 }
 
@@ -175,10 +193,18 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
 /// Changes one reloadable key of `config`. `key` may carry its section (`pool.default_pool_size`).
 pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorFields> {
     let bare = key.rsplit('.').next().unwrap_or(key);
-    let invalid =
-        |reason: String| ErrorFields::error(SqlState::new("22023"), format!("invalid value for {key}: {reason}"));
+    let invalid = |reason: String| {
+        ErrorFields::error(
+            SqlState::new("22023"),
+            format!("invalid value for {key}: {reason}"),
+        )
+    };
     let number = |v: &str| v.parse::<usize>().map_err(|e| invalid(e.to_string()));
-    let duration = |v: &str| parse_duration(v).map(ConfigDuration).map_err(|e| invalid(e.to_string()));
+    let duration = |v: &str| {
+        parse_duration(v)
+            .map(ConfigDuration)
+            .map_err(|e| invalid(e.to_string()))
+    };
     let flag = |v: &str| match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "on" | "yes" => Ok(true),
         "0" | "false" | "off" | "no" => Ok(false),
@@ -198,7 +224,9 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
         "client_idle_timeout" => proxy.client_idle_timeout = duration(value)?,
         "idle_transaction_timeout" => proxy.idle_transaction_timeout = duration(value)?,
         "max_message_size" => {
-            proxy.max_message_size = parse_size(value).map(crate::config::ByteSize).map_err(|e| invalid(e.to_string()))?
+            proxy.max_message_size = parse_size(value)
+                .map(crate::config::ByteSize)
+                .map_err(|e| invalid(e.to_string()))?
         }
         "default_pool_size" => pool.default_pool_size = number(value)?,
         "min_pool_size" => pool.min_pool_size = number(value)?,

@@ -122,7 +122,11 @@ pub fn split_statements(sql: &str) -> Result<Vec<&str>, CommandError> {
         return Err(CommandError::Unterminated);
     }
     statements.push(&sql[start..]);
-    Ok(statements.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect())
+    Ok(statements
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 /// Parses one statement (no semicolon).
@@ -179,7 +183,10 @@ pub fn parse(statement: &str) -> Result<Command, CommandError> {
             let [id] = args[..] else {
                 return Err(CommandError::BadClientId(args.join(" ")));
             };
-            Command::KillClient(id.parse().map_err(|_| CommandError::BadClientId(id.to_string()))?)
+            Command::KillClient(
+                id.parse()
+                    .map_err(|_| CommandError::BadClientId(id.to_string()))?,
+            )
         }
         "wait_close" => Command::WaitClose(optional_db(&args)?),
         "reload" => none(&args).map(|_| Command::Reload)?,
@@ -205,7 +212,10 @@ fn parse_set(rest: &str) -> Result<Command, CommandError> {
             }
         }
     };
-    let key_ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    let key_ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     if !key_ok {
         return Err(CommandError::Syntax(key.to_string()));
     }
@@ -249,8 +259,14 @@ mod tests {
             ("KILL_CLIENT 12", Command::KillClient(12)),
             ("wait_close app", Command::WaitClose(Some("app".into()))),
             ("reload", Command::Reload),
-            ("shutdown wait_for_clients", Command::Shutdown(ShutdownMode::WaitForClients)),
-            ("SHUTDOWN WAIT_FOR_SERVERS", Command::Shutdown(ShutdownMode::WaitForServers)),
+            (
+                "shutdown wait_for_clients",
+                Command::Shutdown(ShutdownMode::WaitForClients),
+            ),
+            (
+                "SHUTDOWN WAIT_FOR_SERVERS",
+                Command::Shutdown(ShutdownMode::WaitForServers),
+            ),
             ("shutdown", Command::Shutdown(ShutdownMode::Immediate)),
             (
                 "SET default_pool_size = 5",
@@ -274,8 +290,14 @@ mod tests {
 
     #[test]
     fn bad_commands_say_why() {
-        assert_eq!(parse("frobnicate"), Err(CommandError::Unknown("frobnicate".into())));
-        assert_eq!(parse("show nothing"), Err(CommandError::UnknownShow("nothing".into())));
+        assert_eq!(
+            parse("frobnicate"),
+            Err(CommandError::Unknown("frobnicate".into()))
+        );
+        assert_eq!(
+            parse("show nothing"),
+            Err(CommandError::UnknownShow("nothing".into()))
+        );
         assert_eq!(parse("disable"), Err(CommandError::MissingDatabase("DISABLE")));
         assert_eq!(parse("kill_client x"), Err(CommandError::BadClientId("x".into())));
         assert_eq!(parse("pause a b"), Err(CommandError::Syntax("b".into())));
@@ -286,8 +308,14 @@ mod tests {
     #[test]
     fn statements_split_outside_quotes() {
         assert_eq!(split_statements("show pools;"), Ok(vec!["show pools"]));
-        assert_eq!(split_statements(" ; show a ;; show b "), Ok(vec!["show a", "show b"]));
-        assert_eq!(split_statements("set x = 'a;b'; reload"), Ok(vec!["set x = 'a;b'", "reload"]));
+        assert_eq!(
+            split_statements(" ; show a ;; show b "),
+            Ok(vec!["show a", "show b"])
+        );
+        assert_eq!(
+            split_statements("set x = 'a;b'; reload"),
+            Ok(vec!["set x = 'a;b'", "reload"])
+        );
         assert_eq!(split_statements("set x = 'a"), Err(CommandError::Unterminated));
     }
 }

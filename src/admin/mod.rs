@@ -58,7 +58,10 @@ pub async fn serve(
     user: &UserConfig,
 ) -> CloseReason {
     let Some(access) = access(&snapshot.config, &user.name) else {
-        let message = format!("permission denied: user \"{}\" may not use the admin console", user.name);
+        let message = format!(
+            "permission denied: user \"{}\" may not use the admin console",
+            user.name
+        );
         client
             .send_fatal(ErrorFields::fatal(INSUFFICIENT_PRIVILEGE, message.clone()))
             .await;

@@ -41,7 +41,9 @@ impl Session {
                 .fetch_add(std::mem::take(&mut ex.bytes_in), Ordering::Relaxed);
         }
         if ex.bytes_out > 0 {
-            stats.sent.fetch_add(std::mem::take(&mut ex.bytes_out), Ordering::Relaxed);
+            stats
+                .sent
+                .fetch_add(std::mem::take(&mut ex.bytes_out), Ordering::Relaxed);
         }
         for class in ex.error_classes.drain(..) {
             self.shared.metrics.errors.record(class);

@@ -180,13 +180,17 @@ impl ClientTicket {
         let us = now.saturating_duration_since(self.registry.origin).as_micros() as u64;
         self.entry.waiting_since_us.store(us, Ordering::Relaxed);
         self.entry.node.store(node as u32, Ordering::Relaxed);
-        self.entry.state.store(ClientState::Waiting as u8, Ordering::Relaxed);
+        self.entry
+            .state
+            .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
 
     /// The client got backend `server`.
     pub fn active(&self, server: u64) {
         self.entry.server.store(server, Ordering::Relaxed);
-        self.entry.state.store(ClientState::Active as u8, Ordering::Relaxed);
+        self.entry
+            .state
+            .store(ClientState::Active as u8, Ordering::Relaxed);
     }
 
     /// The client gave its backend back.

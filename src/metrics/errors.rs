@@ -87,7 +87,10 @@ mod tests {
         errors.record(*b"42");
         errors.record(*b"P0");
         errors.record(*b"a\0");
-        assert_eq!(errors.nonzero(), vec![("42".to_string(), 2), ("P0".to_string(), 1)]);
+        assert_eq!(
+            errors.nonzero(),
+            vec![("42".to_string(), 2), ("P0".to_string(), 1)]
+        );
     }
 
     #[test]

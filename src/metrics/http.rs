@@ -67,7 +67,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, RequestError> {
     let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(end);
     let line = std::str::from_utf8(&buf[..line_end]).map_err(|_| RequestError::Malformed)?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(RequestError::Malformed);
     };
@@ -119,7 +120,10 @@ async fn answer(shared: &Arc<Shared>, mut stream: TcpStream) -> std::io::Result<
                 other => return other.map(|r| (r.head_only, r.path.to_string())),
             }
             let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.map_err(|_| RequestError::Malformed)?;
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|_| RequestError::Malformed)?;
             if n == 0 {
                 return Err(RequestError::Incomplete);
             }
@@ -209,12 +213,36 @@ mod tests {
     #[test]
     fn request_heads() {
         let ok = parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(ok, Ok(Request { head_only: false, path: "/metrics" }));
-        assert_eq!(parse_request(b"HEAD /healthz HTTP/1.0\r\n\r\n").map(|r| r.head_only), Ok(true));
-        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\n"), Err(RequestError::Incomplete));
-        assert_eq!(parse_request(b"POST / HTTP/1.1\r\n\r\n"), Err(RequestError::Method));
-        assert_eq!(parse_request(b"GET /  HTTP/1.1\r\n\r\n"), Err(RequestError::Malformed));
-        assert_eq!(parse_request(b"GET metrics HTTP/1.1\r\n\r\n"), Err(RequestError::Malformed));
-        assert_eq!(parse_request(&vec![b'a'; MAX_REQUEST]), Err(RequestError::TooLarge));
+        assert_eq!(
+            ok,
+            Ok(Request {
+                head_only: false,
+                path: "/metrics"
+            })
+        );
+        assert_eq!(
+            parse_request(b"HEAD /healthz HTTP/1.0\r\n\r\n").map(|r| r.head_only),
+            Ok(true)
+        );
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\r\n"),
+            Err(RequestError::Incomplete)
+        );
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\n\r\n"),
+            Err(RequestError::Method)
+        );
+        assert_eq!(
+            parse_request(b"GET /  HTTP/1.1\r\n\r\n"),
+            Err(RequestError::Malformed)
+        );
+        assert_eq!(
+            parse_request(b"GET metrics HTTP/1.1\r\n\r\n"),
+            Err(RequestError::Malformed)
+        );
+        assert_eq!(
+            parse_request(&vec![b'a'; MAX_REQUEST]),
+            Err(RequestError::TooLarge)
+        );
     }
 }

@@ -15,8 +15,8 @@ pub use scrape::render;
 
 pub use errors::{class_of, ErrorClasses};
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use prometheus::{GaugeVec, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use std::sync::Mutex;
 
 /// Buckets for the wait for a backend (seconds): mostly zero, sometimes long.

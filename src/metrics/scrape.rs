@@ -32,20 +32,90 @@ const POOL: &[&str] = &["database", "user", "node"];
 impl Families {
     pub(super) fn register(r: &Registry) -> Families {
         Families {
-            clients: gauge_vec(r, "tidepool_clients", "Logged-in clients by state.", &["database", "user", "node", "state"]),
-            backends: gauge_vec(r, "tidepool_backends", "Backend connections by state.", &["database", "user", "node", "state"]),
-            pool_transactions: counter_vec(r, "tidepool_pool_transactions_total", "Transactions completed, per pool.", POOL),
-            pool_queries: counter_vec(r, "tidepool_pool_queries_total", "Requests answered, per pool.", POOL),
-            pool_received: counter_vec(r, "tidepool_pool_received_bytes_total", "Bytes received from clients, per pool.", POOL),
-            pool_sent: counter_vec(r, "tidepool_pool_sent_bytes_total", "Bytes sent to clients, per pool.", POOL),
-            pool_connects: counter_vec(r, "tidepool_pool_backend_connects_total", "Backend connections opened, per pool.", POOL),
-            routes: counter_vec(r, "tidepool_routing_decisions_total", "Where transactions were routed, by reason.", &["reason"]),
-            errors: counter_vec(r, "tidepool_errors_total", "ErrorResponses relayed to clients, by SQLSTATE class.", &["class"]),
-            node_up: gauge_vec(r, "tidepool_node_up", "1 when the node's health checks say up.", &["node"]),
-            node_role: gauge_vec(r, "tidepool_node_role", "1 for the node's current role.", &["node", "role"]),
-            node_fenced: gauge_vec(r, "tidepool_node_fenced", "1 when the node claims primary but is fenced.", &["node"]),
-            node_lag_bytes: gauge_vec(r, "tidepool_node_lag_bytes", "WAL bytes the node is behind the primary.", &["node"]),
-            node_lag_seconds: float_gauge_vec(r, "tidepool_node_lag_seconds", "Replay delay of the node.", &["node"]),
+            clients: gauge_vec(
+                r,
+                "tidepool_clients",
+                "Logged-in clients by state.",
+                &["database", "user", "node", "state"],
+            ),
+            backends: gauge_vec(
+                r,
+                "tidepool_backends",
+                "Backend connections by state.",
+                &["database", "user", "node", "state"],
+            ),
+            pool_transactions: counter_vec(
+                r,
+                "tidepool_pool_transactions_total",
+                "Transactions completed, per pool.",
+                POOL,
+            ),
+            pool_queries: counter_vec(
+                r,
+                "tidepool_pool_queries_total",
+                "Requests answered, per pool.",
+                POOL,
+            ),
+            pool_received: counter_vec(
+                r,
+                "tidepool_pool_received_bytes_total",
+                "Bytes received from clients, per pool.",
+                POOL,
+            ),
+            pool_sent: counter_vec(
+                r,
+                "tidepool_pool_sent_bytes_total",
+                "Bytes sent to clients, per pool.",
+                POOL,
+            ),
+            pool_connects: counter_vec(
+                r,
+                "tidepool_pool_backend_connects_total",
+                "Backend connections opened, per pool.",
+                POOL,
+            ),
+            routes: counter_vec(
+                r,
+                "tidepool_routing_decisions_total",
+                "Where transactions were routed, by reason.",
+                &["reason"],
+            ),
+            errors: counter_vec(
+                r,
+                "tidepool_errors_total",
+                "ErrorResponses relayed to clients, by SQLSTATE class.",
+                &["class"],
+            ),
+            node_up: gauge_vec(
+                r,
+                "tidepool_node_up",
+                "1 when the node's health checks say up.",
+                &["node"],
+            ),
+            node_role: gauge_vec(
+                r,
+                "tidepool_node_role",
+                "1 for the node's current role.",
+                &["node", "role"],
+            ),
+            node_fenced: gauge_vec(
+                r,
+                "tidepool_node_fenced",
+                "1 when the node claims primary but is fenced.",
+                &["node"],
+            ),
+            node_lag_bytes: gauge_vec(
+                r,
+                "tidepool_node_lag_bytes",
+                "WAL bytes the node is behind the primary.",
+                &["node"],
+            ),
+            node_lag_seconds: float_gauge_vec(
+                r,
+                "tidepool_node_lag_seconds",
+                "Replay delay of the node.",
+                &["node"],
+            ),
             node_timeline: gauge_vec(r, "tidepool_node_timeline", "The node's timeline.", &["node"]),
         }
     }
@@ -58,17 +128,31 @@ pub fn render(shared: &Shared) -> String {
     let _turn = metrics.scrape_lock.lock().unwrap_or_else(|p| p.into_inner());
     let f = &metrics.families;
     let snapshot = shared.snapshot();
-    let node_addr = |i: usize| snapshot.config.nodes.get(i).map(|n| n.address()).unwrap_or_default();
+    let node_addr = |i: usize| {
+        snapshot
+            .config
+            .nodes
+            .get(i)
+            .map(|n| n.address())
+            .unwrap_or_default()
+    };
 
     // Gauges are rebuilt from scratch so that pools and clients that are gone disappear.
     f.clients.reset();
     let mut clients: HashMap<(String, String, String, &str), i64> = HashMap::new();
     for entry in shared.sessions.all() {
-        let key = (entry.database.clone(), entry.user.clone(), node_addr(entry.node()), entry.state().as_str());
+        let key = (
+            entry.database.clone(),
+            entry.user.clone(),
+            node_addr(entry.node()),
+            entry.state().as_str(),
+        );
         *clients.entry(key).or_default() += 1;
     }
     for ((database, user, node, state), n) in &clients {
-        f.clients.with_label_values(&[database.as_str(), user, node, state]).set(*n);
+        f.clients
+            .with_label_values(&[database.as_str(), user, node, state])
+            .set(*n);
     }
 
     f.backends.reset();
@@ -84,15 +168,33 @@ pub fn render(shared: &Shared) -> String {
             f.backends.with_label_values(&with_state).set(n as i64);
         }
         let stats = &pool.stats;
-        catch_up(&f.pool_transactions.with_label_values(&labels), stats.transactions.load(Ordering::Relaxed));
-        catch_up(&f.pool_queries.with_label_values(&labels), stats.queries.load(Ordering::Relaxed));
-        catch_up(&f.pool_received.with_label_values(&labels), stats.received.load(Ordering::Relaxed));
-        catch_up(&f.pool_sent.with_label_values(&labels), stats.sent.load(Ordering::Relaxed));
-        catch_up(&f.pool_connects.with_label_values(&labels), stats.connects.load(Ordering::Relaxed));
+        catch_up(
+            &f.pool_transactions.with_label_values(&labels),
+            stats.transactions.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_queries.with_label_values(&labels),
+            stats.queries.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_received.with_label_values(&labels),
+            stats.received.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_sent.with_label_values(&labels),
+            stats.sent.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_connects.with_label_values(&labels),
+            stats.connects.load(Ordering::Relaxed),
+        );
     }
 
     for reason in RouteReason::ALL {
-        catch_up(&f.routes.with_label_values(&[reason.as_str()]), shared.stats.routes.get(reason));
+        catch_up(
+            &f.routes.with_label_values(&[reason.as_str()]),
+            shared.stats.routes.get(reason),
+        );
     }
     for (class, n) in metrics.errors.nonzero() {
         catch_up(&f.errors.with_label_values(&[&class]), n);
@@ -114,7 +216,9 @@ pub fn render(shared: &Shared) -> String {
                 f.node_lag_bytes.with_label_values(&[addr]).set(bytes as i64);
             }
             if let Some(lag) = node.lag {
-                f.node_lag_seconds.with_label_values(&[addr]).set(lag.as_secs_f64());
+                f.node_lag_seconds
+                    .with_label_values(&[addr])
+                    .set(lag.as_secs_f64());
             }
             if let Some(timeline) = node.timeline {
                 f.node_timeline.with_label_values(&[addr]).set(timeline as i64);
