@@ -259,3 +259,36 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(result: Result<(), ErrorFields>) -> String {
+        result.expect_err("refused").code.as_str().to_string()
+    }
+
+    #[test]
+    fn set_changes_reloadable_keys_and_names_the_others() {
+        let mut config = Config::default();
+        set(&mut config, "default_pool_size", "7").unwrap();
+        set(&mut config, "pool.server_check_query", "select 2").unwrap();
+        set(&mut config, "client_idle_timeout", "5s").unwrap();
+        set(&mut config, "pool_mode", "SESSION").unwrap();
+        set(&mut config, "read_your_writes", "on").unwrap();
+        assert_eq!(config.pool.default_pool_size, 7);
+        assert_eq!(config.pool.server_check_query, "select 2");
+        assert_eq!(config.proxy.client_idle_timeout.0, Duration::from_secs(5));
+        assert_eq!(config.proxy.pool_mode, PoolMode::Session);
+        assert!(config.routing.read_your_writes);
+
+        assert_eq!(code(set(&mut config, "default_pool_size", "many")), "22023");
+        assert_eq!(
+            code(set(&mut config, "client_idle_timeout", "5 parsecs")),
+            "22023"
+        );
+        assert_eq!(code(set(&mut config, "listen", "127.0.0.1:1")), "55P02");
+        assert_eq!(code(set(&mut config, "fall", "2")), "55P02");
+        assert_eq!(code(set(&mut config, "password", "x")), "42704");
+    }
+}
