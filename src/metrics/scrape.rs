@@ -141,6 +141,9 @@ pub fn render(shared: &Shared) -> String {
     f.clients.reset();
     let mut clients: HashMap<(String, String, String, &str), i64> = HashMap::new();
     for entry in shared.sessions.all() {
+        if crate::admin::is_console(&entry.database) {
+            continue;
+        }
         let key = (
             entry.database.clone(),
             entry.user.clone(),
