@@ -218,7 +218,13 @@ async fn show_commands_use_pgbouncer_columns_and_report_traffic() {
     assert_eq!(pools.get(row, "cl_active"), Some("1"));
     assert_eq!(pools.get(row, "pool_mode"), Some("transaction"));
 
-    let clients = show(&admin, "show clients;").await;
+    // The client sees its last answer a moment before its session marks it idle.
+    let clients = until(&admin, "show clients;", |t| {
+        t.rows_where("application_name", "watched")
+            .iter()
+            .all(|r| t.get(r, "state") == Some("idle"))
+    })
+    .await;
     assert_eq!(clients.columns, SOCKETS);
     let watched = clients.rows_where("application_name", "watched");
     assert_eq!(watched.len(), 1);

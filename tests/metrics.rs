@@ -147,6 +147,19 @@ async fn scrape(addr: SocketAddr) -> Scrape {
     Scrape(parse_exposition(&body))
 }
 
+/// Scrapes until `ready` holds: a client sees its ReadyForQuery a moment before its session
+/// records the exchange, so the counters may trail the client by one step.
+async fn scrape_until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    for _ in 0..500 {
+        let scrape = scrape(addr).await;
+        if ready(&scrape) {
+            return scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    scrape(addr).await
+}
+
 fn with_metrics(toml: String) -> Config {
     Config::from_toml(&format!("{toml}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")).expect("valid config")
 }
@@ -169,7 +182,13 @@ async fn counters_and_histograms_follow_known_traffic() {
         .await
         .expect_err("42P01");
     assert_eq!(error.as_db_error().unwrap().code().code(), "42P01");
-    let after = scrape(metrics).await;
+    let idle_client = [pool.as_slice(), &[("state", "idle")]].concat();
+    let after = scrape_until(metrics, |s| {
+        s.get("tidepool_transactions_total", &primary) - before.get("tidepool_transactions_total", &primary)
+            >= 6.0
+            && s.get("tidepool_clients", &idle_client) == 1.0
+    })
+    .await;
 
     let delta = |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
     // Six autocommit statements: six transactions, six requests, six checkouts.
@@ -202,7 +221,6 @@ async fn counters_and_histograms_follow_known_traffic() {
     );
 
     // Gauges: the one client idles between transactions; its backend idles in the pool.
-    let idle_client = [pool.as_slice(), &[("state", "idle")]].concat();
     assert_eq!(after.get("tidepool_clients", &idle_client), 1.0);
     let idle_backend = [pool.as_slice(), &[("state", "idle")]].concat();
     assert!(after.get("tidepool_backends", &idle_backend) >= 1.0);
