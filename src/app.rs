@@ -43,6 +43,12 @@ pub struct Shared {
     /// Read rotation position.
     pub round_robin: RoundRobin,
     pub shutdown: Shutdown,
+    /// Logged-in clients (SHOW CLIENTS, KILL_CLIENT).
+    pub sessions: Arc<crate::client::registry::ClientRegistry>,
+    /// Prometheus families and the handles the data path records into.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// When the proxy started (SHOW STATE, uptime).
+    pub started: std::time::SystemTime,
 }
 
 /// Process-wide counters (admin console, metrics), updated with relaxed atomics.
@@ -50,6 +56,8 @@ pub struct Shared {
 pub struct ProxyStats {
     /// Clients currently pinned to their backend in transaction mode.
     pub pinned_clients: std::sync::atomic::AtomicUsize,
+    /// Routing decisions by reason (SHOW ROUTES, metrics).
+    pub routes: crate::client::routing::RouteCounters,
 }
 
 /// Why the proxy could not start.
@@ -66,6 +74,12 @@ pub enum AppError {
     /// auth_file or auth_hba_file is unreadable or malformed.
     #[error(transparent)]
     Auth(#[from] DirectoryError),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Shared {
@@ -136,6 +150,7 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     tasks: TaskTracker,
     accept: JoinHandle<()>,
     janitor: JoinHandle<()>,
@@ -154,13 +169,25 @@ impl Proxy {
         let addr = listener
             .local_addr()
             .map_err(|source| AppError::Listen { addr: listen, source })?;
+        let metrics_listener = match snapshot.config.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
         let shutdown = Shutdown::default();
         let health = start_health(&snapshot.config, &shutdown);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let shared = Arc::new(Shared {
             health,
             round_robin: RoundRobin::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
-            pools: Pools::default(),
+            pools: Pools::new(metrics.clone()),
+            sessions: Default::default(),
+            metrics,
+            started: std::time::SystemTime::now(),
             cancels: Arc::new(CancelRegistry::default()),
             statements: StatementCache::default(),
             clients: ClientCounter::default(),
@@ -171,9 +198,19 @@ impl Proxy {
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
         tracing::info!(%addr, "tidepool listening");
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let metrics_addr = listener.local_addr().ok();
+                tracing::info!(addr = ?metrics_addr, "metrics listening");
+                tokio::spawn(crate::metrics::http::serve(shared.clone(), listener));
+                metrics_addr
+            }
+            None => None,
+        };
         Ok(Proxy {
             shared,
             addr,
+            metrics_addr,
             tasks,
             accept,
             janitor,
@@ -182,6 +219,11 @@ impl Proxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `[metrics] listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

@@ -39,6 +39,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sql_scan", sql_scan),
     ("userlist", userlist),
     ("hba_file", hba_file),
+    ("admin_command", admin_command),
+    ("http_request", http_request),
 ];
 
 /// Startup-phase packets, back to back, then the parameters of each StartupMessage as a
@@ -421,5 +423,30 @@ impl XorShift {
     /// One element of a non-empty slice.
     pub fn pick<T: Copy>(&mut self, from: &[T]) -> T {
         from[self.below(from.len())]
+    }
+}
+
+/// The admin console's statement splitter and command parser: never panics; a statement it
+/// returns is never empty and never holds a semicolon outside quotes; SHOW is read-only.
+pub fn admin_command(data: &[u8]) {
+    use crate::admin::command::{parse, split_statements, Command};
+    let text = String::from_utf8_lossy(data);
+    let Ok(statements) = split_statements(&text) else {
+        return;
+    };
+    for statement in statements {
+        assert!(!statement.trim().is_empty(), "empty statement from {text:?}");
+        if let Ok(command) = parse(statement) {
+            assert_eq!(command.is_read_only(), matches!(command, Command::Show(_)));
+        }
+    }
+}
+
+/// The metrics endpoint's request-head parser: never panics; an accepted path starts with `/`
+/// and holds no query string.
+pub fn http_request(data: &[u8]) {
+    if let Ok(request) = crate::metrics::http::parse_request(data) {
+        assert!(request.path.starts_with('/'));
+        assert!(!request.path.contains('?'));
     }
 }

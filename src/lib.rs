@@ -6,6 +6,7 @@
 //! `client::relay`; `backend` owns each PostgreSQL connection.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod fuzzing;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod reload;

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the proxy until SIGINT or SIGTERM.
+/// Runs the proxy until SIGINT, SIGTERM or the console's SHUTDOWN.
 async fn run(config: Config) -> ExitCode {
     let proxy = match tidepool::app::Proxy::start(config).await {
         Ok(p) => p,
@@ -107,8 +107,14 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = tidepool::shutdown::stop_signal().await {
-        eprintln!("tidepool: cannot listen for signals: {e}");
+    let shared = proxy.shared().clone();
+    tokio::select! {
+        signal = tidepool::shutdown::stop_signal() => {
+            if let Err(e) = signal {
+                eprintln!("tidepool: cannot listen for signals: {e}");
+            }
+        }
+        _ = shared.shutdown.wait() => {}
     }
     tracing::info!("stopping");
     proxy.shutdown().await;

@@ -58,6 +58,8 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// Unique within the process, for SHOW SERVERS and logs.
     pub id: u64,
+    /// Its entry in the pool's server registry (SHOW SERVERS); leaves with the connection.
+    pub ticket: Option<crate::pool::ServerTicket>,
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -88,6 +90,7 @@ impl BackendConn {
             created: now,
             last_used: now,
             id,
+            ticket: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub enum CloseReason {
     CancelRequest,
     #[error("shutting down")]
     Shutdown,
+    #[error("killed from the admin console")]
+    Killed,
 }
 
 /// Serves one accepted connection to the end.
@@ -111,6 +113,9 @@ async fn serve_inner(
         Ok(Ok(user)) => user,
     };
 
+    if crate::admin::is_console(&params.database) {
+        return crate::admin::serve(shared, &snapshot, client, &params, &user.config).await;
+    }
     let Some(pool) = shared.pool_for(&snapshot, &params.database, &user, 0) else {
         let message = format!("database \"{}\" does not exist", params.database);
         client
@@ -121,6 +126,26 @@ async fn serve_inner(
             .await;
         return CloseReason::Refused(message);
     };
+    if pool.control.is_disabled() {
+        let message = format!("database \"{}\" is disabled", params.database);
+        client
+            .send_fatal(ErrorFields::fatal(SqlState::CANNOT_CONNECT_NOW, message.clone()))
+            .await;
+        return CloseReason::Refused(message);
+    }
+    let ticket = shared.sessions.register(super::registry::NewClient {
+        user: &params.user,
+        database: &params.database,
+        addr: peer,
+        local_addr: client.stream.local_addr().ok(),
+        application_name: params
+            .settings
+            .iter()
+            .find(|(name, _)| name == "application_name")
+            .map_or("", |(_, value)| value.as_str()),
+        tls: client.tls.is_some(),
+    });
+    let entry = ticket.entry().clone();
     let mode = pool.settings().mode;
     let node_count = snapshot.config.nodes.len();
     let mut session = Session {
@@ -143,8 +168,24 @@ async fn serve_inner(
         pipeline: Pipeline::default(),
         max_prepared: snapshot.config.pool.max_prepared_statements,
         pins: Default::default(),
+        ticket,
+        on_standby: false,
     };
-    let reason = session.run().await;
+    let reason = tokio::select! {
+        reason = session.run() => reason,
+        _ = entry.killed() => {
+            // Killed mid-anything: its backend goes too (it may be mid-request).
+            if let Some(backend) = session.backend.take() {
+                session.pool.discard(backend);
+            }
+            if session.pins.any() {
+                shared.stats.pinned_clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let error = ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
+            session.client.send_fatal(error).await;
+            return CloseReason::Killed;
+        }
+    };
     session.finish().await;
     reason
 }

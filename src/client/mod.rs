@@ -2,6 +2,7 @@
 //! session with the relay to its backend.
 
 mod abandon;
+mod accounting;
 pub mod auth;
 pub mod cancel;
 pub mod conn;
@@ -11,8 +12,9 @@ pub mod listener;
 pub mod login;
 pub mod params;
 pub mod pinning;
+pub mod registry;
 pub mod relay;
-mod routing;
+pub mod routing;
 pub mod session;
 pub mod session_state;
 pub mod startup;

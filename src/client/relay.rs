@@ -56,6 +56,16 @@ pub struct Exchange {
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
+    /// Accounting the session moves to the metrics at each event (plain fields: no atomics
+    /// in the poll loop). Requests forwarded (Query, Sync, FunctionCall):
+    pub requests: u32,
+    /// When the first request since the last quiet point was forwarded.
+    pub busy_since: Option<tokio::time::Instant>,
+    /// Bytes forwarded from the client and to it.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// SQLSTATE classes of the ErrorResponses relayed (allocates only when errors happen).
+    pub error_classes: Vec<[u8; 2]>,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +95,11 @@ impl Default for Exchange {
             pins_may_have_changed: false,
             pinned: false,
             copy: CopyTracking::default(),
+            requests: 0,
+            busy_since: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            error_classes: Vec::new(),
         }
     }
 }
@@ -103,6 +118,14 @@ impl Exchange {
     /// Marks the current quiet state as already seen by the session.
     pub fn mark_quiet_reported(&mut self) {
         self.quiet_reported = true;
+    }
+
+    /// A request that expects a ReadyForQuery was forwarded.
+    fn note_request(&mut self) {
+        self.requests += 1;
+        if self.busy_since.is_none() {
+            self.busy_since = Some(tokio::time::Instant::now());
+        }
     }
 }
 
@@ -279,6 +302,7 @@ fn scan_client(
             _ if ignored_by_server => {}
             tag::SYNC => {
                 ex.pending += 1;
+                ex.note_request();
                 ex.unsynced = false;
                 ex.binds_since_sync = false;
                 if !ex.copy.ended_since_execute {
@@ -287,6 +311,7 @@ fn scan_client(
             }
             tag::QUERY | tag::FUNCTION_CALL => {
                 ex.pending += 1;
+                ex.note_request();
                 ex.copy.after_execute = false;
             }
             tag::EXECUTE => {
@@ -331,6 +356,7 @@ fn scan_client(
         pos += total;
     }
     if pos > 0 {
+        ex.bytes_in += pos as u64;
         backend.wbuf.extend_from_slice(&buf[copied..pos]);
         client.rbuf.advance(pos);
         ex.quiet_reported = false;
@@ -443,6 +469,9 @@ fn scan_server(
             tag::ERROR_RESPONSE => {
                 // A failed COPY stops reading COPY data: Syncs are answered again.
                 ex.copy.in_copy_in = false;
+                if let Some(class) = crate::metrics::class_of(body) {
+                    ex.error_classes.push(class);
+                }
                 let frame = crate::protocol::Frame {
                     tag,
                     body: bytes::Bytes::copy_from_slice(body),
@@ -481,5 +510,6 @@ fn scan_server(
     }
     client.wbuf.extend_from_slice(&buf[copied..pos]);
     backend.rbuf.advance(pos);
+    ex.bytes_out += pos as u64;
     event
 }

@@ -5,9 +5,93 @@ use super::params::ClientParams;
 use super::session::Session;
 use crate::pool::Pool;
 use crate::protocol::{tag, ErrorFields, SqlState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Why a transaction went where it went (SHOW ROUTES, `tidepool_routing_decisions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteReason {
+    /// A write (or anything not provably a read): the primary.
+    Write,
+    /// Transaction control (`BEGIN`, `SET`…): the primary, for the transaction's whole life.
+    InTransaction,
+    /// A read that calls a function on the `write_functions` list: the primary.
+    WriteFunction,
+    /// A `/* tidepool: … */` hint or `tidepool.route` setting decided.
+    Hint,
+    /// A read sent to a standby.
+    Read,
+    /// A read on the primary because every standby up was too far behind.
+    LagFallback,
+    /// A read on the primary because no standby was up.
+    NoStandby,
+    /// A read on the primary because no standby had replayed the client's last write yet.
+    ReadYourWrites,
+}
+
+impl RouteReason {
+    pub const ALL: [RouteReason; 8] = [
+        RouteReason::Write,
+        RouteReason::InTransaction,
+        RouteReason::WriteFunction,
+        RouteReason::Hint,
+        RouteReason::Read,
+        RouteReason::LagFallback,
+        RouteReason::NoStandby,
+        RouteReason::ReadYourWrites,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteReason::Write => "write",
+            RouteReason::InTransaction => "in_transaction",
+            RouteReason::WriteFunction => "write_function",
+            RouteReason::Hint => "hint",
+            RouteReason::Read => "read",
+            RouteReason::LagFallback => "lag_fallback",
+            RouteReason::NoStandby => "no_standby",
+            RouteReason::ReadYourWrites => "read_your_writes",
+        }
+    }
+}
+
+/// Routing decisions counted by reason: one relaxed atomic add per routed transaction.
+#[derive(Debug, Default)]
+pub struct RouteCounters([AtomicU64; RouteReason::ALL.len()]);
+
+impl RouteCounters {
+    pub fn record(&self, reason: RouteReason) {
+        self.0[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, reason: RouteReason) -> u64 {
+        self.0[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The reason to record for a node picked by `router::pick`.
+fn route_reason(
+    why: crate::router::Why,
+    decision: &crate::router::Decision,
+    view: &crate::health::TopologyView,
+    min_lsn: bool,
+) -> RouteReason {
+    use crate::router::{Reason, Why};
+    match why {
+        Why::Hint => RouteReason::Hint,
+        Why::Read => RouteReason::Read,
+        Why::Write | Why::SingleNode => match decision.reason {
+            Reason::WriteFunction => RouteReason::WriteFunction,
+            Reason::Control => RouteReason::InTransaction,
+            _ => RouteReason::Write,
+        },
+        Why::NoStandby if min_lsn => RouteReason::ReadYourWrites,
+        Why::NoStandby if view.nodes.iter().any(|n| n.is_usable_standby()) => RouteReason::LagFallback,
+        Why::NoStandby => RouteReason::NoStandby,
+    }
+}
 
 impl Session {
     /// The pool of node `index` for this client, found once per session.
@@ -98,15 +182,16 @@ impl Session {
         write
     }
 
-    /// The node for a request with this classification (`None`: the primary). Waits up to
-    /// `failover_timeout` for a primary to appear; never sends a write to a standby.
+    /// The node for a request with this classification (`None`: the primary), and whether it is
+    /// a standby. Waits up to `failover_timeout` for a primary to appear; never sends a write
+    /// to a standby. Counts the decision by reason.
     pub(super) async fn choose_node(
         &self,
         decision: Option<crate::router::Decision>,
-    ) -> Result<usize, ErrorFields> {
+    ) -> Result<(usize, bool), ErrorFields> {
         use crate::router::{pick, Target, Why};
         let Some(health) = self.shared.health.as_ref() else {
-            return Ok(0);
+            return Ok((0, false));
         };
         let snapshot = self.snapshot.clone();
         let decision = decision.unwrap_or_else(write_decision);
@@ -134,7 +219,15 @@ impl Session {
                     // Give a standby up to ryw_wait to replay the client's last write.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Target::Node { index, .. } => return Ok(index),
+                Target::Node { index, why } => {
+                    let reason = route_reason(why, &decision, &view, min_lsn.is_some());
+                    self.shared.stats.routes.record(reason);
+                    let standby = view
+                        .nodes
+                        .get(index)
+                        .is_some_and(|n| n.role == crate::health::Role::Standby);
+                    return Ok((index, standby));
+                }
                 Target::NoStandby => {
                     return Err(ErrorFields::error(
                         SqlState::CANNOT_CONNECT_NOW,

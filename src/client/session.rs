@@ -53,6 +53,10 @@ pub(super) struct Session {
     pub(super) max_prepared: usize,
     /// What pins the client to its backend now (transaction mode).
     pub(super) pins: super::pinning::Pins,
+    /// The client's entry in the registry (SHOW CLIENTS, KILL_CLIENT).
+    pub(super) ticket: super::registry::ClientTicket,
+    /// The node serving the client is a standby (metrics by role).
+    pub(super) on_standby: bool,
 }
 
 impl Session {
@@ -97,12 +101,17 @@ impl Session {
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout.
         let failover_deadline = Instant::now() + self.snapshot.config.routing.failover_timeout.0;
+        let mut node = 0;
         let mut backend = loop {
             if self.shared.health.is_some() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
-                    Ok(index) => match self.node_pool(index) {
-                        Some(pool) => self.pool = pool,
+                    Ok((index, standby)) => match self.node_pool(index) {
+                        Some(pool) => {
+                            self.pool = pool;
+                            self.on_standby = standby;
+                            node = index;
+                        }
                         None => {
                             return Err(CloseReason::Refused(
                                 "database disappeared from the configuration".into(),
@@ -132,6 +141,8 @@ impl Session {
                 },
             };
             let changed = self.shared.health.as_ref().map(|h| h.changed());
+            let wait_started = Instant::now();
+            self.ticket.waiting(node, wait_started);
             let checkout = self.pool.checkout(wish);
             let checked_out = match cancel {
                 Some(slot) => slot.cancellable(checkout).await,
@@ -145,7 +156,14 @@ impl Session {
                 return Ok(false);
             };
             match checked_out {
-                Ok(b) => break b,
+                Ok(b) => {
+                    self.account_checkout(wait_started.elapsed());
+                    self.ticket.active(b.id);
+                    if let Some(server) = &b.ticket {
+                        server.link(self.ticket.id());
+                    }
+                    break b;
+                }
                 Err(PoolError::WaitTimeout) => {
                     let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
                         .with_detail("No server connection became available within query_wait_timeout.");
@@ -229,6 +247,7 @@ impl Session {
         let shared = self.shared.clone();
         loop {
             if self.backend.is_none() {
+                self.ticket.idle();
                 if let Err(reason) = self.wait_for_request().await {
                     return reason;
                 }
@@ -266,6 +285,7 @@ impl Session {
                     return CloseReason::Shutdown;
                 }
             };
+            self.account_relay(&event);
             match event {
                 RelayEvent::Idle => {
                     self.follow_settings();

@@ -91,6 +91,14 @@ impl StatementCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every statement some client or backend still holds, in id order (SHOW PREPARED).
+    pub fn live(&self) -> Vec<Arc<Statement>> {
+        let map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live: Vec<_> = map.values().filter_map(Weak::upgrade).collect();
+        live.sort_by_key(|s| s.id);
+        live
+    }
 }
 
 /// A client's named statements.

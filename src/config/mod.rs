@@ -31,6 +31,16 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub auth: AuthConfig,
     pub hba: Vec<HbaEntry>,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving /metrics, /healthz and /readyz; absent = off.
+    /// Not reloadable.
+    pub listen: Option<SocketAddr>,
 }
 
 /// How long a client keeps its backend.
@@ -71,6 +81,10 @@ pub struct ProxyConfig {
     pub idle_transaction_timeout: ConfigDuration,
     /// Largest message a client may send (the length field of any frame).
     pub max_message_size: ByteSize,
+    /// Users who may run every admin console command (database `tidepool` or `pgbouncer`).
+    pub admin_users: Vec<String>,
+    /// Users who may run the console's SHOW commands only.
+    pub stats_users: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -83,6 +97,8 @@ impl Default for ProxyConfig {
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
             max_message_size: ByteSize(64 << 20),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
         }
     }
 }

@@ -92,6 +92,10 @@ fn each_rule_names_its_key() {
         (Users, user("password = \"SCRAM-SHA-256$4096:c2FsdA==\""), "users[0].password: expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>"),
         (Users, user(&format!("password = \"{SCRAM}\"\nauth_method = \"md5\"")), "users[0].auth_method: md5 cannot be checked against the stored kind of password"),
         (Users, user(&format!("password = \"{MD5}\"")), "users[0].auth_method: scram-sha-256 cannot be checked against the stored kind of password"),
+        (Proxy, "admin_users = [\"nobody\"]".into(), "proxy.admin_users[0]: \"nobody\" is not a configured [[users]] name"),
+        (Proxy, "stats_users = [\"app\", \"x\"]".into(), "proxy.stats_users[1]: \"x\" is not a configured [[users]] name"),
+        (Databases, "[databases.app]\n[databases.pgbouncer]".into(), "databases.pgbouncer: this name is reserved for the admin console"),
+        (Users, format!("{}[metrics]\nlisten = \"127.0.0.1:6432\"", user("password = \"x\"")), "metrics.listen: must differ from proxy.listen"),
     ];
     for (section, body, expected) in cases {
         let text = Parts::with(section, body).render();
@@ -269,6 +273,8 @@ fn example_file_is_valid_and_shows_the_defaults() {
     let user = config.user("app").expect("app");
     assert!(user.auth_method.is_some() && user.backend_user.is_some() && user.backend_password.is_some());
     assert!(user.pool_size.is_some());
+    // `[metrics] listen` is off by default and documented (commented out) in the example.
+    assert!(config.metrics.listen.is_some());
     let db = &config.databases["app"];
     assert!(db.dbname.is_some() && db.pool_mode.is_some() && db.pool_size.is_some());
 }
@@ -326,6 +332,8 @@ fn example_file_documents_every_key() {
         "auth_query_cache_ttl",
         "auth_query_miss_ttl",
         "allow_cleartext_without_tls",
+        "admin_users",
+        "stats_users",
     ];
     for key in keys {
         let line = format!("\n{key} = ");

@@ -240,6 +240,41 @@ impl Config {
         if let Err(e) = self.routing.classifier().validate() {
             return Err(ConfigError::invalid("routing.write_functions", e.to_string()));
         }
+        self.validate_operations()
+    }
+
+    /// The admin console's user lists, its reserved database names, and the metrics listener.
+    fn validate_operations(&self) -> Result<(), ConfigError> {
+        let lists = [
+            ("admin_users", &self.proxy.admin_users),
+            ("stats_users", &self.proxy.stats_users),
+        ];
+        for (list, names) in lists {
+            for (i, name) in names.iter().enumerate() {
+                if self.user(name).is_none() {
+                    return Err(ConfigError::invalid(
+                        format!("proxy.{list}[{i}]"),
+                        format!("{name:?} is not a configured [[users]] name"),
+                    ));
+                }
+            }
+        }
+        for name in crate::admin::CONSOLE_DATABASES {
+            if self.databases.contains_key(*name) {
+                return Err(ConfigError::invalid(
+                    format!("databases.{name}"),
+                    "this name is reserved for the admin console",
+                ));
+            }
+        }
+        if let Some(addr) = self.metrics.listen {
+            if addr.port() != 0 && addr == self.proxy.listen {
+                return Err(ConfigError::invalid(
+                    "metrics.listen",
+                    "must differ from proxy.listen",
+                ));
+            }
+        }
         Ok(())
     }
 }

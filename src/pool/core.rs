@@ -241,6 +241,14 @@ impl<B: Pooled> PoolCore<B> {
         self.open -= all.len();
         all
     }
+
+    /// Removes and returns the idle connections `stale` picks (RECONNECT); they count as closed.
+    pub fn drain_idle_where(&mut self, stale: impl Fn(&B) -> bool) -> Vec<B> {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.idle.drain(..).partition(|e| stale(&e.conn));
+        self.idle = kept;
+        self.open -= gone.len();
+        gone.into_iter().map(|e| e.conn).collect()
+    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,15 @@
 //! hands it straight to the first waiter, so no task polls and nobody is woken for nothing. One
 //! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
 
+mod control;
 mod core;
 mod registry;
+mod servers;
 
 pub use self::core::{Limits, Pooled, Want};
+pub use control::{DbControl, DbControls};
 pub use registry::{PoolKey, Pools};
+pub use servers::{ServerEntry, ServerRegistry, ServerState, ServerTicket};
 
 use self::core::{Acquire, Grant, PoolCore, Released};
 use crate::backend::{self, BackendConn, BackendError, BackendLogin};
@@ -63,6 +67,18 @@ pub struct PoolStats {
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
     pub wait_timeouts: AtomicU64,
+    /// Connections being opened (SHOW POOLS sv_login).
+    pub connecting: AtomicUsize,
+    /// Transactions completed (a quiet point outside a transaction), SHOW STATS.
+    pub transactions: AtomicU64,
+    /// Requests answered (Query, Sync, FunctionCall).
+    pub queries: AtomicU64,
+    /// Bytes received from clients and sent to them while attached to this pool's backends.
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    /// Microseconds backends spent on requests, and clients waited for a backend.
+    pub query_time_us: AtomicU64,
+    pub wait_time_us: AtomicU64,
 }
 
 /// One pool of backend connections to one node for one (database, user).
@@ -72,6 +88,20 @@ pub struct Pool {
     core: Mutex<PoolCore<BackendConn>>,
     conn_ids: Arc<AtomicU64>,
     pub stats: PoolStats,
+    /// This pool's database switches (PAUSE, DISABLE, RECONNECT) and the global ones.
+    pub control: Arc<DbControl>,
+    controls: Arc<DbControls>,
+    servers: Arc<ServerRegistry>,
+    /// Histogram handles, resolved once at creation.
+    pub metrics: crate::metrics::PoolMetrics,
+}
+
+/// What a pool shares with the others of its process.
+pub(crate) struct PoolContext {
+    pub conn_ids: Arc<AtomicU64>,
+    pub controls: Arc<DbControls>,
+    pub servers: Arc<ServerRegistry>,
+    pub metrics: crate::metrics::PoolMetrics,
 }
 
 /// Parameters a client wants its connection opened with (session mode) and their signature.
@@ -96,14 +126,54 @@ impl Drop for SlotGuard<'_> {
 }
 
 impl Pool {
-    pub(crate) fn new(key: PoolKey, settings: PoolSettings, conn_ids: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(key: PoolKey, settings: PoolSettings, context: PoolContext) -> Self {
         Pool {
             core: Mutex::new(PoolCore::new(settings.limits)),
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            control: context.controls.get(&key.database),
+            controls: context.controls,
+            servers: context.servers,
+            metrics: context.metrics,
             key,
-            conn_ids,
+            conn_ids: context.conn_ids,
             stats: PoolStats::default(),
         }
+    }
+
+    /// True while PAUSE, SUSPEND or KILL holds this pool's new checkouts.
+    pub fn is_paused(&self) -> bool {
+        self.controls.paused(&self.control)
+    }
+
+    /// Waits while the pool is paused (counted as a waiting client).
+    async fn wait_while_paused(&self) {
+        self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
+        while self.is_paused() {
+            tokio::select! {
+                _ = self.control.wait_resumed() => {}
+                _ = self.controls.global.wait_resumed() => {}
+            }
+        }
+        self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Gives a new connection its registry entry (SHOW SERVERS).
+    fn register(&self, conn: &mut BackendConn) {
+        let settings = self.settings.load();
+        conn.ticket = Some(self.servers.register(servers::NewServer {
+            id: conn.id,
+            pool: &self.key,
+            user: &settings.login.user,
+            pid: conn.key.pid,
+            local_addr: conn.stream.local_addr().ok(),
+            control: &self.control,
+        }));
+    }
+
+    /// Active (checked out or opening) connections right now.
+    pub fn active(&self) -> usize {
+        let (open, idle, _) = self.counts();
+        open - idle
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolCore<BackendConn>> {
@@ -130,6 +200,17 @@ impl Pool {
     /// Gets a connection: an idle one, a new one, or the next one released, within
     /// `query_wait_timeout`.
     pub async fn checkout(&self, wish: StartupWish<'_>) -> Result<BackendConn, PoolError> {
+        if self.is_paused() {
+            self.wait_while_paused().await;
+        }
+        let conn = self.checkout_unmarked(wish).await?;
+        if let Some(ticket) = &conn.ticket {
+            ticket.set_state(ServerState::Active);
+        }
+        Ok(conn)
+    }
+
+    async fn checkout_unmarked(&self, wish: StartupWish<'_>) -> Result<BackendConn, PoolError> {
         let settings = self.settings();
         let started = Instant::now();
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +304,7 @@ impl Pool {
         };
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.stats.connecting.fetch_add(1, Ordering::Relaxed);
         let result = backend::connect(
             &settings.addr,
             &settings.login,
@@ -232,9 +314,11 @@ impl Pool {
             settings.connect_timeout,
         )
         .await;
+        self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
         match result {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 guard.armed = false;
+                self.register(&mut conn);
                 Ok(conn)
             }
             Err(e) => {
@@ -263,7 +347,15 @@ impl Pool {
 
     /// Returns a connection that is idle and clean; anything else is discarded.
     pub fn release(&self, mut conn: BackendConn) {
-        if !conn.is_reusable() {
+        let close_needed = match &conn.ticket {
+            Some(ticket) => {
+                ticket.set_state(ServerState::Idle);
+                ticket.link(0);
+                ticket.entry().close_needed()
+            }
+            None => false,
+        };
+        if !conn.is_reusable() || close_needed {
             self.discard(conn);
             return;
         }
@@ -314,13 +406,26 @@ impl Pool {
                 )
                 .await;
                 match result {
-                    Ok(conn) => pool.release(conn),
+                    Ok(mut conn) => {
+                        pool.register(&mut conn);
+                        pool.release(conn)
+                    }
                     Err(e) => {
                         tracing::warn!(pool = %pool.key, error = %e, "prewarming a backend failed");
                         pool.lock().forget();
                     }
                 }
             });
+        }
+    }
+
+    /// Closes idle connections opened before the last RECONNECT or KILL.
+    pub fn close_idle_stale(&self) {
+        let stale = self
+            .lock()
+            .drain_idle_where(|c: &BackendConn| c.ticket.as_ref().is_some_and(|t| t.entry().close_needed()));
+        for conn in stale {
+            tokio::spawn(conn.terminate());
         }
     }
 

@@ -1,6 +1,7 @@
 //! The set of pools, created on first use from the configuration snapshot.
 
-use super::{Pool, PoolSettings};
+use super::{DbControls, Pool, PoolContext, PoolSettings, ServerRegistry};
+use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -20,21 +21,39 @@ impl fmt::Display for PoolKey {
     }
 }
 
-/// All pools of the process.
+/// All pools of the process, with what they share: database switches, the list of open
+/// backends, and the metrics they record into.
 #[derive(Default)]
 pub struct Pools {
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     conn_ids: Arc<AtomicU64>,
+    pub controls: Arc<DbControls>,
+    pub servers: Arc<ServerRegistry>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pools {
+    /// Pools recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Pools {
+            metrics,
+            ..Pools::default()
+        }
+    }
+
     /// The pool for `key`, created with `settings` if it does not exist yet.
     pub fn get_or_create(&self, key: &PoolKey, settings: impl FnOnce() -> PoolSettings) -> Arc<Pool> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = map.get(key) {
             return pool.clone();
         }
-        let pool = Arc::new(Pool::new(key.clone(), settings(), self.conn_ids.clone()));
+        let context = PoolContext {
+            conn_ids: self.conn_ids.clone(),
+            controls: self.controls.clone(),
+            servers: self.servers.clone(),
+            metrics: self.metrics.pool(&key.database, &key.user, &key.node),
+        };
+        let pool = Arc::new(Pool::new(key.clone(), settings(), context));
         map.insert(key.clone(), pool.clone());
         pool
     }

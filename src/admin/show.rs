@@ -1,0 +1,822 @@
+//! The SHOW tables. Those PgBouncer has keep PgBouncer 1.23's column names, order and types
+//! (plus 1.24's `id` for CLIENTS/SERVERS, which KILL_CLIENT needs), so pgbouncer_exporter and
+//! scripts written for PgBouncer keep working; NODES, ROUTES and PREPARED are tidepool's own.
+
+use super::command::Show;
+use crate::app::Shared;
+use crate::client::registry::{ClientEntry, ClientState};
+use crate::client::routing::RouteReason;
+use crate::pool::ServerState;
+use crate::protocol::backend_msg;
+use bytes::BytesMut;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+const TEXT: u32 = 25;
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+
+/// A result set: column names with type OIDs, rows of text values (None = NULL).
+pub struct Table {
+    pub columns: Vec<(&'static str, u32)>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, u32)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Option<String>>) {
+        debug_assert_eq!(row.len(), self.columns.len());
+        self.rows.push(row);
+    }
+
+    /// RowDescription, DataRows, CommandComplete `SHOW`.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        backend_msg::row_description(out, &self.columns);
+        for row in &self.rows {
+            let values: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
+            backend_msg::data_row(out, &values);
+        }
+        backend_msg::command_complete(out, "SHOW");
+    }
+}
+
+fn s(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// `2024-05-01 12:00:00 UTC`, computed without a time-zone database.
+fn timestamp(at: SystemTime) -> Option<String> {
+    let secs = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Some(format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// Builds the table for `what`.
+pub fn table(shared: &Shared, what: Show) -> Table {
+    match what {
+        Show::Help => help(),
+        Show::Pools => pools(shared),
+        Show::Clients => clients(shared),
+        Show::Servers => servers(shared),
+        Show::Databases => databases(shared),
+        Show::Users => users(shared),
+        Show::Stats => stats(shared, true, true),
+        Show::StatsTotals => stats(shared, true, false),
+        Show::StatsAverages => stats(shared, false, true),
+        Show::Config => config(shared),
+        Show::Lists => lists(shared),
+        Show::Version => {
+            let mut t = Table::new(&[("version", TEXT)]);
+            t.push(vec![s(format!("tidepool {}", env!("CARGO_PKG_VERSION")))]);
+            t
+        }
+        Show::Mem => mem(shared),
+        Show::State => state(shared),
+        Show::Nodes => nodes(shared),
+        Show::Routes => routes(shared),
+        Show::Prepared => prepared(shared),
+    }
+}
+
+fn help() -> Table {
+    let mut t = Table::new(&[("command", TEXT)]);
+    for name in Show::names() {
+        t.push(vec![s(format!("SHOW {}", name.to_ascii_uppercase()))]);
+    }
+    for command in [
+        "PAUSE [db]",
+        "RESUME [db]",
+        "SUSPEND",
+        "DISABLE db",
+        "ENABLE db",
+        "RECONNECT [db]",
+        "KILL [db]",
+        "KILL_CLIENT id",
+        "WAIT_CLOSE [db]",
+        "RELOAD",
+        "SHUTDOWN [WAIT_FOR_CLIENTS | WAIT_FOR_SERVERS]",
+        "SET key = value",
+    ] {
+        t.push(vec![s(command)]);
+    }
+    t
+}
+
+/// Clients that use pools (console logins excluded).
+fn pool_clients(shared: &Shared) -> Vec<std::sync::Arc<ClientEntry>> {
+    let mut all = shared.sessions.all();
+    all.retain(|c| !super::is_console(&c.database));
+    all
+}
+
+/// SHOW POOLS: one row per (database, user), summed over nodes, as PgBouncer has one pool per
+/// (database, user).
+fn pools(shared: &Shared) -> Table {
+    #[derive(Default)]
+    struct Row {
+        cl_active: usize,
+        cl_waiting: usize,
+        sv_active: usize,
+        sv_idle: usize,
+        sv_login: usize,
+        maxwait: Duration,
+        mode: &'static str,
+    }
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    for pool in shared.pools.all() {
+        let row = rows
+            .entry((pool.key.database.clone(), pool.key.user.clone()))
+            .or_default();
+        let (open, idle, _) = pool.counts();
+        let login = pool.stats.connecting.load(Ordering::Relaxed);
+        row.sv_idle += idle;
+        row.sv_login += login;
+        row.sv_active += open.saturating_sub(idle).saturating_sub(login);
+        row.mode = pool.settings().mode.as_str();
+    }
+    for client in pool_clients(shared) {
+        let row = rows
+            .entry((client.database.clone(), client.user.clone()))
+            .or_default();
+        match client.state() {
+            ClientState::Waiting => {
+                row.cl_waiting += 1;
+                row.maxwait = row.maxwait.max(shared.sessions.waited(&client));
+            }
+            _ => row.cl_active += 1,
+        }
+    }
+    let snapshot = shared.snapshot();
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("user", TEXT),
+        ("cl_active", INT4),
+        ("cl_waiting", INT4),
+        ("cl_active_cancel_req", INT4),
+        ("cl_waiting_cancel_req", INT4),
+        ("sv_active", INT4),
+        ("sv_active_cancel", INT4),
+        ("sv_being_canceled", INT4),
+        ("sv_idle", INT4),
+        ("sv_used", INT4),
+        ("sv_tested", INT4),
+        ("sv_login", INT4),
+        ("maxwait", INT4),
+        ("maxwait_us", INT4),
+        ("pool_mode", TEXT),
+    ]);
+    for ((database, user), row) in rows {
+        let mode = if row.mode.is_empty() {
+            snapshot.config.pool_mode_for(&database).as_str()
+        } else {
+            row.mode
+        };
+        t.push(vec![
+            s(&database),
+            s(&user),
+            s(row.cl_active),
+            s(row.cl_waiting),
+            s(0),
+            s(0),
+            s(row.sv_active),
+            s(0),
+            s(0),
+            s(row.sv_idle),
+            s(0),
+            s(0),
+            s(row.sv_login),
+            s(row.maxwait.as_secs()),
+            s(row.maxwait.subsec_micros()),
+            s(mode),
+        ]);
+    }
+    t
+}
+
+/// Columns shared by SHOW CLIENTS and SHOW SERVERS (PgBouncer 1.23, then 1.24's `id`).
+const SOCKET_COLUMNS: &[(&str, u32)] = &[
+    ("type", TEXT),
+    ("user", TEXT),
+    ("database", TEXT),
+    ("replication", TEXT),
+    ("state", TEXT),
+    ("addr", TEXT),
+    ("port", INT4),
+    ("local_addr", TEXT),
+    ("local_port", INT4),
+    ("connect_time", TEXT),
+    ("request_time", TEXT),
+    ("wait", INT4),
+    ("wait_us", INT4),
+    ("close_needed", INT4),
+    ("ptr", TEXT),
+    ("link", TEXT),
+    ("remote_pid", INT4),
+    ("tls", TEXT),
+    ("application_name", TEXT),
+    ("prepared_statements", INT4),
+    ("id", INT8),
+];
+
+fn clients(shared: &Shared) -> Table {
+    let mut t = Table::new(SOCKET_COLUMNS);
+    for c in shared.sessions.all() {
+        let waited = shared.sessions.waited(&c);
+        let connected = timestamp(c.connected_at);
+        t.push(vec![
+            s("C"),
+            s(&c.user),
+            s(&c.database),
+            s("none"),
+            s(c.state().as_str()),
+            s(c.addr.ip()),
+            s(c.addr.port()),
+            c.local_addr.map(|a| a.ip().to_string()),
+            c.local_addr.map(|a| a.port().to_string()),
+            connected.clone(),
+            connected,
+            s(waited.as_secs()),
+            s(waited.subsec_micros()),
+            s(0),
+            s(format!("c{}", c.id)),
+            c.server().map(|id| format!("s{id}")),
+            s(0),
+            s(if c.tls { "TLS" } else { "" }),
+            s(&c.application_name),
+            s(0),
+            s(c.id),
+        ]);
+    }
+    t
+}
+
+fn servers(shared: &Shared) -> Table {
+    let mut t = Table::new(SOCKET_COLUMNS);
+    for server in shared.pools.servers.all() {
+        let (host, port) = match server.pool.node.rsplit_once(':') {
+            Some((host, port)) => (host.trim_matches(|c| c == '[' || c == ']'), port),
+            None => (&*server.pool.node, ""),
+        };
+        let connected = timestamp(server.connected_at);
+        let state = server.state();
+        t.push(vec![
+            s("S"),
+            s(&server.user),
+            s(&server.pool.database),
+            s("none"),
+            s(state.as_str()),
+            s(host),
+            s(port),
+            server.local_addr.map(|a| a.ip().to_string()),
+            server.local_addr.map(|a| a.port().to_string()),
+            connected.clone(),
+            connected,
+            s(0),
+            s(0),
+            s(server.close_needed() as u8),
+            s(format!("s{}", server.id)),
+            server
+                .client()
+                .filter(|_| state == ServerState::Active)
+                .map(|id| format!("c{id}")),
+            s(server.pid),
+            s(""),
+            s(""),
+            s(0),
+            s(server.id),
+        ]);
+    }
+    t
+}
+
+fn databases(shared: &Shared) -> Table {
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config;
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("host", TEXT),
+        ("port", INT4),
+        ("database", TEXT),
+        ("force_user", TEXT),
+        ("pool_size", INT4),
+        ("min_pool_size", INT4),
+        ("reserve_pool", INT4),
+        ("server_lifetime", INT4),
+        ("pool_mode", TEXT),
+        ("max_connections", INT4),
+        ("current_connections", INT4),
+        ("paused", INT4),
+        ("disabled", INT4),
+    ]);
+    let pools = shared.pools.all();
+    let node = config.nodes.first();
+    for (name, db) in &config.databases {
+        let control = shared.pools.controls.get(name);
+        let current: usize = pools
+            .iter()
+            .filter(|p| &p.key.database == name)
+            .map(|p| p.counts().0)
+            .sum();
+        t.push(vec![
+            s(name),
+            node.map(|n| n.host.clone()),
+            node.map(|n| n.port.to_string()),
+            s(db.dbname.as_deref().unwrap_or(name)),
+            None,
+            s(db.pool_size.unwrap_or(config.pool.default_pool_size)),
+            s(config.pool.min_pool_size),
+            s(config.pool.reserve_pool_size),
+            s(config.pool.server_lifetime.0.as_secs()),
+            s(config.pool_mode_for(name).as_str()),
+            s(0),
+            s(current),
+            s(shared.pools.controls.paused(&control) as u8),
+            s(control.is_disabled() as u8),
+        ]);
+    }
+    t
+}
+
+fn users(shared: &Shared) -> Table {
+    let snapshot = shared.snapshot();
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("pool_size", INT4),
+        ("reserve_pool_size", INT4),
+        ("pool_mode", TEXT),
+        ("max_user_connections", INT4),
+        ("current_connections", INT4),
+    ]);
+    let pools = shared.pools.all();
+    for user in &snapshot.config.users {
+        let current: usize = pools
+            .iter()
+            .filter(|p| p.key.user == user.name)
+            .map(|p| p.counts().0)
+            .sum();
+        t.push(vec![
+            s(&user.name),
+            user.pool_size.map(|n| n.to_string()),
+            None,
+            None,
+            s(0),
+            s(current),
+        ]);
+    }
+    t
+}
+
+/// SHOW STATS and its halves. Totals are since start; averages are per second (counts, bytes)
+/// or per transaction/query (times) over the whole uptime, as tidepool has no stats_period.
+fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
+    #[derive(Default)]
+    struct Sums {
+        assignments: u64,
+        xacts: u64,
+        queries: u64,
+        received: u64,
+        sent: u64,
+        query_time: u64,
+        wait_time: u64,
+    }
+    let mut per_db: BTreeMap<String, Sums> = BTreeMap::new();
+    for name in shared.snapshot().config.databases.keys() {
+        per_db.entry(name.clone()).or_default();
+    }
+    for pool in shared.pools.all() {
+        let st = &pool.stats;
+        let sums = per_db.entry(pool.key.database.clone()).or_default();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        sums.assignments += load(&st.checkouts);
+        sums.xacts += load(&st.transactions);
+        sums.queries += load(&st.queries);
+        sums.received += load(&st.received);
+        sums.sent += load(&st.sent);
+        sums.query_time += load(&st.query_time_us);
+        sums.wait_time += load(&st.wait_time_us);
+    }
+    let uptime = shared.started.elapsed().unwrap_or_default().as_secs().max(1);
+    let mut columns = vec![("database", TEXT)];
+    const TOTALS: [&str; 11] = [
+        "total_server_assignment_count",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_xact_time",
+        "total_query_time",
+        "total_wait_time",
+        "total_client_parse_count",
+        "total_server_parse_count",
+        "total_bind_count",
+    ];
+    const AVERAGES: [&str; 11] = [
+        "avg_server_assignment_count",
+        "avg_xact_count",
+        "avg_query_count",
+        "avg_recv",
+        "avg_sent",
+        "avg_xact_time",
+        "avg_query_time",
+        "avg_wait_time",
+        "avg_client_parse_count",
+        "avg_server_parse_count",
+        "avg_bind_count",
+    ];
+    if totals {
+        columns.extend(TOTALS.iter().map(|c| (*c, INT8)));
+    }
+    if averages {
+        columns.extend(AVERAGES.iter().map(|c| (*c, INT8)));
+    }
+    let mut t = Table::new(&columns);
+    for (database, m) in per_db {
+        let mut row = vec![s(&database)];
+        if totals {
+            // Transaction time is measured as the time requests ran on a backend.
+            let values = [
+                m.assignments,
+                m.xacts,
+                m.queries,
+                m.received,
+                m.sent,
+                m.query_time,
+                m.query_time,
+                m.wait_time,
+                0,
+                0,
+                0,
+            ];
+            row.extend(values.iter().map(s));
+        }
+        if averages {
+            let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
+            let values = [
+                m.assignments / uptime,
+                m.xacts / uptime,
+                m.queries / uptime,
+                m.received / uptime,
+                m.sent / uptime,
+                per(m.query_time, m.xacts),
+                per(m.query_time, m.queries),
+                per(m.wait_time, m.assignments),
+                0,
+                0,
+                0,
+            ];
+            row.extend(values.iter().map(s));
+        }
+        t.push(row);
+    }
+    t
+}
+
+/// SHOW CONFIG: every scalar setting; secrets (user passwords) are never part of it.
+fn config(shared: &Shared) -> Table {
+    let snapshot = shared.snapshot();
+    let c = &snapshot.config;
+    let d = crate::config::Config::default();
+    let dur = |v: &crate::config::ConfigDuration| format!("{}ms", v.0.as_millis());
+    let list = |v: &[String]| v.join(",");
+    let rows: Vec<(&str, String, String, bool)> = vec![
+        (
+            "listen",
+            c.proxy.listen.to_string(),
+            d.proxy.listen.to_string(),
+            false,
+        ),
+        (
+            "pool_mode",
+            c.proxy.pool_mode.as_str().into(),
+            d.proxy.pool_mode.as_str().into(),
+            true,
+        ),
+        (
+            "max_client_conn",
+            c.proxy.max_client_conn.to_string(),
+            d.proxy.max_client_conn.to_string(),
+            true,
+        ),
+        (
+            "client_login_timeout",
+            dur(&c.proxy.client_login_timeout),
+            dur(&d.proxy.client_login_timeout),
+            true,
+        ),
+        (
+            "client_idle_timeout",
+            dur(&c.proxy.client_idle_timeout),
+            dur(&d.proxy.client_idle_timeout),
+            true,
+        ),
+        (
+            "idle_transaction_timeout",
+            dur(&c.proxy.idle_transaction_timeout),
+            dur(&d.proxy.idle_transaction_timeout),
+            true,
+        ),
+        (
+            "max_message_size",
+            c.proxy.max_message_size.0.to_string(),
+            d.proxy.max_message_size.0.to_string(),
+            true,
+        ),
+        ("admin_users", list(&c.proxy.admin_users), String::new(), true),
+        ("stats_users", list(&c.proxy.stats_users), String::new(), true),
+        (
+            "default_pool_size",
+            c.pool.default_pool_size.to_string(),
+            d.pool.default_pool_size.to_string(),
+            true,
+        ),
+        (
+            "min_pool_size",
+            c.pool.min_pool_size.to_string(),
+            d.pool.min_pool_size.to_string(),
+            true,
+        ),
+        (
+            "reserve_pool_size",
+            c.pool.reserve_pool_size.to_string(),
+            d.pool.reserve_pool_size.to_string(),
+            true,
+        ),
+        (
+            "reserve_pool_timeout",
+            dur(&c.pool.reserve_pool_timeout),
+            dur(&d.pool.reserve_pool_timeout),
+            true,
+        ),
+        (
+            "query_wait_timeout",
+            dur(&c.pool.query_wait_timeout),
+            dur(&d.pool.query_wait_timeout),
+            true,
+        ),
+        (
+            "server_connect_timeout",
+            dur(&c.pool.server_connect_timeout),
+            dur(&d.pool.server_connect_timeout),
+            true,
+        ),
+        (
+            "server_idle_timeout",
+            dur(&c.pool.server_idle_timeout),
+            dur(&d.pool.server_idle_timeout),
+            true,
+        ),
+        (
+            "server_lifetime",
+            dur(&c.pool.server_lifetime),
+            dur(&d.pool.server_lifetime),
+            true,
+        ),
+        (
+            "server_reset_query",
+            c.pool.server_reset_query.clone(),
+            d.pool.server_reset_query.clone(),
+            true,
+        ),
+        (
+            "server_check_query",
+            c.pool.server_check_query.clone(),
+            d.pool.server_check_query.clone(),
+            true,
+        ),
+        (
+            "server_check_delay",
+            dur(&c.pool.server_check_delay),
+            dur(&d.pool.server_check_delay),
+            true,
+        ),
+        (
+            "max_prepared_statements",
+            c.pool.max_prepared_statements.to_string(),
+            d.pool.max_prepared_statements.to_string(),
+            true,
+        ),
+        ("max_lag", dur(&c.routing.max_lag), dur(&d.routing.max_lag), true),
+        (
+            "max_lag_bytes",
+            c.routing.max_lag_bytes.0.to_string(),
+            d.routing.max_lag_bytes.0.to_string(),
+            true,
+        ),
+        (
+            "failover_timeout",
+            dur(&c.routing.failover_timeout),
+            dur(&d.routing.failover_timeout),
+            true,
+        ),
+        (
+            "read_your_writes",
+            c.routing.read_your_writes.to_string(),
+            d.routing.read_your_writes.to_string(),
+            true,
+        ),
+        (
+            "ryw_wait",
+            dur(&c.routing.ryw_wait),
+            dur(&d.routing.ryw_wait),
+            true,
+        ),
+        (
+            "metrics_listen",
+            c.metrics.listen.map(|a| a.to_string()).unwrap_or_default(),
+            String::new(),
+            false,
+        ),
+    ];
+    let mut t = Table::new(&[
+        ("key", TEXT),
+        ("value", TEXT),
+        ("default", TEXT),
+        ("changeable", TEXT),
+    ]);
+    for (key, value, default, changeable) in rows {
+        t.push(vec![
+            s(key),
+            s(value),
+            s(default),
+            s(if changeable { "yes" } else { "no" }),
+        ]);
+    }
+    t
+}
+
+fn lists(shared: &Shared) -> Table {
+    let snapshot = shared.snapshot();
+    let clients = shared.sessions.all().len();
+    let servers = shared.pools.servers.all().len();
+    let mut t = Table::new(&[("list", TEXT), ("items", INT4)]);
+    for (list, items) in [
+        ("databases", snapshot.config.databases.len()),
+        ("users", snapshot.config.users.len()),
+        ("pools", shared.pools.all().len()),
+        ("free_clients", 0),
+        ("used_clients", clients),
+        ("login_clients", 0),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.push(vec![s(list), s(items)]);
+    }
+    t
+}
+
+/// SHOW MEM: tidepool has no slab allocator; these are the counts of its main structures.
+fn mem(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("size", INT4),
+        ("used", INT4),
+        ("free", INT4),
+        ("memtotal", INT4),
+    ]);
+    for (name, used) in [
+        ("clients", shared.sessions.all().len()),
+        ("servers", shared.pools.servers.all().len()),
+        ("pools", shared.pools.all().len()),
+        ("prepared_statements", shared.statements.len()),
+    ] {
+        t.push(vec![s(name), s(0), s(used), s(0), s(0)]);
+    }
+    t
+}
+
+fn state(shared: &Shared) -> Table {
+    let controls = &shared.pools.controls;
+    let suspended = controls.suspended.load(Ordering::Acquire);
+    let paused = controls.global.is_paused() && !suspended;
+    let yes = |b: bool| s(if b { "yes" } else { "no" });
+    let mut t = Table::new(&[("key", TEXT), ("value", TEXT)]);
+    t.push(vec![s("active"), yes(!paused && !suspended)]);
+    t.push(vec![s("paused"), yes(paused)]);
+    t.push(vec![s("suspended"), yes(suspended)]);
+    t.push(vec![s("shutting_down"), yes(shared.shutdown.is_triggered())]);
+    t
+}
+
+/// SHOW NODES: what the health checker knows (one node and no checker: its address only).
+fn nodes(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        ("node", TEXT),
+        ("role", TEXT),
+        ("health", TEXT),
+        ("lag_bytes", INT8),
+        ("lag_seconds", TEXT),
+        ("timeline", INT4),
+        ("last_check_ms_ago", INT8),
+        ("fenced", TEXT),
+        ("weight", INT4),
+        ("last_error", TEXT),
+    ]);
+    let snapshot = shared.snapshot();
+    let Some(health) = &shared.health else {
+        for node in &snapshot.config.nodes {
+            t.push(vec![
+                s(node.address()),
+                s("primary"),
+                s("unchecked"),
+                None,
+                None,
+                None,
+                None,
+                s("no"),
+                s(node.weight),
+                None,
+            ]);
+        }
+        return t;
+    };
+    for (i, node) in health.view().nodes.iter().enumerate() {
+        let role = match node.role {
+            crate::health::Role::Primary => "primary",
+            crate::health::Role::Standby => "standby",
+            crate::health::Role::Unknown => "unknown",
+        };
+        let health_state = match node.health {
+            crate::health::HealthState::Up => "up",
+            crate::health::HealthState::Down => "down",
+            crate::health::HealthState::Unknown => "unknown",
+        };
+        t.push(vec![
+            s(&node.addr),
+            s(role),
+            s(health_state),
+            node.lag_bytes.map(|b| b.to_string()),
+            node.lag.map(|l| format!("{:.3}", l.as_secs_f64())),
+            node.timeline.map(|tl| tl.to_string()),
+            node.last_check.map(|at| at.elapsed().as_millis().to_string()),
+            s(if node.fenced { "yes" } else { "no" }),
+            snapshot.weights.get(i).map(|w| w.to_string()),
+            node.last_error.clone(),
+        ]);
+    }
+    t
+}
+
+fn routes(shared: &Shared) -> Table {
+    let mut t = Table::new(&[("reason", TEXT), ("count", INT8)]);
+    for reason in RouteReason::ALL {
+        t.push(vec![s(reason.as_str()), s(shared.stats.routes.get(reason))]);
+    }
+    t
+}
+
+/// SHOW PREPARED: the process-wide statement cache of transaction mode.
+fn prepared(shared: &Shared) -> Table {
+    let mut t = Table::new(&[("id", INT8), ("name", TEXT), ("holders", INT4), ("query", TEXT)]);
+    for statement in shared.statements.live() {
+        // Holders: the clients and backends that keep it alive (minus this listing's own).
+        let holders = std::sync::Arc::strong_count(&statement).saturating_sub(1);
+        t.push(vec![
+            s(statement.id),
+            s(&statement.backend_name),
+            s(holders),
+            s(statement.query()),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_civil_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(timestamp(at).as_deref(), Some("2023-11-14 22:13:20 UTC"));
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH).as_deref(),
+            Some("1970-01-01 00:00:00 UTC")
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! What a session records for SHOW STATS and the metrics: wait for a backend, requests,
+//! transactions, query time, bytes and error classes. A few relaxed atomic adds and histogram
+//! observations per transaction; the relay itself only bumps plain fields in `Exchange`.
+
+use super::relay::RelayEvent;
+use super::session::Session;
+use crate::metrics::Role;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+impl Session {
+    /// The role of the node serving the client now.
+    fn role(&self) -> Role {
+        if self.on_standby {
+            Role::Standby
+        } else {
+            Role::Primary
+        }
+    }
+
+    /// A backend was checked out after `waited`.
+    pub(super) fn account_checkout(&self, waited: Duration) {
+        let secs = waited.as_secs_f64();
+        self.pool.metrics.wait.observe(secs);
+        self.shared.metrics.role(self.role()).wait.observe(secs);
+        self.pool
+            .stats
+            .wait_time_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Moves what the relay noted into the pool's counters and the metrics.
+    pub(super) fn account_relay(&mut self, event: &RelayEvent) {
+        let role = self.role();
+        let stats = &self.pool.stats;
+        let metrics = self.shared.metrics.role(role);
+        let ex = &mut self.exchange;
+        if ex.bytes_in > 0 {
+            stats
+                .received
+                .fetch_add(std::mem::take(&mut ex.bytes_in), Ordering::Relaxed);
+        }
+        if ex.bytes_out > 0 {
+            stats
+                .sent
+                .fetch_add(std::mem::take(&mut ex.bytes_out), Ordering::Relaxed);
+        }
+        for class in ex.error_classes.drain(..) {
+            self.shared.metrics.errors.record(class);
+        }
+        if ex.requests > 0 {
+            let n = std::mem::take(&mut ex.requests) as u64;
+            stats.queries.fetch_add(n, Ordering::Relaxed);
+            metrics.queries.inc_by(n);
+        }
+        if matches!(event, RelayEvent::Idle | RelayEvent::IdleInTransaction) {
+            if let Some(since) = ex.busy_since.take() {
+                let took = since.elapsed();
+                self.pool.metrics.query_duration.observe(took.as_secs_f64());
+                metrics.query_duration.observe(took.as_secs_f64());
+                stats
+                    .query_time_us
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            }
+        }
+        if matches!(event, RelayEvent::Idle) {
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            metrics.transactions.inc();
+        }
+    }
+}

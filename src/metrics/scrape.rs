@@ -1,0 +1,236 @@
+//! A scrape: reads the registries, pools, health view and counters, brings the exported
+//! families up to date, and encodes the text exposition format.
+
+use super::{catch_up, counter_vec, float_gauge_vec, gauge_vec};
+use crate::app::Shared;
+use crate::client::routing::RouteReason;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Registry, TextEncoder};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+/// Families whose values are computed at scrape time.
+pub(super) struct Families {
+    clients: IntGaugeVec,
+    backends: IntGaugeVec,
+    pool_transactions: IntCounterVec,
+    pool_queries: IntCounterVec,
+    pool_received: IntCounterVec,
+    pool_sent: IntCounterVec,
+    pool_connects: IntCounterVec,
+    routes: IntCounterVec,
+    errors: IntCounterVec,
+    node_up: IntGaugeVec,
+    node_role: IntGaugeVec,
+    node_fenced: IntGaugeVec,
+    node_lag_bytes: IntGaugeVec,
+    node_lag_seconds: GaugeVec,
+    node_timeline: IntGaugeVec,
+}
+
+const POOL: &[&str] = &["database", "user", "node"];
+
+impl Families {
+    pub(super) fn register(r: &Registry) -> Families {
+        Families {
+            clients: gauge_vec(
+                r,
+                "tidepool_clients",
+                "Logged-in clients by state.",
+                &["database", "user", "node", "state"],
+            ),
+            backends: gauge_vec(
+                r,
+                "tidepool_backends",
+                "Backend connections by state.",
+                &["database", "user", "node", "state"],
+            ),
+            pool_transactions: counter_vec(
+                r,
+                "tidepool_pool_transactions_total",
+                "Transactions completed, per pool.",
+                POOL,
+            ),
+            pool_queries: counter_vec(
+                r,
+                "tidepool_pool_queries_total",
+                "Requests answered, per pool.",
+                POOL,
+            ),
+            pool_received: counter_vec(
+                r,
+                "tidepool_pool_received_bytes_total",
+                "Bytes received from clients, per pool.",
+                POOL,
+            ),
+            pool_sent: counter_vec(
+                r,
+                "tidepool_pool_sent_bytes_total",
+                "Bytes sent to clients, per pool.",
+                POOL,
+            ),
+            pool_connects: counter_vec(
+                r,
+                "tidepool_pool_backend_connects_total",
+                "Backend connections opened, per pool.",
+                POOL,
+            ),
+            routes: counter_vec(
+                r,
+                "tidepool_routing_decisions_total",
+                "Where transactions were routed, by reason.",
+                &["reason"],
+            ),
+            errors: counter_vec(
+                r,
+                "tidepool_errors_total",
+                "ErrorResponses relayed to clients, by SQLSTATE class.",
+                &["class"],
+            ),
+            node_up: gauge_vec(
+                r,
+                "tidepool_node_up",
+                "1 when the node's health checks say up.",
+                &["node"],
+            ),
+            node_role: gauge_vec(
+                r,
+                "tidepool_node_role",
+                "1 for the node's current role.",
+                &["node", "role"],
+            ),
+            node_fenced: gauge_vec(
+                r,
+                "tidepool_node_fenced",
+                "1 when the node claims primary but is fenced.",
+                &["node"],
+            ),
+            node_lag_bytes: gauge_vec(
+                r,
+                "tidepool_node_lag_bytes",
+                "WAL bytes the node is behind the primary.",
+                &["node"],
+            ),
+            node_lag_seconds: float_gauge_vec(
+                r,
+                "tidepool_node_lag_seconds",
+                "Replay delay of the node.",
+                &["node"],
+            ),
+            node_timeline: gauge_vec(r, "tidepool_node_timeline", "The node's timeline.", &["node"]),
+        }
+    }
+}
+
+/// Encodes every metric of `shared` in the text exposition format.
+pub fn render(shared: &Shared) -> String {
+    let metrics = &shared.metrics;
+    // Scrapes take turns; the data path never takes this lock.
+    let _turn = metrics.scrape_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let f = &metrics.families;
+    let snapshot = shared.snapshot();
+    let node_addr = |i: usize| {
+        snapshot
+            .config
+            .nodes
+            .get(i)
+            .map(|n| n.address())
+            .unwrap_or_default()
+    };
+
+    // Gauges are rebuilt from scratch so that pools and clients that are gone disappear.
+    f.clients.reset();
+    let mut clients: HashMap<(String, String, String, &str), i64> = HashMap::new();
+    for entry in shared.sessions.all() {
+        if crate::admin::is_console(&entry.database) {
+            continue;
+        }
+        let key = (
+            entry.database.clone(),
+            entry.user.clone(),
+            node_addr(entry.node()),
+            entry.state().as_str(),
+        );
+        *clients.entry(key).or_default() += 1;
+    }
+    for ((database, user, node, state), n) in &clients {
+        f.clients
+            .with_label_values(&[database.as_str(), user, node, state])
+            .set(*n);
+    }
+
+    f.backends.reset();
+    for pool in shared.pools.all() {
+        let key = &pool.key;
+        let labels = [key.database.as_str(), key.user.as_str(), &key.node];
+        let (open, idle, _) = pool.counts();
+        let connecting = pool.stats.connecting.load(Ordering::Relaxed);
+        let active = open.saturating_sub(idle).saturating_sub(connecting);
+        for (state, n) in [("idle", idle), ("active", active), ("connecting", connecting)] {
+            let mut with_state = labels.to_vec();
+            with_state.push(state);
+            f.backends.with_label_values(&with_state).set(n as i64);
+        }
+        let stats = &pool.stats;
+        catch_up(
+            &f.pool_transactions.with_label_values(&labels),
+            stats.transactions.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_queries.with_label_values(&labels),
+            stats.queries.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_received.with_label_values(&labels),
+            stats.received.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_sent.with_label_values(&labels),
+            stats.sent.load(Ordering::Relaxed),
+        );
+        catch_up(
+            &f.pool_connects.with_label_values(&labels),
+            stats.connects.load(Ordering::Relaxed),
+        );
+    }
+
+    for reason in RouteReason::ALL {
+        catch_up(
+            &f.routes.with_label_values(&[reason.as_str()]),
+            shared.stats.routes.get(reason),
+        );
+    }
+    for (class, n) in metrics.errors.nonzero() {
+        catch_up(&f.errors.with_label_values(&[&class]), n);
+    }
+
+    if let Some(health) = &shared.health {
+        f.node_role.reset();
+        for node in &health.view().nodes {
+            let addr: &str = &node.addr;
+            f.node_up.with_label_values(&[addr]).set(node.is_up() as i64);
+            let role = match node.role {
+                crate::health::Role::Primary => "primary",
+                crate::health::Role::Standby => "standby",
+                crate::health::Role::Unknown => "unknown",
+            };
+            f.node_role.with_label_values(&[addr, role]).set(1);
+            f.node_fenced.with_label_values(&[addr]).set(node.fenced as i64);
+            if let Some(bytes) = node.lag_bytes {
+                f.node_lag_bytes.with_label_values(&[addr]).set(bytes as i64);
+            }
+            if let Some(lag) = node.lag {
+                f.node_lag_seconds
+                    .with_label_values(&[addr])
+                    .set(lag.as_secs_f64());
+            }
+            if let Some(timeline) = node.timeline {
+                f.node_timeline.with_label_values(&[addr]).set(timeline as i64);
+            }
+        }
+    }
+
+    let mut out = Vec::new();
+    // Encoding into a Vec only fails on invalid metric data, which registration rules out.
+    let _ = TextEncoder::new().encode(&metrics.registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
