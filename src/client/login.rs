@@ -47,16 +47,20 @@ pub enum CloseReason {
 /// Serves one accepted connection to the end.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // Accepted after shutdown began (from the listen backlog): still served, see `late_login`.
+    let late = shared.shutdown.is_triggered();
     let snapshot = shared.snapshot();
     let over_limit = !shared.clients.try_enter(snapshot.config.proxy.max_client_conn);
-    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit).await;
+    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit, late).await;
     if !over_limit {
         shared.clients.leave();
     }
+    // The setting in force now: a reload may have changed it during the connection.
+    let log = shared.snapshot().config.proxy.log_disconnections;
     match &reason {
         CloseReason::CancelRequest => {}
-        CloseReason::Terminated => tracing::debug!(%peer, "client disconnected: {reason}"),
-        _ => tracing::info!(%peer, "client disconnected: {reason}"),
+        _ if log => tracing::info!(%peer, reason = %reason, "client disconnected"),
+        _ => tracing::debug!(%peer, reason = %reason, "client disconnected"),
     }
 }
 
@@ -66,6 +70,7 @@ async fn serve_inner(
     stream: TcpStream,
     peer: SocketAddr,
     over_limit: bool,
+    late: bool,
 ) -> CloseReason {
     let proxy = &snapshot.config.proxy;
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
@@ -126,6 +131,9 @@ async fn serve_inner(
             .await;
         return CloseReason::Refused(message);
     };
+    if proxy.log_connections {
+        tracing::info!(%peer, user = %params.user, database = %params.database, "client connected");
+    }
     let mode = pool.settings().mode;
     let node_count = snapshot.config.nodes.len();
     let mut session = Session {
@@ -148,6 +156,7 @@ async fn serve_inner(
         pipeline: Pipeline::default(),
         max_prepared: snapshot.config.pool.max_prepared_statements,
         pins: Default::default(),
+        late_login: late,
     };
     let reason = session.run().await;
     session.finish().await;

@@ -11,6 +11,7 @@ pub mod login;
 pub mod params;
 pub mod pinning;
 pub mod relay;
+mod reloaded;
 mod routing;
 pub mod session;
 pub mod session_state;

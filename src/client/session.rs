@@ -53,6 +53,9 @@ pub(super) struct Session {
     pub(super) max_prepared: usize,
     /// What pins the client to its backend now (transaction mode).
     pub(super) pins: super::pinning::Pins,
+    /// Accepted from the listen backlog after shutdown began: served until its first request is
+    /// answered instead of being closed at once, so that a binary upgrade loses no client.
+    pub(super) late_login: bool,
 }
 
 impl Session {
@@ -90,15 +93,15 @@ impl Session {
         login: bool,
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
-        self.snapshot = self.shared.snapshot();
-        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health.is_some())
+        self.take_snapshot();
+        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health().is_some())
             .then(|| self.classify_request());
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout.
         let failover_deadline = Instant::now() + self.snapshot.config.routing.failover_timeout.0;
         let mut backend = loop {
-            if self.shared.health.is_some() {
+            if self.shared.health().is_some() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
                     Ok(index) => match self.node_pool(index) {
@@ -131,7 +134,7 @@ impl Session {
                     params: &[],
                 },
             };
-            let changed = self.shared.health.as_ref().map(|h| h.changed());
+            let changed = self.shared.health().map(|h| h.changed());
             let checkout = self.pool.checkout(wish);
             let checked_out = match cancel {
                 Some(slot) => slot.cancellable(checkout).await,
@@ -245,6 +248,8 @@ impl Session {
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
+            let may_close = self.idle_for_shutdown();
+            let between_transactions = self.exchange.status == TransactionStatus::Idle;
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
@@ -261,13 +266,17 @@ impl Session {
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
-                _ = shared.shutdown.wait(), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
-                    self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
-                    return CloseReason::Shutdown;
+                // Graceful: between transactions. Fast: also idle inside one (it is rolled back).
+                _ = shared.shutdown.wait(), if may_close && between_transactions => {
+                    return self.close_for_shutdown().await;
+                }
+                _ = shared.shutdown.wait_fast(), if may_close => {
+                    return self.close_for_shutdown().await;
                 }
             };
             match event {
                 RelayEvent::Idle => {
+                    self.late_login = false;
                     self.follow_settings();
                     if !self.exchange.changes.is_empty() {
                         if let Err(e) = self.carry_setting_changes().await {
@@ -359,6 +368,22 @@ impl Session {
         }
     }
 
+    /// No request is running, and the client is not a late one still owed its first answer.
+    fn idle_for_shutdown(&self) -> bool {
+        self.exchange.is_quiet() && !self.late_login
+    }
+
+    /// Says goodbye the way PostgreSQL does when its administrator shuts it down.
+    async fn close_for_shutdown(&mut self) -> CloseReason {
+        self.client
+            .send_fatal(ErrorFields::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command",
+            ))
+            .await;
+        CloseReason::Shutdown
+    }
+
     pub(super) fn idle_timeout(&self) -> Option<Duration> {
         self.snapshot.config.proxy.client_idle_timeout.non_zero()
     }
@@ -374,9 +399,8 @@ impl Session {
                 tokio::select! {
                     ready = self.client.wait_readable() => ready?,
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
-                    _ = shared.shutdown.wait() => {
-                        self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
-                        return Err(CloseReason::Shutdown);
+                    _ = shared.shutdown.wait(), if !self.late_login => {
+                        return Err(self.close_for_shutdown().await);
                     }
                 }
                 self.client.fill().await?;

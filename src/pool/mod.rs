@@ -15,7 +15,7 @@ pub use registry::{PoolKey, Pools};
 use self::core::{Acquire, Grant, PoolCore, Released};
 use crate::backend::{self, BackendConn, BackendError, BackendLogin};
 use crate::config::PoolMode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -72,6 +72,9 @@ pub struct Pool {
     core: Mutex<PoolCore<BackendConn>>,
     conn_ids: Arc<AtomicU64>,
     pub stats: PoolStats,
+    /// Set when a reload changed this pool's backend settings or removed its database, user or
+    /// node: connections close when released, and sessions move to the new pool.
+    retired: AtomicBool,
 }
 
 /// Parameters a client wants its connection opened with (session mode) and their signature.
@@ -103,6 +106,7 @@ impl Pool {
             key,
             conn_ids,
             stats: PoolStats::default(),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -115,10 +119,23 @@ impl Pool {
         self.settings.load_full()
     }
 
-    /// Applies new settings (reload). Size changes take effect at the next release.
+    /// Applies new limits and timeouts (reload): a larger pool serves its waiters at once, a
+    /// smaller one closes its surplus as connections come back. Checkouts already waiting keep
+    /// the timeouts they started with.
     pub fn update_settings(&self, settings: PoolSettings) {
+        self.settings.store(Arc::new(settings.clone()));
         self.lock().set_limits(settings.limits);
-        self.settings.store(Arc::new(settings));
+    }
+
+    /// Takes the pool out of service (reload): idle connections close now, busy ones when they
+    /// are released; clients are never cut off.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.close_idle();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// (open, idle, waiting) right now.
@@ -263,7 +280,7 @@ impl Pool {
 
     /// Returns a connection that is idle and clean; anything else is discarded.
     pub fn release(&self, mut conn: BackendConn) {
-        if !conn.is_reusable() {
+        if !conn.is_reusable() || self.is_retired() {
             self.discard(conn);
             return;
         }
