@@ -36,7 +36,7 @@ impl ClientCounter {
 /// At shutdown the listener is not simply dropped: with SO_REUSEPORT the kernel has already
 /// queued connections on it (completed handshakes in its backlog), and closing it would reset
 /// them, which a client sees as a refused connection during a binary upgrade. So the backlog is
-/// accepted to the end first (those clients are served as usual, see `Session::late_login`),
+/// accepted to the end first (those clients are served their first request, see `drain.rs`),
 /// and only then is the listener closed; from that moment the kernel sends every new connection
 /// to the other listener on the port.
 pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tasks: TaskTracker) {

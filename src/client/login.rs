@@ -47,11 +47,9 @@ pub enum CloseReason {
 /// Serves one accepted connection to the end.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    // Accepted after shutdown began (from the listen backlog): still served, see `late_login`.
-    let late = shared.shutdown.is_triggered();
     let snapshot = shared.snapshot();
     let over_limit = !shared.clients.try_enter(snapshot.config.proxy.max_client_conn);
-    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit, late).await;
+    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit).await;
     if !over_limit {
         shared.clients.leave();
     }
@@ -70,7 +68,6 @@ async fn serve_inner(
     stream: TcpStream,
     peer: SocketAddr,
     over_limit: bool,
-    late: bool,
 ) -> CloseReason {
     let proxy = &snapshot.config.proxy;
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
@@ -156,7 +153,7 @@ async fn serve_inner(
         pipeline: Pipeline::default(),
         max_prepared: snapshot.config.pool.max_prepared_statements,
         pins: Default::default(),
-        late_login: late,
+        awaiting_first_request: true,
     };
     let reason = session.run().await;
     session.finish().await;

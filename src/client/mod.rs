@@ -2,6 +2,7 @@
 //! session with the relay to its backend.
 
 mod abandon;
+mod drain;
 pub mod auth;
 pub mod cancel;
 pub mod conn;

@@ -11,6 +11,7 @@ use crate::app::{Shared, Snapshot};
 use crate::backend::{BackendConn, BackendError};
 use crate::config::PoolMode;
 use crate::pool::{Pool, PoolError, StartupWish};
+use crate::shutdown::Stage;
 use crate::protocol::error::BackendError as ServerError;
 use crate::protocol::{backend_msg, tag, ErrorFields, Severity, SqlState, TransactionStatus};
 use bytes::{Buf, Bytes};
@@ -53,9 +54,9 @@ pub(super) struct Session {
     pub(super) max_prepared: usize,
     /// What pins the client to its backend now (transaction mode).
     pub(super) pins: super::pinning::Pins,
-    /// Accepted from the listen backlog after shutdown began: served until its first request is
-    /// answered instead of being closed at once, so that a binary upgrade loses no client.
-    pub(super) late_login: bool,
+    /// No request answered yet: a shutdown gives such a client a moment for its first one (see
+    /// `drain.rs`), so that one logging in as the shutdown begins is not turned away.
+    pub(super) awaiting_first_request: bool,
 }
 
 impl Session {
@@ -248,8 +249,11 @@ impl Session {
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
-            let may_close = self.idle_for_shutdown();
+            // Graceful: close between transactions. Fast: also idle inside one (rolled back).
+            let quiet = self.exchange.is_quiet();
             let between_transactions = self.exchange.status == TransactionStatus::Idle;
+            let graceful_due = self.shutdown_due(Stage::Graceful);
+            let fast_due = self.shutdown_due(Stage::Fast);
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
@@ -266,17 +270,16 @@ impl Session {
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
-                // Graceful: between transactions. Fast: also idle inside one (it is rolled back).
-                _ = shared.shutdown.wait(), if may_close && between_transactions => {
+                _ = graceful_due, if quiet && between_transactions => {
                     return self.close_for_shutdown().await;
                 }
-                _ = shared.shutdown.wait_fast(), if may_close => {
+                _ = fast_due, if quiet => {
                     return self.close_for_shutdown().await;
                 }
             };
             match event {
                 RelayEvent::Idle => {
-                    self.late_login = false;
+                    self.awaiting_first_request = false;
                     self.follow_settings();
                     if !self.exchange.changes.is_empty() {
                         if let Err(e) = self.carry_setting_changes().await {
@@ -311,7 +314,10 @@ impl Session {
                         self.pool.release(backend);
                     }
                 }
-                RelayEvent::IdleInTransaction => self.follow_settings(),
+                RelayEvent::IdleInTransaction => {
+                    self.awaiting_first_request = false;
+                    self.follow_settings();
+                }
                 RelayEvent::IdleUnsynced => {
                     if self.pins.any() {
                         continue;
@@ -368,22 +374,6 @@ impl Session {
         }
     }
 
-    /// No request is running, and the client is not a late one still owed its first answer.
-    fn idle_for_shutdown(&self) -> bool {
-        self.exchange.is_quiet() && !self.late_login
-    }
-
-    /// Says goodbye the way PostgreSQL does when its administrator shuts it down.
-    async fn close_for_shutdown(&mut self) -> CloseReason {
-        self.client
-            .send_fatal(ErrorFields::fatal(
-                SqlState::ADMIN_SHUTDOWN,
-                "terminating connection due to administrator command",
-            ))
-            .await;
-        CloseReason::Shutdown
-    }
-
     pub(super) fn idle_timeout(&self) -> Option<Duration> {
         self.snapshot.config.proxy.client_idle_timeout.non_zero()
     }
@@ -395,13 +385,11 @@ impl Session {
             self.client.flush().await?;
             if self.client.rbuf.is_empty() {
                 let deadline = self.idle_timeout().map(|t| Instant::now() + t);
-                let shared = self.shared.clone();
+                let shutdown_due = self.shutdown_due(Stage::Graceful);
                 tokio::select! {
                     ready = self.client.wait_readable() => ready?,
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
-                    _ = shared.shutdown.wait(), if !self.late_login => {
-                        return Err(self.close_for_shutdown().await);
-                    }
+                    _ = shutdown_due => return Err(self.close_for_shutdown().await),
                 }
                 self.client.fill().await?;
             }
