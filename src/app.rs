@@ -123,7 +123,12 @@ impl Shared {
 
 /// What a pool for (`database`, `user`) on the node at `addr` runs with under `config`.
 /// Reload compares these with what existing pools have.
-pub(crate) fn pool_settings(config: &Config, database: &str, user: &UserConfig, addr: Arc<str>) -> PoolSettings {
+pub(crate) fn pool_settings(
+    config: &Config,
+    database: &str,
+    user: &UserConfig,
+    addr: Arc<str>,
+) -> PoolSettings {
     let db = config.databases.get(database);
     let pool = &config.pool;
     PoolSettings {

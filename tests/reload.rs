@@ -5,11 +5,10 @@
 
 mod common;
 
+use common::process::Tidepool;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tidepool::app::Proxy;
 use tidepool::config::Config;
@@ -32,7 +31,10 @@ fn create_new_user() {
 /// The base test config with a pool size, a node weight, and optionally the new user.
 fn config_text(pool_size: usize, weight: u32, with_new_user: bool) -> String {
     let mut text = base_config_toml(pg())
-        .replace("default_pool_size = 10", &format!("default_pool_size = {pool_size}"))
+        .replace(
+            "default_pool_size = 10",
+            &format!("default_pool_size = {pool_size}"),
+        )
         .replace(
             &format!("port = {}\n", pg().port),
             &format!("port = {}\nweight = {weight}\n", pg().port),
@@ -152,7 +154,10 @@ async fn reload_under_pgbench_applies_pool_size_new_user_and_weight() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("number of failed transactions: 0 (0.000%)"), "{text}");
+    assert!(
+        text.contains("number of failed transactions: 0 (0.000%)"),
+        "{text}"
+    );
     assert_eq!(app_pool(&proxy).settings().limits.pool_size, 6);
     proxy.shutdown().await;
 }
@@ -168,14 +173,8 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
 
     let broken = [
         (config_text(0, 1, false), "pool.default_pool_size: must be > 0"),
-        (
-            config_text(4, 1, false).replace("[pool]", "[pool\n"),
-            "line",
-        ),
-        (
-            config_text(4, 1, false) + "\n[proxy2]\n",
-            "unknown field",
-        ),
+        (config_text(4, 1, false).replace("[pool]", "[pool\n"), "line"),
+        (config_text(4, 1, false) + "\n[proxy2]\n", "unknown field"),
     ];
     for (text, expected) in broken {
         write(&file, &text);
@@ -193,7 +192,9 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
 
     // A missing file too.
     std::fs::remove_file(&file).unwrap();
-    let error = tidepool::reload::reload(proxy.shared()).await.expect_err("no file");
+    let error = tidepool::reload::reload(proxy.shared())
+        .await
+        .expect_err("no file");
     assert!(error.to_string().contains("tidepool.toml"), "{error}");
     assert_eq!(first_value(&client.simple_query("SELECT 1").await.unwrap()), "1");
     proxy.shutdown().await;
@@ -202,14 +203,21 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_cannot_change_are_reported_and_a_config_in_memory_has_no_file() {
     let proxy = start_proxy(base_config(pg())).await;
-    let error = tidepool::reload::reload(proxy.shared()).await.expect_err("no file");
-    assert!(matches!(error, tidepool::reload::ReloadError::NoConfigFile), "{error}");
+    let error = tidepool::reload::reload(proxy.shared())
+        .await
+        .expect_err("no file");
+    assert!(
+        matches!(error, tidepool::reload::ReloadError::NoConfigFile),
+        "{error}"
+    );
 
     let mut config = base_config(pg());
     config.proxy.listen = "127.0.0.1:1".parse().unwrap();
     config.proxy.log_format = tidepool::config::LogFormat::Json;
     config.pool.default_pool_size = 7;
-    let report = tidepool::reload::apply(proxy.shared(), config).await.expect("applied");
+    let report = tidepool::reload::apply(proxy.shared(), config)
+        .await
+        .expect("applied");
     assert_eq!(
         report.notes,
         vec![
@@ -238,7 +246,9 @@ async fn changed_backend_settings_retire_connections_at_release_not_mid_transact
     let old_pid = first_value(&client.simple_query("SELECT pg_backend_pid()").await.unwrap());
 
     config.databases.get_mut(APP_DB).unwrap().dbname = Some("postgres".into());
-    let report = tidepool::reload::apply(proxy.shared(), config).await.expect("applied");
+    let report = tidepool::reload::apply(proxy.shared(), config)
+        .await
+        .expect("applied");
     assert_eq!(report.pools_retired, 1);
 
     // Same transaction, same backend, old database.
@@ -278,38 +288,6 @@ async fn changed_backend_settings_retire_connections_at_release_not_mid_transact
     proxy.shutdown().await;
 }
 
-/// Collects a child's stderr lines in the background.
-fn collect_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("piped stderr");
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
-/// Waits until a line containing `needle` appears; returns it.
-fn wait_for_line(lines: &Mutex<Vec<String>>, needle: &str) -> String {
-    for _ in 0..1000 {
-        if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("no log line with {needle:?}: {:?}", lines.lock().unwrap());
-}
-
-/// `"addr":"127.0.0.1:PORT"` from the JSON "tidepool listening" line.
-fn listening_addr(lines: &Mutex<Vec<String>>) -> std::net::SocketAddr {
-    let line = wait_for_line(lines, "tidepool listening");
-    let start = line.find("\"addr\":\"").expect("addr field") + 8;
-    let end = start + line[start..].find('"').unwrap();
-    line[start..end].parse().expect("an address")
-}
-
 #[test]
 fn sighup_reloads_the_file_and_refuses_a_broken_one() {
     create_new_user();
@@ -317,50 +295,43 @@ fn sighup_reloads_the_file_and_refuses_a_broken_one() {
     let file = dir.path().join("tidepool.toml");
     let json = |text: String| text.replace("[proxy]\n", "[proxy]\nlog_format = \"json\"\n");
     write(&file, &json(config_text(3, 1, false)));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
-        .arg("--config")
-        .arg(&file)
-        .env_remove("TIDEPOOL_LOG")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start tidepool");
-    let lines = collect_lines(&mut child);
-    let addr = listening_addr(&lines);
+    let mut tidepool = Tidepool::start(&file);
+    let addr = tidepool.addr();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let signal = |name: &str| {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
 
     runtime.block_on(async {
         assert!(try_connect(addr, NEW_USER, NEW_PASSWORD, APP_DB).await.is_err());
     });
     write(&file, &json(config_text(3, 1, true)));
-    signal("HUP");
-    wait_for_line(&lines, "configuration reloaded");
+    tidepool.signal("HUP");
+    tidepool.wait_for_line("configuration reloaded");
     runtime.block_on(async {
         let client = connect(addr, NEW_USER, NEW_PASSWORD, APP_DB).await;
-        assert_eq!(first_value(&client.simple_query("SELECT current_user").await.unwrap()), NEW_USER);
+        assert_eq!(
+            first_value(&client.simple_query("SELECT current_user").await.unwrap()),
+            NEW_USER
+        );
     });
 
     write(&file, &json(config_text(0, 1, true)));
-    signal("HUP");
-    let refused = wait_for_line(&lines, "reload refused");
-    assert!(refused.contains("pool.default_pool_size: must be > 0"), "{refused}");
+    tidepool.signal("HUP");
+    let refused = tidepool.wait_for_line("reload refused");
+    assert!(
+        refused.contains("pool.default_pool_size: must be > 0"),
+        "{refused}"
+    );
     runtime.block_on(async {
         let client = connect(addr, NEW_USER, NEW_PASSWORD, APP_DB).await;
         assert_eq!(first_value(&client.simple_query("SELECT 1").await.unwrap()), "1");
     });
 
-    signal("TERM");
-    let status = child.wait().unwrap();
+    tidepool.signal("TERM");
+    let status = tidepool.wait();
     assert!(status.success(), "{status}");
     // Never a secret in the logs.
-    let all = lines.lock().unwrap().join("\n");
-    assert!(!all.contains(APP_PASSWORD) && !all.contains(NEW_PASSWORD), "{all}");
+    let all = tidepool.lines().join("\n");
+    assert!(
+        !all.contains(APP_PASSWORD) && !all.contains(NEW_PASSWORD),
+        "{all}"
+    );
 }

@@ -2,10 +2,10 @@
 //! session with the relay to its backend.
 
 mod abandon;
-mod drain;
 pub mod auth;
 pub mod cancel;
 pub mod conn;
+mod drain;
 mod follow;
 pub mod listener;
 pub mod login;

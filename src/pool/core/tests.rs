@@ -231,6 +231,9 @@ fn growing_on_reload_hands_new_slots_to_waiters_and_shrinking_closes_at_release(
         core.release(fake(3, 0), Instant::now()),
         Released::HandedOff
     ));
-    assert!(matches!(grants[2].try_recv(), Ok(Grant::Conn(Fake { id: 3, .. }))));
+    assert!(matches!(
+        grants[2].try_recv(),
+        Ok(Grant::Conn(Fake { id: 3, .. }))
+    ));
     assert_eq!(core.open(), 1);
 }
