@@ -335,3 +335,89 @@ fn sighup_reloads_the_file_and_refuses_a_broken_one() {
         "{all}"
     );
 }
+
+/// Nodes follow reloads: adding a standby starts health checking and reads move to it, weight
+/// 0 takes it out of the read rotation, removing it stops checking; one client stays connected
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_added_reweighted_and_removed_by_reload() {
+    use tidepool::cluster::{LocalCluster, NodeOptions, PgBinaries};
+    let cluster = tokio::task::spawn_blocking(|| {
+        let bins = PgBinaries::locate().unwrap();
+        let mut cluster = LocalCluster::start(&bins, NodeOptions::default()).unwrap();
+        cluster.create_role(APP_USER, APP_PASSWORD).unwrap();
+        cluster.create_database(APP_DB, APP_USER).unwrap();
+        cluster.add_standby().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    let ports: Vec<u16> = cluster.nodes().map(|n| n.port).collect();
+    let config = |nodes: &[(u16, u32)]| {
+        let mut toml = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[pool]\ndefault_pool_size = 4\n\n\
+             [health]\nhealth_check_interval = \"100ms\"\nfall = 2\nrise = 1\n\n\
+             [databases.{APP_DB}]\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n"
+        );
+        for (port, weight) in nodes {
+            toml.push_str(&format!(
+                "\n[[nodes]]\nhost = \"127.0.0.1\"\nport = {port}\nweight = {weight}\n"
+            ));
+        }
+        Config::from_toml(&toml).unwrap()
+    };
+    let proxy = start_proxy(config(&[(ports[0], 1)])).await;
+    assert!(proxy.shared().health().is_none());
+    let client = connect(proxy.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;
+    let in_recovery =
+        || async { first_value(&client.simple_query("SELECT pg_is_in_recovery()").await.unwrap()) };
+    assert_eq!(in_recovery().await, "f");
+
+    // Add the standby: checking starts, and reads go there once it is seen up.
+    let report = tidepool::reload::apply(proxy.shared(), config(&[(ports[0], 1), (ports[1], 1)]))
+        .await
+        .unwrap();
+    assert!(report.health_restarted);
+    let health = proxy.shared().health().expect("checking two nodes");
+    assert_eq!(health.view().nodes.len(), 2);
+    let mut on_standby = false;
+    for _ in 0..500 {
+        if in_recovery().await == "t" {
+            on_standby = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_standby, "reads never reached the added standby");
+    // Writes still go to the primary.
+    let rows = client
+        .simple_query("SELECT pg_is_in_recovery(), txid_current()")
+        .await
+        .unwrap();
+    assert_eq!(first_value(&rows), "f");
+
+    // Weight 0: no more reads on the standby (they fall back to the primary). Checking goes on.
+    let report = tidepool::reload::apply(proxy.shared(), config(&[(ports[0], 1), (ports[1], 0)]))
+        .await
+        .unwrap();
+    assert!(
+        !report.health_restarted,
+        "a weight is not a reason to restart checking"
+    );
+    for _ in 0..10 {
+        assert_eq!(in_recovery().await, "f");
+    }
+
+    // Remove the standby: no checking, one node, the client carries on.
+    let report = tidepool::reload::apply(proxy.shared(), config(&[(ports[0], 1)]))
+        .await
+        .unwrap();
+    assert!(report.health_restarted);
+    assert!(report.pools_retired >= 1, "the standby's pool is retired");
+    assert!(proxy.shared().health().is_none());
+    for _ in 0..10 {
+        assert_eq!(in_recovery().await, "f");
+    }
+    proxy.shutdown().await;
+    drop(cluster);
+}
