@@ -71,8 +71,8 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
     }
 }
 
-/// Applies an already parsed and validated configuration (admin `SET`, or `reload` after
-/// reading the file).
+/// Applies an already parsed configuration (admin `SET`, or `reload` after reading the file);
+/// it is validated again, so a `SET` to an invalid value is refused with the key's error.
 pub async fn apply(shared: &Arc<Shared>, config: Config) -> Result<ReloadReport, ReloadError> {
     let result = apply_inner(shared, config).await;
     match &result {
@@ -93,6 +93,8 @@ pub async fn apply(shared: &Arc<Shared>, config: Config) -> Result<ReloadReport,
 }
 
 async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadReport, ReloadError> {
+    // Admin `SET` builds its config by editing a copy: validate here too (cheap).
+    config.validate()?;
     // Concurrent reloads would each diff against the same old snapshot.
     let _one_at_a_time = shared.reload_lock.lock().await;
     let old = shared.snapshot();

@@ -94,7 +94,7 @@ async fn reload_under_pgbench_applies_pool_size_new_user_and_weight() {
 
     let bench = tokio::task::spawn_blocking(move || {
         pg_tool_cmd("pgbench", addr, APP_USER, APP_PASSWORD, APP_DB)
-            .args(["-c", "8", "-j", "2", "-T", "15", "-M", "extended"])
+            .args(["-c", "8", "-j", "2", "-T", "20", "-M", "extended"])
             .output()
             .expect("pgbench runs")
     });
@@ -225,6 +225,13 @@ async fn keys_that_cannot_change_are_reported_and_a_config_in_memory_has_no_file
             "proxy.log_format cannot change at runtime; restart to apply".to_string(),
         ]
     );
+    // An invalid value (as an admin SET could make) is refused like a broken file.
+    let mut invalid = base_config(pg());
+    invalid.pool.default_pool_size = 0;
+    let error = tidepool::reload::apply(proxy.shared(), invalid)
+        .await
+        .expect_err("invalid");
+    assert_eq!(error.to_string(), "pool.default_pool_size: must be > 0");
     // The rest applied; the listener did not move.
     assert_eq!(proxy.shared().snapshot().config.pool.default_pool_size, 7);
     let client = connect(proxy.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;

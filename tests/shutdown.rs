@@ -92,7 +92,7 @@ fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
             .unwrap();
         let running = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
         let sleeping = tokio::spawn(async move {
-            let rows = running.simple_query("SELECT pg_sleep(2), 'slept'").await;
+            let rows = running.simple_query("SELECT pg_sleep(3), 'slept'").await;
             rows.map(|r| {
                 r.iter().find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
@@ -103,7 +103,7 @@ fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
         (in_transaction, sleeping)
     });
     let (mut idle, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
-    wait_until_running("SELECT pg_sleep(2)");
+    wait_until_running("SELECT pg_sleep(3)");
 
     tidepool.signal("TERM");
     // The idle client is told at once, as PostgreSQL would tell it.
@@ -161,8 +161,8 @@ fn sigint_also_closes_clients_idle_inside_a_transaction() {
     let answer = in_transaction.until_ready();
     assert_eq!(answer.last().map(|m| m.body.clone()), Some(b"T".to_vec()));
     let client = rt.block_on(connect(addr, APP_USER, APP_PASSWORD, APP_DB));
-    let running = rt.spawn(async move { client.simple_query("SELECT pg_sleep(1)").await.map(|_| ()) });
-    wait_until_running("SELECT pg_sleep(1)");
+    let running = rt.spawn(async move { client.simple_query("SELECT pg_sleep(3)").await.map(|_| ()) });
+    wait_until_running("SELECT pg_sleep(3)");
 
     tidepool.signal("INT");
     // Idle inside its transaction: closed now (SIGTERM would wait for its COMMIT).
