@@ -68,8 +68,6 @@ pub enum AppError {
     },
     #[error("preparing user secrets failed: {0}")]
     Users(String),
-    #[error("no configuration file to reload (the proxy was started from a config in memory)")]
-    NoConfigFile,
 }
 
 impl Shared {
