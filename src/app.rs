@@ -6,12 +6,12 @@ use crate::client::auth::{DirectoryError, UserAuth, UserDirectory};
 use crate::client::cancel::CancelRegistry;
 use crate::client::statements::StatementCache;
 use crate::client::{listener, ClientCounter};
-use crate::config::{Config, PoolMode, UserConfig};
+use crate::config::{Config, UserConfig};
 use crate::health::Health;
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
 use crate::router::{Classifier, RoundRobin};
-use crate::shutdown::Shutdown;
-use arc_swap::ArcSwap;
+use crate::shutdown::{Shutdown, Stage};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +38,9 @@ pub struct Shared {
     pub statements: StatementCache,
     pub clients: ClientCounter,
     pub stats: ProxyStats,
-    /// Node roles and lag, when there is more than one node to choose from.
-    pub health: Option<Health>,
+    /// Node roles and lag, when there is more than one node to choose from; replaced when a
+    /// reload changes the nodes (read it with [`Shared::health`]).
+    pub(crate) health: ArcSwapOption<Health>,
     /// Read rotation position.
     pub round_robin: RoundRobin,
     pub shutdown: Shutdown,
@@ -49,6 +50,10 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// When the proxy started (SHOW STATE, uptime).
     pub started: std::time::SystemTime,
+    /// The file the configuration came from, for SIGHUP and `RELOAD`.
+    config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// One reload at a time: each builds on the snapshot the previous one installed.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// Process-wide counters (admin console, metrics), updated with relaxed atomics.
@@ -88,6 +93,25 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// Installs a new snapshot (reload); tasks see it at their next `snapshot()`.
+    pub(crate) fn store_snapshot(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The health checkers of the current nodes (`None` with a single node).
+    pub fn health(&self) -> Option<Arc<Health>> {
+        self.health.load_full()
+    }
+
+    /// Records the file the configuration was loaded from; reloads re-read it. Set once.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        let _ = self.config_path.set(path);
+    }
+
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.get().map(|p| p.as_path())
+    }
+
     /// The pool serving `database` for `user` on the node to use now; `None` if the database is
     /// not configured. A pool logs in with the backend secret of the client that created it
     /// (for SCRAM pass-through, that client's key).
@@ -100,49 +124,62 @@ impl Shared {
     ) -> Option<Arc<Pool>> {
         let user = &auth.config;
         let config = &snapshot.config;
-        let db = config.databases.get(database)?;
+        config.databases.get(database)?;
         let node = config.nodes.get(node_index)?;
         let key = PoolKey {
             database: database.to_string(),
             user: user.name.clone(),
             node: Arc::from(node.address()),
         };
-        let pool = self.pools.get_or_create(&key, || {
-            let secret = auth.backend.clone();
-            let pool = &config.pool;
-            let mode: PoolMode = config.pool_mode_for(database);
-            PoolSettings {
-                addr: key.node.clone(),
-                login: BackendLogin {
-                    user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
-                    database: db.dbname.clone().unwrap_or_else(|| database.to_string()),
-                    secret,
-                },
-                mode,
-                limits: Limits {
-                    pool_size: config.pool_size_for(database, user),
-                    reserve_size: pool.reserve_pool_size,
-                    min_size: pool.min_pool_size,
-                },
-                connect_timeout: pool.server_connect_timeout.0,
-                query_wait_timeout: pool.query_wait_timeout.non_zero(),
-                reserve_timeout: pool.reserve_pool_timeout.0,
-                idle_timeout: pool.server_idle_timeout.non_zero(),
-                lifetime: pool.server_lifetime.non_zero(),
-                reset_query: pool.server_reset_query.clone(),
-                check_query: pool.server_check_query.clone(),
-                check_delay: pool.server_check_delay.0,
-            }
-        });
+        let mut settings = pool_settings(config, database, user, key.node.clone());
+        // A pool logs in with what the client that created it proved (pass-through keys).
+        settings.login.secret = auth.backend.clone();
+        let pool = self.pools.get_or_create(&key, || settings);
         // A pool made by a client that proved nothing usable (trust, cert) learns the secret of
         // the first client that did.
-        let settings = pool.settings();
-        if settings.login.secret == BackendSecret::None && auth.backend != BackendSecret::None {
-            let mut settings = (*settings).clone();
+        let current = pool.settings();
+        if current.login.secret == BackendSecret::None && auth.backend != BackendSecret::None {
+            let mut settings = (*current).clone();
             settings.login.secret = auth.backend.clone();
             pool.update_settings(settings);
         }
         Some(pool)
+    }
+}
+
+/// What a pool for (`database`, `user`) on the node at `addr` runs with under `config`, with the
+/// secret the config alone provides. Reload compares these with what existing pools have.
+pub(crate) fn pool_settings(
+    config: &Config,
+    database: &str,
+    user: &UserConfig,
+    addr: Arc<str>,
+) -> PoolSettings {
+    let db = config.databases.get(database);
+    let pool = &config.pool;
+    PoolSettings {
+        addr,
+        login: BackendLogin {
+            user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
+            database: db
+                .and_then(|db| db.dbname.clone())
+                .unwrap_or_else(|| database.to_string()),
+            secret: backend_secret(user),
+        },
+        mode: config.pool_mode_for(database),
+        limits: Limits {
+            pool_size: config.pool_size_for(database, user),
+            reserve_size: pool.reserve_pool_size,
+            min_size: pool.min_pool_size,
+        },
+        connect_timeout: pool.server_connect_timeout.0,
+        query_wait_timeout: pool.query_wait_timeout.non_zero(),
+        reserve_timeout: pool.reserve_pool_timeout.0,
+        idle_timeout: pool.server_idle_timeout.non_zero(),
+        lifetime: pool.server_lifetime.non_zero(),
+        reset_query: pool.server_reset_query.clone(),
+        check_query: pool.server_check_query.clone(),
+        check_delay: pool.server_check_delay.0,
     }
 }
 
@@ -181,7 +218,7 @@ impl Proxy {
         let health = start_health(&snapshot.config, &shutdown);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let shared = Arc::new(Shared {
-            health,
+            health: ArcSwapOption::from(health.map(Arc::new)),
             round_robin: RoundRobin::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             pools: Pools::new(metrics.clone()),
@@ -193,6 +230,8 @@ impl Proxy {
             clients: ClientCounter::default(),
             stats: ProxyStats::default(),
             shutdown,
+            config_path: std::sync::OnceLock::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
         });
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
@@ -245,14 +284,16 @@ impl Proxy {
         }
     }
 
-    /// `shutdown_within` with a 30 s grace period.
+    /// `shutdown_within` with the configured `proxy.shutdown_timeout`.
     pub async fn shutdown(self) {
-        self.shutdown_within(Duration::from_secs(30)).await;
+        let grace = self.shared.snapshot().config.proxy.shutdown_timeout.0;
+        self.shutdown_within(grace).await;
     }
 }
 
-/// Validates what the config derives (the classifier) and prepares user secrets.
-fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
+/// Validates what the config derives (the classifier) and prepares user secrets. Slow (key
+/// derivation): call it on a blocking thread.
+pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
     let users = UserDirectory::build(&config)?;
     let classifier =
         Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
@@ -267,7 +308,18 @@ fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
 
 /// With several nodes, a checker per node finds the primary and measures lag. It logs in as the
 /// first configured user that has a password usable toward PostgreSQL.
-fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
+pub(crate) fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
+    let (nodes, login) = health_plan(config)?;
+    let stop = shutdown.subscribe();
+    Some(Health::spawn(nodes, login, config.health.clone(), async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|stage| *stage > Stage::Running).await;
+    }))
+}
+
+/// The nodes to check and the login to check them with; `None` when there is nothing to choose
+/// between (a single node). Reload restarts the checkers when this changes.
+pub(crate) fn health_plan(config: &Config) -> Option<(Vec<Arc<str>>, BackendLogin)> {
     if config.nodes.len() < 2 {
         return None;
     }
@@ -287,11 +339,7 @@ fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
         secret: backend_secret(user),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
-    let stop = shutdown.subscribe();
-    Some(Health::spawn(nodes, login, config.health.clone(), async move {
-        let mut stop = stop;
-        let _ = stop.wait_for(|stopping| *stopping).await;
-    }))
+    Some((nodes, login))
 }
 
 /// What tidepool can prove to PostgreSQL for a configured user.
@@ -305,18 +353,22 @@ fn backend_secret(user: &UserConfig) -> BackendSecret {
     }
 }
 
-/// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
+/// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
+/// so a new tidepool can listen beside an old one that is draining (binary upgrade; the kernel
+/// spreads new connections over both until the old one closes its listener).
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
-/// Once a second: idle and lifetime eviction, prewarming.
+/// Once a second: idle and lifetime eviction, prewarming, and pools brought in line with the
+/// current snapshot (one created from an older snapshot while a reload ran).
 async fn janitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -325,6 +377,7 @@ async fn janitor(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shared.shutdown.wait() => return,
         }
+        crate::reload::reconcile_pools(&shared, &shared.snapshot());
         for pool in shared.pools.all() {
             pool.maintain();
         }

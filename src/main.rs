@@ -3,7 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tidepool::config::Config;
+use tidepool::config::{Config, LogFormat};
+use tidepool::shutdown::{Stage, StopSignal, StopSignals};
 
 #[derive(Parser)]
 #[command(
@@ -36,12 +37,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDEPOOL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Running from a config: its log settings apply, so load it before logging starts.
+    let loaded = match (&cli.command, &cli.config) {
+        (None, Some(path)) => Some(Config::load(path)),
+        _ => None,
+    };
+    match &loaded {
+        Some(Ok(config)) => init_logging(config.proxy.log_format, &config.proxy.log_level),
+        _ => init_logging(LogFormat::Text, "info"),
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -86,20 +90,48 @@ fn main() -> ExitCode {
                 eprintln!("tidepool: --config FILE is required (or try `tidepool demo`)");
                 return ExitCode::from(2);
             };
-            let config = match Config::load(&path) {
-                Ok(c) => c,
-                Err(e) => {
+            let config = match loaded {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
                     eprintln!("{}: {e}", path.display());
                     return ExitCode::FAILURE;
                 }
+                None => unreachable!("loaded above when running from a config"),
             };
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, path))
         }
     }
 }
 
-/// Runs the proxy until SIGINT, SIGTERM or the console's SHUTDOWN.
-async fn run(config: Config) -> ExitCode {
+/// Logs to stderr; `TIDEPOOL_LOG` or `RUST_LOG` (a tracing filter) wins over the config's level.
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TIDEPOOL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// Runs the proxy: SIGHUP reloads `path`; SIGTERM (or admin `SHUTDOWN`) stops gracefully and
+/// SIGINT fast, both within `proxy.shutdown_timeout`; a further signal exits at once.
+async fn run(config: Config, path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before listening, so that an early signal is not fatal.
+    let (mut stops, mut hangups) = match (StopSignals::install(), signal(SignalKind::hangup())) {
+        (Ok(stops), Ok(hangups)) => (stops, hangups),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("tidepool: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let proxy = match tidepool::app::Proxy::start(config).await {
         Ok(p) => p,
         Err(e) => {
@@ -108,15 +140,44 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let shared = proxy.shared().clone();
-    tokio::select! {
-        signal = tidepool::shutdown::stop_signal() => {
-            if let Err(e) = signal {
-                eprintln!("tidepool: cannot listen for signals: {e}");
-            }
+    shared.set_config_path(path);
+    let reloader = shared.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // Logged by reload itself, success or not.
+            let _ = tidepool::reload::reload(&reloader).await;
         }
+    });
+
+    tokio::select! {
+        signal = stops.recv() => match signal {
+            StopSignal::Terminate => shared.shutdown.trigger(),
+            StopSignal::Interrupt => shared.shutdown.trigger_fast(),
+        },
+        // Admin SHUTDOWN.
         _ = shared.shutdown.wait() => {}
     }
-    tracing::info!("stopping");
-    proxy.shutdown().await;
-    ExitCode::SUCCESS
+    let timeout = shared.snapshot().config.proxy.shutdown_timeout.0;
+    let fast = shared.shutdown.stage() == Stage::Fast;
+    tracing::info!(fast, timeout = ?timeout, "stopping: closing clients at their next idle point");
+    let drain = proxy.shutdown_within(timeout);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            _ = &mut drain => {
+                tracing::info!("stopped");
+                return ExitCode::SUCCESS;
+            }
+            signal = stops.recv() => {
+                if signal == StopSignal::Interrupt && shared.shutdown.stage() < Stage::Fast {
+                    tracing::info!("SIGINT: speeding up the shutdown");
+                    shared.shutdown.trigger_fast();
+                    continue;
+                }
+                tracing::warn!(clients = shared.clients.current(), "second stop signal: exiting now");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
 }

@@ -1,7 +1,25 @@
 //! Hot reload: re-read the configuration file, validate it, and swap the snapshot; on any error
 //! the running configuration stays.
+//!
+//! Order (build, validate, diff, swap, retire):
+//! 1. parse and validate the file (`Config::load`), then build the new `Snapshot` on a blocking
+//!    thread (SCRAM verifiers, classifier, whatever else other modules derive); any error
+//!    stops here and nothing changed;
+//! 2. if the nodes (or the health settings, or the login the checkers use) changed, start new
+//!    health checkers, so that their view exists before any session sees the new nodes;
+//! 3. swap the snapshot: new logins and every session's next transaction use it (sessions
+//!    take one snapshot per transaction);
+//! 4. swap the checkers and stop the old ones;
+//! 5. bring existing pools in line: new sizes and timeouts in place; pools whose backend
+//!    settings changed (address, backend user, password, dbname, pool mode) or whose database,
+//!    user or node is gone are retired: idle connections close now, busy ones when released,
+//!    and no client is cut off.
+//!
+//! Keys that cannot change while running are reported in [`ReloadReport::notes`] and logged.
 
-use crate::app::Shared;
+use crate::app::{self, AppError, Shared, Snapshot};
+use crate::config::{Config, ConfigError};
+use crate::pool::PoolSettings;
 use std::sync::Arc;
 
 /// What a successful reload changed, and what it could not change at runtime.
@@ -9,24 +27,160 @@ use std::sync::Arc;
 pub struct ReloadReport {
     /// One line per note, e.g. "listen cannot change at runtime; restart to apply".
     pub notes: Vec<String>,
+    /// Pools given new sizes or timeouts.
+    pub pools_updated: usize,
+    /// Pools retired (backend settings changed, or their database, user or node is gone).
+    pub pools_retired: usize,
+    /// The health checkers were restarted for a new set of nodes or new health settings.
+    pub health_restarted: bool,
 }
 
 /// Why a reload was refused (the running configuration is kept).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("reload is not available: {0}")]
-    Unavailable(String),
+    #[error("no configuration file to reload: the proxy was started from a configuration in memory")]
+    NoConfigFile,
+    /// The file cannot be read, parsed or validated; the message names the key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// What the snapshot derives from the config (user secrets, classifier, …) failed.
+    #[error("{0}")]
+    Build(#[from] AppError),
+    #[error("reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// Re-reads the configuration the proxy was started from.
-pub async fn reload(_shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
-    Err(ReloadError::Unavailable("not implemented yet".into()))
+/// Re-reads the configuration the proxy was started from (SIGHUP, admin `RELOAD`).
+pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
+    let loaded = match shared.config_path() {
+        None => Err(ReloadError::NoConfigFile),
+        Some(path) => {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || Config::load(&path))
+                .await
+                .map_err(ReloadError::from)
+                .and_then(|r| r.map_err(ReloadError::from))
+        }
+    };
+    match loaded {
+        Ok(config) => apply(shared, config).await,
+        Err(error) => {
+            tracing::error!(%error, "reload refused; the running configuration stays");
+            Err(error)
+        }
+    }
 }
 
-/// Applies an already parsed configuration (admin `SET`, or `reload` after reading the file).
-pub async fn apply(
-    _shared: &Arc<Shared>,
-    _config: crate::config::Config,
-) -> Result<ReloadReport, ReloadError> {
-    Err(ReloadError::Unavailable("not implemented yet".into()))
+/// Applies an already parsed configuration (admin `SET`, or `reload` after reading the file);
+/// it is validated again, so a `SET` to an invalid value is refused with the key's error.
+pub async fn apply(shared: &Arc<Shared>, config: Config) -> Result<ReloadReport, ReloadError> {
+    let result = apply_inner(shared, config).await;
+    match &result {
+        Ok(report) => {
+            for note in &report.notes {
+                tracing::warn!("reload: {note}");
+            }
+            tracing::info!(
+                pools_updated = report.pools_updated,
+                pools_retired = report.pools_retired,
+                health_restarted = report.health_restarted,
+                "configuration reloaded"
+            );
+        }
+        Err(error) => tracing::error!(%error, "reload refused; the running configuration stays"),
+    }
+    result
+}
+
+async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadReport, ReloadError> {
+    // Admin `SET` builds its config by editing a copy: validate here too (cheap).
+    config.validate()?;
+    // Concurrent reloads would each diff against the same old snapshot.
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let old = shared.snapshot();
+    let mut report = ReloadReport {
+        notes: fixed_key_notes(&old.config, &config),
+        ..ReloadReport::default()
+    };
+    // 1. Build (validation happened when the config was parsed).
+    let new = tokio::task::spawn_blocking(move || app::build_snapshot(config)).await??;
+
+    // 2. New checkers, if what they check changed.
+    let restart_health = app::health_plan(&old.config) != app::health_plan(&new.config)
+        || old.config.health != new.config.health;
+    let health = restart_health.then(|| app::start_health(&new.config, &shared.shutdown));
+
+    // 3. Swap the snapshot.
+    shared.store_snapshot(new);
+    let current = shared.snapshot();
+
+    // 4. Swap the checkers.
+    if let Some(health) = health {
+        report.health_restarted = true;
+        let previous = shared.health.swap(health.map(Arc::new));
+        if let Some(previous) = previous {
+            tokio::spawn(async move { previous.stop().await });
+        }
+    }
+
+    // 5. Pools.
+    let (updated, retired) = reconcile_pools(shared, &current);
+    report.pools_updated = updated;
+    report.pools_retired = retired;
+    Ok(report)
+}
+
+/// Keys read once at start: a change is reported, not silently ignored.
+fn fixed_key_notes(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut fixed = |key: &str, changed: bool| {
+        if changed {
+            notes.push(format!("{key} cannot change at runtime; restart to apply"));
+        }
+    };
+    fixed("proxy.listen", old.proxy.listen != new.proxy.listen);
+    fixed("proxy.log_format", old.proxy.log_format != new.proxy.log_format);
+    fixed("proxy.log_level", old.proxy.log_level != new.proxy.log_level);
+    notes
+}
+
+/// Brings every pool in line with `snapshot`: new limits and timeouts in place, retirement for
+/// pools whose backend settings changed or whose database, user or node is gone. Returns
+/// (updated, retired). Also run by the janitor, for a pool created from an older snapshot
+/// while a reload was under way.
+pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
+    let config = &snapshot.config;
+    let (mut updated, mut retired) = (0, 0);
+    for pool in shared.pools.all() {
+        let key = &pool.key;
+        let wanted = config
+            .user(&key.user)
+            .filter(|_| config.databases.contains_key(&key.database))
+            .filter(|_| config.nodes.iter().any(|n| n.address() == *key.node))
+            .map(|user| app::pool_settings(config, &key.database, user, key.node.clone()));
+        let current = pool.settings();
+        match wanted {
+            None => {
+                tracing::info!(pool = %key, "pool retired: no longer configured");
+                shared.pools.retire(&pool);
+                retired += 1;
+            }
+            Some(wanted) if backend_changed(&wanted, &current) => {
+                tracing::info!(pool = %key, "pool retired: its backend settings changed");
+                shared.pools.retire(&pool);
+                retired += 1;
+            }
+            Some(wanted) if wanted != *current => {
+                pool.update_settings(wanted);
+                updated += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    (updated, retired)
+}
+
+/// Settings that existing connections embody: they cannot be changed on an open connection.
+fn backend_changed(wanted: &PoolSettings, current: &PoolSettings) -> bool {
+    wanted.addr != current.addr || wanted.login != current.login || wanted.mode != current.mode
 }

@@ -291,7 +291,7 @@ async fn routing_decisions_roles_and_node_gauges() {
     }
     let proxy = start_proxy(with_metrics(toml)).await;
     let metrics = proxy.metrics_addr().expect("metrics listen");
-    let health = proxy.shared().health.as_ref().expect("two nodes are checked");
+    let health = proxy.shared().health().expect("two nodes are checked");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(health.view().primary().is_some() && health.view().nodes.iter().any(|n| n.is_usable_standby())) {
         assert!(

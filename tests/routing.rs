@@ -50,8 +50,7 @@ async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
 async fn wait_for_topology(proxy: &tidepool::app::Proxy) {
     let health = proxy
         .shared()
-        .health
-        .as_ref()
+        .health()
         .expect("health checking runs with 3 nodes");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -153,7 +152,7 @@ async fn reads_on_standbys_writes_and_writers_in_disguise_on_the_primary() {
     c.batch_execute("INSERT INTO items (v) SELECT g FROM generate_series(1, 200000) g")
         .await
         .unwrap();
-    let health = proxy.shared().health.as_ref().unwrap();
+    let health = proxy.shared().health().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while health.view().nodes[1].lag_bytes.unwrap_or(0) < 20 << 20 {
         assert!(

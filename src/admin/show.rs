@@ -738,7 +738,7 @@ fn nodes(shared: &Shared) -> Table {
         ("last_error", TEXT),
     ]);
     let snapshot = shared.snapshot();
-    let Some(health) = &shared.health else {
+    let Some(health) = shared.health() else {
         for node in &snapshot.config.nodes {
             t.push(vec![
                 s(node.address()),

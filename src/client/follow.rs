@@ -21,7 +21,7 @@ impl Session {
 
     pub(super) fn read_your_writes(&self) -> bool {
         self.mode == PoolMode::Transaction
-            && self.shared.health.is_some()
+            && self.shared.health().is_some()
             && self.snapshot.config.routing.read_your_writes
     }
 

@@ -55,10 +55,12 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if !over_limit {
         shared.clients.leave();
     }
+    // The setting in force now: a reload may have changed it during the connection.
+    let log = shared.snapshot().config.proxy.log_disconnections;
     match &reason {
         CloseReason::CancelRequest => {}
-        CloseReason::Terminated => tracing::debug!(%peer, "client disconnected: {reason}"),
-        _ => tracing::info!(%peer, "client disconnected: {reason}"),
+        _ if log => tracing::info!(%peer, reason = %reason, "client disconnected"),
+        _ => tracing::debug!(%peer, reason = %reason, "client disconnected"),
     }
 }
 
@@ -146,6 +148,9 @@ async fn serve_inner(
         tls: client.tls.is_some(),
     });
     let entry = ticket.entry().clone();
+    if proxy.log_connections {
+        tracing::info!(%peer, user = %params.user, database = %params.database, "client connected");
+    }
     let mode = pool.settings().mode;
     let node_count = snapshot.config.nodes.len();
     let mut session = Session {
@@ -170,6 +175,7 @@ async fn serve_inner(
         pins: Default::default(),
         ticket,
         on_standby: false,
+        awaiting_first_request: true,
     };
     let reason = tokio::select! {
         reason = session.run() => reason,

@@ -97,7 +97,9 @@ impl Session {
     /// The pool of node `index` for this client, found once per session.
     pub(super) fn node_pool(&mut self, index: usize) -> Option<Arc<Pool>> {
         if let Some(Some(pool)) = self.node_pools.get(index) {
-            return Some(pool.clone());
+            if !pool.is_retired() {
+                return Some(pool.clone());
+            }
         }
         let snapshot = self.snapshot.clone();
         let pool = self
@@ -186,21 +188,33 @@ impl Session {
     /// a standby. Waits up to `failover_timeout` for a primary to appear; never sends a write
     /// to a standby. Counts the decision by reason.
     pub(super) async fn choose_node(
-        &self,
+        &mut self,
         decision: Option<crate::router::Decision>,
     ) -> Result<(usize, bool), ErrorFields> {
         use crate::router::{pick, Target, Why};
-        let Some(health) = self.shared.health.as_ref() else {
-            return Ok((0, false));
-        };
-        let snapshot = self.snapshot.clone();
+        let mut snapshot = self.snapshot.clone();
         let decision = decision.unwrap_or_else(write_decision);
         let deadline = Instant::now() + snapshot.config.routing.failover_timeout.0;
         let ryw_deadline = Instant::now() + snapshot.config.routing.ryw_wait.0;
         loop {
+            // Loaded each time round: a reload that changes the nodes restarts the checkers.
+            let Some(health) = self.shared.health() else {
+                return Ok((0, false));
+            };
             // Subscribe before looking, so a change in between is not missed.
             let changed = health.changed();
             let view = health.view();
+            if !same_nodes(&view, &snapshot) {
+                // A reload changed the nodes and the checkers are being replaced: both sides
+                // settle within moments.
+                if Instant::now() >= deadline {
+                    return Err(no_primary());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                self.take_snapshot();
+                snapshot = self.snapshot.clone();
+                continue;
+            }
             let routing = &snapshot.config.routing;
             let min_lsn = self
                 .ryw_lsn
@@ -236,16 +250,28 @@ impl Session {
                 }
                 Target::NoPrimary => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        return Err(ErrorFields::error(
-                            SqlState::CANNOT_CONNECT_NOW,
-                            "no primary server available",
-                        )
-                        .with_detail("No node reported being the primary within failover_timeout."));
+                        return Err(no_primary());
                     }
                 }
             }
         }
     }
+}
+
+/// What a write gets when no primary appeared within `failover_timeout`.
+fn no_primary() -> ErrorFields {
+    ErrorFields::error(SqlState::CANNOT_CONNECT_NOW, "no primary server available")
+        .with_detail("No node reported being the primary within failover_timeout.")
+}
+
+/// The health view describes the snapshot's nodes (index for index).
+fn same_nodes(view: &crate::health::TopologyView, snapshot: &crate::app::Snapshot) -> bool {
+    view.nodes.len() == snapshot.config.nodes.len()
+        && view
+            .nodes
+            .iter()
+            .zip(&snapshot.config.nodes)
+            .all(|(status, node)| *status.addr == node.address())
 }
 
 /// A NUL-terminated string at the start of `bytes`, lossily decoded.

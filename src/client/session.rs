@@ -13,6 +13,7 @@ use crate::config::PoolMode;
 use crate::pool::{Pool, PoolError, StartupWish};
 use crate::protocol::error::BackendError as ServerError;
 use crate::protocol::{backend_msg, tag, ErrorFields, Severity, SqlState, TransactionStatus};
+use crate::shutdown::Stage;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,9 @@ pub(super) struct Session {
     pub(super) ticket: super::registry::ClientTicket,
     /// The node serving the client is a standby (metrics by role).
     pub(super) on_standby: bool,
+    /// No request answered yet: a shutdown gives such a client a moment for its first one (see
+    /// `drain.rs`), so that one logging in as the shutdown begins is not turned away.
+    pub(super) awaiting_first_request: bool,
 }
 
 impl Session {
@@ -94,8 +98,8 @@ impl Session {
         login: bool,
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
-        self.snapshot = self.shared.snapshot();
-        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health.is_some())
+        self.take_snapshot();
+        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health().is_some())
             .then(|| self.classify_request());
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
@@ -103,7 +107,7 @@ impl Session {
         let failover_deadline = Instant::now() + self.snapshot.config.routing.failover_timeout.0;
         let mut node = 0;
         let mut backend = loop {
-            if self.shared.health.is_some() {
+            if self.shared.health().is_some() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
                     Ok((index, standby)) => match self.node_pool(index) {
@@ -140,9 +144,9 @@ impl Session {
                     params: &[],
                 },
             };
-            let changed = self.shared.health.as_ref().map(|h| h.changed());
             let wait_started = Instant::now();
             self.ticket.waiting(node, wait_started);
+            let changed = self.shared.health().map(|h| h.changed());
             let checkout = self.pool.checkout(wish);
             let checked_out = match cancel {
                 Some(slot) => slot.cancellable(checkout).await,
@@ -264,6 +268,11 @@ impl Session {
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
+            // Graceful: close between transactions. Fast: also idle inside one (rolled back).
+            let quiet = self.exchange.is_quiet();
+            let between_transactions = self.exchange.status == TransactionStatus::Idle;
+            let graceful_due = self.shutdown_due(Stage::Graceful);
+            let fast_due = self.shutdown_due(Stage::Fast);
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
@@ -280,14 +289,17 @@ impl Session {
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
-                _ = shared.shutdown.wait(), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
-                    self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
-                    return CloseReason::Shutdown;
+                _ = graceful_due, if quiet && between_transactions => {
+                    return self.close_for_shutdown().await;
+                }
+                _ = fast_due, if quiet => {
+                    return self.close_for_shutdown().await;
                 }
             };
             self.account_relay(&event);
             match event {
                 RelayEvent::Idle => {
+                    self.awaiting_first_request = false;
                     self.follow_settings();
                     if !self.exchange.changes.is_empty() {
                         if let Err(e) = self.carry_setting_changes().await {
@@ -322,7 +334,10 @@ impl Session {
                         self.pool.release(backend);
                     }
                 }
-                RelayEvent::IdleInTransaction => self.follow_settings(),
+                RelayEvent::IdleInTransaction => {
+                    self.awaiting_first_request = false;
+                    self.follow_settings();
+                }
                 RelayEvent::IdleUnsynced => {
                     if self.pins.any() {
                         continue;
@@ -390,14 +405,11 @@ impl Session {
             self.client.flush().await?;
             if self.client.rbuf.is_empty() {
                 let deadline = self.idle_timeout().map(|t| Instant::now() + t);
-                let shared = self.shared.clone();
+                let shutdown_due = self.shutdown_due(Stage::Graceful);
                 tokio::select! {
                     ready = self.client.wait_readable() => ready?,
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
-                    _ = shared.shutdown.wait() => {
-                        self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
-                        return Err(CloseReason::Shutdown);
-                    }
+                    _ = shutdown_due => return Err(self.close_for_shutdown().await),
                 }
                 self.client.fill().await?;
             }

@@ -85,6 +85,29 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// Users who may run the console's SHOW commands only.
     pub stats_users: Vec<String>,
+    /// How long SIGTERM/SIGINT wait for clients to finish their transactions before the process
+    /// exits anyway. Reloadable.
+    pub shutdown_timeout: ConfigDuration,
+    /// Log each client login (user, database, address). Reloadable.
+    pub log_connections: bool,
+    /// Log each client disconnection with its reason. Reloadable.
+    pub log_disconnections: bool,
+    /// `text` or `json` log lines. Not reloadable.
+    pub log_format: LogFormat,
+    /// Default log filter (`info`, `debug`, `tidepool=debug,warn`, …) when neither
+    /// `TIDEPOOL_LOG` nor `RUST_LOG` is set. Not reloadable.
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -99,6 +122,11 @@ impl Default for ProxyConfig {
             max_message_size: ByteSize(64 << 20),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
+            shutdown_timeout: ConfigDuration::secs(30),
+            log_connections: true,
+            log_disconnections: true,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
         }
     }
 }

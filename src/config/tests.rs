@@ -74,6 +74,7 @@ fn each_rule_names_its_key() {
         (Proxy, "client_login_timeout = \"0\"".into(), "proxy.client_login_timeout: must be > 0"),
         (Proxy, "max_message_size = \"8191\"".into(), "proxy.max_message_size: must be between 8kB and 1GB"),
         (Proxy, "max_message_size = \"1025MB\"".into(), "proxy.max_message_size: must be between 8kB and 1GB"),
+        (Proxy, "log_level = \"tidepool=loud\"".into(), "proxy.log_level: is not a valid filter (e.g. \"info\", \"tidepool=debug,warn\")"),
         (Pool, "default_pool_size = 0".into(), "pool.default_pool_size: must be > 0"),
         (Pool, "default_pool_size = 2\nmin_pool_size = 3".into(), "pool.min_pool_size: must not exceed pool.default_pool_size"),
         (Pool, "server_connect_timeout = \"0\"".into(), "pool.server_connect_timeout: must be > 0"),

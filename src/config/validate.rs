@@ -133,6 +133,12 @@ impl Config {
                 "must be between 8kB and 1GB",
             ));
         }
+        if tracing_subscriber::EnvFilter::try_new(&proxy.log_level).is_err() {
+            return Err(ConfigError::invalid(
+                "proxy.log_level",
+                "is not a valid filter (e.g. \"info\", \"tidepool=debug,warn\")",
+            ));
+        }
 
         let pool = &self.pool;
         if pool.default_pool_size == 0 {

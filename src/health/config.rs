@@ -4,7 +4,8 @@ use crate::config::ConfigDuration;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// `[health]` settings. None is reloadable yet: they are read when the checkers start.
+/// `[health]` settings, read when the checkers start; a reload that changes them restarts the
+/// checkers (`reload.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {

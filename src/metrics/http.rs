@@ -195,7 +195,7 @@ async fn not_ready(shared: &Shared) -> Option<&'static str> {
     if shared.shutdown.is_triggered() {
         return Some("shutting down");
     }
-    if let Some(health) = &shared.health {
+    if let Some(health) = shared.health() {
         return health.view().primary().is_none().then_some("no primary known");
     }
     // One node and no health checker: it is the primary if it accepts connections.

@@ -203,7 +203,7 @@ pub fn render(shared: &Shared) -> String {
         catch_up(&f.errors.with_label_values(&[&class]), n);
     }
 
-    if let Some(health) = &shared.health {
+    if let Some(health) = shared.health() {
         f.node_role.reset();
         for node in &health.view().nodes {
             let addr: &str = &node.addr;

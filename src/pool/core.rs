@@ -91,8 +91,23 @@ impl<B: Pooled> PoolCore<B> {
         }
     }
 
+    /// New sizes (reload). A pool that grew hands its new slots to waiting clients at once;
+    /// one that shrank closes the surplus as connections come back.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+        self.grant_free_slots();
+    }
+
+    /// Gives free slots (below `pool_size`) to the first live waiters.
+    fn grant_free_slots(&mut self) {
+        while self.open < self.limits.pool_size {
+            let Some(waiter) = self.waiters.pop_front() else {
+                break;
+            };
+            if waiter.tx.send(Grant::Slot).is_ok() {
+                self.open += 1;
+            }
+        }
     }
 
     pub fn open(&self) -> usize {
@@ -192,15 +207,7 @@ impl<B: Pooled> PoolCore<B> {
     /// A connection was closed or failed to open: its slot goes to the first live waiter.
     pub fn forget(&mut self) {
         self.open = self.open.saturating_sub(1);
-        while self.open < self.limits.pool_size {
-            let Some(waiter) = self.waiters.pop_front() else {
-                break;
-            };
-            if waiter.tx.send(Grant::Slot).is_ok() {
-                self.open += 1;
-                break;
-            }
-        }
+        self.grant_free_slots();
     }
 
     /// Takes out idle connections past `idle_timeout` (beyond `min_size`) or past `lifetime`;

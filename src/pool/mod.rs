@@ -19,7 +19,7 @@ pub use servers::{ServerEntry, ServerRegistry, ServerState, ServerTicket};
 use self::core::{Acquire, Grant, PoolCore, Released};
 use crate::backend::{self, BackendConn, BackendError, BackendLogin};
 use crate::config::PoolMode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -94,6 +94,9 @@ pub struct Pool {
     servers: Arc<ServerRegistry>,
     /// Histogram handles, resolved once at creation.
     pub metrics: crate::metrics::PoolMetrics,
+    /// Set when a reload changed this pool's backend settings or removed its database, user or
+    /// node: connections close when released, and sessions move to the new pool.
+    retired: AtomicBool,
 }
 
 /// What a pool shares with the others of its process.
@@ -137,6 +140,7 @@ impl Pool {
             key,
             conn_ids: context.conn_ids,
             stats: PoolStats::default(),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -185,10 +189,23 @@ impl Pool {
         self.settings.load_full()
     }
 
-    /// Applies new settings (reload). Size changes take effect at the next release.
+    /// Applies new limits and timeouts (reload): a larger pool serves its waiters at once, a
+    /// smaller one closes its surplus as connections come back. Checkouts already waiting keep
+    /// the timeouts they started with.
     pub fn update_settings(&self, settings: PoolSettings) {
+        self.settings.store(Arc::new(settings.clone()));
         self.lock().set_limits(settings.limits);
-        self.settings.store(Arc::new(settings));
+    }
+
+    /// Takes the pool out of service (reload): idle connections close now, busy ones when they
+    /// are released; clients are never cut off.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.close_idle();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// (open, idle, waiting) right now.
@@ -355,7 +372,7 @@ impl Pool {
             }
             None => false,
         };
-        if !conn.is_reusable() || close_needed {
+        if !conn.is_reusable() || close_needed || self.is_retired() {
             self.discard(conn);
             return;
         }

@@ -58,6 +58,18 @@ impl Pools {
         pool
     }
 
+    /// Takes `pool` out of the set and retires it (reload), so that the next `get_or_create`
+    /// for its key builds a fresh one. A newer pool under the same key is left alone.
+    pub fn retire(&self, pool: &Arc<Pool>) {
+        {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&pool.key).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                map.remove(&pool.key);
+            }
+        }
+        pool.retire();
+    }
+
     /// A snapshot of all pools (admin console, janitor).
     pub fn all(&self) -> Vec<Arc<Pool>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());

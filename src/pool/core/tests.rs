@@ -197,3 +197,43 @@ fn expire_respects_idle_timeout_lifetime_and_min_size() {
     assert_eq!(core.prewarm(), 1);
     assert_eq!(core.open(), 1);
 }
+
+#[test]
+fn growing_on_reload_hands_new_slots_to_waiters_and_shrinking_closes_at_release() {
+    let mut core: PoolCore<Fake> = PoolCore::new(limits(1));
+    assert!(matches!(core.acquire(None), Acquire::Connect));
+    let mut grants = Vec::new();
+    for _ in 0..3 {
+        let Acquire::Wait { grant, .. } = core.acquire(None) else {
+            panic!("expected wait")
+        };
+        grants.push(grant);
+    }
+    core.set_limits(limits(3));
+    assert_eq!(core.open(), 3, "two new slots taken at once");
+    assert!(matches!(grants[0].try_recv(), Ok(Grant::Slot)));
+    assert!(matches!(grants[1].try_recv(), Ok(Grant::Slot)));
+    assert!(grants[2].try_recv().is_err(), "the third still waits");
+    assert_eq!(core.waiting(), 1);
+
+    // Shrink to 1: connections coming back close until the pool fits, then the waiter gets one.
+    core.set_limits(limits(1));
+    assert!(matches!(
+        core.release(fake(1, 0), Instant::now()),
+        Released::Close(_)
+    ));
+    assert!(matches!(
+        core.release(fake(2, 0), Instant::now()),
+        Released::Close(_)
+    ));
+    assert!(grants[2].try_recv().is_err());
+    assert!(matches!(
+        core.release(fake(3, 0), Instant::now()),
+        Released::HandedOff
+    ));
+    assert!(matches!(
+        grants[2].try_recv(),
+        Ok(Grant::Conn(Fake { id: 3, .. }))
+    ));
+    assert_eq!(core.open(), 1);
+}

@@ -1,0 +1,52 @@
+//! A session follows configuration reloads: at each transaction it takes the current snapshot,
+//! and when that changed, its user entry and the pools it cached are found again.
+
+use super::session::Session;
+use std::sync::Arc;
+
+impl Session {
+    /// Takes the current snapshot (once per transaction). After a reload: the user's new entry
+    /// (its pool size, backend password), and new pools in place of retired ones. A client whose
+    /// user was removed keeps its session under the entry it logged in with.
+    pub(super) fn take_snapshot(&mut self) {
+        let current = self.shared.snapshot();
+        if Arc::ptr_eq(&current, &self.snapshot) {
+            return;
+        }
+        let same_nodes = node_addresses(&current) == node_addresses(&self.snapshot);
+        self.snapshot = current;
+        let user = self.snapshot.users.lookup(&self.user.config.name);
+        let relocate = user.is_some();
+        if let Some(user) = user {
+            self.user = user;
+        }
+        if same_nodes {
+            for slot in &mut self.node_pools {
+                if slot.as_ref().is_some_and(|p| p.is_retired()) {
+                    *slot = None;
+                }
+            }
+        } else {
+            // Node indexes now mean other nodes.
+            self.node_pools = vec![None; self.snapshot.config.nodes.len()];
+        }
+        if relocate && self.pool.is_retired() {
+            let index = node_addresses(&self.snapshot)
+                .iter()
+                .position(|addr| **addr == *self.pool.key.node)
+                .unwrap_or(0);
+            let snapshot = self.snapshot.clone();
+            if let Some(pool) =
+                self.shared
+                    .pool_for(&snapshot, &self.params.database, &self.user, index)
+            {
+                self.pool = pool;
+            }
+        }
+    }
+}
+
+/// `host:port` of each node, in order: what node indexes refer to.
+pub(super) fn node_addresses(snapshot: &crate::app::Snapshot) -> Vec<String> {
+    snapshot.config.nodes.iter().map(|n| n.address()).collect()
+}
