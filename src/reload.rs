@@ -153,12 +153,28 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
     let (mut updated, mut retired) = (0, 0);
     for pool in shared.pools.all() {
         let key = &pool.key;
-        let wanted = config
-            .user(&key.user)
-            .filter(|_| config.databases.contains_key(&key.database))
-            .filter(|_| config.nodes.iter().any(|n| n.address() == *key.node))
-            .map(|user| app::pool_settings(config, &key.database, user, key.node.clone()));
         let current = pool.settings();
+        let still_there = config.databases.contains_key(&key.database)
+            && config.nodes.iter().any(|n| n.address() == *key.node);
+        // Users from auth_file or auth_query are not in [[users]]: they get the defaults.
+        let listed = config.user(&key.user);
+        let unlisted;
+        let user = match listed {
+            Some(user) => user,
+            None => {
+                unlisted = crate::client::auth::unlisted_user(&key.user);
+                &unlisted
+            }
+        };
+        let wanted = still_there.then(|| {
+            let mut wanted = app::pool_settings(config, &key.database, user, key.node.clone());
+            // A secret learned from a client (SCRAM pass-through keys, an md5 hash from
+            // auth_query) is kept unless the config now names one itself.
+            if wanted.login.secret == crate::backend::BackendSecret::None {
+                wanted.login.secret = current.login.secret.clone();
+            }
+            wanted
+        });
         match wanted {
             None => {
                 tracing::info!(pool = %key, "pool retired: no longer configured");
