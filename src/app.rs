@@ -11,6 +11,7 @@ use crate::health::Health;
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
 use crate::router::{Classifier, RoundRobin};
 use crate::shutdown::Shutdown;
+use crate::tls::{BackendTls, ClientTls};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct Snapshot {
     pub classifier: Classifier,
     /// `[[nodes]] weight`, in node order.
     pub weights: Vec<u32>,
+    /// TLS toward clients (`None` = client_tls_mode disable), certificates read at build time.
+    pub client_tls: Option<Arc<ClientTls>>,
+    /// TLS toward PostgreSQL.
+    pub backend_tls: BackendTls,
 }
 
 /// Everything tasks share, passed down explicitly (no globals).
@@ -63,6 +68,8 @@ pub enum AppError {
     },
     #[error("preparing user secrets failed: {0}")]
     Users(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Shared {
@@ -98,6 +105,7 @@ impl Shared {
                     user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
                     database: db.dbname.clone().unwrap_or_else(|| database.to_string()),
                     secret,
+                    tls: snapshot.backend_tls.clone(),
                 },
                 mode,
                 limits: Limits {
@@ -141,7 +149,7 @@ impl Proxy {
             .local_addr()
             .map_err(|source| AppError::Listen { addr: listen, source })?;
         let shutdown = Shutdown::default();
-        let health = start_health(&snapshot.config, &shutdown);
+        let health = start_health(&snapshot.config, &snapshot.backend_tls, &shutdown);
         let shared = Arc::new(Shared {
             health,
             round_robin: RoundRobin::default(),
@@ -201,17 +209,21 @@ fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
     let classifier =
         Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
     let weights = config.nodes.iter().map(|n| n.weight).collect();
+    let client_tls = ClientTls::build(&config.tls)?;
+    let backend_tls = BackendTls::build(&config.tls)?;
     Ok(Snapshot {
         config,
         users,
         classifier,
         weights,
+        client_tls,
+        backend_tls,
     })
 }
 
 /// With several nodes, a checker per node finds the primary and measures lag. It logs in as the
 /// first configured user that has a password usable toward PostgreSQL.
-fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
+fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdown) -> Option<Health> {
     if config.nodes.len() < 2 {
         return None;
     }
@@ -229,6 +241,7 @@ fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
         user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
         database,
         secret: backend_secret(user),
+        tls: tls.clone(),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
     let stop = shutdown.subscribe();

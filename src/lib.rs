@@ -19,3 +19,4 @@ pub mod protocol;
 pub mod reload;
 pub mod router;
 pub mod shutdown;
+pub mod tls;

@@ -56,8 +56,12 @@ fn main() -> ExitCode {
                 eprintln!("tidepool check: --config FILE is required");
                 return ExitCode::from(2);
             };
-            match Config::load(&path) {
-                Ok(_) => {
+            // The TLS files are read too, as a start or reload would.
+            let checked = Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|config| tidepool::tls::check(&config.tls).map_err(|e| e.to_string()));
+            match checked {
+                Ok(()) => {
                     println!("{}: OK", path.display());
                     ExitCode::SUCCESS
                 }

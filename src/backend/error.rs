@@ -45,6 +45,14 @@ pub enum BackendError {
     UnsupportedAuth { addr: String, method: String },
     #[error("server {addr} requested a password but none is configured for user {user:?}")]
     NoPassword { addr: String, user: String },
+    #[error("server {addr} does not support SSL, but server_tls_mode is \"{mode}\"")]
+    TlsRefused { addr: String, mode: &'static str },
+    #[error("TLS handshake with server {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("SCRAM authentication with server {addr} failed: {source}")]
     Scram {
         addr: String,

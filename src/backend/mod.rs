@@ -5,6 +5,7 @@ mod conn;
 mod connect;
 mod error;
 mod reset;
+mod tls;
 
 pub(crate) use conn::record_parameter;
 pub use conn::{BackendConn, BackendKey, BackendState};

@@ -379,7 +379,10 @@ impl Session {
                         return Err(CloseReason::Shutdown);
                     }
                 }
-                self.client.fill().await?;
+                // Over TLS, waiting already read.
+                if self.client.rbuf.is_empty() {
+                    self.client.fill().await?;
+                }
             }
             let frame =
                 match crate::protocol::frame::peek_header(&self.client.rbuf, self.client.decoder.max_len()) {

@@ -27,6 +27,7 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: Vec<UserConfig>,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// How long a client keeps its backend.
