@@ -595,3 +595,101 @@ async fn backend_tls_with_a_wrong_ca_is_refused() {
     assert!(text(&out).contains("TLS handshake with server"), "{}", text(&out));
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_data_both_ways_over_tls_on_both_sides() {
+    blocking(tls_cluster);
+    let ca = pki().path("ca.crt");
+    let config = backend_tls_config(&format!(
+        "server_tls_mode = \"verify-full\"\nserver_tls_ca_file = {ca:?}\n{}",
+        client_tls("require")
+    ));
+    let proxy = common::start_proxy(config).await;
+    let addr = proxy.local_addr();
+    // Megabytes each way, so both TLS streams fill their sockets and rustls buffers.
+    let rows = 50_000;
+    let mut script = String::from("CREATE TEMP TABLE t (a int, b text);\nCOPY t FROM STDIN;\n");
+    for i in 0..rows {
+        script.push_str(&format!("{i}\t{}\n", "y".repeat(100)));
+    }
+    script.push_str("\\.\nSELECT count(*) || ' ' || sum(length(b)) FROM t;\n");
+    script.push_str("COPY (SELECT g, repeat('z', 100) FROM generate_series(1, 50000) g) TO STDOUT;\n");
+    let out = blocking(|| {
+        let mut command = pg_tool_cmd("psql", addr, TLS_ONLY_USER, TLS_ONLY_PASSWORD, "postgres");
+        command
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ca)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        out
+    });
+    let stdout = assert_ok(&out);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some(format!("{rows} {}", rows * 100).as_str()));
+    let copied: Vec<&str> = lines.collect();
+    assert_eq!(copied.len(), 50_000);
+    assert_eq!(copied[49_999], format!("50000\t{}", "z".repeat(100)));
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_connect_with_backend_tls() {
+    use tidepool::backend::{BackendLogin, BackendSecret};
+    use tidepool::health::{Health, HealthConfig, HealthState};
+    let node = &blocking(tls_cluster).primary;
+    let ca = pki().path("ca.crt");
+    let check = |tls: &str| {
+        let config = backend_tls_config(tls);
+        let backend_tls = tidepool::tls::BackendTls::build(&config.tls).unwrap();
+        let login = BackendLogin {
+            user: TLS_ONLY_USER.into(),
+            database: "postgres".into(),
+            secret: BackendSecret::Plain(TLS_ONLY_PASSWORD.into()),
+            tls: backend_tls,
+        };
+        let health_config = HealthConfig {
+            health_check_interval: tidepool::config::ConfigDuration(Duration::from_millis(100)),
+            ..HealthConfig::default()
+        };
+        // Two entries for one server: checking only runs with two or more nodes to compare.
+        let addr: Arc<str> = Arc::from(node.addr().to_string());
+        Health::spawn(
+            vec![addr.clone(), addr],
+            login,
+            health_config,
+            std::future::pending(),
+        )
+    };
+    // Polls until every node satisfies `ok` (checks run every 100 ms).
+    async fn wait_all(health: &Health, ok: impl Fn(HealthState) -> bool) -> bool {
+        for _ in 0..100 {
+            if health.view().nodes.iter().all(|n| ok(n.health)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+    let health = check(&format!(
+        "server_tls_mode = \"verify-full\"\nserver_tls_ca_file = {ca:?}"
+    ));
+    assert!(
+        wait_all(&health, |s| s == HealthState::Up).await,
+        "{:#?}",
+        health.view()
+    );
+    // Without TLS the hostssl-only server refuses the checker.
+    let health = check("server_tls_mode = \"disable\"");
+    assert!(
+        wait_all(&health, |s| s == HealthState::Down).await,
+        "{:#?}",
+        health.view()
+    );
+}
