@@ -225,6 +225,7 @@ fn host_of(addr: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     #[test]
     fn host_of_strips_port_and_brackets() {
@@ -256,6 +257,47 @@ mod tests {
             e.starts_with("tls.server_tls_ca_file: cannot read /nonexistent/ca.crt"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_hash_and_cn_is_read() {
+        let cert = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let p256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            cert::server_end_point(&p256),
+            sha2::Sha256::digest(&p256).to_vec()
+        );
+        let p384 = cert(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            cert::server_end_point(&p384),
+            sha2::Sha384::digest(&p384).to_vec()
+        );
+        assert_eq!(cert::common_name(&p256).as_deref(), Some("alice"));
+        assert_eq!(cert::common_name(b"garbage"), None);
+    }
+
+    #[test]
+    fn validation_names_the_missing_key() {
+        let mut config = TlsConfig {
+            client_tls_mode: ClientTlsMode::VerifyFull,
+            client_tls_cert_file: Some("a".into()),
+            client_tls_key_file: Some("b".into()),
+            ..TlsConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().key, "client_tls_ca_file");
+        config.client_tls_mode = ClientTlsMode::Disable;
+        config.server_tls_mode = ServerTlsMode::VerifyCa;
+        assert_eq!(config.validate().unwrap_err().key, "server_tls_ca_file");
+        config.server_tls_mode = ServerTlsMode::Require;
+        config.server_tls_server_name = Some("not a name".into());
+        assert_eq!(config.validate().unwrap_err().key, "server_tls_server_name");
+        config.server_tls_server_name = Some("10.0.0.1".into());
+        assert!(config.validate().is_ok());
     }
 
     #[test]
