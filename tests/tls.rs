@@ -331,10 +331,12 @@ async fn read_msg<S: AsyncRead + Unpin>(s: &mut S) -> Option<wire::Msg> {
 
 /// SCRAM over any stream, with the given channel binding; returns the message that ended it
 /// (AuthenticationOk's follow-up ReadyForQuery, or an ErrorResponse).
+/// `plus`: select SCRAM-SHA-256-PLUS; `offered`: whether the server must offer it.
 async fn scram_login<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     binding: ChannelBinding,
     plus: bool,
+    offered: bool,
 ) -> wire::Msg {
     s.write_all(&wire::startup_packet(&[("user", APP_USER), ("database", APP_DB)]))
         .await
@@ -352,10 +354,11 @@ async fn scram_login<S: AsyncRead + AsyncWrite + Unpin>(
         match i32::from_be_bytes(m.body[..4].try_into().unwrap()) {
             0 => {}
             10 => {
-                let offered = String::from_utf8_lossy(&m.body[4..]).to_string();
-                assert!(
-                    offered.contains("SCRAM-SHA-256-PLUS") == plus,
-                    "offered {offered:?}"
+                let mechanisms = String::from_utf8_lossy(&m.body[4..]).to_string();
+                assert_eq!(
+                    mechanisms.contains("SCRAM-SHA-256-PLUS"),
+                    offered,
+                    "{mechanisms:?}"
                 );
                 let client = ScramSha256::new(APP_PASSWORD.as_bytes(), binding.take().unwrap());
                 let mechanism: &[u8] = if plus {
@@ -398,6 +401,7 @@ async fn direct_tls_with_alpn_and_scram_plus() {
         &mut tls,
         ChannelBinding::tls_server_end_point(end_point.clone()),
         true,
+        true,
     )
     .await;
     assert_eq!(ready.tag, b'Z', "{:?}", ready.message());
@@ -417,7 +421,13 @@ async fn direct_tls_with_alpn_and_scram_plus() {
         .connect(name.clone(), tcp)
         .await
         .unwrap();
-    let error = scram_login(&mut tls, ChannelBinding::tls_server_end_point(vec![7; 32]), true).await;
+    let error = scram_login(
+        &mut tls,
+        ChannelBinding::tls_server_end_point(vec![7; 32]),
+        true,
+        true,
+    )
+    .await;
     assert_eq!(error.tag, b'E');
     assert_eq!(error.sqlstate().as_deref(), Some("08P01"));
     assert_eq!(
@@ -456,7 +466,13 @@ async fn direct_tls_with_alpn_and_scram_plus() {
 async fn scram_plus_over_plain_tcp_is_refused() {
     let proxy = common::start_proxy(common::base_config(pg())).await;
     let mut tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.unwrap();
-    let error = scram_login(&mut tcp, ChannelBinding::tls_server_end_point(vec![7; 32]), false).await;
+    let error = scram_login(
+        &mut tcp,
+        ChannelBinding::tls_server_end_point(vec![7; 32]),
+        false,
+        false,
+    )
+    .await;
     // We claim -PLUS was not offered (it was not) but send `p=`: a negotiation error.
     assert_eq!(error.tag, b'E');
     assert_eq!(
@@ -692,4 +708,50 @@ async fn health_checks_connect_with_backend_tls() {
         "{:#?}",
         health.view()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_clients_get_their_fatal_before_close_notify() {
+    let mut config = config_with_tls(&client_tls("require"));
+    config.proxy.client_idle_timeout = tidepool::config::ConfigDuration(Duration::from_millis(300));
+    let proxy = common::start_proxy(config).await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let mut tls = tls_connector(&[b"postgresql"]).connect(name, tcp).await.unwrap();
+    // `y` (client could bind but thinks we cannot) while -PLUS was offered: a downgrade.
+    let mut downgraded = tls;
+    let error = scram_login(&mut downgraded, ChannelBinding::unrequested(), false, true).await;
+    assert_eq!(
+        error.sqlstate().as_deref(),
+        Some("08P01"),
+        "{:?}",
+        error.message()
+    );
+
+    let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tls_connector(&[b"postgresql"]).connect(name, tcp).await.unwrap();
+    let ready = scram_login(&mut tls, ChannelBinding::unsupported(), false, true).await;
+    assert_eq!(ready.tag, b'Z');
+    // Two requests a moment apart: the wait between them reads through rustls.
+    for _ in 0..2 {
+        tls.write_all(&wire::query("SELECT 1")).await.unwrap();
+        while let Some(m) = read_msg(&mut tls).await {
+            if m.tag == b'Z' {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fatal = read_msg(&mut tls).await.expect("the idle timeout's FATAL");
+    assert_eq!(
+        fatal.sqlstate().as_deref(),
+        Some("57P05"),
+        "{:?}",
+        fatal.message()
+    );
+    // Then a clean TLS close (close_notify), not an error.
+    let mut rest = Vec::new();
+    assert_eq!(tls.read_to_end(&mut rest).await.unwrap(), 0);
+    proxy.shutdown_within(Duration::from_secs(5)).await;
 }

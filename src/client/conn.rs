@@ -132,8 +132,16 @@ impl ClientConn {
     /// Sends a FATAL error and flushes; the caller then closes the connection.
     pub async fn send_fatal(&mut self, error: ErrorFields) {
         self.queue_error(&error);
-        // Best effort: the client may already be gone.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.flush()).await;
+        // Best effort: the client may already be gone. TLS ends with close_notify, so the client
+        // reads the error rather than a truncated stream.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            self.flush().await?;
+            if self.stream.is_tls() {
+                self.stream.shutdown().await?;
+            }
+            Ok::<(), ClientIoError>(())
+        })
+        .await;
     }
 
     /// The next byte the client will send, left in the socket; `None` at end of stream.
