@@ -717,7 +717,7 @@ async fn idle_tls_clients_get_their_fatal_before_close_notify() {
     let proxy = common::start_proxy(config).await;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tcp = tokio::net::TcpStream::connect(proxy.local_addr()).await.unwrap();
-    let mut tls = tls_connector(&[b"postgresql"]).connect(name, tcp).await.unwrap();
+    let tls = tls_connector(&[b"postgresql"]).connect(name, tcp).await.unwrap();
     // `y` (client could bind but thinks we cannot) while -PLUS was offered: a downgrade.
     let mut downgraded = tls;
     let error = scram_login(&mut downgraded, ChannelBinding::unrequested(), false, true).await;
