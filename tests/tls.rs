@@ -755,3 +755,25 @@ async fn idle_tls_clients_get_their_fatal_before_close_notify() {
     assert_eq!(tls.read_to_end(&mut rest).await.unwrap(), 0);
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_without_ssl_prefer_falls_back_and_require_fails() {
+    // The shared test PostgreSQL runs with ssl = off and answers SSLRequest with `N`.
+    let proxy = common::start_proxy(config_with_tls("server_tls_mode = \"prefer\"")).await;
+    let addr = proxy.local_addr();
+    let out = blocking(|| {
+        psql(
+            addr,
+            &[],
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+    });
+    assert_eq!(assert_ok(&out), "f");
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+
+    let proxy = common::start_proxy(config_with_tls("server_tls_mode = \"require\"")).await;
+    let addr = proxy.local_addr();
+    let out = blocking(|| psql(addr, &[], "SELECT 1"));
+    assert_fails_with(&out, "does not support SSL, but server_tls_mode is \"require\"");
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+}
