@@ -11,6 +11,7 @@ use crate::health::Health;
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
 use crate::router::{Classifier, RoundRobin};
 use crate::shutdown::{Shutdown, Stage};
+use crate::tls::{BackendTls, ClientTls};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub struct Snapshot {
     pub classifier: Classifier,
     /// `[[nodes]] weight`, in node order.
     pub weights: Vec<u32>,
+    /// TLS toward clients (`None` = client_tls_mode disable), certificates read at build time.
+    pub client_tls: Option<Arc<ClientTls>>,
+    /// TLS toward PostgreSQL.
+    pub backend_tls: BackendTls,
 }
 
 /// Everything tasks share, passed down explicitly (no globals).
@@ -85,6 +90,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Shared {
@@ -131,7 +138,7 @@ impl Shared {
             user: user.name.clone(),
             node: Arc::from(node.address()),
         };
-        let mut settings = pool_settings(config, database, user, key.node.clone());
+        let mut settings = pool_settings(snapshot, database, user, key.node.clone());
         // A pool logs in with what the client that created it proved (pass-through keys).
         settings.login.secret = auth.backend.clone();
         let pool = self.pools.get_or_create(&key, || settings);
@@ -150,11 +157,12 @@ impl Shared {
 /// What a pool for (`database`, `user`) on the node at `addr` runs with under `config`, with the
 /// secret the config alone provides. Reload compares these with what existing pools have.
 pub(crate) fn pool_settings(
-    config: &Config,
+    snapshot: &Snapshot,
     database: &str,
     user: &UserConfig,
     addr: Arc<str>,
 ) -> PoolSettings {
+    let config = &snapshot.config;
     let db = config.databases.get(database);
     let pool = &config.pool;
     PoolSettings {
@@ -165,6 +173,7 @@ pub(crate) fn pool_settings(
                 .and_then(|db| db.dbname.clone())
                 .unwrap_or_else(|| database.to_string()),
             secret: backend_secret(user),
+            tls: snapshot.backend_tls.clone(),
         },
         mode: config.pool_mode_for(database),
         limits: Limits {
@@ -215,7 +224,7 @@ impl Proxy {
             None => None,
         };
         let shutdown = Shutdown::default();
-        let health = start_health(&snapshot.config, &shutdown);
+        let health = start_health(&snapshot.config, &snapshot.backend_tls, &shutdown);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let shared = Arc::new(Shared {
             health: ArcSwapOption::from(health.map(Arc::new)),
@@ -294,22 +303,26 @@ impl Proxy {
 /// Validates what the config derives (the classifier) and prepares user secrets. Slow (key
 /// derivation): call it on a blocking thread.
 pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
-    let users = UserDirectory::build(&config)?;
+    let backend_tls = BackendTls::build(&config.tls)?;
+    let users = UserDirectory::build(&config, &backend_tls)?;
     let classifier =
         Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
     let weights = config.nodes.iter().map(|n| n.weight).collect();
+    let client_tls = ClientTls::build(&config.tls)?;
     Ok(Snapshot {
         config,
         users,
         classifier,
         weights,
+        client_tls,
+        backend_tls,
     })
 }
 
 /// With several nodes, a checker per node finds the primary and measures lag. It logs in as the
 /// first configured user that has a password usable toward PostgreSQL.
-pub(crate) fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
-    let (nodes, login) = health_plan(config)?;
+pub(crate) fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdown) -> Option<Health> {
+    let (nodes, login) = health_plan(config, tls)?;
     let stop = shutdown.subscribe();
     Some(Health::spawn(nodes, login, config.health.clone(), async move {
         let mut stop = stop;
@@ -319,7 +332,7 @@ pub(crate) fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Healt
 
 /// The nodes to check and the login to check them with; `None` when there is nothing to choose
 /// between (a single node). Reload restarts the checkers when this changes.
-pub(crate) fn health_plan(config: &Config) -> Option<(Vec<Arc<str>>, BackendLogin)> {
+pub(crate) fn health_plan(config: &Config, tls: &BackendTls) -> Option<(Vec<Arc<str>>, BackendLogin)> {
     if config.nodes.len() < 2 {
         return None;
     }
@@ -337,6 +350,7 @@ pub(crate) fn health_plan(config: &Config) -> Option<(Vec<Arc<str>>, BackendLogi
         user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
         database,
         secret: backend_secret(user),
+        tls: tls.clone(),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
     Some((nodes, login))

@@ -49,8 +49,21 @@ pub fn startup_packet(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     loop {
         let offset = data.len() - buf.len();
-        match StartupDecoder::decode(&mut buf) {
+        let decoded = StartupDecoder::decode(&mut buf);
+        // Direct TLS is told apart by its first byte (a TLS handshake record, 0x16): no
+        // startup packet may begin with it (its length would exceed the 10 000-byte limit).
+        if offset == 0 && data.first() == Some(&0x16) {
+            assert!(
+                !matches!(decoded, Ok(Some(_))),
+                "a TLS record decoded as a startup packet"
+            );
+        }
+        match decoded {
             Ok(Some(packet)) => {
+                // SSLRequest is exactly 8 bytes: what follows it must stay unread (stuffing check).
+                if packet == StartupPacket::SslRequest {
+                    assert_eq!(data.len() - buf.len() - offset, 8);
+                }
                 // A packet is exactly its length word long.
                 let used = data.len() - buf.len() - offset;
                 let declared = u32::from_be_bytes(data[offset..offset + 4].try_into().expect("4 bytes"));

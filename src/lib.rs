@@ -21,3 +21,4 @@ pub mod protocol;
 pub mod reload;
 pub mod router;
 pub mod shutdown;
+pub mod tls;

@@ -106,9 +106,10 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
     let new = tokio::task::spawn_blocking(move || app::build_snapshot(config)).await??;
 
     // 2. New checkers, if what they check changed.
-    let restart_health = app::health_plan(&old.config) != app::health_plan(&new.config)
+    let restart_health = app::health_plan(&old.config, &old.backend_tls)
+        != app::health_plan(&new.config, &new.backend_tls)
         || old.config.health != new.config.health;
-    let health = restart_health.then(|| app::start_health(&new.config, &shared.shutdown));
+    let health = restart_health.then(|| app::start_health(&new.config, &new.backend_tls, &shared.shutdown));
 
     // 3. Swap the snapshot.
     shared.store_snapshot(new);
@@ -167,7 +168,7 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
             }
         };
         let wanted = still_there.then(|| {
-            let mut wanted = app::pool_settings(config, &key.database, user, key.node.clone());
+            let mut wanted = app::pool_settings(snapshot, &key.database, user, key.node.clone());
             // A secret learned from a client (SCRAM pass-through keys, an md5 hash from
             // auth_query) is kept unless the config now names one itself.
             if wanted.login.secret == crate::backend::BackendSecret::None {

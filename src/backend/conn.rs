@@ -2,10 +2,10 @@
 
 use crate::protocol::{backend_msg, FrameDecoder, FrameError, TransactionStatus};
 use crate::protocol::{tag, Frame};
+use crate::tls::Stream;
 use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::BackendError;
@@ -34,7 +34,7 @@ pub enum BackendState {
 
 /// One connection to PostgreSQL.
 pub struct BackendConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// Bytes read from the server and not yet handled.
     pub(crate) rbuf: BytesMut,
     /// Bytes to send to the server (the relay's client-to-server direction).
@@ -74,7 +74,7 @@ impl std::fmt::Debug for BackendConn {
 }
 
 impl BackendConn {
-    pub(crate) fn new(stream: TcpStream, addr: Arc<str>, id: u64, startup_signature: u64) -> Self {
+    pub(crate) fn new(stream: Stream, addr: Arc<str>, id: u64, startup_signature: u64) -> Self {
         let now = Instant::now();
         BackendConn {
             stream,
@@ -168,7 +168,11 @@ impl BackendConn {
 
     /// Writes all of `bytes`.
     pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        if let Err(e) = self.stream.write_all(bytes).await {
+        let written = match self.stream.write_all(bytes).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             self.state = BackendState::Broken;
             return Err(self.io_error(e));
         }
@@ -181,6 +185,7 @@ impl BackendConn {
         crate::protocol::frontend_msg::terminate(&mut out);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
             let _ = self.stream.write_all(&out).await;
+            // Shutting down sends TLS's close_notify too.
             let _ = self.stream.shutdown().await;
         })
         .await;

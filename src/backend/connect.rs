@@ -42,6 +42,8 @@ pub struct BackendLogin {
     pub user: String,
     pub database: String,
     pub secret: BackendSecret,
+    /// TLS toward the server (`server_tls_mode`).
+    pub tls: crate::tls::BackendTls,
 }
 
 /// Connects to `addr` and logs in, sending `params` (beyond user and database) in the startup
@@ -77,6 +79,7 @@ async fn connect_inner(
         })?;
     // Small request/response messages: latency matters more than packet count.
     let _ = stream.set_nodelay(true);
+    let stream = super::tls::negotiate(stream, addr, &login.tls).await?;
     let mut conn = BackendConn::new(stream, addr.clone(), id, startup_signature);
 
     let mut all: Vec<(&str, &str)> = vec![

@@ -52,6 +52,14 @@ pub enum BackendError {
         #[source]
         source: super::scram::PassThroughError,
     },
+    #[error("server {addr} does not support SSL, but server_tls_mode is \"{mode}\"")]
+    TlsRefused { addr: String, mode: &'static str },
+    #[error("TLS handshake with server {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("SCRAM authentication with server {addr} failed: {source}")]
     Scram {
         addr: String,

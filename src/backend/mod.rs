@@ -8,6 +8,7 @@ mod error;
 mod lookup;
 mod reset;
 mod scram;
+mod tls;
 
 pub(crate) use conn::record_parameter;
 pub use conn::{BackendConn, BackendKey, BackendState};

@@ -3,6 +3,7 @@
 
 use crate::protocol::startup::StartupError;
 use crate::protocol::{ErrorFields, Frame, FrameDecoder, FrameError, StartupDecoder, StartupPacket};
+use crate::tls::Stream;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +23,8 @@ pub enum ClientIoError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] std::io::Error),
 }
 
 /// What the TLS layer learned about a client connection (`ClientConn::tls`, `None` on plain TCP).
@@ -35,7 +38,7 @@ pub struct TlsInfo {
 
 /// One application connection.
 pub struct ClientConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// Bytes received and not yet handled.
     pub(crate) rbuf: BytesMut,
     /// Bytes to send, written out by `flush` or by the relay.
@@ -49,7 +52,7 @@ pub struct ClientConn {
 impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr, max_message_size: u32) -> Self {
         ClientConn {
-            stream,
+            stream: Stream::Plain(stream),
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             peer,
@@ -94,12 +97,20 @@ impl ClientConn {
         if !self.rbuf.is_empty() {
             return Ok(());
         }
-        if self.wbuf.is_empty() {
-            // An idle client costs its socket and task only.
-            self.rbuf = BytesMut::new();
-            self.wbuf = BytesMut::new();
+        match &self.stream {
+            Stream::Plain(tcp) => {
+                if self.wbuf.is_empty() {
+                    // An idle client costs its socket and task only.
+                    self.rbuf = BytesMut::new();
+                    self.wbuf = BytesMut::new();
+                }
+                tcp.readable().await?;
+            }
+            // rustls may hold decrypted bytes the socket no longer signals: read them.
+            _ => {
+                self.fill().await?;
+            }
         }
-        self.stream.readable().await?;
         Ok(())
     }
 
@@ -107,6 +118,8 @@ impl ClientConn {
     pub async fn flush(&mut self) -> Result<(), ClientIoError> {
         if !self.wbuf.is_empty() {
             self.stream.write_all_buf(&mut self.wbuf).await?;
+            // TLS may still hold records the socket did not take yet.
+            self.stream.flush().await?;
         }
         Ok(())
     }
@@ -119,8 +132,58 @@ impl ClientConn {
     /// Sends a FATAL error and flushes; the caller then closes the connection.
     pub async fn send_fatal(&mut self, error: ErrorFields) {
         self.queue_error(&error);
-        // Best effort: the client may already be gone.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.flush()).await;
+        // Best effort: the client may already be gone. TLS ends with close_notify, so the client
+        // reads the error rather than a truncated stream.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            self.flush().await?;
+            if self.stream.is_tls() {
+                self.stream.shutdown().await?;
+            }
+            Ok::<(), ClientIoError>(())
+        })
+        .await;
+    }
+
+    /// The next byte the client will send, left in the socket; `None` at end of stream.
+    pub async fn peek_byte(&mut self) -> Result<Option<u8>, ClientIoError> {
+        let Stream::Plain(tcp) = &self.stream else {
+            return Ok(self.rbuf.first().copied());
+        };
+        if let Some(&b) = self.rbuf.first() {
+            return Ok(Some(b));
+        }
+        let mut byte = [0u8; 1];
+        Ok((tcp.peek(&mut byte).await? == 1).then_some(byte[0]))
+    }
+
+    /// Runs the server side of a TLS handshake on the socket and records what it learned.
+    /// Nothing may be buffered: those bytes did not come through TLS.
+    pub async fn start_tls(&mut self, tls: &crate::tls::ClientTls) -> Result<(), ClientIoError> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(ClientIoError::Handshake(std::io::Error::other(
+                "TLS is already on",
+            )));
+        };
+        let stream = tls.acceptor.accept(tcp).await.map_err(ClientIoError::Handshake)?;
+        // Only a certificate rustls verified against the CA says who the client is.
+        let peer_common_name = tls
+            .mode
+            .verifies_client()
+            .then(|| stream.get_ref().1.peer_certificates()?.first())
+            .flatten()
+            .and_then(|cert| crate::tls::cert::common_name(cert));
+        self.tls = Some(TlsInfo {
+            server_end_point: tls.server_end_point.clone(),
+            peer_common_name,
+        });
+        self.stream = Stream::Tls(Box::new(stream.into()));
+        Ok(())
+    }
+
+    /// The ALPN protocol agreed in the TLS handshake.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.stream.tls_state()?.alpn_protocol()
     }
 
     /// True when bytes were received but not handled yet.

@@ -75,7 +75,12 @@ async fn serve_inner(
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
     let login_deadline = Instant::now() + proxy.client_login_timeout.0;
 
-    let params = match tokio::time::timeout_at(login_deadline, negotiate(&mut client)).await {
+    let params = match tokio::time::timeout_at(
+        login_deadline,
+        negotiate(&mut client, snapshot.client_tls.as_deref()),
+    )
+    .await
+    {
         Err(_) => return CloseReason::LoginTimeout,
         Ok(Err(e)) => return e.into(),
         Ok(Ok(Opening::Cancel(key))) => {

@@ -15,6 +15,7 @@ use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::io::AsyncWrite;
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::conn::{ClientConn, ClientIoError};
@@ -191,6 +192,17 @@ fn poll_relay(
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::BackendFailed(io(backend, e))),
                 Poll::Pending => {}
+            }
+        }
+        // TLS keeps records the socket did not take; push them out (plain TCP: nothing to do).
+        if client.stream.is_tls() {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut client.stream).poll_flush(cx) {
+                return Poll::Ready(RelayEvent::ClientFailed(e.into()));
+            }
+        }
+        if backend.stream.is_tls() {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut backend.stream).poll_flush(cx) {
+                return Poll::Ready(RelayEvent::BackendFailed(io(backend, e)));
             }
         }
 

@@ -36,9 +36,9 @@ impl Session {
                 .position(|addr| **addr == *self.pool.key.node)
                 .unwrap_or(0);
             let snapshot = self.snapshot.clone();
-            if let Some(pool) =
-                self.shared
-                    .pool_for(&snapshot, &self.params.database, &self.user, index)
+            if let Some(pool) = self
+                .shared
+                .pool_for(&snapshot, &self.params.database, &self.user, index)
             {
                 self.pool = pool;
             }

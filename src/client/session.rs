@@ -411,7 +411,10 @@ impl Session {
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
                     _ = shutdown_due => return Err(self.close_for_shutdown().await),
                 }
-                self.client.fill().await?;
+                // Over TLS, waiting already read.
+                if self.client.rbuf.is_empty() {
+                    self.client.fill().await?;
+                }
             }
             let frame =
                 match crate::protocol::frame::peek_header(&self.client.rbuf, self.client.decoder.max_len()) {

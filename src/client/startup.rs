@@ -1,11 +1,16 @@
-//! The startup phase: SSLRequest/GSSENCRequest answers, CancelRequest hand-off, protocol version
-//! negotiation, and the StartupMessage's parameters.
+//! The startup phase: TLS (SSLRequest or PostgreSQL 17's direct TLS), GSSENCRequest refusal,
+//! CancelRequest hand-off, protocol version negotiation, and the StartupMessage's parameters.
 
 use super::cancel::ClientKey;
 use super::conn::{ClientConn, ClientIoError};
 use super::params::ClientParams;
 use crate::protocol::startup::StartupError;
 use crate::protocol::{backend_msg, ErrorFields, SqlState, StartupPacket};
+use crate::tls::{ClientTls, ClientTlsMode, ALPN_POSTGRESQL};
+
+/// First byte of a TLS handshake record; a startup packet never starts with it (its length
+/// would be over 369 MB).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// The newest protocol minor version tidepool speaks.
 const SUPPORTED_MINOR: u16 = 0;
@@ -27,12 +32,26 @@ pub enum StartupFailure {
     Refused(ErrorFields),
     #[error("client sent data after SSLRequest before the answer (possible injection attempt)")]
     BufferStuffing,
+    #[error("direct TLS connection without ALPN protocol \"postgresql\"")]
+    DirectTlsWithoutAlpn,
 }
 
-/// Reads startup packets until a StartupMessage or CancelRequest.
-pub async fn negotiate(client: &mut ClientConn) -> Result<Opening, StartupFailure> {
+/// Reads startup packets until a StartupMessage or CancelRequest; `tls` is `None` when client
+/// TLS is disabled.
+pub async fn negotiate(client: &mut ClientConn, tls: Option<&ClientTls>) -> Result<Opening, StartupFailure> {
     let mut ssl_asked = false;
     let mut gss_asked = false;
+    if let Some(tls) = tls {
+        if client.peek_byte().await? == Some(TLS_HANDSHAKE) {
+            // Direct TLS (`sslnegotiation=direct`): only with ALPN, as PostgreSQL 17 insists,
+            // so that a TLS connection meant for another protocol is not taken for ours.
+            client.start_tls(tls).await?;
+            if client.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                return Err(StartupFailure::DirectTlsWithoutAlpn);
+            }
+            (ssl_asked, gss_asked) = (true, true);
+        }
+    }
     loop {
         let packet = match client.read_startup().await {
             Ok(p) => p,
@@ -54,8 +73,16 @@ pub async fn negotiate(client: &mut ClientConn) -> Result<Opening, StartupFailur
                 if client.has_pending_input() {
                     return Err(StartupFailure::BufferStuffing);
                 }
-                client.wbuf.extend_from_slice(b"N");
+                let tls = tls.filter(|_| matches!(packet, StartupPacket::SslRequest));
+                client
+                    .wbuf
+                    .extend_from_slice(if tls.is_some() { b"S" } else { b"N" });
                 client.flush().await?;
+                if let Some(tls) = tls {
+                    client.start_tls(tls).await?;
+                    // Encryption is settled: any further request is a protocol violation.
+                    gss_asked = true;
+                }
             }
             StartupPacket::Cancel { pid, secret } => {
                 return Ok(Opening::Cancel(ClientKey { pid, secret }));
@@ -72,13 +99,43 @@ pub async fn negotiate(client: &mut ClientConn) -> Result<Opening, StartupFailur
                         &protocol_options,
                     );
                 }
-                return match ClientParams::from_startup(params) {
-                    Ok(p) => Ok(Opening::Login(p)),
-                    Err(e) => Err(refuse(client, e).await),
+                let params = match ClientParams::from_startup(params) {
+                    Ok(p) => p,
+                    Err(e) => return Err(refuse(client, e).await),
                 };
+                if let Some(error) = tls.and_then(|tls| tls_refusal(client, tls.mode, &params)) {
+                    return Err(refuse(client, error).await);
+                }
+                return Ok(Opening::Login(params));
             }
         }
     }
+}
+
+/// What `client_tls_mode` says about this login, in PostgreSQL's words for the same refusals.
+fn tls_refusal(client: &ClientConn, mode: ClientTlsMode, params: &ClientParams) -> Option<ErrorFields> {
+    let Some(info) = &client.tls else {
+        return mode.requires_tls().then(|| {
+            let message = format!(
+                "no pg_hba.conf entry for host \"{}\", user \"{}\", database \"{}\", no encryption",
+                client.peer.ip(),
+                params.user,
+                params.database
+            );
+            ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION, message).with_hint(format!(
+                "client_tls_mode is \"{}\": connect with SSL.",
+                mode.as_str()
+            ))
+        });
+    };
+    let name_matches = info.peer_common_name.as_deref() == Some(params.user.as_str());
+    (mode == ClientTlsMode::VerifyFull && !name_matches).then(|| {
+        let message = format!(
+            "certificate validation (clientcert=verify-full) failed for user \"{}\": CN mismatch",
+            params.user
+        );
+        ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION, message)
+    })
 }
 
 fn protocol_violation(message: &str) -> ErrorFields {

@@ -212,6 +212,27 @@ impl LocalNode {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Writes a file only the server user may read (mode 0600, as PostgreSQL wants for
+    /// `ssl_key_file`) into the data directory; settings can name it relative to it.
+    pub fn install_private_file(&self, name: &str, contents: &[u8]) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir.join(name);
+        std::fs::write(&path, contents).map_err(|source| ClusterError::io("write", &path, source))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| ClusterError::io("chmod", &path, source))?;
+        self.bins.hand_over(&path)
+    }
+
+    /// Replaces the test rules of pg_hba.conf (the fixed ones stay first) and reloads.
+    pub fn set_hba_rules(&self, rules: &[String]) -> Result<(), ClusterError> {
+        let opts = NodeOptions {
+            hba_rules: rules.to_vec(),
+            ..self.opts.clone()
+        };
+        self.write_file("pg_hba.conf", &conf::render_hba(&opts))?;
+        self.psql("postgres", "SELECT pg_reload_conf()").map(drop)
+    }
+
     /// `SELECT pg_is_in_recovery()`: true on a standby.
     pub fn is_in_recovery(&self) -> Result<bool, ClusterError> {
         Ok(self.psql("postgres", "SELECT pg_is_in_recovery()")? == "t")

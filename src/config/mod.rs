@@ -32,6 +32,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub hba: Vec<HbaEntry>,
     pub metrics: MetricsConfig,
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

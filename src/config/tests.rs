@@ -335,6 +335,13 @@ fn example_file_documents_every_key() {
         "allow_cleartext_without_tls",
         "admin_users",
         "stats_users",
+        "client_tls_mode",
+        "client_tls_cert_file",
+        "client_tls_key_file",
+        "client_tls_ca_file",
+        "server_tls_mode",
+        "server_tls_ca_file",
+        "server_tls_server_name",
     ];
     for key in keys {
         let line = format!("\n{key} = ");

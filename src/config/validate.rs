@@ -243,6 +243,9 @@ impl Config {
         self.health
             .validate()
             .map_err(|e| ConfigError::invalid(format!("health.{}", e.key), e.reason))?;
+        self.tls
+            .validate()
+            .map_err(|e| ConfigError::invalid(format!("tls.{}", e.key), e.reason))?;
         if let Err(e) = self.routing.classifier().validate() {
             return Err(ConfigError::invalid("routing.write_functions", e.to_string()));
         }

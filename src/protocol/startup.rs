@@ -144,6 +144,14 @@ pub fn encode_startup(params: &[(&str, &str)], out: &mut BytesMut) {
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// The 8-byte SSLRequest.
+pub fn ssl_request() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&8u32.to_be_bytes());
+    out[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    out
+}
+
 /// Encodes a CancelRequest.
 pub fn encode_cancel(pid: i32, secret: i32, out: &mut BytesMut) {
     out.extend_from_slice(&16u32.to_be_bytes());

@@ -144,7 +144,10 @@ pub struct UserDirectory {
 impl UserDirectory {
     /// Reads auth_file and auth_hba_file and prepares every user (SCRAM verifiers for
     /// cleartext passwords: 4096 hash rounds each). Slow: call it on a blocking thread.
-    pub fn build(config: &Config) -> Result<UserDirectory, DirectoryError> {
+    pub fn build(
+        config: &Config,
+        backend_tls: &crate::tls::BackendTls,
+    ) -> Result<UserDirectory, DirectoryError> {
         let mut users: HashMap<String, Arc<UserAuth>> = HashMap::new();
         let file_users = match &config.auth.auth_file {
             Some(path) => {
@@ -179,7 +182,7 @@ impl UserDirectory {
                 Some(user) => user.backend.clone(),
                 None => BackendSecret::None,
             };
-            AuthQuery::new(config, auth_user.clone(), secret)
+            AuthQuery::new(config, auth_user.clone(), secret, backend_tls.clone())
         });
         let mut mock_seed = [0u8; 32];
         rand::fill(&mut mock_seed);

@@ -277,7 +277,12 @@ async fn read_auth_message(client: &mut ClientConn) -> Result<crate::protocol::F
 
 /// SASL with SCRAM-SHA-256 against `verifier`; returns the verified exchange.
 async fn scram_exchange(client: &mut ClientConn, verifier: ScramVerifier) -> Result<ScramServer, AuthError> {
-    let mut server = ScramServer::new(verifier, ServerNonce::random(), ChannelBinding::None);
+    // Over TLS, SCRAM-SHA-256-PLUS is offered too, bound to our certificate.
+    let binding = match &client.tls {
+        Some(tls) => ChannelBinding::TlsServerEndPoint(tls.server_end_point.clone()),
+        None => ChannelBinding::None,
+    };
+    let mut server = ScramServer::new(verifier, ServerNonce::random(), binding);
     backend_msg::authentication_sasl(&mut client.wbuf, server.mechanisms());
     client.flush().await?;
 

@@ -40,12 +40,20 @@ pub struct AuthQuery {
     miss_ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
     ids: AtomicU64,
+    /// `server_tls_mode` toward the node, as for pools.
+    tls: crate::tls::BackendTls,
 }
 
 impl AuthQuery {
     /// `secret` is what tidepool proves to PostgreSQL for `auth_user`.
-    pub fn new(config: &Config, login_user: String, secret: BackendSecret) -> AuthQuery {
+    pub fn new(
+        config: &Config,
+        login_user: String,
+        secret: BackendSecret,
+        tls: crate::tls::BackendTls,
+    ) -> AuthQuery {
         AuthQuery {
+            tls,
             // Validation guarantees a node; the first one is the primary in a plain setup.
             node: Arc::from(config.nodes.first().map(|n| n.address()).unwrap_or_default()),
             login_user,
@@ -105,6 +113,7 @@ impl AuthQuery {
             user: self.login_user.clone(),
             database: self.dbname.clone().unwrap_or_else(|| database.to_string()),
             secret: self.secret.clone(),
+            tls: self.tls.clone(),
         };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut conn = backend::connect(&self.node, &login, &[], 0, id, self.connect_timeout).await?;
@@ -146,7 +155,7 @@ mod tests {
              auth_query_cache_ttl = \"60s\"\nauth_query_miss_ttl = \"5s\"\n",
         )
         .expect("valid");
-        AuthQuery::new(&config, "a".into(), BackendSecret::None)
+        AuthQuery::new(&config, "a".into(), BackendSecret::None, Default::default())
     }
 
     fn user(name: &str) -> Arc<UserAuth> {

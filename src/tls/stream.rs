@@ -1,0 +1,112 @@
+//! A socket that is plain TCP or TLS (either side), so client and backend connections keep one
+//! type and the relay one code path.
+//!
+//! Plain TCP costs one extra match per call. With TLS, rustls may keep encrypted bytes after
+//! `poll_write` returned (the socket was full): callers that stop writing must `poll_flush`.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Plain TCP, TLS, or nothing while a handshake owns the socket.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// The socket was handed to a TLS handshake that failed; every operation errors.
+    Detached,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Plain",
+            Stream::Tls(_) => "Tls",
+            Stream::Detached => "Detached",
+        })
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lost during the TLS handshake",
+    )
+}
+
+impl Stream {
+    /// Our end of the connection (SHOW CLIENTS' local address).
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Stream::Plain(tcp) => tcp.local_addr(),
+            Stream::Tls(tls) => tls.get_ref().0.local_addr(),
+            Stream::Detached => Err(detached()),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Takes the TCP socket out for a handshake, leaving `Detached`; `None` if not plain TCP.
+    pub fn take_plain(&mut self) -> Option<TcpStream> {
+        match std::mem::replace(self, Stream::Detached) {
+            Stream::Plain(tcp) => Some(tcp),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// The rustls state after a handshake (certificates, ALPN).
+    pub fn tls_state(&self) -> Option<&rustls::CommonState> {
+        match self {
+            Stream::Tls(tls) => Some(match &**tls {
+                tokio_rustls::TlsStream::Client(c) => c.get_ref().1,
+                tokio_rustls::TlsStream::Server(s) => s.get_ref().1,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+            Stream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+}
