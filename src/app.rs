@@ -231,11 +231,22 @@ fn start_health(config: &Config, shutdown: &Shutdown) -> Option<Health> {
         secret: backend_secret(user),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
+    // Validated with the config, so nothing is dropped here.
+    let patroni = (config.routing.patroni_api.iter())
+        .filter_map(|url| crate::health::PatroniUrl::parse(url).ok())
+        .collect();
     let stop = shutdown.subscribe();
-    Some(Health::spawn(nodes, login, config.health.clone(), async move {
+    let stopped = async move {
         let mut stop = stop;
         let _ = stop.wait_for(|stopping| *stopping).await;
-    }))
+    };
+    Some(Health::spawn_with_patroni(
+        nodes,
+        login,
+        config.health.clone(),
+        patroni,
+        stopped,
+    ))
 }
 
 /// What tidepool can prove to PostgreSQL for a configured user.

@@ -37,7 +37,14 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_messages", client_messages),
     ("statements", statements),
     ("sql_scan", sql_scan),
+    ("patroni_response", patroni_response),
 ];
+
+/// An HTTP response from Patroni's REST API: status line, headers, (chunked) body, `/cluster`
+/// JSON; never panics, whatever a peer sends.
+pub fn patroni_response(data: &[u8]) {
+    crate::health::patroni::fuzz_response(data);
+}
 
 /// Startup-phase packets, back to back, then the parameters of each StartupMessage as a
 /// session would interpret them (`options` parsing, settings SQL).

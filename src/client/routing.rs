@@ -143,11 +143,15 @@ impl Session {
                 }
                 Target::NoPrimary => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        let detail = match health.view().patroni_disagreement() {
+                            Some(why) => format!("No primary within failover_timeout: {why}"),
+                            None => "No node reported being the primary within failover_timeout.".into(),
+                        };
                         return Err(ErrorFields::error(
                             SqlState::CANNOT_CONNECT_NOW,
                             "no primary server available",
                         )
-                        .with_detail("No node reported being the primary within failover_timeout."));
+                        .with_detail(detail));
                     }
                 }
             }

@@ -191,6 +191,11 @@ impl Config {
         if let Err(e) = self.routing.classifier().validate() {
             return Err(ConfigError::invalid("routing.write_functions", e.to_string()));
         }
+        for (i, url) in self.routing.patroni_api.iter().enumerate() {
+            crate::health::PatroniUrl::parse(url).map_err(|reason| {
+                ConfigError::invalid(format!("routing.patroni_api[{i}]"), format!("{url:?} {reason}"))
+            })?;
+        }
         Ok(())
     }
 }
