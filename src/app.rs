@@ -156,6 +156,9 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
+        if let Some(health) = shared.health.as_ref() {
+            tokio::spawn(retire_on_role_change(health.subscribe(), Arc::downgrade(&shared)));
+        }
         tracing::info!(%addr, "tidepool listening");
         Ok(Proxy {
             shared,
@@ -269,6 +272,30 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// When a node's role changes, its pooled connections are retired: a connection opened to a
+/// primary must not serve as a standby's, nor the reverse. Ends when health checking stops;
+/// holds the shared state weakly so that it never keeps the proxy alive.
+async fn retire_on_role_change(
+    mut changes: tokio::sync::watch::Receiver<Arc<crate::health::TopologyView>>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let mut before = changes.borrow_and_update().clone();
+    while changes.changed().await.is_ok() {
+        let now = changes.borrow_and_update().clone();
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for node in now.role_changes(&before) {
+            let addr = &now.nodes[node].addr;
+            tracing::info!(node = %addr, "node changed role; retiring its connections");
+            for pool in shared.pools.all().iter().filter(|p| p.key.node == *addr) {
+                pool.retire_connections();
+            }
+        }
+        before = now;
+    }
 }
 
 /// Once a second: idle and lifetime eviction, prewarming.

@@ -333,6 +333,13 @@ pub fn sql_scan(data: &[u8]) {
         assert!(may_change_settings(sql), "filter hides a change: {changes:?}");
     }
     let _ = may_change_pins(sql, false) | may_change_pins(sql, true);
+    // SHOW tidepool.lsn / SET tidepool.min_lsn, answered without a backend: a value accepted
+    // reads back as itself.
+    if let Some(crate::client::local_commands::LsnCommand::SetMin(Ok(lsn))) =
+        crate::client::local_commands::parse_lsn_command(&String::from_utf8_lossy(sql))
+    {
+        assert_eq!(crate::health::Lsn::parse(&lsn.to_string()), Some(lsn));
+    }
 }
 
 /// xorshift64: a tiny deterministic generator for property tests and the fuzz smoke test, so a

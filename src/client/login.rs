@@ -148,8 +148,10 @@ async fn serve_inner(
         pipeline: Pipeline::default(),
         max_prepared: snapshot.config.pool.max_prepared_statements,
         pins: Default::default(),
+        ha: Default::default(),
     };
     let reason = session.run().await;
     session.finish().await;
+    session.release_parked().await;
     reason
 }

@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod conn;
 mod follow;
 pub mod listener;
+pub mod local_commands;
 pub mod login;
 pub mod params;
 pub mod pinning;

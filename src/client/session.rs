@@ -53,6 +53,8 @@ pub(super) struct Session {
     pub(super) max_prepared: usize,
     /// What pins the client to its backend now (transaction mode).
     pub(super) pins: super::pinning::Pins,
+    /// Node of the backend, held-back BEGIN, parked backends (`routing.rs`).
+    pub(super) ha: super::routing::HaState,
 }
 
 impl Session {
@@ -91,8 +93,9 @@ impl Session {
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
         self.snapshot = self.shared.snapshot();
-        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health.is_some())
+        let decision = (!login && self.routes_per_transaction() && self.shared.health.is_some())
             .then(|| self.classify_request());
+        let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout.
@@ -102,7 +105,13 @@ impl Session {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
                     Ok(index) => match self.node_pool(index) {
-                        Some(pool) => self.pool = pool,
+                        Some(pool) => {
+                            self.pool = pool;
+                            self.note_node(index);
+                            if let Some(parked) = self.take_parked(index) {
+                                break parked;
+                            }
+                        }
                         None => {
                             return Err(CloseReason::Refused(
                                 "database disappeared from the configuration".into(),
@@ -170,7 +179,11 @@ impl Session {
                 }
             }
         };
-        if self.mode == PoolMode::Transaction {
+        if self.mode == PoolMode::Session && !login && backend.applied.is_empty() {
+            // Opened (or reset) with the client's startup parameters: that is what it carries.
+            backend.applied = self.params.startup_settings.clone();
+        }
+        if self.mode == PoolMode::Transaction || (!login && self.routes_per_transaction()) {
             if let Some(sql) = settings_diff_sql(&backend.applied, &self.params.settings) {
                 let outcome = backend.run_simple(&sql).await;
                 match outcome {
@@ -199,8 +212,17 @@ impl Session {
                 }
             }
         }
+        let replayed = self.ha.deferred_begin.is_some();
+        if let Err(error) = self.replay_begin(&mut backend, read_only).await {
+            self.pool.discard(backend);
+            self.pending_error = Some(error);
+            return Ok(false);
+        }
         self.exchange = Exchange::default();
-        self.exchange.track_settings = self.mode == PoolMode::Transaction;
+        if replayed {
+            self.exchange.status = TransactionStatus::InTransaction;
+        }
+        self.exchange.track_settings = self.routes_per_transaction();
         self.exchange.pinned = self.pins.any();
         self.pipeline = Pipeline::default();
         self.backend = Some(backend);
@@ -232,6 +254,9 @@ impl Session {
                 if let Err(reason) = self.wait_for_request().await {
                     return reason;
                 }
+                if self.answer_locally() {
+                    continue;
+                }
                 match self.attach_cancellable(false, Some(&registration.slot)).await {
                     Ok(true) => {}
                     // Cancelled while queued: the owed error answers the request.
@@ -239,18 +264,28 @@ impl Session {
                     Err(reason) => return reason,
                 }
             }
+            if self.exchange.is_quiet() {
+                match self.check_demotion().await {
+                    super::routing::Demotion::None => {}
+                    super::routing::Demotion::Dropped => continue,
+                    super::routing::Demotion::Close(reason) => return reason,
+                }
+            }
+            // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
+            let mut role_change = shared.health.as_ref().map(|h| h.subscribe());
             let idle_deadline = match self.exchange.status {
                 _ if !self.exchange.is_quiet() => None,
                 TransactionStatus::Idle => self.idle_timeout(),
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
+            let per_transaction = self.routes_per_transaction();
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
                 key: backend.key,
             }));
-            let rewrite = (self.mode == PoolMode::Transaction && self.max_prepared > 0).then(|| Rewrite {
+            let rewrite = (per_transaction && self.max_prepared > 0).then(|| Rewrite {
                 cache: &shared.statements,
                 client: &mut self.statements,
                 pipe: &mut self.pipeline,
@@ -261,6 +296,7 @@ impl Session {
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
+                _ = super::routing::role_changed(role_change.as_mut()), if self.exchange.is_quiet() => continue,
                 _ = shared.shutdown.wait(), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
                     self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
                     return CloseReason::Shutdown;
@@ -300,6 +336,9 @@ impl Session {
                         registration.slot.set(None);
                         let backend = self.backend.take().expect("attached");
                         self.pool.release(backend);
+                    } else if self.routes_per_transaction() && !self.pins.any() {
+                        registration.slot.set(None);
+                        self.park_backend();
                     }
                 }
                 RelayEvent::IdleInTransaction => self.follow_settings(),

@@ -210,6 +210,21 @@ impl TopologyView {
         })
     }
 
+    /// Nodes whose role changed since `before` (primary to standby or back, both known), or that
+    /// were fenced since: their pooled connections must not be reused.
+    pub fn role_changes(&self, before: &TopologyView) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .zip(&before.nodes)
+            .enumerate()
+            .filter(|(_, (now, then))| {
+                let flipped = now.role != then.role && now.role != Role::Unknown && then.role != Role::Unknown;
+                flipped || (now.fenced && !then.fenced)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// Indexes of nodes that claim to be primary but must not be used (split brain).
     pub fn fenced(&self) -> impl Iterator<Item = usize> + '_ {
         self.nodes

@@ -72,6 +72,9 @@ pub struct Pool {
     core: Mutex<PoolCore<BackendConn>>,
     conn_ids: Arc<AtomicU64>,
     pub stats: PoolStats,
+    /// Connections opened at or before this instant are closed when released: their node's
+    /// role changed since (see [`Pool::retire_connections`]).
+    retired_before: Mutex<Option<Instant>>,
 }
 
 /// Parameters a client wants its connection opened with (session mode) and their signature.
@@ -103,6 +106,7 @@ impl Pool {
             key,
             conn_ids,
             stats: PoolStats::default(),
+            retired_before: Mutex::new(None),
         }
     }
 
@@ -263,7 +267,8 @@ impl Pool {
 
     /// Returns a connection that is idle and clean; anything else is discarded.
     pub fn release(&self, mut conn: BackendConn) {
-        if !conn.is_reusable() {
+        let retired = *self.retired_before.lock().unwrap_or_else(|p| p.into_inner());
+        if !conn.is_reusable() || retired.is_some_and(|at| conn.created <= at) {
             self.discard(conn);
             return;
         }
@@ -322,6 +327,13 @@ impl Pool {
                 }
             });
         }
+    }
+
+    /// The node's role changed (promoted, demoted, fenced): every connection open now is closed,
+    /// idle ones at once, checked-out ones when released (never mid-transaction).
+    pub fn retire_connections(&self) {
+        *self.retired_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.close_idle();
     }
 
     /// Closes every idle connection (shutdown, RECONNECT).
