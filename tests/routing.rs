@@ -342,19 +342,28 @@ async fn first_statement_lsn_commands_per_transaction_sessions_and_demotion() {
     assert_eq!(code, "25006", "{message}");
     assert!(message.contains("read-only transaction"), "{message}");
     r.batch_execute("ROLLBACK").await.unwrap();
-    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.unwrap();
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
     assert_eq!(
         one(&c, "INSERT INTO t VALUES (2) RETURNING pg_is_in_recovery()").await,
         "f"
     );
     assert_eq!(
-        one(&c, "SELECT pg_is_in_recovery()::text || current_setting('transaction_isolation')").await,
+        one(
+            &c,
+            "SELECT pg_is_in_recovery()::text || current_setting('transaction_isolation')"
+        )
+        .await,
         "falserepeatable read",
         "the rest of the transaction follows its first statement, BEGIN options kept"
     );
     c.batch_execute("COMMIT").await.unwrap();
     c.batch_execute("BEGIN").await.unwrap();
-    assert_eq!(one(&c, "/* tidepool: primary */ SELECT pg_is_in_recovery()").await, "f");
+    assert_eq!(
+        one(&c, "/* tidepool: primary */ SELECT pg_is_in_recovery()").await,
+        "f"
+    );
     one(&c, "INSERT INTO t VALUES (3) RETURNING 1").await;
     c.batch_execute("COMMIT").await.unwrap();
 
@@ -368,7 +377,10 @@ async fn first_statement_lsn_commands_per_transaction_sessions_and_demotion() {
     assert_eq!(row.get(0), Some("0/0"), "no write yet");
     let (code, message) = sqlstate(&fresh, "SET tidepool.min_lsn = 'yesterday'").await;
     assert_eq!(code, "22023");
-    assert!(message.contains("\"tidepool.min_lsn\": \"yesterday\""), "{message}");
+    assert!(
+        message.contains("\"tidepool.min_lsn\": \"yesterday\""),
+        "{message}"
+    );
     let written = one(&c, "SHOW tidepool.lsn").await;
     assert_ne!(written, "0/0", "the writer has a position");
     // Another connection carries the writer's position while no standby has replayed it.
@@ -408,7 +420,11 @@ async fn first_statement_lsn_commands_per_transaction_sessions_and_demotion() {
     let s = connect(sessions.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;
     s.batch_execute("SET application_name = 'per-tx'").await.unwrap();
     assert_eq!(
-        one(&s, "SELECT pg_is_in_recovery()::text || ' ' || current_setting('application_name')").await,
+        one(
+            &s,
+            "SELECT pg_is_in_recovery()::text || ' ' || current_setting('application_name')"
+        )
+        .await,
         "true per-tx"
     );
     let first = one(&s, "SELECT nextval('s')").await;
@@ -419,7 +435,11 @@ async fn first_statement_lsn_commands_per_transaction_sessions_and_demotion() {
     let standby_ports: std::collections::HashSet<String> =
         cluster.standbys.iter().map(|n| n.port.to_string()).collect();
     assert_eq!(ports, standby_ports, "reads spread over the standbys");
-    assert_eq!(one(&s, "SELECT currval('s')").await, first, "same primary backend");
+    assert_eq!(
+        one(&s, "SELECT currval('s')").await,
+        first,
+        "same primary backend"
+    );
     drop(s);
     sessions.shutdown().await;
 
@@ -455,7 +475,10 @@ async fn first_statement_lsn_commands_per_transaction_sessions_and_demotion() {
         if open == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{open} connections to the fenced node stay open");
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections to the fenced node stay open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     proxy.shutdown().await;

@@ -24,7 +24,9 @@ pub fn parse_lsn_command(sql: &str) -> Option<LsnCommand> {
     let text = sql.trim();
     let text = text.strip_suffix(';').unwrap_or(text).trim_end();
     if let Some(rest) = keyword(text, "show") {
-        return rest.eq_ignore_ascii_case("tidepool.lsn").then_some(LsnCommand::Show);
+        return rest
+            .eq_ignore_ascii_case("tidepool.lsn")
+            .then_some(LsnCommand::Show);
     }
     let rest = keyword(text, "set")?;
     let rest = keyword(rest, "session").unwrap_or(rest);
@@ -71,7 +73,11 @@ impl Session {
         let body = &self.client.rbuf[5..total];
         let sql = String::from_utf8_lossy(&body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())])
             .into_owned();
-        let status = if self.ha.deferred_begin.is_some() { b'T' } else { b'I' };
+        let status = if self.ha.deferred_begin.is_some() {
+            b'T'
+        } else {
+            b'I'
+        };
         match parse_lsn_command(&sql) {
             Some(LsnCommand::Show) => {
                 let lsn = self.ryw_lsn.unwrap_or(Lsn(0)).to_string();
@@ -136,7 +142,10 @@ mod tests {
             ("SHOW tidepool.lsnx", None),
             ("SHOWtidepool.lsn", None),
             ("SET tidepool.min_lsn = '0/3000060'", Some(lsn("0/3000060"))),
-            ("set session tidepool.min_lsn to '16/B374D848';", Some(lsn("16/B374D848"))),
+            (
+                "set session tidepool.min_lsn to '16/B374D848';",
+                Some(lsn("16/B374D848")),
+            ),
             ("SET tidepool.min_lsn='0/1'", Some(lsn("0/1"))),
             ("SET tidepool.min_lsn TO 0/1", Some(lsn("0/1"))),
             ("SET tidepool.min_lsn = 'soon'", Some(SetMin(Err("soon".into())))),

@@ -9,8 +9,8 @@ use super::session::Session;
 use crate::config::PoolMode;
 use crate::health::Role;
 use crate::pool::Pool;
-use crate::router::SessionRouting;
 use crate::protocol::{tag, ErrorFields, SqlState};
+use crate::router::SessionRouting;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -284,8 +284,11 @@ impl Session {
     /// closed instead of being used for writes that PostgreSQL would refuse, or worse accept on
     /// the losing side of a split brain.
     pub(super) async fn check_demotion(&mut self) -> Demotion {
-        let (Some(health), Some(node), true) = (self.shared.health.as_ref(), self.ha.node, self.ha.attached_primary)
-        else {
+        let (Some(health), Some(node), true) = (
+            self.shared.health.as_ref(),
+            self.ha.node,
+            self.ha.attached_primary,
+        ) else {
             return Demotion::None;
         };
         let view = health.view();
@@ -298,7 +301,11 @@ impl Session {
         let Some(backend) = self.backend.take() else {
             return Demotion::None;
         };
-        let why = if status.fenced { "was fenced" } else { "is in recovery" };
+        let why = if status.fenced {
+            "was fenced"
+        } else {
+            "is in recovery"
+        };
         tracing::warn!(node = %status.addr, backend = backend.id, "server {why}; closing the client's connection to it");
         self.pool.discard(backend);
         self.ha.attached_primary = false;

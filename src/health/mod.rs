@@ -27,8 +27,8 @@ mod tests;
 mod topology;
 
 pub use config::{HealthConfig, InvalidHealthConfig};
-pub use probe::CheckError;
 pub use patroni::PatroniUrl;
+pub use probe::CheckError;
 pub use status::{HealthState, Lsn, NodeStatus, PatroniStatus, Role, TopologyView};
 pub use topology::{lag_bytes, replay_lag};
 

@@ -33,7 +33,9 @@ impl PatroniUrl {
         if authority.is_empty() || authority.contains(['/', '@', '?', '#', ' ']) {
             return Err("must be http://host:port with no path");
         }
-        let (host, port) = authority.rsplit_once(':').ok_or("needs a port (http://host:port)")?;
+        let (host, port) = authority
+            .rsplit_once(':')
+            .ok_or("needs a port (http://host:port)")?;
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err("needs a host and a port between 1 and 65535");
         }
@@ -215,7 +217,10 @@ mod tests {
     fn urls() {
         let url = PatroniUrl::parse("http://127.0.0.1:8008/").unwrap();
         assert_eq!(&*url.authority, "127.0.0.1:8008");
-        assert_eq!(&*PatroniUrl::parse("http://db1:8008").unwrap().authority, "db1:8008");
+        assert_eq!(
+            &*PatroniUrl::parse("http://db1:8008").unwrap().authority,
+            "db1:8008"
+        );
         for bad in [
             "https://db1:8008",
             "db1:8008",

@@ -218,7 +218,8 @@ impl TopologyView {
             .zip(&before.nodes)
             .enumerate()
             .filter(|(_, (now, then))| {
-                let flipped = now.role != then.role && now.role != Role::Unknown && then.role != Role::Unknown;
+                let flipped =
+                    now.role != then.role && now.role != Role::Unknown && then.role != Role::Unknown;
                 flipped || (now.fenced && !then.fenced)
             })
             .map(|(i, _)| i)

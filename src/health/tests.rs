@@ -520,7 +520,11 @@ fn with_patroni_the_primary_needs_both_to_agree() {
     assert_eq!(view.primary(), None);
     assert!(!view.patroni.as_ref().unwrap().known);
     patroni_says(&mut topology, None);
-    assert!(topology.view().patroni_disagreement().unwrap().contains("no leader"));
+    assert!(topology
+        .view()
+        .patroni_disagreement()
+        .unwrap()
+        .contains("no leader"));
     patroni_says(&mut topology, Some("b:1"));
     assert_eq!(topology.view().primary(), Some(1));
 }
