@@ -439,6 +439,8 @@ impl Session {
                 return Err(CloseReason::Terminated);
             }
             if let Some(error) = self.pending_error.take() {
+                // A held-back BEGIN dies with the request that was to carry it (status I below).
+                self.ha.deferred_begin = None;
                 self.client.queue_error(&error);
                 if matches!(tag, tag::QUERY | tag::FUNCTION_CALL | tag::SYNC) {
                     self.client.rbuf.advance(total);
