@@ -262,6 +262,30 @@ mod tests {
     }
 
     #[test]
+    fn config_names_the_bad_entry() {
+        let toml = |urls: &str| {
+            format!(
+                "[[nodes]]\nhost = \"a\"\n[[nodes]]\nhost = \"b\"\n[databases.app]\n\
+                 [routing]\npatroni_api = [{urls}]\ntransaction_routing = \"first_statement\"\n\
+                 session_routing = \"per_transaction\"\n"
+            )
+        };
+        assert!(crate::config::Config::from_toml(&toml("\"http://a:8008\"")).is_ok());
+        let error = crate::config::Config::from_toml(&toml("\"http://a:8008\", \"https://b:8008\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("routing.patroni_api[1]") && error.contains("https"),
+            "{error}"
+        );
+        let error =
+            crate::config::Config::from_toml(&toml("\"http://a:8008\"").replace("first_statement", "first"))
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("transaction_routing"), "{error}");
+    }
+
+    #[test]
     fn leaders() {
         let two = r#"{"members": [{"role": "leader", "host": "a", "port": 1},
                      {"role": "master", "host": "b", "port": 2}]}"#;
