@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tidepool's demo and tests need on a fresh Debian/Ubuntu machine with Rust:
-# PostgreSQL server binaries and the rustfmt/clippy components. Idempotent and quiet when
+# PostgreSQL server binaries, Patroni, etcd and repmgr, and the rustfmt/clippy components. Idempotent and quiet when
 # everything is already there.
 set -euo pipefail
 
@@ -25,6 +25,10 @@ command -v pgbench >/dev/null 2>&1 || missing+=(postgresql-contrib)
 # need python3 with venv, and node with npm.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
+# HA manager tests (tests/ha_managers.rs): Patroni with etcd, and repmgr for PostgreSQL 15.
+command -v patroni >/dev/null 2>&1 || missing+=(patroni)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+ls /usr/lib/postgresql/*/bin/repmgr >/dev/null 2>&1 || missing+=(postgresql-15-repmgr)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
@@ -32,6 +36,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The Debian package starts a cluster on port 5432; tidepool's tests never use it, so leave it.
+# Likewise the etcd and patroni packages' services (not started in containers without systemd):
+# the tests run their own on free ports.
 
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -245,6 +245,7 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
+        watch_role_changes(&shared);
         tracing::info!(%addr, "tidepool listening");
         let metrics_addr = match metrics_listener {
             Some(listener) => {
@@ -323,11 +324,22 @@ pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
 /// first configured user that has a password usable toward PostgreSQL.
 pub(crate) fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdown) -> Option<Health> {
     let (nodes, login) = health_plan(config, tls)?;
+    // Validated with the config, so nothing is dropped here.
+    let patroni = (config.routing.patroni_api.iter())
+        .filter_map(|url| crate::health::PatroniUrl::parse(url).ok())
+        .collect();
     let stop = shutdown.subscribe();
-    Some(Health::spawn(nodes, login, config.health.clone(), async move {
+    let stopped = async move {
         let mut stop = stop;
         let _ = stop.wait_for(|stage| *stage > Stage::Running).await;
-    }))
+    };
+    Some(Health::spawn_with_patroni(
+        nodes,
+        login,
+        config.health.clone(),
+        patroni,
+        stopped,
+    ))
 }
 
 /// The nodes to check and the login to check them with; `None` when there is nothing to choose
@@ -379,6 +391,38 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// When a node's role changes, its pooled connections are retired: a connection opened to a
+/// primary must not serve as a standby's, nor the reverse. Ends when health checking stops;
+/// holds the shared state weakly so that it never keeps the proxy alive.
+/// Starts [`retire_on_role_change`] for the current health checkers (at start, and after a
+/// reload replaced them: the previous watcher ends with its checkers).
+pub(crate) fn watch_role_changes(shared: &Arc<Shared>) {
+    if let Some(health) = shared.health() {
+        tokio::spawn(retire_on_role_change(health.subscribe(), Arc::downgrade(shared)));
+    }
+}
+
+async fn retire_on_role_change(
+    mut changes: tokio::sync::watch::Receiver<Arc<crate::health::TopologyView>>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let mut before = changes.borrow_and_update().clone();
+    while changes.changed().await.is_ok() {
+        let now = changes.borrow_and_update().clone();
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for node in now.role_changes(&before) {
+            let addr = &now.nodes[node].addr;
+            tracing::info!(node = %addr, "node changed role; retiring its connections");
+            for pool in shared.pools.all().iter().filter(|p| p.key.node == *addr) {
+                pool.retire_connections();
+            }
+        }
+        before = now;
+    }
 }
 
 /// Once a second: idle and lifetime eviction, prewarming, and pools brought in line with the

@@ -41,7 +41,14 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hba_file", hba_file),
     ("admin_command", admin_command),
     ("http_request", http_request),
+    ("patroni_response", patroni_response),
 ];
+
+/// An HTTP response from Patroni's REST API: status line, headers, (chunked) body, `/cluster`
+/// JSON; never panics, whatever a peer sends.
+pub fn patroni_response(data: &[u8]) {
+    crate::health::patroni::fuzz_response(data);
+}
 
 /// Startup-phase packets, back to back, then the parameters of each StartupMessage as a
 /// session would interpret them (`options` parsing, settings SQL).
@@ -413,6 +420,13 @@ pub fn sql_scan(data: &[u8]) {
         assert!(may_change_settings(sql), "filter hides a change: {changes:?}");
     }
     let _ = may_change_pins(sql, false) | may_change_pins(sql, true);
+    // SHOW tidepool.lsn / SET tidepool.min_lsn, answered without a backend: a value accepted
+    // reads back as itself.
+    if let Some(crate::client::local_commands::LsnCommand::SetMin(Ok(lsn))) =
+        crate::client::local_commands::parse_lsn_command(&String::from_utf8_lossy(sql))
+    {
+        assert_eq!(crate::health::Lsn::parse(&lsn.to_string()), Some(lsn));
+    }
 }
 
 /// xorshift64: a tiny deterministic generator for property tests and the fuzz smoke test, so a

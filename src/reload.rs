@@ -122,6 +122,7 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
         if let Some(previous) = previous {
             tokio::spawn(async move { previous.stop().await });
         }
+        app::watch_role_changes(shared);
     }
 
     // 5. Pools.

@@ -23,8 +23,12 @@ fn config(cluster: &LocalCluster) -> Config {
 }
 
 fn config_with(cluster: &LocalCluster, routing_extra: &str) -> Config {
+    config_full(cluster, "", routing_extra)
+}
+
+fn config_full(cluster: &LocalCluster, proxy_extra: &str, routing_extra: &str) -> Config {
     let mut toml = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[pool]\ndefault_pool_size = 4\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_extra}\n\n[pool]\ndefault_pool_size = 4\n\n\
          [health]\nhealth_check_interval = \"100ms\"\nhealth_check_timeout = \"1s\"\nfall = 2\nrise = 1\n\n\
          [routing]\nfailover_timeout = \"30s\"\n{routing_extra}\n\n[databases.{APP_DB}]\n\n\
          [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n"
@@ -280,6 +284,202 @@ async fn read_your_writes_while_every_standby_is_paused() {
             standby.psql("postgres", "SELECT pg_wal_replay_resume()").unwrap();
         }
     });
+    proxy.shutdown().await;
+    drop(cluster);
+}
+
+/// The SQLSTATE of a failed statement, panicking when it succeeded.
+async fn sqlstate(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
+    let error = client
+        .simple_query(sql)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{sql} succeeded"));
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{sql}: {error}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+/// Polls a standby until `sql` returns "t" (for up to 20 s).
+fn wait_on(node: &tidepool::cluster::LocalNode, sql: &str) {
+    for _ in 0..200 {
+        if node.psql(APP_DB, sql).is_ok_and(|out| out == "t") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{} never answered t to {sql}", node.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_statement_lsn_commands_per_transaction_sessions_and_demotion() {
+    let cluster = tokio::task::spawn_blocking(start_cluster).await.unwrap();
+    let proxy = start_proxy(config_with(
+        &cluster,
+        "transaction_routing = \"first_statement\"\nread_your_writes = true",
+    ))
+    .await;
+    wait_for_topology(&proxy).await;
+    let addr = proxy.local_addr();
+    let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    c.batch_execute("CREATE TABLE t (id int); CREATE SEQUENCE s")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        for standby in &cluster.standbys {
+            wait_on(standby, "SELECT to_regclass('t') IS NOT NULL");
+        }
+    });
+
+    // transaction_routing = "first_statement": a transaction opened by a read runs on a standby,
+    // read-only, so a write in it fails like on a standby; one opened by a write stays on the
+    // primary.
+    // (A client that wrote nothing: the writer's reads may go to the primary, read_your_writes.)
+    let r = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    r.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(one(&r, "SELECT pg_is_in_recovery()").await, "t");
+    let (code, message) = sqlstate(&r, "INSERT INTO t VALUES (1)").await;
+    assert_eq!(code, "25006", "{message}");
+    assert!(message.contains("read-only transaction"), "{message}");
+    r.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&c, "INSERT INTO t VALUES (2) RETURNING pg_is_in_recovery()").await,
+        "f"
+    );
+    assert_eq!(
+        one(
+            &c,
+            "SELECT pg_is_in_recovery()::text || current_setting('transaction_isolation')"
+        )
+        .await,
+        "falserepeatable read",
+        "the rest of the transaction follows its first statement, BEGIN options kept"
+    );
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        one(&c, "/* tidepool: primary */ SELECT pg_is_in_recovery()").await,
+        "f"
+    );
+    one(&c, "INSERT INTO t VALUES (3) RETURNING 1").await;
+    c.batch_execute("COMMIT").await.unwrap();
+
+    // SHOW tidepool.lsn / SET tidepool.min_lsn, answered by tidepool.
+    let fresh = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let rows = fresh.simple_query("SHOW tidepool.lsn").await.unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(row) = &rows[1] else {
+        panic!("{rows:?}")
+    };
+    assert_eq!(row.columns()[0].name(), "tidepool.lsn");
+    assert_eq!(row.get(0), Some("0/0"), "no write yet");
+    let (code, message) = sqlstate(&fresh, "SET tidepool.min_lsn = 'yesterday'").await;
+    assert_eq!(code, "22023");
+    assert!(
+        message.contains("\"tidepool.min_lsn\": \"yesterday\""),
+        "{message}"
+    );
+    let written = one(&c, "SHOW tidepool.lsn").await;
+    assert_ne!(written, "0/0", "the writer has a position");
+    // Another connection carries the writer's position while no standby has replayed it.
+    tokio::task::block_in_place(|| {
+        for standby in &cluster.standbys {
+            standby.psql("postgres", "SELECT pg_wal_replay_pause()").unwrap();
+        }
+    });
+    c.batch_execute("INSERT INTO t VALUES (4)").await.unwrap();
+    let written = one(&c, "SHOW tidepool.lsn").await;
+    assert_eq!(one(&fresh, "SELECT pg_is_in_recovery()").await, "t");
+    fresh
+        .batch_execute(&format!("SET tidepool.min_lsn = '{written}'"))
+        .await
+        .unwrap();
+    assert_eq!(one(&fresh, "SHOW tidepool.lsn").await, written);
+    assert_eq!(
+        one(&fresh, "SELECT count(*) FROM t WHERE id = 4").await,
+        "1",
+        "reads wait for (or skip) standbys behind the carried position"
+    );
+    tokio::task::block_in_place(|| {
+        for standby in &cluster.standbys {
+            standby.psql("postgres", "SELECT pg_wal_replay_resume()").unwrap();
+        }
+    });
+
+    // session_routing = "per_transaction": a session-mode client's reads go to standbys, with
+    // its settings; its writes share one primary backend for the whole session (currval works).
+    let sessions = start_proxy(config_full(
+        &cluster,
+        "pool_mode = \"session\"",
+        "session_routing = \"per_transaction\"",
+    ))
+    .await;
+    wait_for_topology(&sessions).await;
+    let s = connect(sessions.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;
+    s.batch_execute("SET application_name = 'per-tx'").await.unwrap();
+    assert_eq!(
+        one(
+            &s,
+            "SELECT pg_is_in_recovery()::text || ' ' || current_setting('application_name')"
+        )
+        .await,
+        "true per-tx"
+    );
+    let first = one(&s, "SELECT nextval('s')").await;
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..4 {
+        ports.insert(one(&s, "SELECT inet_server_port()").await);
+    }
+    let standby_ports: std::collections::HashSet<String> =
+        cluster.standbys.iter().map(|n| n.port.to_string()).collect();
+    assert_eq!(ports, standby_ports, "reads spread over the standbys");
+    assert_eq!(
+        one(&s, "SELECT currval('s')").await,
+        first,
+        "same primary backend"
+    );
+    drop(s);
+    sessions.shutdown().await;
+
+    // A node that stops being the primary (here: fenced after a standby is promoted beside it):
+    // a client inside a transaction there gets an error, not silence, and the pool's
+    // connections to it are closed.
+    let d = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    d.batch_execute("BEGIN").await.unwrap();
+    one(&d, "INSERT INTO t VALUES (5) RETURNING 1").await;
+    let new_primary = &cluster.standbys[0];
+    tokio::task::block_in_place(|| new_primary.promote().unwrap());
+    let health = proxy.shared().health().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(health.view().primary() == Some(1) && health.view().nodes[0].fenced) {
+        assert!(Instant::now() < deadline, "never fenced: {:?}", health.view());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, message) = sqlstate(&d, "INSERT INTO t VALUES (6)").await;
+    assert_eq!(code, "25006", "{message}");
+    assert!(message.contains("no longer the primary"), "{message}");
+    assert_eq!(
+        one(&d, "INSERT INTO t VALUES (7) RETURNING inet_server_port()").await,
+        new_primary.port.to_string(),
+        "the next transaction runs on the new primary"
+    );
+    let old_primary = cluster.primary.addr().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open: usize = (proxy.shared().pools.all().iter())
+            .filter(|p| *p.key.node == *old_primary)
+            .map(|p| p.counts().0)
+            .sum();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections to the fenced node stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     proxy.shutdown().await;
     drop(cluster);
 }

@@ -46,6 +46,9 @@ impl Target {
 pub struct Process {
     pub child: Child,
     pub name: &'static str,
+    /// The process's own pid file: `runuser` (our child when we are root) does not pass a kill
+    /// on to the program it started.
+    pub pidfile: Option<PathBuf>,
 }
 
 impl Process {
@@ -56,6 +59,12 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let pid = (self.pidfile.as_ref())
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -255,6 +264,7 @@ pub fn start_pgbouncer(
     let process = Process {
         child,
         name: "pgbouncer",
+        pidfile: Some(home.join("pgbouncer.pid")),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr, &home.join("pgbouncer.log"), wrapper)?;
@@ -309,6 +319,7 @@ pub fn start_tidepool(
     let process = Process {
         child,
         name: "tidepool",
+        pidfile: None,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr, &log, wrapper)?;

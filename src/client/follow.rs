@@ -4,7 +4,6 @@
 use super::params::follow_reported;
 use super::session::Session;
 use crate::backend::BackendError;
-use crate::config::PoolMode;
 
 impl Session {
     /// Settings the client changed during the exchange follow it to its next backend.
@@ -20,7 +19,7 @@ impl Session {
     }
 
     pub(super) fn read_your_writes(&self) -> bool {
-        self.mode == PoolMode::Transaction
+        self.routes_per_transaction()
             && self.shared.health().is_some()
             && self.snapshot.config.routing.read_your_writes
     }

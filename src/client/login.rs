@@ -181,6 +181,7 @@ async fn serve_inner(
         ticket,
         on_standby: false,
         awaiting_first_request: true,
+        ha: Default::default(),
     };
     let reason = tokio::select! {
         reason = session.run() => reason,
@@ -198,5 +199,6 @@ async fn serve_inner(
         }
     };
     session.finish().await;
+    session.release_parked().await;
     reason
 }

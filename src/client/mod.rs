@@ -10,6 +10,7 @@ mod drain;
 mod follow;
 pub mod keywords;
 pub mod listener;
+pub mod local_commands;
 pub mod login;
 pub mod params;
 pub mod pinning;

@@ -1,10 +1,16 @@
 //! Which node serves a client's next transaction: the request in the read buffer is classified
-//! (`router`), the health view consulted (`router::pick`), and a write waits out a failover.
+//! (`router`), the health view consulted (`router::pick`), and a write waits out a failover;
+//! backends on a node that stopped being the primary are dropped, and per-transaction session
+//! routing parks the session's backend of each node between transactions.
 
+use super::login::CloseReason;
 use super::params::ClientParams;
 use super::session::Session;
+use crate::config::PoolMode;
+use crate::health::Role;
 use crate::pool::Pool;
 use crate::protocol::{tag, ErrorFields, SqlState};
+use crate::router::SessionRouting;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +123,12 @@ impl Session {
     pub(super) fn classify_request(&mut self) -> crate::router::Decision {
         let mut new_route = None;
         let decision = self.classify_buffered(&mut new_route);
-        let decision = apply_route(decision, self.route);
+        let mut decision = apply_route(decision, self.route);
+        if self.ha.deferred_begin.is_some()
+            && decision.control == Some(crate::router::Control::SetTransactionReadOnly)
+        {
+            decision.access = crate::router::Access::Read;
+        }
         if let Some(route) = new_route {
             self.route = route;
         }
@@ -250,7 +261,15 @@ impl Session {
                 }
                 Target::NoPrimary => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        return Err(no_primary());
+                        let detail = match health.view().patroni_disagreement() {
+                            Some(why) => format!("No primary within failover_timeout: {why}"),
+                            None => "No node reported being the primary within failover_timeout.".into(),
+                        };
+                        return Err(ErrorFields::error(
+                            SqlState::CANNOT_CONNECT_NOW,
+                            "no primary server available",
+                        )
+                        .with_detail(detail));
                     }
                 }
             }
@@ -320,5 +339,193 @@ fn write_decision() -> crate::router::Decision {
         control: None,
         hint: None,
         max_lag: None,
+    }
+}
+
+/// A client's routing state beyond the classification of its next request.
+#[derive(Default)]
+pub(crate) struct HaState {
+    /// Node of the attached backend (with health checking).
+    pub(super) node: Option<usize>,
+    /// That node was the primary when the backend was attached: if it stops being the primary
+    /// while the client still holds the backend, the client must hear about it.
+    pub(super) attached_primary: bool,
+    /// A lone `BEGIN` answered by tidepool, to be sent with the first statement
+    /// (`transaction_routing = "first_statement"`).
+    pub(super) deferred_begin: Option<String>,
+    /// `session_routing = "per_transaction"`: the session's idle backend on each node.
+    pub(super) parked: Vec<Option<crate::backend::BackendConn>>,
+}
+
+/// What [`Session::check_demotion`] found.
+pub(super) enum Demotion {
+    /// The backend's node is still what it was when the transaction was routed there.
+    None,
+    /// The backend was dropped; the client's next request gets the error.
+    Dropped,
+    /// Session mode: the client was told (FATAL) and must go.
+    Close(CloseReason),
+}
+
+impl Session {
+    /// Every transaction-mode client is routed per transaction, and with several nodes so are
+    /// session-mode clients under `session_routing = "per_transaction"`.
+    pub(super) fn routes_per_transaction(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            || (self.shared.health().is_some()
+                && self.snapshot.config.routing.session_routing == SessionRouting::PerTransaction)
+    }
+
+    /// Records where the backend about to be attached runs.
+    pub(super) fn note_node(&mut self, index: usize) {
+        let primary = self.shared.health().and_then(|h| h.view().primary());
+        self.ha.node = Some(index);
+        self.ha.attached_primary = primary == Some(index);
+    }
+
+    /// The session's parked backend on node `index`, if any (per-transaction session routing).
+    pub(super) fn take_parked(&mut self, index: usize) -> Option<crate::backend::BackendConn> {
+        self.ha.parked.get_mut(index).and_then(Option::take)
+    }
+
+    /// Per-transaction session routing, between transactions: the backend stays the session's
+    /// but waits aside, so the next transaction may use another node.
+    pub(super) fn park_backend(&mut self) {
+        let (Some(backend), Some(node)) = (self.backend.take(), self.ha.node) else {
+            return;
+        };
+        if self.ha.parked.len() <= node {
+            self.ha.parked.resize_with(node + 1, || None);
+        }
+        if let Some(old) = self.ha.parked[node].replace(backend) {
+            self.pool.discard(old);
+        }
+    }
+
+    /// With a backend attached and nothing in flight: did its node stop being the primary
+    /// (a standby now, or fenced) since the backend was attached there? Then the backend is
+    /// closed instead of being used for writes that PostgreSQL would refuse, or worse accept on
+    /// the losing side of a split brain.
+    pub(super) async fn check_demotion(&mut self) -> Demotion {
+        let (Some(health), Some(node), true) = (self.shared.health(), self.ha.node, self.ha.attached_primary)
+        else {
+            return Demotion::None;
+        };
+        let view = health.view();
+        let Some(status) = view.nodes.get(node) else {
+            return Demotion::None;
+        };
+        if view.primary() == Some(node) || !(status.fenced || status.role == Role::Standby) {
+            return Demotion::None;
+        }
+        let Some(backend) = self.backend.take() else {
+            return Demotion::None;
+        };
+        let why = if status.fenced {
+            "was fenced"
+        } else {
+            "is in recovery"
+        };
+        tracing::warn!(node = %status.addr, backend = backend.id, "server {why}; closing the client's connection to it");
+        self.pool.discard(backend);
+        self.ha.attached_primary = false;
+        if self.mode == PoolMode::Session {
+            let message = format!(
+                "terminating connection because server {} is no longer the primary",
+                status.addr
+            );
+            self.client
+                .send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, message.clone()))
+                .await;
+            return Demotion::Close(CloseReason::BackendLost(message));
+        }
+        if self.pins.any() {
+            self.pins = Default::default();
+            self.shared
+                .stats
+                .pinned_clients
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.exchange = Default::default();
+        self.pending_error = Some(
+            ErrorFields::error(
+                SqlState::new("25006"),
+                format!("server {} is no longer the primary", status.addr),
+            )
+            .with_detail(format!(
+                "The server {why}; the transaction was rolled back and its connection closed."
+            )),
+        );
+        Demotion::Dropped
+    }
+
+    /// Sends the held-back `BEGIN` on the backend just attached, and `SET TRANSACTION READ ONLY`
+    /// when the first statement was routed as a read, so that a later write fails with 25006 on
+    /// any node (even on the primary, when reads fall back to it).
+    pub(super) async fn replay_begin(
+        &mut self,
+        backend: &mut crate::backend::BackendConn,
+        read_only: bool,
+    ) -> Result<(), ErrorFields> {
+        let Some(begin) = self.ha.deferred_begin.take() else {
+            return Ok(());
+        };
+        let sql = if read_only {
+            format!("{begin};\nSET TRANSACTION READ ONLY")
+        } else {
+            begin
+        };
+        let outcome = backend
+            .run_simple(&sql)
+            .await
+            .map_err(|e| super::session::backend_error_for_client(&e, crate::protocol::Severity::Error))?;
+        match outcome.parsed_error() {
+            None => Ok(()),
+            Some(e) => Err(ErrorFields::error(
+                SqlState::parse(&e.code).unwrap_or(SqlState::new("25000")),
+                e.message,
+            )),
+        }
+    }
+
+    /// Gives back every parked backend when the client leaves (per-transaction session
+    /// routing); they are idle, so cleaning them is one reset each.
+    pub(super) async fn release_parked(&mut self) {
+        let parked = std::mem::take(&mut self.ha.parked);
+        for (index, backend) in parked.into_iter().enumerate() {
+            let (Some(mut backend), Some(pool)) = (backend, self.node_pool(index)) else {
+                continue;
+            };
+            let reset = pool.settings().reset_query.clone();
+            let cleaned = tokio::time::timeout(Duration::from_secs(5), backend.reset(&reset)).await;
+            match cleaned {
+                Ok(Ok(())) => pool.release(backend),
+                _ => pool.discard(backend),
+            }
+        }
+    }
+}
+
+/// Resolves at the next topology change; never when there is no health checking or it stopped
+/// (so a select arm on it cannot spin).
+pub(super) async fn role_changed(
+    receiver: Option<&mut tokio::sync::watch::Receiver<Arc<crate::health::TopologyView>>>,
+) {
+    let stopped = match receiver {
+        Some(receiver) => receiver.changed().await.is_err(),
+        None => true,
+    };
+    if stopped {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether a decision sends a transaction to a standby (hints included).
+pub(super) fn wants_standby(decision: &crate::router::Decision) -> bool {
+    use crate::router::{Access, Hint};
+    match decision.hint {
+        Some(Hint::Primary) => false,
+        Some(Hint::Standby) => true,
+        None => decision.access == Access::Read,
     }
 }

@@ -61,6 +61,8 @@ pub(super) struct Session {
     /// No request answered yet: a shutdown gives such a client a moment for its first one (see
     /// `drain.rs`), so that one logging in as the shutdown begins is not turned away.
     pub(super) awaiting_first_request: bool,
+    /// Node of the backend, held-back BEGIN, parked backends (`routing.rs`).
+    pub(super) ha: super::routing::HaState,
 }
 
 impl Session {
@@ -99,8 +101,9 @@ impl Session {
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
         self.take_snapshot();
-        let decision = (!login && self.mode == PoolMode::Transaction && self.shared.health().is_some())
+        let decision = (!login && self.routes_per_transaction() && self.shared.health().is_some())
             .then(|| self.classify_request());
+        let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout.
@@ -115,6 +118,10 @@ impl Session {
                             self.pool = pool;
                             self.on_standby = standby;
                             node = index;
+                            self.note_node(index);
+                            if let Some(parked) = self.take_parked(index) {
+                                break parked;
+                            }
                         }
                         None => {
                             return Err(CloseReason::Refused(
@@ -192,7 +199,11 @@ impl Session {
                 }
             }
         };
-        if self.mode == PoolMode::Transaction {
+        if self.mode == PoolMode::Session && !login && backend.applied.is_empty() {
+            // Opened (or reset) with the client's startup parameters: that is what it carries.
+            backend.applied = self.params.startup_settings.clone();
+        }
+        if self.mode == PoolMode::Transaction || (!login && self.routes_per_transaction()) {
             if let Some(sql) = settings_diff_sql(&backend.applied, &self.params.settings) {
                 let outcome = backend.run_simple(&sql).await;
                 match outcome {
@@ -221,8 +232,17 @@ impl Session {
                 }
             }
         }
+        let replayed = self.ha.deferred_begin.is_some();
+        if let Err(error) = self.replay_begin(&mut backend, read_only).await {
+            self.pool.discard(backend);
+            self.pending_error = Some(error);
+            return Ok(false);
+        }
         self.exchange = Exchange::default();
-        self.exchange.track_settings = self.mode == PoolMode::Transaction;
+        if replayed {
+            self.exchange.status = TransactionStatus::InTransaction;
+        }
+        self.exchange.track_settings = self.routes_per_transaction();
         self.exchange.pinned = self.pins.any();
         self.pipeline = Pipeline::default();
         self.backend = Some(backend);
@@ -255,6 +275,9 @@ impl Session {
                 if let Err(reason) = self.wait_for_request().await {
                     return reason;
                 }
+                if self.answer_locally() {
+                    continue;
+                }
                 match self.attach_cancellable(false, Some(&registration.slot)).await {
                     Ok(true) => {}
                     // Cancelled while queued: the owed error answers the request.
@@ -262,6 +285,15 @@ impl Session {
                     Err(reason) => return reason,
                 }
             }
+            if self.exchange.is_quiet() {
+                match self.check_demotion().await {
+                    super::routing::Demotion::None => {}
+                    super::routing::Demotion::Dropped => continue,
+                    super::routing::Demotion::Close(reason) => return reason,
+                }
+            }
+            // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
+            let mut role_change = shared.health().map(|h| h.subscribe());
             let idle_deadline = match self.exchange.status {
                 _ if !self.exchange.is_quiet() => None,
                 TransactionStatus::Idle => self.idle_timeout(),
@@ -273,12 +305,13 @@ impl Session {
             let between_transactions = self.exchange.status == TransactionStatus::Idle;
             let graceful_due = self.shutdown_due(Stage::Graceful);
             let fast_due = self.shutdown_due(Stage::Fast);
+            let per_transaction = self.routes_per_transaction();
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
                 key: backend.key,
             }));
-            let rewrite = (self.mode == PoolMode::Transaction && self.max_prepared > 0).then(|| Rewrite {
+            let rewrite = (per_transaction && self.max_prepared > 0).then(|| Rewrite {
                 cache: &shared.statements,
                 client: &mut self.statements,
                 pipe: &mut self.pipeline,
@@ -295,6 +328,7 @@ impl Session {
                 _ = fast_due, if quiet => {
                     return self.close_for_shutdown().await;
                 }
+                _ = super::routing::role_changed(role_change.as_mut()), if self.exchange.is_quiet() => continue,
             };
             self.account_relay(&event);
             match event {
@@ -332,6 +366,9 @@ impl Session {
                         registration.slot.set(None);
                         let backend = self.backend.take().expect("attached");
                         self.pool.release(backend);
+                    } else if self.routes_per_transaction() && !self.pins.any() {
+                        registration.slot.set(None);
+                        self.park_backend();
                     }
                 }
                 RelayEvent::IdleInTransaction => {
@@ -435,6 +472,8 @@ impl Session {
                 return Err(CloseReason::Terminated);
             }
             if let Some(error) = self.pending_error.take() {
+                // A held-back BEGIN dies with the request that was to carry it (status I below).
+                self.ha.deferred_begin = None;
                 self.client.queue_error(&error);
                 if matches!(tag, tag::QUERY | tag::FUNCTION_CALL | tag::SYNC) {
                     self.client.rbuf.advance(total);

@@ -284,6 +284,11 @@ impl Config {
                 ));
             }
         }
+        for (i, url) in self.routing.patroni_api.iter().enumerate() {
+            crate::health::PatroniUrl::parse(url).map_err(|reason| {
+                ConfigError::invalid(format!("routing.patroni_api[{i}]"), format!("{url:?} {reason}"))
+            })?;
+        }
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! The two kinds of task: a checker per node on a fixed interval, and the aggregator that turns
 //! their results into the published topology.
 
+use super::patroni::{self, PatroniUrl};
 use super::probe::{CheckError, Probe};
 use super::status::TopologyView;
-use super::topology::{Observation, Topology};
+use super::topology::{Observation, Topology, Update};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub(crate) async fn run_checker<P: Probe>(
     mut probe: P,
     interval: Duration,
     timeout: Duration,
-    results: mpsc::Sender<Observation>,
+    results: mpsc::Sender<Update>,
     cancel: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -46,11 +47,49 @@ pub(crate) async fn run_checker<P: Probe>(
             at: Instant::now(),
             outcome,
         };
-        if results.send(observation).await.is_err() {
+        if results.send(Update::Node(observation)).await.is_err() {
             break;
         }
     }
     probe.close().await;
+}
+
+/// Asks Patroni for its leader every `interval`, trying each URL in order until one answers
+/// (any member's REST API knows the whole cluster); each try is bounded by `timeout`.
+pub(crate) async fn run_patroni(
+    urls: Vec<PatroniUrl>,
+    interval: Duration,
+    timeout: Duration,
+    results: mpsc::Sender<Update>,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let ask = async {
+            let mut outcome = Ok(None);
+            for url in &urls {
+                outcome = patroni::leader(url, timeout).await;
+                if outcome.is_ok() {
+                    break;
+                }
+            }
+            outcome
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            outcome = ask => outcome,
+        };
+        if results.send(Update::Patroni(outcome)).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Where the aggregator publishes: the lock-free snapshot the balancer loads per transaction,
@@ -77,11 +116,11 @@ impl Publisher {
 /// ended; dropping `publisher` then wakes all waiters.
 pub(crate) async fn run_aggregator(
     mut topology: Topology,
-    mut results: mpsc::Receiver<Observation>,
+    mut results: mpsc::Receiver<Update>,
     publisher: Publisher,
 ) {
-    while let Some(observation) = results.recv().await {
-        topology.apply(observation);
+    while let Some(update) = results.recv().await {
+        topology.apply_update(update);
         publisher.publish(topology.view());
     }
 }

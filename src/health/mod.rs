@@ -9,7 +9,9 @@
 //! [`TopologyView`] in an `ArcSwap`, which the balancer loads per transaction without locking,
 //! and, only when a role, an up/down verdict, a fencing or the primary changed, notifies a
 //! `watch` channel: that is what wakes writes paused during a failover ([`Health::changed`],
-//! [`Health::wait_for_primary`]). Lag-only changes wake nobody.
+//! [`Health::wait_for_primary`]). Lag-only changes wake nobody. With `patroni_api`, one more
+//! task asks Patroni's REST API for its leader on the same interval and sends the answer to the
+//! same aggregator, which then requires Patroni and the nodes to agree on the primary.
 //!
 //! Shutdown (the caller's future, [`Health::stop`], or dropping `Health`) cancels the checkers;
 //! they close their connections and drop their senders, the aggregator's channel ends, it drops
@@ -17,6 +19,7 @@
 
 mod checker;
 mod config;
+pub mod patroni;
 mod probe;
 mod status;
 #[cfg(test)]
@@ -24,13 +27,14 @@ mod tests;
 mod topology;
 
 pub use config::{HealthConfig, InvalidHealthConfig};
+pub use patroni::PatroniUrl;
 pub use probe::CheckError;
-pub use status::{HealthState, Lsn, NodeStatus, Role, TopologyView};
+pub use status::{HealthState, Lsn, NodeStatus, PatroniStatus, Role, TopologyView};
 pub use topology::{lag_bytes, replay_lag};
 
 use crate::backend::BackendLogin;
 use arc_swap::ArcSwap;
-use checker::{run_aggregator, run_checker, Publisher};
+use checker::{run_aggregator, run_checker, run_patroni, Publisher};
 use probe::{Monitor, Probe};
 use std::future::Future;
 use std::sync::Arc;
@@ -63,21 +67,48 @@ impl Health {
         config: HealthConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Health {
+        Health::spawn_with_patroni(nodes, login, config, Vec::new(), shutdown)
+    }
+
+    /// [`spawn`](Self::spawn), and with `patroni` non-empty one more task asks Patroni's REST API
+    /// for its leader every `health_check_interval`; the primary is then the node that Patroni
+    /// names leader *and* that says it is not in recovery (none while they disagree).
+    pub fn spawn_with_patroni(
+        nodes: Vec<Arc<str>>,
+        login: BackendLogin,
+        config: HealthConfig,
+        patroni: Vec<PatroniUrl>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Health {
         let probes = nodes
             .iter()
             .map(|addr| Monitor::new(addr.clone(), login.clone(), config.timeout()))
             .collect();
-        Health::spawn_with(nodes, probes, &config, shutdown)
+        Health::start(nodes, probes, &config, patroni, shutdown)
     }
 
     /// [`spawn`](Self::spawn) with any probe, so the scheduling can be tested without a server.
+    #[cfg(test)]
     pub(crate) fn spawn_with<P: Probe>(
         nodes: Vec<Arc<str>>,
         probes: Vec<P>,
         config: &HealthConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Health {
-        let topology = Topology::new(&nodes, config.fall, config.rise, Instant::now());
+        Health::start(nodes, probes, config, Vec::new(), shutdown)
+    }
+
+    fn start<P: Probe>(
+        nodes: Vec<Arc<str>>,
+        probes: Vec<P>,
+        config: &HealthConfig,
+        patroni: Vec<PatroniUrl>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Health {
+        let mut topology = Topology::new(&nodes, config.fall, config.rise, Instant::now());
+        if !patroni.is_empty() {
+            topology = topology.with_patroni();
+        }
         let initial = Arc::new(topology.view());
         let view = Arc::new(ArcSwap::new(initial.clone()));
         let (changes_tx, changes) = watch::channel(initial);
@@ -85,12 +116,21 @@ impl Health {
         let tasks = TaskTracker::new();
 
         // Each checker has at most one result in flight, so this never makes one wait long.
-        let (results_tx, results_rx) = mpsc::channel(nodes.len().max(1));
+        let (results_tx, results_rx) = mpsc::channel(nodes.len() + 1);
         for (node, (addr, probe)) in nodes.iter().zip(probes).enumerate() {
             tasks.spawn(run_checker(
                 node,
                 addr.clone(),
                 probe,
+                config.interval(),
+                config.timeout(),
+                results_tx.clone(),
+                cancel.clone(),
+            ));
+        }
+        if !patroni.is_empty() {
+            tasks.spawn(run_patroni(
+                patroni,
                 config.interval(),
                 config.timeout(),
                 results_tx.clone(),

@@ -160,6 +160,20 @@ pub struct TopologyView {
     /// In the order the nodes were given to [`Health::spawn`](crate::health::Health::spawn).
     pub nodes: Vec<NodeStatus>,
     pub(crate) primary: Option<usize>,
+    /// What Patroni says, when `patroni_api` is configured.
+    pub patroni: Option<PatroniStatus>,
+}
+
+/// Patroni's view, as last asked (`routing.patroni_api`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatroniStatus {
+    /// Patroni answered lately (fewer than `fall` failed asks since); while false there is no
+    /// primary.
+    pub known: bool,
+    /// `host:port` of the leader's PostgreSQL per Patroni; `None` during a leader race.
+    pub leader: Option<Arc<str>>,
+    /// Why the last ask failed; `None` when it succeeded.
+    pub last_error: Option<String>,
 }
 
 impl TopologyView {
@@ -171,6 +185,45 @@ impl TopologyView {
     /// The status of [`primary`](Self::primary).
     pub fn primary_status(&self) -> Option<&NodeStatus> {
         self.primary.map(|i| &self.nodes[i])
+    }
+
+    /// Why there is no primary although Patroni is asked: it cannot be reached, or it and the
+    /// nodes' `pg_is_in_recovery()` disagree. `None` when there is a primary or no Patroni.
+    pub fn patroni_disagreement(&self) -> Option<String> {
+        let patroni = self.patroni.as_ref().filter(|_| self.primary.is_none())?;
+        let claims: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_up() && n.role == Role::Primary)
+            .map(|n| &*n.addr)
+            .collect();
+        Some(match (&patroni.leader, patroni.known) {
+            (_, false) => format!(
+                "Patroni cannot be asked who the leader is ({}).",
+                patroni.last_error.as_deref().unwrap_or("no answer yet")
+            ),
+            (None, true) => "Patroni reports no leader (a failover is under way).".to_string(),
+            (Some(leader), true) => format!(
+                "Patroni names {leader} the leader, but the nodes not in recovery are [{}].",
+                claims.join(", ")
+            ),
+        })
+    }
+
+    /// Nodes whose role changed since `before` (primary to standby or back, both known), or that
+    /// were fenced since: their pooled connections must not be reused.
+    pub fn role_changes(&self, before: &TopologyView) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .zip(&before.nodes)
+            .enumerate()
+            .filter(|(_, (now, then))| {
+                let flipped =
+                    now.role != then.role && now.role != Role::Unknown && then.role != Role::Unknown;
+                flipped || (now.fenced && !then.fenced)
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Indexes of nodes that claim to be primary but must not be used (split brain).
@@ -187,6 +240,8 @@ impl TopologyView {
     /// changes.
     pub fn same_topology(&self, other: &TopologyView) -> bool {
         self.primary == other.primary
+            && self.patroni.as_ref().map(|p| (p.known, &p.leader))
+                == other.patroni.as_ref().map(|p| (p.known, &p.leader))
             && self.nodes.len() == other.nodes.len()
             && self.nodes.iter().zip(&other.nodes).all(|(a, b)| {
                 a.addr == b.addr && a.role == b.role && a.health == b.health && a.fenced == b.fenced

@@ -465,3 +465,66 @@ async fn shutdown_stops_checkers_closes_probes_and_releases_waiters() {
     waiter.await.unwrap();
     assert_eq!(health.wait_for_primary().await, None, "checking stopped");
 }
+
+// ---- Patroni ----
+
+fn patroni_says(topology: &mut Topology, leader: Option<&str>) {
+    topology.apply_update(super::topology::Update::Patroni(Ok(leader.map(String::from))));
+}
+
+fn patroni_unreachable(topology: &mut Topology) {
+    let error = super::patroni::PatroniError::Status {
+        at: Arc::from("p:8008"),
+        status: 503,
+    };
+    topology.apply_update(super::topology::Update::Patroni(Err(error)));
+}
+
+#[test]
+fn with_patroni_the_primary_needs_both_to_agree() {
+    let t0 = Instant::now();
+    let addrs: Vec<Arc<str>> = ["a:1", "b:1", "c:1"].map(Arc::from).to_vec();
+    let mut topology = Topology::new(&addrs, 2, 1, t0).with_patroni();
+    observe(&mut topology, 0, t0, Ok(primary(1, 1000)));
+    observe(&mut topology, 1, t0, Ok(standby(1000, 1000, 0)));
+    let view = topology.view();
+    assert_eq!(view.primary(), None, "no primary before Patroni answers");
+    assert_eq!(view.fenced().count(), 0, "nothing fenced without an authority");
+    assert!(view.patroni_disagreement().unwrap().contains("cannot be asked"));
+
+    patroni_says(&mut topology, Some("a:1"));
+    assert_eq!(topology.view().primary(), Some(0));
+    assert_eq!(topology.view().patroni_disagreement(), None);
+
+    // Patroni moves the leader key before node 1 is promoted: no primary, node 0 fenced.
+    patroni_says(&mut topology, Some("b:1"));
+    let view = topology.view();
+    assert_eq!(view.primary(), None);
+    assert_eq!(view.fenced().collect::<Vec<_>>(), [0]);
+    let why = view.patroni_disagreement().unwrap();
+    assert!(why.contains("b:1") && why.contains("a:1"), "{why}");
+    observe(&mut topology, 1, t0, Ok(primary(2, 1100)));
+    assert_eq!(topology.view().primary(), Some(1));
+
+    // Patroni's leader wins even over a higher timeline.
+    observe(&mut topology, 2, t0, Ok(primary(3, 1200)));
+    let view = topology.view();
+    assert_eq!(view.primary(), Some(1));
+    assert_eq!(view.fenced().collect::<Vec<_>>(), [0, 2]);
+
+    // One failed ask changes nothing (fall = 2); two make the leader unknown.
+    patroni_unreachable(&mut topology);
+    assert_eq!(topology.view().primary(), Some(1));
+    patroni_unreachable(&mut topology);
+    let view = topology.view();
+    assert_eq!(view.primary(), None);
+    assert!(!view.patroni.as_ref().unwrap().known);
+    patroni_says(&mut topology, None);
+    assert!(topology
+        .view()
+        .patroni_disagreement()
+        .unwrap()
+        .contains("no leader"));
+    patroni_says(&mut topology, Some("b:1"));
+    assert_eq!(topology.view().primary(), Some(1));
+}

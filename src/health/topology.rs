@@ -1,8 +1,9 @@
 //! Turning check results into a topology: fall/rise per node, primary selection with split-brain
 //! fencing, and lag. Pure bookkeeping, owned by the aggregator task; no I/O, no clock reads.
 
+use super::patroni::PatroniError;
 use super::probe::CheckError;
-use super::status::{FallRise, HealthState, Lsn, NodeStatus, Role, TopologyView};
+use super::status::{FallRise, HealthState, Lsn, NodeStatus, PatroniStatus, Role, TopologyView};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -30,6 +31,26 @@ pub(crate) struct Observation {
     /// When the check finished.
     pub at: Instant,
     pub outcome: Result<Sample, CheckError>,
+}
+
+/// What the aggregator receives: a node's check, or Patroni's answer.
+#[derive(Debug)]
+pub(crate) enum Update {
+    Node(Observation),
+    /// The leader's `host:port` per Patroni (`None`: no leader now), or why asking failed.
+    Patroni(Result<Option<String>, PatroniError>),
+}
+
+/// What Patroni said lately, when `patroni_api` is configured.
+#[derive(Debug, Default)]
+struct PatroniRecord {
+    /// Patroni's leader is known: it answered, and fewer than `fall` asks failed since.
+    known: bool,
+    /// The leader's PostgreSQL `host:port` (as Patroni reports it).
+    leader: Option<Arc<str>>,
+    /// Consecutive failed asks.
+    failures: u32,
+    last_error: Option<String>,
 }
 
 /// How far a node's replay is behind, as time.
@@ -100,6 +121,9 @@ pub(crate) struct Topology {
     fenced: Vec<bool>,
     /// Highest timeline an up primary ever had (see [`select_primary`]).
     highest_timeline: u32,
+    /// `Some` when `patroni_api` is configured: then Patroni names the primary (see
+    /// [`Topology::choose_primary`]).
+    patroni: Option<PatroniRecord>,
 }
 
 impl Topology {
@@ -122,6 +146,52 @@ impl Topology {
             primary: None,
             fenced: vec![false; addrs.len()],
             highest_timeline: 0,
+            patroni: None,
+        }
+    }
+
+    /// From now on the primary must also be Patroni's leader; until Patroni answers there is
+    /// none.
+    pub(crate) fn with_patroni(mut self) -> Topology {
+        self.patroni = Some(PatroniRecord::default());
+        self
+    }
+
+    /// Records a node check or a Patroni answer and re-chooses the primary.
+    pub(crate) fn apply_update(&mut self, update: Update) {
+        match update {
+            Update::Node(observation) => self.apply(observation),
+            Update::Patroni(outcome) => {
+                let fall = self.fall;
+                let Some(record) = self.patroni.as_mut() else {
+                    return;
+                };
+                match outcome {
+                    Ok(leader) => {
+                        let leader: Option<Arc<str>> = leader.map(Arc::from);
+                        if !record.known || record.leader != leader {
+                            tracing::info!(leader = ?leader.as_deref(), "Patroni's leader");
+                        }
+                        *record = PatroniRecord {
+                            known: true,
+                            leader,
+                            failures: 0,
+                            last_error: None,
+                        };
+                    }
+                    Err(error) => {
+                        record.failures = record.failures.saturating_add(1);
+                        // The same hysteresis as a node's: one lost answer does not stop writes.
+                        if record.known && record.failures >= fall {
+                            tracing::warn!(%error, "Patroni cannot be asked; writes wait until it answers");
+                            record.known = false;
+                            record.leader = None;
+                        }
+                        record.last_error = Some(error.to_string());
+                    }
+                }
+                self.choose_primary();
+            }
         }
     }
 
@@ -157,15 +227,21 @@ impl Topology {
                 (sample.role == Role::Primary).then_some((i, sample.timeline.unwrap_or(0)))
             })
             .collect();
-        let chosen = select_primary(&claims, self.primary, &mut self.highest_timeline);
+        let (chosen, fence_others) = match &self.patroni {
+            None => (
+                select_primary(&claims, self.primary, &mut self.highest_timeline),
+                true,
+            ),
+            Some(patroni) => self.patroni_choice(patroni, &claims),
+        };
         for (i, fenced) in self.fenced.iter_mut().enumerate() {
-            let now = claims.iter().any(|&(c, _)| c == i) && Some(i) != chosen;
+            let now = fence_others && claims.iter().any(|&(c, _)| c == i) && Some(i) != chosen;
             if now && !*fenced {
                 tracing::error!(
                     node = %self.nodes[i].addr,
                     highest_timeline = self.highest_timeline,
-                    "node claims to be primary on an older timeline or beside the current primary; \
-                     fenced"
+                    "node claims to be primary on an older timeline, beside the current primary, \
+                     or against Patroni; fenced"
                 );
             }
             *fenced = now;
@@ -177,6 +253,24 @@ impl Topology {
             }
             self.primary = chosen;
         }
+    }
+
+    /// With Patroni, the primary is the node that both Patroni names leader and that says it is
+    /// not in recovery; while they disagree (or Patroni's answer is unknown) there is none, so
+    /// writes wait. Patroni is the authority on timelines too: its leader wins even over a
+    /// node on a higher timeline (which is fenced). Nothing is fenced while Patroni's answer
+    /// is unknown: there is no authority to fence by.
+    fn patroni_choice(&self, patroni: &PatroniRecord, claims: &[(usize, u32)]) -> (Option<usize>, bool) {
+        if !patroni.known {
+            return (None, false);
+        }
+        let chosen = patroni.leader.as_ref().and_then(|leader| {
+            claims
+                .iter()
+                .map(|&(i, _)| i)
+                .find(|&i| *self.nodes[i].addr == **leader)
+        });
+        (chosen, true)
     }
 
     /// The snapshot to publish.
@@ -214,6 +308,11 @@ impl Topology {
         TopologyView {
             nodes,
             primary: self.primary,
+            patroni: self.patroni.as_ref().map(|p| PatroniStatus {
+                known: p.known,
+                leader: p.leader.clone(),
+                last_error: p.last_error.clone(),
+            }),
         }
     }
 }

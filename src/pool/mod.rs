@@ -97,6 +97,9 @@ pub struct Pool {
     /// Set when a reload changed this pool's backend settings or removed its database, user or
     /// node: connections close when released, and sessions move to the new pool.
     retired: AtomicBool,
+    /// Connections opened at or before this instant are closed when released: their node's
+    /// role changed since (see [`Pool::retire_connections`]).
+    retired_before: Mutex<Option<Instant>>,
 }
 
 /// What a pool shares with the others of its process.
@@ -141,6 +144,7 @@ impl Pool {
             conn_ids: context.conn_ids,
             stats: PoolStats::default(),
             retired: AtomicBool::new(false),
+            retired_before: Mutex::new(None),
         }
     }
 
@@ -364,6 +368,7 @@ impl Pool {
 
     /// Returns a connection that is idle and clean; anything else is discarded.
     pub fn release(&self, mut conn: BackendConn) {
+        let retired = *self.retired_before.lock().unwrap_or_else(|p| p.into_inner());
         let close_needed = match &conn.ticket {
             Some(ticket) => {
                 ticket.set_state(ServerState::Idle);
@@ -372,7 +377,11 @@ impl Pool {
             }
             None => false,
         };
-        if !conn.is_reusable() || close_needed || self.is_retired() {
+        if !conn.is_reusable()
+            || close_needed
+            || self.is_retired()
+            || retired.is_some_and(|at| conn.created <= at)
+        {
             self.discard(conn);
             return;
         }
@@ -444,6 +453,13 @@ impl Pool {
         for conn in stale {
             tokio::spawn(conn.terminate());
         }
+    }
+
+    /// The node's role changed (promoted, demoted, fenced): every connection open now is closed,
+    /// idle ones at once, checked-out ones when released (never mid-transaction).
+    pub fn retire_connections(&self) {
+        *self.retired_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.close_idle();
     }
 
     /// Closes every idle connection (shutdown, RECONNECT).

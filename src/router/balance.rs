@@ -22,6 +22,31 @@ pub enum ReadsOnPrimary {
     Never,
 }
 
+/// `transaction_routing`: what decides where an explicit transaction runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionRouting {
+    /// `BEGIN` (not `READ ONLY`) sends the whole transaction to the primary (default).
+    #[default]
+    Whole,
+    /// A lone `BEGIN` is answered by tidepool and sent later, with the transaction's first
+    /// statement, to where that statement goes; a transaction started by a read is made
+    /// `READ ONLY`, so a later write in it fails with 25006 wherever it runs.
+    FirstStatement,
+}
+
+/// `session_routing`: how session-mode clients are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionRouting {
+    /// A session-mode client uses the primary for its whole session (default).
+    #[default]
+    PerSession,
+    /// Each transaction is routed like in transaction mode; the client keeps one backend per
+    /// node it used, for its whole session.
+    PerTransaction,
+}
+
 /// `[routing]`: read/write splitting over the `[[nodes]]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +67,11 @@ pub struct RoutingConfig {
     pub read_your_writes: bool,
     /// How long such a read may wait for a standby to catch up before using the primary.
     pub ryw_wait: ConfigDuration,
+    pub transaction_routing: TransactionRouting,
+    pub session_routing: SessionRouting,
+    /// Patroni REST endpoints (`http://host:port`); when set, the primary must also be
+    /// Patroni's leader, and writes wait while they disagree.
+    pub patroni_api: Vec<String>,
 }
 
 impl Default for RoutingConfig {
@@ -55,6 +85,9 @@ impl Default for RoutingConfig {
             read_only_functions: Vec::new(),
             read_your_writes: false,
             ryw_wait: ConfigDuration::secs(0),
+            transaction_routing: TransactionRouting::Whole,
+            session_routing: SessionRouting::PerSession,
+            patroni_api: Vec::new(),
         }
     }
 }

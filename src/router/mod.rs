@@ -40,7 +40,9 @@ mod tests;
 
 use std::time::Duration;
 
-pub use balance::{pick, ReadsOnPrimary, RoundRobin, RoutingConfig, Target, Why};
+pub use balance::{
+    pick, ReadsOnPrimary, RoundRobin, RoutingConfig, SessionRouting, Target, TransactionRouting, Why,
+};
 pub use cache::CacheStats;
 pub use config::{ClassifierConfig, ClassifierError, DEFAULT_WRITE_FUNCTIONS};
 

@@ -25,7 +25,11 @@ fn node(role: Role, up: bool, lag_ms: Option<u64>, lag_bytes: Option<u64>) -> No
 
 fn view(nodes: Vec<NodeStatus>) -> TopologyView {
     let primary = nodes.iter().position(|n| n.role == Role::Primary && n.is_up());
-    TopologyView { nodes, primary }
+    TopologyView {
+        nodes,
+        primary,
+        patroni: None,
+    }
 }
 
 fn decision(access: Access) -> Decision {
