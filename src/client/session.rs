@@ -425,7 +425,10 @@ impl Session {
                 }
                 continue;
             }
-            if self.mode == PoolMode::Transaction && self.max_prepared > 0 && tag == tag::PARSE {
+            if self.mode == PoolMode::Transaction
+                && self.max_prepared > 0
+                && (tag == tag::PARSE || tag == tag::CLOSE)
+            {
                 let answered = super::statements::answer_without_backend(
                     &self.client.rbuf,
                     &self.shared.statements,
