@@ -182,6 +182,17 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// This process's soft limit on open files (tidepool inherits it).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let soft = line.split_whitespace().nth(3).expect("the soft limit");
+    soft.parse().unwrap_or(u64::MAX) // "unlimited"
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -405,6 +416,13 @@ impl Chaos {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_under_load() {
+    let fds = open_files_limit();
+    assert!(
+        fds > STORM_ATTEMPTS as u64 + 1_000,
+        "the storm needs more than {} file descriptors here and in tidepool; the soft limit is \
+         {fds}: raise it (`ulimit -n`; scripts/test.sh raises it to the hard limit)",
+        STORM_ATTEMPTS + 1_000
+    );
     let cluster = tokio::task::spawn_blocking(start_cluster).await.unwrap();
     let tidepool = blocking(|| Tidepool::start(&config(&cluster)));
     let target = Target {
