@@ -539,9 +539,9 @@ fn remember_success(head: &mut Expect, tag: u8, frame: &[u8]) {
 }
 
 /// Answers `Parse`/`Describe` of statements PostgreSQL already accepted, and `Close` of named
-/// statements, up to a `Sync`, with no
-/// backend at all, so a client preparing between transactions never waits for the pool (a
-/// driver that prepares synchronously would otherwise stall the clients sharing its thread).
+/// statements, up to a `Sync`, with no backend at all, so a client preparing between transactions
+/// never waits for the pool (a driver that prepares synchronously would otherwise stall the
+/// clients sharing its thread) and closing statements needs no node.
 /// Returns the bytes consumed from `input`, or `None` when a backend is needed.
 pub fn answer_without_backend(
     input: &[u8],
