@@ -459,9 +459,14 @@ async fn chaos_under_load() {
     let (board, acked) = workload.stop().await;
     let mut tidepool = tidepool;
     assert!(tidepool.process.is_running(), "tidepool is still running");
-    let rss = tidepool.rss_bytes();
-    eprintln!("tidepool RSS at the end: {} KiB", rss >> 10);
+    let (rss, peak) = (tidepool.rss_bytes(), tidepool.peak_rss_bytes());
+    eprintln!(
+        "tidepool RSS at the end: {} KiB (peak {} KiB)",
+        rss >> 10,
+        peak >> 10
+    );
     assert!(rss < RSS_LIMIT, "tidepool RSS at the end: {rss} bytes");
+    assert!(peak < RSS_LIMIT, "tidepool's peak RSS: {peak} bytes");
     eprintln!("recovery (fault, seconds): {recovery:?}");
     for (fault, gap) in board.write_gaps() {
         eprintln!("longest write gap, {}: {gap:?}", FAULTS[fault]);

@@ -95,17 +95,25 @@ impl Tidepool {
         self.process.child.id()
     }
 
-    /// Resident set size, from /proc/<pid>/status (VmRSS).
+    /// Resident set size now, from /proc/<pid>/status (VmRSS).
     pub fn rss_bytes(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    /// The largest resident set size so far (VmHWM), which covers the storm's peak.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("tidepool status");
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// Log lines containing `needle`.
