@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# tests/chaos.rs opens 5,000 connections at once; the soft limit may be as low as 1024.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -220,3 +220,21 @@ async fn a_client_that_leaves_mid_query_has_it_cancelled_and_its_backend_reused(
     assert_eq!(fresh, "t", "the abandoned transaction was rolled back");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_terminated_while_idle_in_the_pool_is_never_handed_out() {
+    let proxy = proxy(1, "transaction").await;
+    let addr = proxy.local_addr();
+    let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let pid = first_value(&c.simple_query("SELECT pg_backend_pid()").await.unwrap());
+    // The only backend now sits idle in the pool; the server sends it FATAL 57P01 and hangs up.
+    tokio::task::block_in_place(|| terminate(&pid));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next transaction gets a fresh backend instead of that error.
+    let rows = c
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .expect("no error from a backend that died while idle");
+    assert_ne!(first_value(&rows), pid);
+    proxy.shutdown().await;
+}

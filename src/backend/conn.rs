@@ -110,6 +110,18 @@ impl BackendConn {
         self.state == BackendState::Ready(TransactionStatus::Idle)
     }
 
+    /// True when the server sent anything (usually a FATAL, then EOF) or closed the socket while
+    /// the connection sat idle between requests; such a connection must not be reused. Costs no
+    /// system call unless the socket was reported readable since the last short read.
+    pub fn spoke_while_idle(&mut self) -> bool {
+        if self.stream.has_input_or_eof() {
+            self.set_state(BackendState::Broken);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Records a ParameterStatus the server sent.
     pub fn record_parameter(&mut self, body: &[u8]) {
         record_parameter(&mut self.reported, body);

@@ -77,4 +77,50 @@ impl BackendError {
             BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }
         )
     }
+
+    /// For a failure while opening a connection: true when the server was unreachable, dropped
+    /// the login, or said it is starting, stopping or recovering from a crash (SQLSTATE 57P01,
+    /// 57P02, 57P03), so the same login may work a moment later. A refused login (password,
+    /// unknown database, too many connections) is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Connect { .. }
+            | BackendError::ConnectTimeout { .. }
+            | BackendError::Closed { .. }
+            | BackendError::Io { .. } => true,
+            BackendError::Server { code, .. } => matches!(code.as_str(), "57P01" | "57P02" | "57P03"),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+
+    fn server(code: &str) -> BackendError {
+        BackendError::Server {
+            addr: "127.0.0.1:5432".into(),
+            code: code.into(),
+            message: "m".into(),
+            fatal: true,
+        }
+    }
+
+    #[test]
+    fn starting_stopping_and_unreachable_servers_are_transient_refused_logins_are_not() {
+        for code in ["57P01", "57P02", "57P03"] {
+            assert!(server(code).is_transient(), "{code}");
+        }
+        for code in ["28P01", "3D000", "53300", "42501"] {
+            assert!(!server(code).is_transient(), "{code}");
+        }
+        let closed = BackendError::Closed { addr: "a".into() };
+        assert!(closed.is_transient());
+        let no_password = BackendError::NoPassword {
+            addr: "a".into(),
+            user: "u".into(),
+        };
+        assert!(!no_password.is_transient());
+    }
 }

@@ -182,8 +182,16 @@ impl Session {
                     return Err(CloseReason::WaitTimeout);
                 }
                 Err(PoolError::Backend(e)) => {
-                    if let Some(changed) = changed.filter(|_| e.happened_before_login()) {
-                        if tokio::time::timeout_at(failover_deadline, changed).await.is_ok() {
+                    // Nothing of the client's request was sent yet. The node may be restarting
+                    // or failing over: choose again when the health view changes, or after one
+                    // check interval (a quick restart may never show as a change).
+                    if let Some(changed) = changed.filter(|_| e.is_transient()) {
+                        let retry_at = Instant::now() + self.snapshot.config.health.interval();
+                        tokio::select! {
+                            _ = changed => {}
+                            _ = sleep_until(retry_at.min(failover_deadline)) => {}
+                        }
+                        if Instant::now() < failover_deadline {
                             continue;
                         }
                     }
@@ -491,7 +499,10 @@ impl Session {
                 }
                 continue;
             }
-            if self.mode == PoolMode::Transaction && self.max_prepared > 0 && tag == tag::PARSE {
+            if self.mode == PoolMode::Transaction
+                && self.max_prepared > 0
+                && (tag == tag::PARSE || tag == tag::CLOSE)
+            {
                 let answered = super::statements::answer_without_backend(
                     &self.client.rbuf,
                     &self.shared.statements,
@@ -545,6 +556,11 @@ impl Session {
         let backend = self.backend.take().expect("attached");
         tracing::warn!(pool = %self.pool.key, backend = backend.id, "server connection lost: {message}");
         self.pool.discard(backend);
+        if server_going_down(fatal_frame.as_ref()) {
+            // Its idle siblings are about to die too (some may not have noticed yet): open fresh
+            // connections rather than hand those to the next clients.
+            self.pool.close_idle();
+        }
         let ex = std::mem::take(&mut self.exchange);
         if self.mode == PoolMode::Session {
             match fatal_frame {
@@ -589,6 +605,20 @@ impl Session {
         }
         None
     }
+}
+
+/// Whether a lost backend suggests its whole server is going down: the connection just dropped,
+/// or the server said it is shutting down (57P01), restarting after a crash (57P02) or cannot
+/// take connections (57P03).
+fn server_going_down(fatal_frame: Option<&Bytes>) -> bool {
+    let Some(frame) = fatal_frame else {
+        return true;
+    };
+    let e = ServerError::parse(&crate::protocol::Frame {
+        tag: frame[0],
+        body: frame.slice(5..),
+    });
+    matches!(e.code.as_str(), "57P01" | "57P02" | "57P03")
 }
 
 /// Sleeps until `deadline`, or forever when there is none.

@@ -550,9 +550,10 @@ fn remember_success(head: &mut Expect, tag: u8, frame: &[u8]) {
     }
 }
 
-/// Answers `Parse`/`Describe` of statements PostgreSQL already accepted, up to a `Sync`, with no
-/// backend at all, so a client preparing between transactions never waits for the pool (a
-/// driver that prepares synchronously would otherwise stall the clients sharing its thread).
+/// Answers `Parse`/`Describe` of statements PostgreSQL already accepted, and `Close` of named
+/// statements, up to a `Sync`, with no backend at all, so a client preparing between transactions
+/// never waits for the pool (a driver that prepares synchronously would otherwise stall the
+/// clients sharing its thread) and closing statements needs no node.
 /// Returns the bytes consumed from `input`, or `None` when a backend is needed.
 pub fn answer_without_backend(
     input: &[u8],
@@ -562,6 +563,8 @@ pub fn answer_without_backend(
 ) -> Option<usize> {
     let mut pos = 0;
     let mut registrations: Vec<(String, Arc<Statement>)> = Vec::new();
+    // Names the batch closes; the client's map forgets them only if the whole batch is answered.
+    let mut closes: Vec<String> = Vec::new();
     let mut reply = BytesMut::new();
     loop {
         let rest = &input[pos..];
@@ -577,7 +580,7 @@ pub fn answer_without_backend(
             tag::PARSE => {
                 let (name, definition) = read_cstr(body)?;
                 if name.is_empty()
-                    || client.by_name.contains_key(name)
+                    || client.by_name.contains_key(name) && !closes.iter().any(|n| n == name)
                     || registrations.iter().any(|(n, _)| n == name)
                 {
                     return None;
@@ -595,8 +598,27 @@ pub fn answer_without_backend(
                     .iter()
                     .find(|(n, _)| n == name)
                     .map(|(_, s)| s)
-                    .or_else(|| client.by_name.get(name))?;
+                    .or_else(|| {
+                        client
+                            .by_name
+                            .get(name)
+                            .filter(|_| !closes.iter().any(|n| n == name))
+                    })?;
                 reply.extend_from_slice(stmt.description.get()?);
+            }
+            // Closing a named statement only forgets the client's name (the backend's copy
+            // stays for other clients), so a batch of Closes, as drivers send when statements
+            // are dropped, needs no backend either, and no particular node.
+            tag::CLOSE if body.first() == Some(&b'S') => {
+                let (name, _) = read_cstr(&body[1..])?;
+                if name.is_empty() {
+                    return None;
+                }
+                match registrations.iter().position(|(n, _)| n == name) {
+                    Some(i) => drop(registrations.remove(i)),
+                    None => closes.push(name.to_string()),
+                }
+                reply.extend_from_slice(&[b'3', 0, 0, 0, 4]);
             }
             tag::SYNC | tag::FLUSH => {
                 pos += 1 + len;
@@ -608,6 +630,9 @@ pub fn answer_without_backend(
             _ => return None,
         }
         pos += 1 + len;
+    }
+    for name in &closes {
+        client.by_name.remove(name);
     }
     client.by_name.extend(registrations);
     to_client.extend_from_slice(&reply);

@@ -353,6 +353,13 @@ impl Pool {
     /// Runs `server_check_query` on a connection idle longer than `server_check_delay`;
     /// returns it if healthy, else closes it and frees its slot.
     async fn check_idle(&self, mut conn: BackendConn, settings: &PoolSettings) -> Option<BackendConn> {
+        if conn.spoke_while_idle() {
+            // Typically a FATAL then EOF: the server shut down, restarted after a crash, or
+            // terminated the backend. Handing it out would fail the client's next request.
+            tracing::info!(pool = %self.key, backend = conn.id, "idle backend was closed by the server; discarding it");
+            self.discard(conn);
+            return None;
+        }
         if settings.check_query.is_empty() || conn.last_used.elapsed() < settings.check_delay {
             return Some(conn);
         }

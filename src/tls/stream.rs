@@ -45,6 +45,21 @@ impl Stream {
         }
     }
 
+    /// True when the peer sent something or closed the connection, without consuming anything
+    /// (TLS records stay for rustls). Costs a system call only when the socket was reported
+    /// readable since the last short read.
+    pub fn has_input_or_eof(&self) -> bool {
+        let tcp = match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+            Stream::Detached => return true,
+        };
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }

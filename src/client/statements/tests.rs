@@ -255,3 +255,47 @@ fn parse_and_describe_of_known_statements_need_no_backend() {
     assert_eq!(tags, "1tTZ");
     assert!(other.by_name.contains_key("x"));
 }
+
+#[test]
+fn closing_named_statements_needs_no_backend() {
+    let mut h = Harness::new();
+    h.send(&parse("s1", "SELECT 1"));
+    h.answer(b"1");
+    h.take_client();
+    assert!(h.client.by_name.contains_key("s1"));
+    // Close s1 + Close of a name never prepared + Sync: CloseComplete twice, ReadyForQuery.
+    let mut input = frame(b'C', b"Ss1\0");
+    input.extend(frame(b'C', b"Snever\0"));
+    input.extend(frame(b'S', &[]));
+    let mut out = BytesMut::new();
+    let used = answer_without_backend(&input, &h.cache, &mut h.client, &mut out).unwrap();
+    assert_eq!(used, input.len());
+    let tags: String = frames(&out).iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, "33Z");
+    assert!(!h.client.by_name.contains_key("s1"));
+    // Closing the unnamed statement or a portal is left to the backend.
+    for body in [&b"S\0"[..], &b"Pp1\0"[..]] {
+        let mut input = frame(b'C', body);
+        input.extend(frame(b'S', &[]));
+        assert_eq!(
+            answer_without_backend(&input, &h.cache, &mut h.client, &mut BytesMut::new()),
+            None
+        );
+    }
+}
+
+#[test]
+fn a_batch_that_closes_then_describes_a_name_goes_to_the_backend() {
+    let mut h = Harness::new();
+    h.send(&parse("s1", "SELECT 1"));
+    h.answer(b"1");
+    h.take_client();
+    let mut input = frame(b'C', b"Ss1\0");
+    input.extend(frame(b'D', b"Ss1\0"));
+    input.extend(frame(b'S', &[]));
+    assert_eq!(
+        answer_without_backend(&input, &h.cache, &mut h.client, &mut BytesMut::new()),
+        None
+    );
+    assert!(h.client.by_name.contains_key("s1"), "nothing was applied");
+}
