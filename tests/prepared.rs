@@ -163,3 +163,107 @@ async fn pgbench_prepared_mode_through_small_pools() {
         proxy.shutdown().await;
     }
 }
+
+/// The first column of the first row of a simple query, or the error's SQLSTATE.
+async fn value_or_code(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    match client.simple_query(sql).await {
+        Ok(rows) => Ok(first_value(&rows)),
+        Err(e) => Err(e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| e.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_prepare_follows_each_client_on_a_shared_backend() {
+    let proxy = proxy(1).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    // Same name, different texts, one backend for both.
+    a.batch_execute("PREPARE q (int) AS SELECT 'a:' || $1")
+        .await
+        .unwrap();
+    b.batch_execute("SELECT 1; PREPARE q (int) AS SELECT 'b:' || ($1 * 10); SELECT 2")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            value_or_code(&a, &format!("EXECUTE q({i})")).await,
+            Ok(format!("a:{i}"))
+        );
+        assert_eq!(
+            value_or_code(&b, &format!("EXECUTE q({i})")).await,
+            Ok(format!("b:{}", i * 10))
+        );
+    }
+    // Inside explicit transactions and through the extended protocol too.
+    let rows = a.simple_query("BEGIN; EXECUTE q(7); COMMIT").await.unwrap();
+    assert_eq!(first_value(&rows), "a:7");
+    let row = b.query_one("EXECUTE q(3)", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "b:30");
+    // PostgreSQL's own errors: the name exists for a, does not for a third client.
+    assert_eq!(
+        value_or_code(&a, "PREPARE q AS SELECT 1").await,
+        Err("42P05".to_string())
+    );
+    let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    assert_eq!(value_or_code(&c, "EXECUTE q(1)").await, Err("26000".to_string()));
+    assert_eq!(value_or_code(&c, "DEALLOCATE q").await, Err("26000".to_string()));
+    // c may use the name for itself, without disturbing a or b.
+    c.batch_execute("PREPARE q AS SELECT 'c'").await.unwrap();
+    assert_eq!(value_or_code(&c, "EXECUTE q").await, Ok("c".to_string()));
+    assert_eq!(value_or_code(&a, "EXECUTE q(1)").await, Ok("a:1".to_string()));
+    // DEALLOCATE: gone for a only.
+    a.batch_execute("DEALLOCATE q").await.unwrap();
+    assert_eq!(value_or_code(&a, "EXECUTE q(1)").await, Err("26000".to_string()));
+    assert_eq!(value_or_code(&b, "EXECUTE q(1)").await, Ok("b:10".to_string()));
+    // DEALLOCATE ALL and DISCARD ALL clear the client's set, and the name is free again.
+    b.batch_execute("PREPARE r AS SELECT 'r'; DEALLOCATE ALL")
+        .await
+        .unwrap();
+    assert_eq!(value_or_code(&b, "EXECUTE q(1)").await, Err("26000".to_string()));
+    assert_eq!(value_or_code(&b, "EXECUTE r").await, Err("26000".to_string()));
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(value_or_code(&c, "EXECUTE q").await, Err("26000".to_string()));
+    a.batch_execute("PREPARE q AS SELECT 'a again'").await.unwrap();
+    assert_eq!(value_or_code(&a, "EXECUTE q").await, Ok("a again".to_string()));
+    // Nothing pinned anyone.
+    assert_eq!(
+        proxy
+            .shared()
+            .stats
+            .pinned_clients
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_prepare_moves_between_backends() {
+    let proxy = proxy(2).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    a.batch_execute("PREPARE pid_and (int) AS SELECT pg_backend_pid() || ':' || $1")
+        .await
+        .unwrap();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..10 {
+        // b holds one backend in a transaction half of the time, so a has to move.
+        if i % 2 == 0 {
+            b.batch_execute("BEGIN").await.unwrap();
+        }
+        let got = value_or_code(&a, &format!("EXECUTE pid_and({i})")).await.unwrap();
+        let (pid, n) = got.split_once(':').unwrap();
+        assert_eq!(n, i.to_string());
+        pids.insert(pid.to_string());
+        if i % 2 == 0 {
+            b.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    assert_eq!(pids.len(), 2, "the statement ran on both backends");
+    proxy.shutdown().await;
+}

@@ -14,6 +14,7 @@ pub mod relay;
 mod routing;
 pub mod session;
 pub mod session_state;
+pub mod sql_prepared;
 pub mod startup;
 pub mod statements;
 

@@ -53,6 +53,8 @@ pub struct Exchange {
     pub pins_may_have_changed: bool,
     /// The client is pinned now (then more kinds of statement may release it).
     pub pinned: bool,
+    /// A statement may have prepared or deallocated SQL-level prepared statements.
+    pub sql_prepared_may_have_changed: bool,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
@@ -84,6 +86,7 @@ impl Default for Exchange {
             track_settings: false,
             pins_may_have_changed: false,
             pinned: false,
+            sql_prepared_may_have_changed: false,
             copy: CopyTracking::default(),
         }
     }
@@ -362,6 +365,7 @@ fn note_setting_changes(tag: u8, body: &[u8], ex: &mut Exchange) {
         ex.changes.scan(&String::from_utf8_lossy(sql));
     }
     ex.pins_may_have_changed |= super::pinning::may_change_pins(sql, ex.pinned);
+    ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(sql);
 }
 
 /// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and

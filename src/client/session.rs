@@ -199,6 +199,16 @@ impl Session {
                 }
             }
         }
+        if self.mode == PoolMode::Transaction {
+            // The backend's SQL-level prepared statements become the client's (sql_prepared.rs).
+            if let Err(e) = super::sql_prepared::sync(&mut backend, &self.statements.sql).await {
+                self.pool.discard(backend);
+                self.client
+                    .send_fatal(backend_error_for_client(&e, Severity::Fatal))
+                    .await;
+                return Err(CloseReason::BackendLost(e.to_string()));
+            }
+        }
         self.exchange = Exchange::default();
         self.exchange.track_settings = self.mode == PoolMode::Transaction;
         self.exchange.pinned = self.pins.any();
@@ -280,6 +290,15 @@ impl Session {
                     }
                     if self.exchange.pins_may_have_changed {
                         if let Err(e) = self.probe_pins().await {
+                            registration.slot.set(None);
+                            if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                                return reason;
+                            }
+                            continue;
+                        }
+                    }
+                    if self.exchange.sql_prepared_may_have_changed {
+                        if let Err(e) = self.follow_sql_prepared().await {
                             registration.slot.set(None);
                             if let Some(reason) = self.backend_lost(None, e.to_string()).await {
                                 return reason;

@@ -97,6 +97,8 @@ impl StatementCache {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     pub by_name: HashMap<String, Arc<Statement>>,
+    /// Its SQL-level `PREPARE`d statements (see `sql_prepared`).
+    pub sql: super::sql_prepared::SqlPrepared,
 }
 
 /// The statements a backend has prepared, least recently used first out.
@@ -105,6 +107,8 @@ pub struct BackendStatements {
     /// Statement id → (the statement, last use tick).
     prepared: HashMap<u64, (Arc<Statement>, u64)>,
     tick: u64,
+    /// The SQL-level `PREPARE`d statements it holds (see `sql_prepared`).
+    pub sql: super::sql_prepared::SqlPrepared,
 }
 
 impl BackendStatements {
@@ -142,6 +146,7 @@ impl BackendStatements {
     /// After DISCARD ALL / DEALLOCATE ALL the backend has none left.
     pub fn clear(&mut self) {
         self.prepared.clear();
+        self.sql.clear();
     }
 
     pub fn len(&self) -> usize {
