@@ -12,6 +12,7 @@ pub mod params;
 pub mod pinning;
 pub mod relay;
 mod routing;
+mod schema_retry;
 pub mod session;
 pub mod session_state;
 pub mod sql_prepared;

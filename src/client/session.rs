@@ -350,6 +350,14 @@ impl Session {
                     }
                     self.exchange.unsynced = false;
                 }
+                RelayEvent::SchemaChanged(error) => {
+                    if let Err(e) = self.retry_after_schema_change(error).await {
+                        registration.slot.set(None);
+                        if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                            return reason;
+                        }
+                    }
+                }
                 RelayEvent::ClientTerminated => return CloseReason::Terminated,
                 RelayEvent::ClientFailed(ClientIoError::Frame(e)) => {
                     let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());

@@ -45,6 +45,14 @@ impl SqlPrepared {
         self.by_name.values().filter(|t| t.is_empty()).count() as u64
     }
 
+    /// Records `name` as prepared from `text`, or as not prepared.
+    pub fn set(&mut self, name: String, text: Option<Arc<str>>) {
+        match text {
+            Some(text) => self.by_name.insert(name, text),
+            None => self.by_name.remove(&name),
+        };
+    }
+
     /// The text of `name`, if held.
     pub fn text(&self, name: &str) -> Option<&str> {
         self.by_name.get(name).map(|t| &**t)
@@ -94,7 +102,7 @@ fn own_text<'a>(name: &str, source: &'a str) -> Option<&'a str> {
 }
 
 /// `name` as a quoted identifier.
-fn quote_ident(name: &str) -> String {
+pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -167,7 +175,7 @@ pub async fn sync(backend: &mut BackendConn, client: &SqlPrepared) -> Result<(),
 }
 
 /// Sends `count` Query messages at once; returns, per query, whether it ran without error.
-async fn run_pipelined(
+pub(super) async fn run_pipelined(
     backend: &mut BackendConn,
     out: &[u8],
     count: usize,

@@ -14,7 +14,7 @@ use crate::protocol::{tag, ErrorFields, SqlState};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// One distinct statement: the Parse body after the name (query text and parameter types).
 #[derive(Debug)]
@@ -27,8 +27,8 @@ pub struct Statement {
     /// PostgreSQL accepted it once: a later Parse can be answered without a backend.
     parsed_ok: AtomicBool,
     /// ParameterDescription + RowDescription/NoData as PostgreSQL sent them, for answering a
-    /// Describe without a backend.
-    description: OnceLock<Bytes>,
+    /// Describe without a backend. Forgotten when a schema change alters the result.
+    description: Mutex<Option<Bytes>>,
 }
 
 impl Statement {
@@ -38,6 +38,16 @@ impl Statement {
         put_cstr(out, &self.backend_name);
         out.extend_from_slice(&self.definition);
         finish(out, s);
+    }
+
+    /// The cached Describe answer, if any.
+    fn description(&self) -> Option<Bytes> {
+        self.description.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A schema change altered the result: the next Describe must ask a backend.
+    pub fn forget_description(&self) {
+        *self.description.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The query text, for logs and the admin console.
@@ -70,7 +80,7 @@ impl StatementCache {
             backend_name: format!("tp{id}"),
             definition: definition.clone(),
             parsed_ok: AtomicBool::new(false),
-            description: OnceLock::new(),
+            description: Mutex::new(None),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         stmt
@@ -134,7 +144,8 @@ impl BackendStatements {
         self.prepared.remove(&oldest).map(|(s, _)| s)
     }
 
-    fn forget(&mut self, id: u64) {
+    /// The backend no longer has (or must no longer use) this statement.
+    pub fn forget(&mut self, id: u64) {
         self.prepared.remove(&id);
     }
 
@@ -537,7 +548,8 @@ fn remember_success(head: &mut Expect, tag: u8, frame: &[u8]) {
             captured,
         }) if (tag == b'T' || tag == b'n') && !captured.is_empty() => {
             captured.extend_from_slice(frame);
-            let _ = stmt.description.set(Bytes::from(std::mem::take(captured)));
+            let mut description = stmt.description.lock().unwrap_or_else(|p| p.into_inner());
+            description.get_or_insert_with(|| Bytes::from(std::mem::take(captured)));
         }
         _ => {}
     }
@@ -589,7 +601,7 @@ pub fn answer_without_backend(
                     .find(|(n, _)| n == name)
                     .map(|(_, s)| s)
                     .or_else(|| client.by_name.get(name))?;
-                reply.extend_from_slice(stmt.description.get()?);
+                reply.extend_from_slice(&stmt.description()?);
             }
             tag::SYNC | tag::FLUSH => {
                 pos += 1 + len;
