@@ -36,6 +36,8 @@ pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     /// Named prepared statements interned across clients (transaction mode).
     pub statements: StatementCache,
+    /// LISTEN connections shared by the clients of each pool (transaction mode).
+    pub notify: crate::client::notify::NotifyHubs,
     pub clients: ClientCounter,
     pub stats: ProxyStats,
     /// Node roles and lag, when there is more than one node to choose from.
@@ -149,6 +151,7 @@ impl Proxy {
             pools: Pools::default(),
             cancels: Arc::new(CancelRegistry::default()),
             statements: StatementCache::default(),
+            notify: Default::default(),
             clients: ClientCounter::default(),
             stats: ProxyStats::default(),
             shutdown,

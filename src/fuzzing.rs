@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_messages", client_messages),
     ("statements", statements),
     ("sql_scan", sql_scan),
+    ("client_batches", client_batches),
 ];
 
 /// Startup-phase packets, back to back, then the parameters of each StartupMessage as a
@@ -326,6 +327,35 @@ pub fn sql_scan(data: &[u8]) {
         assert!(may_change_settings(sql), "filter hides a change: {changes:?}");
     }
     let _ = may_change_pins(sql, false) | may_change_pins(sql, true);
+    let _ = crate::client::sql_prepared::may_change(sql);
+    // Statement spans are pieces of the text; SQL PREPAREs are cut out of them; LISTEN
+    // statements give names PostgreSQL could store.
+    let text = String::from_utf8_lossy(sql);
+    for (span, words) in crate::client::session_state::statement_spans(&text) {
+        assert!(text.contains(span) && !words.is_empty());
+        if let Some(name) = words.get(1) {
+            let row = vec![Some(name.clone()), Some(text.to_string())];
+            let set = crate::client::sql_prepared::from_rows(&[row]);
+            assert!(set.text(name).is_some_and(|t| t.is_empty() || text.contains(t)));
+        }
+    }
+    for command in crate::client::listen::parse_listen_sql(&text).unwrap_or_default() {
+        if let crate::client::listen::ListenCommand::Listen(name)
+        | crate::client::listen::ListenCommand::Unlisten(name) = command
+        {
+            assert!(!name.is_empty() && name.len() <= 63);
+        }
+    }
+}
+
+/// Client frames back to back, as transaction mode reads them between transactions and in the
+/// relay: the LISTEN-family recogniser (`client/listen.rs`) and the batch copy kept for a retry
+/// after a schema change (`client/schema_retry.rs`).
+pub fn client_batches(data: &[u8]) {
+    if let Some(request) = crate::client::listen::listen_request(data) {
+        assert!(request.len <= data.len() && !request.commands.is_empty());
+    }
+    crate::client::schema_retry::fuzz_batch_copy(data);
 }
 
 /// xorshift64: a tiny deterministic generator for property tests and the fuzz smoke test, so a

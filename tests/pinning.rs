@@ -86,9 +86,16 @@ async fn with_hold_cursor_pins_until_closed() {
     .await;
 }
 
+/// A LISTEN alone is served by the pool's listener (tests/listen_notify.rs); inside a
+/// transaction block it runs on the backend, which then keeps the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_pins_until_unlisten() {
-    assert_pins_until("LISTEN pin_channel", "SELECT 1", "UNLISTEN pin_channel").await;
+async fn listen_inside_a_transaction_block_pins_until_unlisten() {
+    assert_pins_until(
+        "BEGIN; LISTEN pin_channel; COMMIT",
+        "SELECT 1",
+        "UNLISTEN pin_channel",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

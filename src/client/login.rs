@@ -148,6 +148,7 @@ async fn serve_inner(
         pipeline: Pipeline::default(),
         max_prepared: snapshot.config.pool.max_prepared_statements,
         pins: Default::default(),
+        listens: None,
     };
     let reason = session.run().await;
     session.finish().await;

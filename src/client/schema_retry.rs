@@ -293,8 +293,36 @@ impl Session {
     }
 }
 
-/// For tests: whether `frames` hold whole messages (the copy is always cut at frame bounds).
-#[cfg(test)]
+/// Fuzz entry (`fuzzing::client_batches`): client frames back to back go through the batch
+/// copy as the relay feeds it (a new batch after each Sync or Query), then a stale-plan error and
+/// a ReadyForQuery; the copy stays whole frames within its bound, and its names are read.
+pub fn fuzz_batch_copy(data: &[u8]) {
+    let mut copy = BatchCopy::default();
+    let mut pos = 0;
+    let mut starts = true;
+    while let Ok(Some((tag, total))) = crate::protocol::frame::peek_header(&data[pos..], 1 << 20) {
+        let Some(frame) = data.get(pos..pos + total) else {
+            break;
+        };
+        copy.client_frame(frame, starts, true);
+        starts = matches!(tag, tag::SYNC | tag::QUERY);
+        assert!(copy.frames.len() <= MAX_BATCH, "the copy outgrew its bound");
+        assert!(whole(&copy.frames), "the copy is not whole frames");
+        pos += total;
+    }
+    let error = crate::protocol::ErrorFields::error(
+        crate::protocol::SqlState::FEATURE_NOT_SUPPORTED,
+        "cached plan must not change result type",
+    )
+    .to_bytes();
+    let _ = copy.server_frame(&error, TransactionStatus::Idle);
+    if let Retry::Replay(held) = copy.server_frame(b"Z\0\0\0\x05I", TransactionStatus::Idle) {
+        assert_eq!(held, error);
+        let _ = names_used(&copy.frames);
+    }
+}
+
+/// Whether `frames` hold whole messages (the copy is always cut at frame bounds).
 fn whole(frames: &[u8]) -> bool {
     use bytes::Buf;
     let mut b = frames;

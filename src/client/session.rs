@@ -53,6 +53,8 @@ pub(super) struct Session {
     pub(super) max_prepared: usize,
     /// What pins the client to its backend now (transaction mode).
     pub(super) pins: super::pinning::Pins,
+    /// Channels it LISTENs to through the pool's listener (transaction mode, `listen.rs`).
+    pub(super) listens: Option<super::notify::Subscription>,
 }
 
 impl Session {
@@ -271,6 +273,11 @@ impl Session {
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
+                _ = super::listen::notified(&self.listens), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
+                    // A pinned client between transactions gets its notifications now.
+                    self.deliver_notifications();
+                    continue;
+                }
                 _ = shared.shutdown.wait(), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
                     self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
                     return CloseReason::Shutdown;
@@ -394,12 +401,14 @@ impl Session {
     /// answer locally what needs no server (an owed error, Flush, Terminate).
     async fn wait_for_request(&mut self) -> Result<(), CloseReason> {
         loop {
+            self.deliver_notifications();
             self.client.flush().await?;
             if self.client.rbuf.is_empty() {
                 let deadline = self.idle_timeout().map(|t| Instant::now() + t);
                 let shared = self.shared.clone();
                 tokio::select! {
                     ready = self.client.wait_readable() => ready?,
+                    _ = super::listen::notified(&self.listens) => continue,
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
                     _ = shared.shutdown.wait() => {
                         self.client.send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command")).await;
@@ -442,6 +451,12 @@ impl Session {
                     self.discard_until_sync = false;
                     backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
                 }
+                continue;
+            }
+            if self.mode == PoolMode::Transaction
+                && matches!(tag, tag::QUERY | tag::PARSE)
+                && self.answer_listen().await
+            {
                 continue;
             }
             if self.mode == PoolMode::Transaction && self.max_prepared > 0 && tag == tag::PARSE {
