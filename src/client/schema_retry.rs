@@ -11,11 +11,12 @@
 //! it again and re-prepares what it names, as after any backend switch. Otherwise the held error
 //! goes to the client as PostgreSQL sent it.
 //!
-//! Only a batch that shows the client the new columns is replayed: one with a Describe (psycopg,
-//! node-postgres, pgjdbc describe the portal at every execution) or a simple Query. A driver that
-//! executes on a description it cached earlier (tokio-postgres) would reject or misread rows of
-//! the new shape, so it gets PostgreSQL's 0A000 and prepares again; the stale statement is
-//! closed on that backend all the same, so that the new Parse and Describe see the new shape.
+//! Only a batch that shows the client the new columns is replayed: one with a Describe (libpq,
+//! hence psycopg 3, and node-postgres describe the portal at every execution) or a simple
+//! Query. A driver that executes on a description it cached earlier (tokio-postgres) would
+//! reject or misread rows of the new shape, so it gets PostgreSQL's 0A000 and prepares again;
+//! the stale statement is closed on that backend all the same, so that the new Parse and
+//! Describe see the new shape.
 
 use super::session::Session;
 use super::sql_prepared::{self, SqlPrepared};
