@@ -144,12 +144,13 @@ impl Proxy {
             .map_err(|source| AppError::Listen { addr: listen, source })?;
         let shutdown = Shutdown::default();
         let health = start_health(&snapshot.config, &shutdown);
+        let instance_id = snapshot.config.peers.instance_id;
         let shared = Arc::new(Shared {
             health,
             round_robin: RoundRobin::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels: Arc::new(CancelRegistry::with_instance(instance_id)),
             statements: StatementCache::default(),
             notify: Default::default(),
             clients: ClientCounter::default(),

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod login;
 pub mod notify;
 pub mod params;
+pub mod peers;
 pub mod pinning;
 pub mod relay;
 mod routing;

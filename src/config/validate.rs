@@ -191,6 +191,9 @@ impl Config {
         if let Err(e) = self.routing.classifier().validate() {
             return Err(ConfigError::invalid("routing.write_functions", e.to_string()));
         }
+        self.peers
+            .validate()
+            .map_err(|e| ConfigError::invalid(format!("peers.{}", e.key), e.reason))?;
         Ok(())
     }
 }
