@@ -6,17 +6,16 @@
 //! ReadyForQuery with status idle to its Sync or Query), only while it is small and alone on the
 //! wire. If the 0A000 is the first thing the server answers to that batch, the error is held
 //! back along with everything up to ReadyForQuery; if that ReadyForQuery says idle (the implicit
-//! transaction rolled back, nothing reached the client), the session closes the stale statements
-//! on the backend and puts the batch back in front of the client's input, where the relay sends
-//! it again and re-prepares what it names, as after any backend switch. Otherwise the held error
-//! goes to the client as PostgreSQL sent it.
+//! transaction rolled back, nothing reached the client), the session gives the client fresh
+//! statements for the stale ones (SQL ones are prepared again) and puts the batch back in front
+//! of the client's input, where the relay sends it again and prepares what it names, as after
+//! any backend switch. Otherwise the held error goes to the client as PostgreSQL sent it.
 //!
 //! Only a batch that shows the client the new columns is replayed: one with a Describe (libpq,
 //! hence psycopg 3, and node-postgres describe the portal at every execution) or a simple
 //! Query. A driver that executes on a description it cached earlier (tokio-postgres) would
 //! reject or misread rows of the new shape, so it gets PostgreSQL's 0A000 and prepares again;
-//! the stale statement is closed on that backend all the same, so that the new Parse and
-//! Describe see the new shape.
+//! its statement is marked stale all the same, so that its new Parse gets a new statement.
 
 use super::session::Session;
 use super::sql_prepared::{self, SqlPrepared};
@@ -225,6 +224,11 @@ impl Session {
     /// The batch failed with 0A000 and nothing reached the client: prepare its statements again
     /// and replay it, or deliver the error after all (nothing to prepare again, or the client
     /// would not learn the new columns from the replay).
+    ///
+    /// A protocol-level statement is not prepared again under its old name: it is marked stale,
+    /// so that Parses of the same text from now on get a new statement (and name) everywhere,
+    /// and a replayed client's name moves to that new statement. Clients still holding the old
+    /// one get PostgreSQL's 0A000 where their backend has it, as their own sessions would.
     pub(super) async fn retry_after_schema_change(&mut self, error: Bytes) -> Result<(), BackendError> {
         let frames = std::mem::take(&mut self.exchange.batch.frames);
         let Used {
@@ -232,29 +236,17 @@ impl Session {
             sql,
             describes,
         } = names_used(&frames);
-        let backend = self.backend.as_mut().expect("attached");
-        let mut out = BytesMut::new();
-        let mut queries = 0;
-        let mut closed = false;
+        let mut stale = Vec::new();
         if self.max_prepared > 0 {
-            for name in &protocol {
-                let Some(stmt) = self.statements.by_name.get(name) else {
-                    continue;
-                };
-                // The relay prepares it again (injects a Parse) when the batch is replayed.
-                backend.statements.forget(stmt.id);
-                stmt.forget_description();
-                let s = backend_msg::begin(&mut out, tag::CLOSE);
-                out.extend_from_slice(b"S");
-                backend_msg::put_cstr(&mut out, &stmt.backend_name);
-                backend_msg::finish(&mut out, s);
-                closed = true;
-            }
-            if closed {
-                frontend_msg::sync(&mut out);
-                queries += 1;
+            for name in protocol {
+                if let Some(stmt) = self.statements.by_name.get(&name) {
+                    stmt.mark_stale();
+                    stale.push((name, stmt.definition.clone()));
+                }
             }
         }
+        let backend = self.backend.as_mut().expect("attached");
+        let mut out = BytesMut::new();
         let mut again = Vec::new();
         for word in &sql {
             if let Some((name, text)) = sql_name(&self.statements.sql, word) {
@@ -263,25 +255,31 @@ impl Session {
                     &format!("DEALLOCATE {}", sql_prepared::quote_ident(&name)),
                 );
                 frontend_msg::query(&mut out, &text);
-                queries += 2;
                 again.push((name, text));
             }
         }
-        let mut replay = queries > 0 && describes;
-        if queries > 0 {
-            let results = sql_prepared::run_pipelined(backend, &out, queries).await?;
-            let sql_results = &results[usize::from(closed)..];
-            for (i, (name, text)) in again.into_iter().enumerate() {
-                let prepared = sql_results.get(2 * i + 1).copied().unwrap_or(false);
-                backend.statements.sql.set(name, prepared.then_some(text));
-                replay &= prepared;
+        let mut sql_ok = true;
+        if !again.is_empty() {
+            let results = sql_prepared::run_pipelined(backend, &out, 2 * again.len()).await?;
+            for (i, (name, text)) in again.iter().enumerate() {
+                let prepared = results.get(2 * i + 1).copied().unwrap_or(false);
+                backend
+                    .statements
+                    .sql
+                    .set(name.clone(), prepared.then(|| text.clone()));
+                sql_ok &= prepared;
             }
         }
+        let replay = describes && sql_ok && (!stale.is_empty() || !again.is_empty());
         if replay {
             tracing::debug!(
                 backend = backend.id,
                 "schema changed under a prepared statement; retrying the batch"
             );
+            for (name, definition) in stale {
+                let fresh = self.shared.statements.intern(&definition);
+                self.statements.by_name.insert(name, fresh);
+            }
             let mut input = BytesMut::from(&frames[..]);
             input.extend_from_slice(&self.client.rbuf);
             self.client.rbuf = input;

@@ -14,7 +14,7 @@ use crate::protocol::{tag, ErrorFields, SqlState};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// One distinct statement: the Parse body after the name (query text and parameter types).
 #[derive(Debug)]
@@ -27,8 +27,11 @@ pub struct Statement {
     /// PostgreSQL accepted it once: a later Parse can be answered without a backend.
     parsed_ok: AtomicBool,
     /// ParameterDescription + RowDescription/NoData as PostgreSQL sent them, for answering a
-    /// Describe without a backend. Forgotten when a schema change alters the result.
-    description: Mutex<Option<Bytes>>,
+    /// Describe without a backend.
+    description: OnceLock<Bytes>,
+    /// A schema change altered its result (PostgreSQL said 0A000): new Parses of the same text
+    /// get a new statement; the clients that hold this one keep it, as their sessions would.
+    stale: AtomicBool,
 }
 
 impl Statement {
@@ -40,14 +43,13 @@ impl Statement {
         finish(out, s);
     }
 
-    /// The cached Describe answer, if any.
-    fn description(&self) -> Option<Bytes> {
-        self.description.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// See `stale`.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 
-    /// A schema change altered the result: the next Describe must ask a backend.
-    pub fn forget_description(&self) {
-        *self.description.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    fn is_fresh(&self) -> bool {
+        !self.stale.load(Ordering::Relaxed)
     }
 
     /// The query text, for logs and the admin console.
@@ -67,7 +69,11 @@ pub struct StatementCache {
 impl StatementCache {
     pub fn intern(&self, definition: &[u8]) -> Arc<Statement> {
         let mut map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(stmt) = map.get(definition).and_then(Weak::upgrade) {
+        if let Some(stmt) = map
+            .get(definition)
+            .and_then(Weak::upgrade)
+            .filter(|s| s.is_fresh())
+        {
             return stmt;
         }
         if map.len() >= 1024 && map.len().is_power_of_two() {
@@ -80,16 +86,19 @@ impl StatementCache {
             backend_name: format!("tp{id}"),
             definition: definition.clone(),
             parsed_ok: AtomicBool::new(false),
-            description: Mutex::new(None),
+            description: OnceLock::new(),
+            stale: AtomicBool::new(false),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         stmt
     }
 
-    /// The statement with this definition, if some client holds it.
+    /// The (fresh) statement with this definition, if some client holds it.
     pub fn lookup(&self, definition: &[u8]) -> Option<Arc<Statement>> {
         let map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(definition).and_then(Weak::upgrade)
+        map.get(definition)
+            .and_then(Weak::upgrade)
+            .filter(|s| s.is_fresh())
     }
 
     /// Live distinct statements (admin console).
@@ -144,8 +153,7 @@ impl BackendStatements {
         self.prepared.remove(&oldest).map(|(s, _)| s)
     }
 
-    /// The backend no longer has (or must no longer use) this statement.
-    pub fn forget(&mut self, id: u64) {
+    fn forget(&mut self, id: u64) {
         self.prepared.remove(&id);
     }
 
@@ -548,8 +556,7 @@ fn remember_success(head: &mut Expect, tag: u8, frame: &[u8]) {
             captured,
         }) if (tag == b'T' || tag == b'n') && !captured.is_empty() => {
             captured.extend_from_slice(frame);
-            let mut description = stmt.description.lock().unwrap_or_else(|p| p.into_inner());
-            description.get_or_insert_with(|| Bytes::from(std::mem::take(captured)));
+            let _ = stmt.description.set(Bytes::from(std::mem::take(captured)));
         }
         _ => {}
     }
@@ -601,7 +608,7 @@ pub fn answer_without_backend(
                     .find(|(n, _)| n == name)
                     .map(|(_, s)| s)
                     .or_else(|| client.by_name.get(name))?;
-                reply.extend_from_slice(&stmt.description()?);
+                reply.extend_from_slice(stmt.description.get()?);
             }
             tag::SYNC | tag::FLUSH => {
                 pos += 1 + len;
