@@ -41,6 +41,8 @@ pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     /// Named prepared statements interned across clients (transaction mode).
     pub statements: StatementCache,
+    /// LISTEN connections shared by the clients of each pool (transaction mode).
+    pub notify: crate::client::notify::NotifyHubs,
     pub clients: ClientCounter,
     pub stats: ProxyStats,
     /// Node roles and lag, when there is more than one node to choose from; replaced when a
@@ -226,6 +228,7 @@ impl Proxy {
         let shutdown = Shutdown::default();
         let health = start_health(&snapshot.config, &snapshot.backend_tls, &shutdown);
         let metrics = Arc::new(crate::metrics::Metrics::new());
+        let instance_id = snapshot.config.peers.instance_id;
         let shared = Arc::new(Shared {
             health: ArcSwapOption::from(health.map(Arc::new)),
             round_robin: RoundRobin::default(),
@@ -234,8 +237,9 @@ impl Proxy {
             sessions: Default::default(),
             metrics,
             started: std::time::SystemTime::now(),
-            cancels: Arc::new(CancelRegistry::default()),
+            cancels: Arc::new(CancelRegistry::with_instance(instance_id)),
             statements: StatementCache::default(),
+            notify: Default::default(),
             clients: ClientCounter::default(),
             stats: ProxyStats::default(),
             shutdown,

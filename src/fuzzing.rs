@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("admin_command", admin_command),
     ("http_request", http_request),
     ("patroni_response", patroni_response),
+    ("client_batches", client_batches),
 ];
 
 /// An HTTP response from Patroni's REST API: status line, headers, (chunked) body, `/cluster`
@@ -427,6 +428,35 @@ pub fn sql_scan(data: &[u8]) {
     {
         assert_eq!(crate::health::Lsn::parse(&lsn.to_string()), Some(lsn));
     }
+    let _ = crate::client::sql_prepared::may_change(sql);
+    // Statement spans are pieces of the text; SQL PREPAREs are cut out of them; LISTEN
+    // statements give names PostgreSQL could store.
+    let text = String::from_utf8_lossy(sql);
+    for (span, words) in crate::client::session_state::statement_spans(&text) {
+        assert!(text.contains(span) && !words.is_empty());
+        if let Some(name) = words.get(1) {
+            let row = vec![Some(name.clone()), Some(text.to_string())];
+            let set = crate::client::sql_prepared::from_rows(&[row]);
+            assert!(set.text(name).is_some_and(|t| t.is_empty() || text.contains(t)));
+        }
+    }
+    for command in crate::client::listen::parse_listen_sql(&text).unwrap_or_default() {
+        if let crate::client::listen::ListenCommand::Listen(name)
+        | crate::client::listen::ListenCommand::Unlisten(name) = command
+        {
+            assert!(!name.is_empty() && name.len() <= 63);
+        }
+    }
+}
+
+/// Client frames back to back, as transaction mode reads them between transactions and in the
+/// relay: the LISTEN-family recogniser (`client/listen.rs`) and the batch copy kept for a retry
+/// after a schema change (`client/schema_retry.rs`).
+pub fn client_batches(data: &[u8]) {
+    if let Some(request) = crate::client::listen::listen_request(data) {
+        assert!(request.len <= data.len() && !request.commands.is_empty());
+    }
+    crate::client::schema_retry::fuzz_batch_copy(data);
 }
 
 /// xorshift64: a tiny deterministic generator for property tests and the fuzz smoke test, so a

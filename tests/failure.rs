@@ -238,3 +238,38 @@ async fn a_backend_terminated_while_idle_in_the_pool_is_never_handed_out() {
     assert_ne!(first_value(&rows), pid);
     proxy.shutdown().await;
 }
+
+/// Two instances behind one address: a cancel that lands on the wrong one is forwarded to the
+/// instance whose id its key carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_landing_on_a_peer_is_forwarded() {
+    let base = base_config_toml(tokio::task::block_in_place(pg));
+    let a = start_proxy(Config::from_toml(&format!("{base}\n[peers]\ninstance_id = 1\n")).unwrap()).await;
+    let a_addr = a.local_addr();
+    let b_toml = format!("{base}\n[peers]\ninstance_id = 2\ninstances = {{ 1 = \"{a_addr}\" }}\n");
+    let b = start_proxy(Config::from_toml(&b_toml).unwrap()).await;
+    let b_addr = b.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut client, welcome) = RawClient::login(a_addr, APP_USER, APP_PASSWORD, APP_DB);
+        let key = welcome.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+        assert_eq!(key.body[4], 1, "the secret carries instance 1");
+        client.send(&query("SELECT pg_sleep(20)"));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut cancel = 16u32.to_be_bytes().to_vec();
+        cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+        cancel.extend_from_slice(&key.body[..8]);
+        let mut to_b = std::net::TcpStream::connect(b_addr).unwrap();
+        std::io::Write::write_all(&mut to_b, &cancel).unwrap();
+        drop(to_b);
+        let msgs = client.until_ready();
+        let error = msgs
+            .iter()
+            .find(|m| m.tag == b'E')
+            .expect("the query was cancelled");
+        assert_eq!(error.sqlstate().as_deref(), Some("57014"));
+    })
+    .await
+    .unwrap();
+    b.shutdown().await;
+    a.shutdown().await;
+}

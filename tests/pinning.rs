@@ -86,9 +86,16 @@ async fn with_hold_cursor_pins_until_closed() {
     .await;
 }
 
+/// A LISTEN alone is served by the pool's listener (tests/listen_notify.rs); inside a
+/// transaction block it runs on the backend, which then keeps the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_pins_until_unlisten() {
-    assert_pins_until("LISTEN pin_channel", "SELECT 1", "UNLISTEN pin_channel").await;
+async fn listen_inside_a_transaction_block_pins_until_unlisten() {
+    assert_pins_until(
+        "BEGIN; LISTEN pin_channel; COMMIT",
+        "SELECT 1",
+        "UNLISTEN pin_channel",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,11 +139,31 @@ async fn a_pinned_client_that_leaves_takes_its_state_with_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_level_prepare_pins_until_deallocated() {
+async fn sql_level_prepare_does_not_pin() {
+    let proxy = proxy_pool_of_one().await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    a.batch_execute("PREPARE by_id (int) AS SELECT $1 + 1")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b.simple_query("SELECT 1"))
+        .await
+        .expect("not pinned")
+        .unwrap();
+    let rows = a.simple_query("EXECUTE by_id(41)").await.unwrap();
+    assert_eq!(first_value(&rows), "42");
+    proxy.shutdown().await;
+}
+
+/// A PREPARE whose text tidepool cannot isolate (the same name twice in one query string)
+/// cannot move: it pins, until deallocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_sql_prepare_pins_until_deallocated() {
     assert_pins_until(
-        "PREPARE by_id (int) AS SELECT $1 + 1",
-        "EXECUTE by_id(41)",
-        "DEALLOCATE by_id",
+        "PREPARE amb AS SELECT 1; DEALLOCATE amb; PREPARE amb AS SELECT 2",
+        "EXECUTE amb",
+        "DEALLOCATE amb",
     )
     .await;
 }

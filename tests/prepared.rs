@@ -163,3 +163,249 @@ async fn pgbench_prepared_mode_through_small_pools() {
         proxy.shutdown().await;
     }
 }
+
+/// The first column of the first row of a simple query, or the error's SQLSTATE.
+async fn value_or_code(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    match client.simple_query(sql).await {
+        Ok(rows) => Ok(first_value(&rows)),
+        Err(e) => Err(e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| e.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_prepare_follows_each_client_on_a_shared_backend() {
+    let proxy = proxy(1).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    // Same name, different texts, one backend for both.
+    a.batch_execute("PREPARE q (int) AS SELECT 'a:' || $1")
+        .await
+        .unwrap();
+    b.batch_execute("SELECT 1; PREPARE q (int) AS SELECT 'b:' || ($1 * 10); SELECT 2")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            value_or_code(&a, &format!("EXECUTE q({i})")).await,
+            Ok(format!("a:{i}"))
+        );
+        assert_eq!(
+            value_or_code(&b, &format!("EXECUTE q({i})")).await,
+            Ok(format!("b:{}", i * 10))
+        );
+    }
+    // Inside explicit transactions and through the extended protocol too.
+    let rows = a.simple_query("BEGIN; EXECUTE q(7); COMMIT").await.unwrap();
+    assert_eq!(first_value(&rows), "a:7");
+    let row = b.query_one("EXECUTE q(3)", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "b:30");
+    // PostgreSQL's own errors: the name exists for a, does not for a third client.
+    assert_eq!(
+        value_or_code(&a, "PREPARE q AS SELECT 1").await,
+        Err("42P05".to_string())
+    );
+    let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    assert_eq!(value_or_code(&c, "EXECUTE q(1)").await, Err("26000".to_string()));
+    assert_eq!(value_or_code(&c, "DEALLOCATE q").await, Err("26000".to_string()));
+    // c may use the name for itself, without disturbing a or b.
+    c.batch_execute("PREPARE q AS SELECT 'c'").await.unwrap();
+    assert_eq!(value_or_code(&c, "EXECUTE q").await, Ok("c".to_string()));
+    assert_eq!(value_or_code(&a, "EXECUTE q(1)").await, Ok("a:1".to_string()));
+    // DEALLOCATE: gone for a only.
+    a.batch_execute("DEALLOCATE q").await.unwrap();
+    assert_eq!(value_or_code(&a, "EXECUTE q(1)").await, Err("26000".to_string()));
+    assert_eq!(value_or_code(&b, "EXECUTE q(1)").await, Ok("b:10".to_string()));
+    // DEALLOCATE ALL and DISCARD ALL clear the client's set, and the name is free again.
+    b.batch_execute("PREPARE r AS SELECT 'r'; DEALLOCATE ALL")
+        .await
+        .unwrap();
+    assert_eq!(value_or_code(&b, "EXECUTE q(1)").await, Err("26000".to_string()));
+    assert_eq!(value_or_code(&b, "EXECUTE r").await, Err("26000".to_string()));
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(value_or_code(&c, "EXECUTE q").await, Err("26000".to_string()));
+    a.batch_execute("PREPARE q AS SELECT 'a again'").await.unwrap();
+    assert_eq!(value_or_code(&a, "EXECUTE q").await, Ok("a again".to_string()));
+    // Nothing pinned anyone.
+    assert_eq!(
+        proxy
+            .shared()
+            .stats
+            .pinned_clients
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_prepare_moves_between_backends() {
+    let proxy = proxy(2).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    a.batch_execute("PREPARE pid_and (int) AS SELECT pg_backend_pid() || ':' || $1")
+        .await
+        .unwrap();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..10 {
+        // b holds one backend in a transaction half of the time, so a has to move.
+        if i % 2 == 0 {
+            b.batch_execute("BEGIN").await.unwrap();
+        }
+        let got = value_or_code(&a, &format!("EXECUTE pid_and({i})")).await.unwrap();
+        let (pid, n) = got.split_once(':').unwrap();
+        assert_eq!(n, i.to_string());
+        pids.insert(pid.to_string());
+        if i % 2 == 0 {
+            b.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    assert_eq!(pids.len(), 2, "the statement ran on both backends");
+    proxy.shutdown().await;
+}
+
+async fn simple_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<tokio_postgres::SimpleQueryRow> {
+    let messages = client.simple_query(sql).await.unwrap();
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Bind + Describe portal + Execute + Sync of statement `name`, as psycopg 3 and node-postgres
+/// send every execution of a prepared statement.
+fn execute_described(name: &str) -> Vec<u8> {
+    let mut msg = bind(name);
+    msg.extend(frame(b'D', b"P\0"));
+    msg.extend(execute());
+    msg.extend(sync());
+    msg
+}
+
+/// Fields in a RowDescription.
+fn column_count(msg: &Msg) -> i16 {
+    assert_eq!(msg.tag, b'T', "{msg:?}");
+    i16::from_be_bytes([msg.body[0], msg.body[1]])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_under_a_prepared_statement_is_retried_transparently() {
+    let proxy = proxy(1).await;
+    let addr = proxy.local_addr();
+    let pg_addr = std::net::SocketAddr::from(([127, 0, 0, 1], tokio::task::block_in_place(pg).port));
+    let admin = connect(pg_addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS sc_t; CREATE TABLE sc_t (id int); INSERT INTO sc_t VALUES (1), (2)",
+        )
+        .await
+        .unwrap();
+    let select = "SELECT * FROM sc_t ORDER BY id";
+    // tokio-postgres (describes once, at prepare) and a psycopg-style raw client (describes the
+    // portal at every execution), each directly and through tidepool.
+    let direct = connect(pg_addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let via = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let direct_stmt = direct.prepare(select).await.unwrap();
+    let stmt = via.prepare(select).await.unwrap();
+    assert_eq!(via.query(&stmt, &[]).await.unwrap().len(), 2);
+    let raw = |addr| {
+        let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        // The same text as tokio-postgres's: one statement on the backend for both clients.
+        let mut msg = parse("ps", select);
+        msg.extend(sync());
+        c.send(&msg);
+        assert_eq!(tags(&c.until_ready()), "1Z");
+        c.send(&execute_described("ps"));
+        let msgs = c.until_ready();
+        assert_eq!(tags(&msgs), "2TDDCZ");
+        assert_eq!(column_count(&msgs[1]), 1);
+        c
+    };
+    let (mut raw_direct, mut raw_via) = tokio::task::spawn_blocking(move || (raw(pg_addr), raw(addr)))
+        .await
+        .unwrap();
+    direct
+        .batch_execute(&format!("PREPARE sc_sql AS {select}"))
+        .await
+        .unwrap();
+    via.batch_execute(&format!("PREPARE sc_sql AS {select}"))
+        .await
+        .unwrap();
+    assert_eq!(simple_rows(&via, "EXECUTE sc_sql").await.len(), 2);
+
+    admin
+        .batch_execute("ALTER TABLE sc_t ADD COLUMN extra text DEFAULT 'x'")
+        .await
+        .unwrap();
+    // PostgreSQL itself refuses to run the stale statements…
+    let e = direct.simple_query("EXECUTE sc_sql").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    let (raw_direct, mut raw_via) = tokio::task::spawn_blocking(move || {
+        raw_direct.send(&execute_described("ps"));
+        let msgs = raw_direct.until_ready();
+        assert_eq!(tags(&msgs), "EZ");
+        assert_eq!(msgs[0].sqlstate().as_deref(), Some("0A000"));
+        // …tidepool prepares them again and retries: the client sees only the result, with
+        // the new column described.
+        raw_via.send(&execute_described("ps"));
+        let msgs = raw_via.until_ready();
+        assert_eq!(tags(&msgs), "2TDDCZ", "{msgs:?}");
+        assert_eq!(column_count(&msgs[1]), 2);
+        (raw_direct, raw_via)
+    })
+    .await
+    .unwrap();
+    let rows = simple_rows(&via, "EXECUTE sc_sql").await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].len(), 2, "the new column is there");
+    assert_eq!(rows[0].get(1), Some("x"));
+    // A client that executes on a description cached before the change gets PostgreSQL's
+    // error (rows of the new shape would not match what it expects)…
+    let e = direct.query(&direct_stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    let e = via.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e}");
+    // …and preparing again, on the same backend, learns the new columns.
+    let again = via.prepare(select).await.unwrap();
+    assert_eq!(again.columns().len(), 2);
+    let rows = via.query(&again, &[]).await.unwrap();
+    assert_eq!(rows[1].get::<_, &str>(1), "x");
+
+    // Inside a transaction block PostgreSQL's error stands, as it would directly.
+    admin
+        .batch_execute("ALTER TABLE sc_t ADD COLUMN more int")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        raw_via.send(&common::wire::query("BEGIN"));
+        raw_via.until_ready();
+        raw_via.send(&execute_described("ps"));
+        let msgs = raw_via.until_ready();
+        assert_eq!(tags(&msgs), "EZ");
+        assert_eq!(msgs[0].sqlstate().as_deref(), Some("0A000"));
+        raw_via.send(&common::wire::query("ROLLBACK"));
+        raw_via.until_ready();
+        // Outside it, the retry works again.
+        raw_via.send(&execute_described("ps"));
+        let msgs = raw_via.until_ready();
+        assert_eq!(tags(&msgs), "2TDDCZ", "{msgs:?}");
+        assert_eq!(column_count(&msgs[1]), 3);
+        drop(raw_direct);
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

@@ -14,5 +14,6 @@ pub(crate) use conn::record_parameter;
 pub use conn::{BackendConn, BackendKey, BackendState};
 pub use connect::{connect, BackendLogin, BackendSecret};
 pub use error::BackendError;
+pub(crate) use reset::parse_data_row;
 pub use reset::QueryOutcome;
 pub use scram::{PassThroughError, ScramKeys};

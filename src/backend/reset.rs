@@ -78,7 +78,7 @@ impl BackendConn {
 }
 
 /// Text values of a DataRow body; malformed input yields what could be read.
-pub(super) fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
+pub(crate) fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
     let mut values = Vec::new();
     if body.len() < 2 {
         return values;

@@ -33,6 +33,9 @@ impl Session {
             } else if pinned {
                 // Locks, temp tables, cursors and LISTENs must not outlive their client.
                 backend.reset("DISCARD ALL").await?;
+            } else if exchange.sql_prepared_may_have_changed {
+                // The next client must find the backend's SQL prepared statements as recorded.
+                super::sql_prepared::refresh(&mut backend).await?;
             }
             Ok::<(), BackendError>(())
         };

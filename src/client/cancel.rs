@@ -73,6 +73,8 @@ impl CancelSlot {
 #[derive(Default)]
 pub struct CancelRegistry {
     clients: Mutex<HashMap<ClientKey, Arc<CancelSlot>>>,
+    /// `peers.instance_id`, written into every secret (0: peering off).
+    instance_id: u8,
 }
 
 /// Removes the key when the session ends.
@@ -93,6 +95,14 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
+    /// A registry whose keys carry `instance_id` (see `peers`).
+    pub fn with_instance(instance_id: u8) -> Self {
+        CancelRegistry {
+            clients: Mutex::default(),
+            instance_id,
+        }
+    }
+
     /// Registers a new client. `pid` is the real backend pid in session mode (so that
     /// `pg_backend_pid()` matches); otherwise a random one is drawn. The secret is always ours,
     /// drawn from the OS CSPRNG.
@@ -102,7 +112,7 @@ impl CancelRegistry {
         let key = loop {
             let key = ClientKey {
                 pid: pid.unwrap_or_else(|| rng.random_range(1..i32::MAX)),
-                secret: rng.random(),
+                secret: super::peers::mark_secret(rng.random(), self.instance_id),
             };
             if !clients.contains_key(&key) {
                 break key;
@@ -118,8 +128,9 @@ impl CancelRegistry {
     }
 
     /// Forwards a cancel for `key` to the backend now serving that client. Unknown keys and idle
-    /// clients are ignored, as PostgreSQL ignores bad cancel keys.
-    pub async fn cancel(&self, key: ClientKey) {
+    /// clients are ignored, as PostgreSQL ignores bad cancel keys. False when the key is unknown
+    /// here (it may be a peer's).
+    pub async fn cancel(&self, key: ClientKey) -> bool {
         let slot = self
             .clients
             .lock()
@@ -127,16 +138,17 @@ impl CancelRegistry {
             .get(&key)
             .cloned();
         let Some(slot) = slot else {
-            tracing::debug!(pid = key.pid, "cancel request with an unknown key; ignored");
-            return;
+            tracing::debug!(pid = key.pid, "cancel request with an unknown key here");
+            return false;
         };
         let Some(target) = slot.get() else {
             if !slot.cancel_wait() {
                 tracing::debug!(pid = key.pid, "cancel request for no running query; ignored");
             }
-            return;
+            return true;
         };
         send_cancel_to(&target).await;
+        true
     }
 }
 

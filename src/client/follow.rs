@@ -49,7 +49,15 @@ impl Session {
         let backend = self.backend.as_mut().expect("attached");
         let outcome = backend.run_simple(super::pinning::PROBE_SQL).await?;
         let row = outcome.first_row.unwrap_or_default();
-        let pins = super::pinning::Pins::from_row(&row);
+        let mut pins = super::pinning::Pins::from_row(&row);
+        pins.sql_prepared = self.pins.sql_prepared;
+        self.set_pins(pins);
+        Ok(())
+    }
+
+    /// Records what pins the client now, counting pinned clients.
+    pub(super) fn set_pins(&mut self, pins: super::pinning::Pins) {
+        let backend_id = self.backend.as_ref().map(|b| b.id);
         if pins.any() != self.pins.any() {
             let peer = self.client.peer;
             if pins.any() {
@@ -57,18 +65,17 @@ impl Session {
                     .stats
                     .pinned_clients
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(%peer, backend = backend.id, "client pinned to its backend: {}", pins.describe());
+                tracing::debug!(%peer, backend = backend_id, "client pinned to its backend: {}", pins.describe());
             } else {
                 self.shared
                     .stats
                     .pinned_clients
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(%peer, backend = backend.id, "client unpinned");
+                tracing::debug!(%peer, backend = backend_id, "client unpinned");
             }
         }
         self.pins = pins;
         self.exchange.pinned = pins.any();
-        Ok(())
     }
 
     /// After a transaction that ran SET/RESET/DISCARD ALL: reads back what the settings are now

@@ -84,7 +84,10 @@ async fn serve_inner(
         Err(_) => return CloseReason::LoginTimeout,
         Ok(Err(e)) => return e.into(),
         Ok(Ok(Opening::Cancel(key))) => {
-            shared.cancels.cancel(key).await;
+            let (key, forwarded) = super::peers::unwrap_forwarded(key);
+            if !shared.cancels.cancel(key).await && !forwarded {
+                super::peers::forward(&snapshot.config.peers, key).await;
+            }
             return CloseReason::CancelRequest;
         }
         Ok(Ok(Opening::Login(params))) => params,
@@ -182,6 +185,7 @@ async fn serve_inner(
         on_standby: false,
         awaiting_first_request: true,
         ha: Default::default(),
+        listens: None,
     };
     let reason = tokio::select! {
         reason = session.run() => reason,

@@ -1,6 +1,6 @@
 //! Session state that cannot move between backends (session advisory locks, temporary tables,
-//! WITH HOLD cursors, LISTEN, SQL-level PREPARE): while a client holds any, transaction mode keeps it on its
-//! backend, and lets go as soon as it holds none.
+//! WITH HOLD cursors, LISTEN, SQL-level PREPAREs that `sql_prepared` cannot move): while a client
+//! holds any, transaction mode keeps it on its backend, and lets go as soon as it holds none.
 //!
 //! A lexical look at each statement says whether it might create or drop such state; after a
 //! transaction where one did, one probe query asks the backend what the client holds now. The
@@ -8,7 +8,7 @@
 //! and costs a round trip only after such transactions.
 
 /// Words after which a client may hold something that pins it.
-const PIN_TRIGGERS: &[&[u8]] = &[b"ADVISORY", b"TEMP", b"HOLD", b"LISTEN", b"PREPARE"];
+const PIN_TRIGGERS: &[&[u8]] = &[b"ADVISORY", b"TEMP", b"HOLD", b"LISTEN"];
 /// Words after which a pinned client may have let go (checked only while pinned).
 const UNPIN_TRIGGERS: &[&[u8]] = &[
     b"ADVISORY",
@@ -18,7 +18,6 @@ const UNPIN_TRIGGERS: &[&[u8]] = &[
     b"LISTEN",
     b"ROLLBACK",
     b"ABORT",
-    b"DEALLOCATE",
 ];
 
 /// Cheap test: might this statement text take (or, when `pinned`, release) something that pins?
@@ -32,8 +31,7 @@ pub const PROBE_SQL: &str = "SELECT \
     (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()), \
     (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
     (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable), \
-    (SELECT count(*) FROM pg_catalog.pg_listening_channels()), \
-    (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql)";
+    (SELECT count(*) FROM pg_catalog.pg_listening_channels())";
 
 /// What pins a client to its backend.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +40,14 @@ pub struct Pins {
     pub temp_relations: u64,
     pub hold_cursors: u64,
     pub listens: u64,
-    /// SQL-level `PREPARE` (protocol-level statements follow the client instead).
+    /// SQL-level `PREPARE`s whose text tidepool could not isolate (the others follow the client,
+    /// see `sql_prepared`); counted by `Session::follow_sql_prepared`, not by the probe.
     pub sql_prepared: u64,
 }
 
 impl Pins {
-    /// Reads the probe's row; missing or odd values count as pinned, to be safe.
+    /// Reads the probe's row; missing or odd values count as pinned, to be safe. `sql_prepared`
+    /// is left at 0 (the caller keeps its own count).
     pub fn from_row(row: &[Option<String>]) -> Pins {
         let get = |i: usize| {
             row.get(i)
@@ -60,7 +60,7 @@ impl Pins {
             temp_relations: get(1),
             hold_cursors: get(2),
             listens: get(3),
-            sql_prepared: get(4),
+            sql_prepared: 0,
         }
     }
 
@@ -125,9 +125,9 @@ mod tests {
 
     #[test]
     fn probe_rows() {
-        let row = |v: [&str; 5]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
-        assert!(!Pins::from_row(&row(["0", "0", "0", "0", "0"])).any());
-        let pins = Pins::from_row(&row(["2", "0", "1", "0", "0"]));
+        let row = |v: [&str; 4]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert!(!Pins::from_row(&row(["0", "0", "0", "0"])).any());
+        let pins = Pins::from_row(&row(["2", "0", "1", "0"]));
         assert!(pins.any());
         assert_eq!(pins.describe(), "2 advisory locks, 1 WITH HOLD cursor");
         assert!(Pins::from_row(&[]).any(), "an unreadable probe pins, to be safe");

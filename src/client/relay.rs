@@ -19,6 +19,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::conn::{ClientConn, ClientIoError};
+use super::schema_retry::Retry;
 use super::session_state::{may_change_settings, SessionChanges};
 use super::statements::{self, ClientStatements, Disposition, Pipeline, RewriteContext, StatementCache};
 
@@ -54,6 +55,10 @@ pub struct Exchange {
     pub pins_may_have_changed: bool,
     /// The client is pinned now (then more kinds of statement may release it).
     pub pinned: bool,
+    /// A statement may have prepared or deallocated SQL-level prepared statements.
+    pub sql_prepared_may_have_changed: bool,
+    /// The client's current batch, kept for a retry after a schema change (transaction mode).
+    pub(super) batch: super::schema_retry::BatchCopy,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
@@ -95,6 +100,8 @@ impl Default for Exchange {
             track_settings: false,
             pins_may_have_changed: false,
             pinned: false,
+            sql_prepared_may_have_changed: false,
+            batch: Default::default(),
             copy: CopyTracking::default(),
             requests: 0,
             busy_since: None,
@@ -147,6 +154,9 @@ pub enum RelayEvent {
     BackendFailed(BackendError),
     /// The server sent a FATAL error (the frame, not yet forwarded) and is closing.
     BackendFatal(bytes::Bytes),
+    /// The batch failed with 0A000 (this error, held back) because a schema change altered a
+    /// prepared statement's result; nothing reached the client and the server is idle again.
+    SchemaChanged(bytes::Bytes),
 }
 
 /// Statement renaming for transaction mode (see `statements`).
@@ -306,6 +316,12 @@ fn scan_client(
             break;
         }
         let ignored_by_server = ex.copy.in_copy_in && matches!(tag, tag::SYNC | tag::FLUSH);
+        if ex.track_settings && tag != tag::TERMINATE {
+            // Transaction mode keeps small batches for a retry after a schema change.
+            let starts = ex.pending == 0 && !ex.unsynced && !ex.copy.in_copy_in;
+            let idle = ex.status == TransactionStatus::Idle;
+            ex.batch.client_frame(&buf[pos..pos + total], starts, idle);
+        }
         match tag {
             tag::TERMINATE => {
                 terminated = true;
@@ -356,6 +372,7 @@ fn scan_client(
                 backend: &mut backend.statements,
                 capacity: rw.capacity,
             };
+            let answers_before = client.wbuf.len();
             statements::client_frame(
                 &buf[pos..pos + total],
                 &mut ctx,
@@ -363,6 +380,9 @@ fn scan_client(
                 &mut backend.wbuf,
                 &mut client.wbuf,
             );
+            if client.wbuf.len() != answers_before {
+                ex.batch.mark_answered();
+            }
             copied = pos + total;
         }
         pos += total;
@@ -400,6 +420,7 @@ fn note_setting_changes(tag: u8, body: &[u8], ex: &mut Exchange) {
         ex.changes.scan(&String::from_utf8_lossy(sql));
     }
     ex.pins_may_have_changed |= super::pinning::may_change_pins(sql, ex.pinned);
+    ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(sql);
 }
 
 /// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and
@@ -438,6 +459,7 @@ fn scan_server(
             && (total == 5 || matches!(tag, tag::COMMAND_COMPLETE | tag::ROW_DESCRIPTION | b't')));
         if !watched {
             // Rows, COPY data and the like end no request: stream them.
+            ex.batch.mark_answered();
             let n = total.min(buf.len() - pos);
             pos += n;
             ex.passthrough = total - n;
@@ -500,6 +522,17 @@ fn scan_server(
             }
             _ => {}
         }
+        let retry = if ex.track_settings {
+            ex.batch.server_frame(&buf[pos..pos + total], ex.status)
+        } else {
+            Retry::Pass
+        };
+        let mut swallow = matches!(retry, Retry::Hold | Retry::Replay(_));
+        if let Retry::Release(held) = &retry {
+            client.wbuf.extend_from_slice(&buf[copied..pos]);
+            client.wbuf.extend_from_slice(held);
+            copied = pos;
+        }
         if let Some(rw) = rewrite.as_deref_mut() {
             let disposition = statements::server_message(
                 &buf[pos..pos + total],
@@ -507,18 +540,25 @@ fn scan_server(
                 rw.client,
                 &mut backend.statements,
             );
-            let end = if disposition == Disposition::Swallow {
-                pos
-            } else {
-                pos + total
-            };
-            if disposition == Disposition::Swallow || rw.pipe.has_made_at_head() {
+            swallow |= disposition == Disposition::Swallow;
+            if swallow || rw.pipe.has_made_at_head() {
+                let end = if swallow { pos } else { pos + total };
                 client.wbuf.extend_from_slice(&buf[copied..end]);
                 copied = pos + total;
+                if rw.pipe.has_made_at_head() {
+                    ex.batch.mark_answered();
+                }
                 statements::deliver_made(rw.pipe, rw.client, &mut client.wbuf);
             }
+        } else if swallow {
+            client.wbuf.extend_from_slice(&buf[copied..pos]);
+            copied = pos + total;
         }
         pos += total;
+        if let Retry::Replay(held) = retry {
+            event = Some(RelayEvent::SchemaChanged(held));
+            break;
+        }
     }
     client.wbuf.extend_from_slice(&buf[copied..pos]);
     backend.rbuf.advance(pos);

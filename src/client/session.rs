@@ -63,6 +63,8 @@ pub(super) struct Session {
     pub(super) awaiting_first_request: bool,
     /// Node of the backend, held-back BEGIN, parked backends (`routing.rs`).
     pub(super) ha: super::routing::HaState,
+    /// Channels it LISTENs to through the pool's listener (transaction mode, `listen.rs`).
+    pub(super) listens: Option<super::notify::Subscription>,
 }
 
 impl Session {
@@ -240,6 +242,16 @@ impl Session {
                 }
             }
         }
+        if self.mode == PoolMode::Transaction {
+            // The backend's SQL-level prepared statements become the client's (sql_prepared.rs).
+            if let Err(e) = super::sql_prepared::sync(&mut backend, &self.statements.sql).await {
+                self.pool.discard(backend);
+                self.client
+                    .send_fatal(backend_error_for_client(&e, Severity::Fatal))
+                    .await;
+                return Err(CloseReason::BackendLost(e.to_string()));
+            }
+        }
         let replayed = self.ha.deferred_begin.is_some();
         if let Err(error) = self.replay_begin(&mut backend, read_only).await {
             self.pool.discard(backend);
@@ -336,6 +348,11 @@ impl Session {
                 _ = fast_due, if quiet => {
                     return self.close_for_shutdown().await;
                 }
+                _ = super::listen::notified(&self.listens), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
+                    // A pinned client between transactions gets its notifications now.
+                    self.deliver_notifications();
+                    continue;
+                }
                 _ = super::routing::role_changed(role_change.as_mut()), if self.exchange.is_quiet() => continue,
             };
             self.account_relay(&event);
@@ -354,6 +371,15 @@ impl Session {
                     }
                     if self.exchange.pins_may_have_changed {
                         if let Err(e) = self.probe_pins().await {
+                            registration.slot.set(None);
+                            if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                                return reason;
+                            }
+                            continue;
+                        }
+                    }
+                    if self.exchange.sql_prepared_may_have_changed {
+                        if let Err(e) = self.follow_sql_prepared().await {
                             registration.slot.set(None);
                             if let Some(reason) = self.backend_lost(None, e.to_string()).await {
                                 return reason;
@@ -411,6 +437,14 @@ impl Session {
                     }
                     self.exchange.unsynced = false;
                 }
+                RelayEvent::SchemaChanged(error) => {
+                    if let Err(e) = self.retry_after_schema_change(error).await {
+                        registration.slot.set(None);
+                        if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                            return reason;
+                        }
+                    }
+                }
                 RelayEvent::ClientTerminated => return CloseReason::Terminated,
                 RelayEvent::ClientFailed(ClientIoError::Frame(e)) => {
                     let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
@@ -447,12 +481,14 @@ impl Session {
     /// answer locally what needs no server (an owed error, Flush, Terminate).
     async fn wait_for_request(&mut self) -> Result<(), CloseReason> {
         loop {
+            self.deliver_notifications();
             self.client.flush().await?;
             if self.client.rbuf.is_empty() {
                 let deadline = self.idle_timeout().map(|t| Instant::now() + t);
                 let shutdown_due = self.shutdown_due(Stage::Graceful);
                 tokio::select! {
                     ready = self.client.wait_readable() => ready?,
+                    _ = super::listen::notified(&self.listens) => continue,
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
                     _ = shutdown_due => return Err(self.close_for_shutdown().await),
                 }
@@ -497,6 +533,12 @@ impl Session {
                     self.discard_until_sync = false;
                     backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
                 }
+                continue;
+            }
+            if self.mode == PoolMode::Transaction
+                && matches!(tag, tag::QUERY | tag::PARSE)
+                && self.answer_listen().await
+            {
                 continue;
             }
             if self.mode == PoolMode::Transaction

@@ -101,6 +101,24 @@ pub fn may_change_settings(sql: &[u8]) -> bool {
     super::keywords::contains_any(sql, &[b"SET", b"DISCARD"])
 }
 
+/// Each statement of `sql` as (its text, trimmed and without the `;`, and its first few words).
+pub fn statement_spans(sql: &str) -> Vec<(&str, Vec<String>)> {
+    let mut spans = Vec::new();
+    let mut statements = Statements::new(sql);
+    loop {
+        let start = sql.len() - statements.rest.len();
+        let Some(words) = statements.next() else {
+            break;
+        };
+        let end = sql.len() - statements.rest.len();
+        let text = sql[start..end].trim_end_matches(';').trim();
+        if !words.is_empty() {
+            spans.push((text, words));
+        }
+    }
+    spans
+}
+
 /// Splits SQL into statements of their first few words, skipping comments and string bodies.
 struct Statements<'a> {
     rest: &'a str,

@@ -29,6 +29,9 @@ pub struct Statement {
     /// ParameterDescription + RowDescription/NoData as PostgreSQL sent them, for answering a
     /// Describe without a backend.
     description: OnceLock<Bytes>,
+    /// A schema change altered its result (PostgreSQL said 0A000): new Parses of the same text
+    /// get a new statement; the clients that hold this one keep it, as their sessions would.
+    stale: AtomicBool,
 }
 
 impl Statement {
@@ -38,6 +41,15 @@ impl Statement {
         put_cstr(out, &self.backend_name);
         out.extend_from_slice(&self.definition);
         finish(out, s);
+    }
+
+    /// See `stale`.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    fn is_fresh(&self) -> bool {
+        !self.stale.load(Ordering::Relaxed)
     }
 
     /// The query text, for logs and the admin console.
@@ -57,7 +69,11 @@ pub struct StatementCache {
 impl StatementCache {
     pub fn intern(&self, definition: &[u8]) -> Arc<Statement> {
         let mut map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(stmt) = map.get(definition).and_then(Weak::upgrade) {
+        if let Some(stmt) = map
+            .get(definition)
+            .and_then(Weak::upgrade)
+            .filter(|s| s.is_fresh())
+        {
             return stmt;
         }
         if map.len() >= 1024 && map.len().is_power_of_two() {
@@ -71,15 +87,18 @@ impl StatementCache {
             definition: definition.clone(),
             parsed_ok: AtomicBool::new(false),
             description: OnceLock::new(),
+            stale: AtomicBool::new(false),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         stmt
     }
 
-    /// The statement with this definition, if some client holds it.
+    /// The (fresh) statement with this definition, if some client holds it.
     pub fn lookup(&self, definition: &[u8]) -> Option<Arc<Statement>> {
         let map = self.by_definition.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(definition).and_then(Weak::upgrade)
+        map.get(definition)
+            .and_then(Weak::upgrade)
+            .filter(|s| s.is_fresh())
     }
 
     /// Live distinct statements (admin console).
@@ -105,6 +124,8 @@ impl StatementCache {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     pub by_name: HashMap<String, Arc<Statement>>,
+    /// Its SQL-level `PREPARE`d statements (see `sql_prepared`).
+    pub sql: super::sql_prepared::SqlPrepared,
 }
 
 /// The statements a backend has prepared, least recently used first out.
@@ -113,6 +134,8 @@ pub struct BackendStatements {
     /// Statement id → (the statement, last use tick).
     prepared: HashMap<u64, (Arc<Statement>, u64)>,
     tick: u64,
+    /// The SQL-level `PREPARE`d statements it holds (see `sql_prepared`).
+    pub sql: super::sql_prepared::SqlPrepared,
 }
 
 impl BackendStatements {
@@ -150,6 +173,7 @@ impl BackendStatements {
     /// After DISCARD ALL / DEALLOCATE ALL the backend has none left.
     pub fn clear(&mut self) {
         self.prepared.clear();
+        self.sql.clear();
     }
 
     pub fn len(&self) -> usize {

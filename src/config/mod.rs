@@ -26,6 +26,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub health: crate::health::HealthConfig,
     pub routing: crate::router::RoutingConfig,
+    /// `[peers]`: cancel forwarding between instances behind one address.
+    pub peers: crate::client::peers::PeersConfig,
     pub nodes: Vec<NodeConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: Vec<UserConfig>,

@@ -315,6 +315,8 @@ fn example_file_documents_every_key() {
         "read_only_functions",
         "read_your_writes",
         "ryw_wait",
+        "instance_id",
+        "instances",
         "host",
         "port",
         "weight",

@@ -289,6 +289,9 @@ impl Config {
                 ConfigError::invalid(format!("routing.patroni_api[{i}]"), format!("{url:?} {reason}"))
             })?;
         }
+        self.peers
+            .validate()
+            .map_err(|e| ConfigError::invalid(format!("peers.{}", e.key), e.reason))?;
         Ok(())
     }
 }

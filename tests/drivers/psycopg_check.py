@@ -20,6 +20,21 @@ for round_ in range(40):
             row = conn.execute("SELECT count(*) FROM generate_series(1, %s)", (round_,)).fetchone()
             assert row[0] == round_, row
         checked += 2
+# A schema change under a prepared statement (libpq describes the portal at every execution):
+# PostgreSQL answers 0A000 "cached plan must not change result type", tidepool prepares the
+# statement again and retries, so the client sees only the new rows.
+ddl = conns[0]
+ddl.execute("DROP TABLE IF EXISTS psycopg_schema_change")
+ddl.execute("CREATE TABLE psycopg_schema_change (id int)")
+ddl.execute("INSERT INTO psycopg_schema_change VALUES (1)")
+for conn in conns:
+    for _ in range(2):
+        assert conn.execute("SELECT * FROM psycopg_schema_change").fetchall() == [(1,)]
+ddl.execute("ALTER TABLE psycopg_schema_change ADD COLUMN extra text DEFAULT 'x'")
+for conn in conns:
+    for _ in range(2):
+        rows = conn.execute("SELECT * FROM psycopg_schema_change").fetchall()
+        assert rows == [(1, "x")], rows
 # Prepared statements really were used (psycopg names them _pg3_N).
 assert any(conn.prepared_max for conn in conns)
 print("OK", checked)
