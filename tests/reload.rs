@@ -171,17 +171,45 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     let addr = proxy.local_addr();
     let client = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
 
+    // Files the config names are part of it: a bad line or a missing certificate refuses it too.
+    let userlist = dir.path().join("userlist.txt");
+    write(&userlist, "\"app\" \"secret\"\nnot a userlist line\n");
+    let hba = dir.path().join("pg_hba.conf");
+    write(
+        &hba,
+        "host all all 127.0.0.1/32 scram-sha-256\nhost all all all no-such-method\n",
+    );
+    let missing_cert = dir.path().join("missing.crt");
     let broken = [
-        (config_text(0, 1, false), "pool.default_pool_size: must be > 0"),
-        (config_text(4, 1, false).replace("[pool]", "[pool\n"), "line"),
-        (config_text(4, 1, false) + "\n[proxy2]\n", "unknown field"),
+        (config_text(0, 1, false), "pool.default_pool_size: must be > 0".to_string()),
+        (config_text(4, 1, false).replace("[pool]", "[pool\n"), "line".to_string()),
+        (config_text(4, 1, false) + "\n[proxy2]\n", "unknown field".to_string()),
+        (
+            config_text(4, 1, false) + &format!("\n[auth]\nauth_file = {:?}\n", userlist.display().to_string()),
+            "line 2".to_string(),
+        ),
+        (
+            config_text(4, 1, false) + &format!("\n[auth]\nauth_hba_file = {:?}\n", hba.display().to_string()),
+            "line 2".to_string(),
+        ),
+        (
+            config_text(4, 1, false)
+                + &format!(
+                    "\n[tls]\nclient_tls_mode = \"require\"\nclient_tls_cert_file = {0:?}\nclient_tls_key_file = {0:?}\n",
+                    missing_cert.display().to_string()
+                ),
+            "client_tls_cert_file".to_string(),
+        ),
     ];
     for (text, expected) in broken {
         write(&file, &text);
         let error = tidepool::reload::reload(proxy.shared())
             .await
             .expect_err("a broken config is refused");
-        assert!(error.to_string().contains(expected), "{error} lacks {expected:?}");
+        assert!(
+            error.to_string().contains(&expected),
+            "{error} lacks {expected:?}"
+        );
         // Still the old config, still serving, old and new clients alike.
         assert_eq!(proxy.shared().snapshot().config.pool.default_pool_size, 4);
         let rows = client.simple_query("SELECT 41 + 1").await.unwrap();
