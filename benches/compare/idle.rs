@@ -61,8 +61,12 @@ async fn open_idle(
         .map(|_| {
             let conninfo = conninfo.clone();
             async move {
-                let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                let connect = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls);
+                let (client, connection) = tokio::time::timeout(Duration::from_secs(30), connect)
                     .await
+                    .map_err(|_| {
+                        "a login took over 30 s (is the proxy out of file descriptors?)".to_string()
+                    })?
                     .map_err(|e| e.to_string())?;
                 tokio::spawn(connection);
                 Ok(client)

@@ -244,8 +244,20 @@ pub fn start_pgbouncer(
                 return Err(format!("cannot chown {} to postgres", entry.display()));
             }
         }
+        // runuser resets the soft open-files limit to 1024: raise it to the hard limit again, or
+        // PgBouncer stops accepting (and clients hang) near a thousand connections.
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).args(wrapper).arg(binary);
+        c.args([
+            "-u",
+            "postgres",
+            "--",
+            "sh",
+            "-c",
+            "ulimit -n \"$(ulimit -Hn)\" && exec \"$@\"",
+            "sh",
+        ])
+        .args(wrapper)
+        .arg(binary);
         c
     } else if let Some((first, rest)) = wrapper.split_first() {
         let mut c = Command::new(first);

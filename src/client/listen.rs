@@ -128,6 +128,16 @@ pub struct ListenRequest {
 pub fn listen_request(input: &[u8]) -> Option<ListenRequest> {
     let mut frames = Frames { input, pos: 0 };
     let (first, body) = frames.next()?;
+    // Runs before every request in transaction mode: parse only what may be one (UNLISTEN
+    // contains LISTEN).
+    let text = match first {
+        tag::QUERY => body,
+        tag::PARSE => read_cstr(body).map_or(&[][..], |(_, rest)| rest),
+        _ => return None,
+    };
+    if !super::keywords::contains_any(text, &[b"LISTEN"]) {
+        return None;
+    }
     if first == tag::QUERY {
         let sql = std::str::from_utf8(body.strip_suffix(&[0])?).ok()?;
         return Some(ListenRequest {
@@ -200,6 +210,9 @@ fn is_discard_all(input: &[u8]) -> bool {
     let Some((tag::QUERY, body)) = frames.next() else {
         return false;
     };
+    if !super::keywords::contains_any(body, &[b"DISCARD"]) {
+        return false;
+    }
     let text = String::from_utf8_lossy(body);
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || c == ';' || c == '\0')

@@ -71,6 +71,11 @@ impl Session {
             return false;
         }
         let body = &self.client.rbuf[5..total];
+        // Runs before every simple Query between transactions: look closer only at what may be
+        // `SHOW tidepool.lsn`, `SET tidepool.min_lsn` or a BEGIN / START TRANSACTION.
+        if !super::keywords::contains_any(body, &[b"TIDEPOOL", b"BEGIN", b"START"]) {
+            return false;
+        }
         let sql = String::from_utf8_lossy(&body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())])
             .into_owned();
         let status = if self.ha.deferred_begin.is_some() {

@@ -61,9 +61,7 @@ impl SqlPrepared {
 
 /// Cheap test: might this statement text create or drop SQL prepared statements?
 pub fn may_change(sql: &[u8]) -> bool {
-    [&b"PREPARE"[..], b"DEALLOCATE", b"DISCARD"]
-        .iter()
-        .any(|word| sql.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
+    super::keywords::contains_any(sql, &[b"PREPARE", b"DEALLOCATE", b"DISCARD"])
 }
 
 /// Reads the session's SQL prepared statements back from the server.
