@@ -372,15 +372,15 @@ pub(crate) fn health_plan(config: &Config, tls: &BackendTls) -> Option<(Vec<Arc<
     Some((nodes, login))
 }
 
-/// What tidepool can prove to PostgreSQL for a configured user.
+/// What tidepool can prove to PostgreSQL for a configured user: the same answer the user
+/// directory gives (an md5 hash only serves the user it was made for), so that reload's
+/// comparison of pool settings never sees a difference that is not there.
 fn backend_secret(user: &UserConfig) -> BackendSecret {
-    match (&user.backend_password, &user.password) {
-        (Some(p), _) => BackendSecret::Plain(p.clone()),
-        (None, Some(p)) if p.starts_with("SCRAM-SHA-256$") => BackendSecret::None,
-        (None, Some(p)) if p.len() == 35 && p.starts_with("md5") => BackendSecret::Md5Hash(p.clone()),
-        (None, Some(p)) => BackendSecret::Plain(p.clone()),
-        (None, None) => BackendSecret::None,
-    }
+    let secret = user
+        .password
+        .as_deref()
+        .and_then(|p| crate::client::auth::Secret::parse(p).ok());
+    crate::client::auth::backend_secret(user, secret.as_ref())
 }
 
 /// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
