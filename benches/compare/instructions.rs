@@ -122,6 +122,8 @@ fn stop(mut process: Process, pid: u32) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if process.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            // Gone: its pid must not be killed again on drop (it may belong to another process).
+            process.own_pid = None;
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -46,9 +46,9 @@ impl Target {
 pub struct Process {
     pub child: Child,
     pub name: &'static str,
-    /// The process's own pid file: `runuser` (our child when we are root) does not pass a kill
-    /// on to the program it started.
-    pub pidfile: Option<PathBuf>,
+    /// The program's own pid (from its pid file) when `child` is `runuser`, which does not pass
+    /// a kill on to the program it started.
+    pub own_pid: Option<u32>,
 }
 
 impl Process {
@@ -59,10 +59,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let pid = (self.pidfile.as_ref())
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        if let Some(pid) = pid {
+        if let Some(pid) = self.own_pid {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
         let _ = self.child.kill();
@@ -72,8 +69,7 @@ impl Drop for Process {
 
 /// Everything the benchmark started.
 pub struct Bench {
-    pub cluster: LocalCluster,
-    pub dir: tempfile::TempDir,
+    // Fields drop in this order: the proxies, then PostgreSQL, then the directory.
     pub pgbouncer: Process,
     pub pgbouncer_addr: SocketAddr,
     pub pgbouncer_version: String,
@@ -83,6 +79,8 @@ pub struct Bench {
     pub tidepool_split_addr: SocketAddr,
     pub pool_size: usize,
     pub postgres_version: String,
+    pub cluster: LocalCluster,
+    pub dir: tempfile::TempDir,
 }
 
 impl Bench {
@@ -161,10 +159,7 @@ impl Bench {
     pub fn proxy_pid(&self, target: Target) -> Option<u32> {
         match target {
             Target::Direct => None,
-            Target::PgBouncer => std::fs::read_to_string(self.dir.path().join("pgbouncer/pgbouncer.pid"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .or(Some(self.pgbouncer.pid())),
+            Target::PgBouncer => self.pgbouncer.own_pid.or(Some(self.pgbouncer.pid())),
             Target::Tidepool => Some(self.tidepool.pid()),
             Target::TidepoolSplit => Some(self.tidepool_split.pid()),
         }
@@ -273,13 +268,24 @@ pub fn start_pgbouncer(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("pgbouncer: {e}"))?;
-    let process = Process {
+    let mut process = Process {
         child,
         name: "pgbouncer",
-        pidfile: Some(home.join("pgbouncer.pid")),
+        own_pid: None,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr, &home.join("pgbouncer.log"), wrapper)?;
+    // Read now: the pid file goes with the temp dir, which may be deleted before we are.
+    let pidfile = home.join("pgbouncer.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process.own_pid.is_none() && Instant::now() < deadline {
+        process.own_pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if process.own_pid.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok((process, addr))
 }
 
@@ -331,7 +337,7 @@ pub fn start_tidepool(
     let process = Process {
         child,
         name: "tidepool",
-        pidfile: None,
+        own_pid: None,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr, &log, wrapper)?;
