@@ -2,13 +2,17 @@
 //! (plus 1.24's `id` for CLIENTS/SERVERS, which KILL_CLIENT needs), so pgbouncer_exporter and
 //! scripts written for PgBouncer keep working; NODES, ROUTES and PREPARED are tidepool's own.
 
+mod config;
+mod ours;
+
 use super::command::Show;
 use crate::app::Shared;
 use crate::client::registry::{ClientEntry, ClientState};
-use crate::client::routing::RouteReason;
 use crate::pool::ServerState;
 use crate::protocol::backend_msg;
 use bytes::BytesMut;
+use config::config;
+use ours::{nodes, prepared, routes};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -493,179 +497,6 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
     t
 }
 
-/// SHOW CONFIG: every scalar setting; secrets (user passwords) are never part of it.
-fn config(shared: &Shared) -> Table {
-    let snapshot = shared.snapshot();
-    let c = &snapshot.config;
-    let d = crate::config::Config::default();
-    let dur = |v: &crate::config::ConfigDuration| format!("{}ms", v.0.as_millis());
-    let list = |v: &[String]| v.join(",");
-    let rows: Vec<(&str, String, String, bool)> = vec![
-        (
-            "listen",
-            c.proxy.listen.to_string(),
-            d.proxy.listen.to_string(),
-            false,
-        ),
-        (
-            "pool_mode",
-            c.proxy.pool_mode.as_str().into(),
-            d.proxy.pool_mode.as_str().into(),
-            true,
-        ),
-        (
-            "max_client_conn",
-            c.proxy.max_client_conn.to_string(),
-            d.proxy.max_client_conn.to_string(),
-            true,
-        ),
-        (
-            "client_login_timeout",
-            dur(&c.proxy.client_login_timeout),
-            dur(&d.proxy.client_login_timeout),
-            true,
-        ),
-        (
-            "client_idle_timeout",
-            dur(&c.proxy.client_idle_timeout),
-            dur(&d.proxy.client_idle_timeout),
-            true,
-        ),
-        (
-            "idle_transaction_timeout",
-            dur(&c.proxy.idle_transaction_timeout),
-            dur(&d.proxy.idle_transaction_timeout),
-            true,
-        ),
-        (
-            "max_message_size",
-            c.proxy.max_message_size.0.to_string(),
-            d.proxy.max_message_size.0.to_string(),
-            true,
-        ),
-        ("admin_users", list(&c.proxy.admin_users), String::new(), true),
-        ("stats_users", list(&c.proxy.stats_users), String::new(), true),
-        (
-            "default_pool_size",
-            c.pool.default_pool_size.to_string(),
-            d.pool.default_pool_size.to_string(),
-            true,
-        ),
-        (
-            "min_pool_size",
-            c.pool.min_pool_size.to_string(),
-            d.pool.min_pool_size.to_string(),
-            true,
-        ),
-        (
-            "reserve_pool_size",
-            c.pool.reserve_pool_size.to_string(),
-            d.pool.reserve_pool_size.to_string(),
-            true,
-        ),
-        (
-            "reserve_pool_timeout",
-            dur(&c.pool.reserve_pool_timeout),
-            dur(&d.pool.reserve_pool_timeout),
-            true,
-        ),
-        (
-            "query_wait_timeout",
-            dur(&c.pool.query_wait_timeout),
-            dur(&d.pool.query_wait_timeout),
-            true,
-        ),
-        (
-            "server_connect_timeout",
-            dur(&c.pool.server_connect_timeout),
-            dur(&d.pool.server_connect_timeout),
-            true,
-        ),
-        (
-            "server_idle_timeout",
-            dur(&c.pool.server_idle_timeout),
-            dur(&d.pool.server_idle_timeout),
-            true,
-        ),
-        (
-            "server_lifetime",
-            dur(&c.pool.server_lifetime),
-            dur(&d.pool.server_lifetime),
-            true,
-        ),
-        (
-            "server_reset_query",
-            c.pool.server_reset_query.clone(),
-            d.pool.server_reset_query.clone(),
-            true,
-        ),
-        (
-            "server_check_query",
-            c.pool.server_check_query.clone(),
-            d.pool.server_check_query.clone(),
-            true,
-        ),
-        (
-            "server_check_delay",
-            dur(&c.pool.server_check_delay),
-            dur(&d.pool.server_check_delay),
-            true,
-        ),
-        (
-            "max_prepared_statements",
-            c.pool.max_prepared_statements.to_string(),
-            d.pool.max_prepared_statements.to_string(),
-            true,
-        ),
-        ("max_lag", dur(&c.routing.max_lag), dur(&d.routing.max_lag), true),
-        (
-            "max_lag_bytes",
-            c.routing.max_lag_bytes.0.to_string(),
-            d.routing.max_lag_bytes.0.to_string(),
-            true,
-        ),
-        (
-            "failover_timeout",
-            dur(&c.routing.failover_timeout),
-            dur(&d.routing.failover_timeout),
-            true,
-        ),
-        (
-            "read_your_writes",
-            c.routing.read_your_writes.to_string(),
-            d.routing.read_your_writes.to_string(),
-            true,
-        ),
-        (
-            "ryw_wait",
-            dur(&c.routing.ryw_wait),
-            dur(&d.routing.ryw_wait),
-            true,
-        ),
-        (
-            "metrics_listen",
-            c.metrics.listen.map(|a| a.to_string()).unwrap_or_default(),
-            String::new(),
-            false,
-        ),
-    ];
-    let mut t = Table::new(&[
-        ("key", TEXT),
-        ("value", TEXT),
-        ("default", TEXT),
-        ("changeable", TEXT),
-    ]);
-    for (key, value, default, changeable) in rows {
-        t.push(vec![
-            s(key),
-            s(value),
-            s(default),
-            s(if changeable { "yes" } else { "no" }),
-        ]);
-    }
-    t
-}
-
 fn lists(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let clients = shared.sessions.all().len();
@@ -723,100 +554,5 @@ fn state(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW NODES: what the health checker knows (one node and no checker: its address only).
-fn nodes(shared: &Shared) -> Table {
-    let mut t = Table::new(&[
-        ("node", TEXT),
-        ("role", TEXT),
-        ("health", TEXT),
-        ("lag_bytes", INT8),
-        ("lag_seconds", TEXT),
-        ("timeline", INT4),
-        ("last_check_ms_ago", INT8),
-        ("fenced", TEXT),
-        ("weight", INT4),
-        ("last_error", TEXT),
-    ]);
-    let snapshot = shared.snapshot();
-    let Some(health) = shared.health() else {
-        for node in &snapshot.config.nodes {
-            t.push(vec![
-                s(node.address()),
-                s("primary"),
-                s("unchecked"),
-                None,
-                None,
-                None,
-                None,
-                s("no"),
-                s(node.weight),
-                None,
-            ]);
-        }
-        return t;
-    };
-    for (i, node) in health.view().nodes.iter().enumerate() {
-        let role = match node.role {
-            crate::health::Role::Primary => "primary",
-            crate::health::Role::Standby => "standby",
-            crate::health::Role::Unknown => "unknown",
-        };
-        let health_state = match node.health {
-            crate::health::HealthState::Up => "up",
-            crate::health::HealthState::Down => "down",
-            crate::health::HealthState::Unknown => "unknown",
-        };
-        t.push(vec![
-            s(&node.addr),
-            s(role),
-            s(health_state),
-            node.lag_bytes.map(|b| b.to_string()),
-            node.lag.map(|l| format!("{:.3}", l.as_secs_f64())),
-            node.timeline.map(|tl| tl.to_string()),
-            node.last_check.map(|at| at.elapsed().as_millis().to_string()),
-            s(if node.fenced { "yes" } else { "no" }),
-            snapshot.weights.get(i).map(|w| w.to_string()),
-            node.last_error.clone(),
-        ]);
-    }
-    t
-}
-
-fn routes(shared: &Shared) -> Table {
-    let mut t = Table::new(&[("reason", TEXT), ("count", INT8)]);
-    for reason in RouteReason::ALL {
-        t.push(vec![s(reason.as_str()), s(shared.stats.routes.get(reason))]);
-    }
-    t
-}
-
-/// SHOW PREPARED: the process-wide statement cache of transaction mode.
-fn prepared(shared: &Shared) -> Table {
-    let mut t = Table::new(&[("id", INT8), ("name", TEXT), ("holders", INT4), ("query", TEXT)]);
-    for statement in shared.statements.live() {
-        // Holders: the clients and backends that keep it alive (minus this listing's own).
-        let holders = std::sync::Arc::strong_count(&statement).saturating_sub(1);
-        t.push(vec![
-            s(statement.id),
-            s(&statement.backend_name),
-            s(holders),
-            s(statement.query()),
-        ]);
-    }
-    t
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_civil_utc() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(timestamp(at).as_deref(), Some("2023-11-14 22:13:20 UTC"));
-        assert_eq!(
-            timestamp(SystemTime::UNIX_EPOCH).as_deref(),
-            Some("1970-01-01 00:00:00 UTC")
-        );
-    }
-}
+mod tests;
