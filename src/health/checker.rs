@@ -12,6 +12,22 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+/// Ticks every `interval`; a tick that comes late delays the next instead of bunching up.
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// Waits for the next tick; false once cancelled.
+async fn next_tick(ticks: &mut tokio::time::Interval, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        _ = ticks.tick() => true,
+    }
+}
+
 /// Checks one node every `interval` until cancelled or the aggregator is gone. Checks never
 /// overlap: one that runs long delays the next instead of piling up.
 pub(crate) async fn run_checker<P: Probe>(
@@ -23,14 +39,8 @@ pub(crate) async fn run_checker<P: Probe>(
     results: mpsc::Sender<Update>,
     cancel: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = ticker(interval);
+    while next_tick(&mut ticks, &cancel).await {
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -63,14 +73,8 @@ pub(crate) async fn run_patroni(
     results: mpsc::Sender<Update>,
     cancel: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = ticker(interval);
+    while next_tick(&mut ticks, &cancel).await {
         let ask = async {
             let mut outcome = Ok(None);
             for url in &urls {

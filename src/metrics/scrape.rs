@@ -171,26 +171,15 @@ pub fn render(shared: &Shared) -> String {
             f.backends.with_label_values(&with_state).set(n as i64);
         }
         let stats = &pool.stats;
-        catch_up(
-            &f.pool_transactions.with_label_values(&labels),
-            stats.transactions.load(Ordering::Relaxed),
-        );
-        catch_up(
-            &f.pool_queries.with_label_values(&labels),
-            stats.queries.load(Ordering::Relaxed),
-        );
-        catch_up(
-            &f.pool_received.with_label_values(&labels),
-            stats.received.load(Ordering::Relaxed),
-        );
-        catch_up(
-            &f.pool_sent.with_label_values(&labels),
-            stats.sent.load(Ordering::Relaxed),
-        );
-        catch_up(
-            &f.pool_connects.with_label_values(&labels),
-            stats.connects.load(Ordering::Relaxed),
-        );
+        for (family, count) in [
+            (&f.pool_transactions, &stats.transactions),
+            (&f.pool_queries, &stats.queries),
+            (&f.pool_received, &stats.received),
+            (&f.pool_sent, &stats.sent),
+            (&f.pool_connects, &stats.connects),
+        ] {
+            catch_up(&family.with_label_values(&labels), count.load(Ordering::Relaxed));
+        }
     }
 
     for reason in RouteReason::ALL {
