@@ -69,15 +69,6 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// True when no byte of a client's request can have reached PostgreSQL, so the request may
-    /// be retried on another connection.
-    pub fn happened_before_login(&self) -> bool {
-        matches!(
-            self,
-            BackendError::Connect { .. } | BackendError::ConnectTimeout { .. }
-        )
-    }
-
     /// For a failure while opening a connection: true when the server was unreachable, dropped
     /// the login, or said it is starting, stopping or recovering from a crash (SQLSTATE 57P01,
     /// 57P02, 57P03), so the same login may work a moment later. A refused login (password,
