@@ -777,3 +777,68 @@ async fn backend_without_ssl_prefer_falls_back_and_require_fails() {
     assert_fails_with(&out, "does not support SSL, but server_tls_mode is \"require\"");
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
+
+/// Certificates are part of the config snapshot: a reload that names a renewed certificate (here
+/// from another CA) serves it to the next client, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_the_renewed_certificate() {
+    let proxy = common::start_proxy(config_with_tls(&client_tls("require"))).await;
+    let addr = proxy.local_addr();
+    let old_ca = pki().path("ca.crt");
+    blocking(|| {
+        assert_eq!(
+            assert_ok(&psql(addr, &[("PGSSLMODE", "verify-full")], "SELECT 1")),
+            "1"
+        )
+    });
+
+    // A second CA and a server certificate signed by it.
+    let renewed = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tidepool renewed CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let new_ca = renewed.path().join("ca.crt");
+    std::fs::write(&new_ca, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_file, key_file) = (
+        renewed.path().join("server.crt"),
+        renewed.path().join("server.key"),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    write_private(&key_file, &key.serialize_pem());
+
+    let mut config = proxy.shared().snapshot().config.clone();
+    config.tls = config_with_tls(&format!(
+        "client_tls_mode = \"require\"\nclient_tls_cert_file = {cert_file:?}\nclient_tls_key_file = {key_file:?}\n"
+    ))
+    .tls;
+    tidepool::reload::apply(proxy.shared(), config)
+        .await
+        .expect("reload applies");
+
+    blocking(|| {
+        let new_ca = new_ca.to_str().unwrap();
+        let out = psql(
+            addr,
+            &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", new_ca)],
+            "SELECT 2",
+        );
+        assert_eq!(assert_ok(&out), "2");
+        let old_ca = old_ca.to_str().unwrap();
+        let out = psql(
+            addr,
+            &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", old_ca)],
+            "SELECT 3",
+        );
+        assert_fails_with(&out, "certificate verify failed");
+    });
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+}
