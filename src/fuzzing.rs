@@ -382,6 +382,7 @@ pub fn statements(data: &[u8]) {
                 client: &mut client,
                 backend: &mut backend,
                 capacity,
+                words: None,
             };
             client_frame(frame, &mut ctx, &mut pipe, &mut to_server, &mut to_client);
         } else {
@@ -414,13 +415,14 @@ fn assert_whole_frames(bytes: &[u8]) {
 /// whether it may pin the client. The text is cut at its first NUL, as the relay does.
 pub fn sql_scan(data: &[u8]) {
     let sql = &data[..data.iter().position(|&b| b == 0).unwrap_or(data.len())];
+    let words = crate::client::keywords::Words::scan(sql);
     let mut changes = SessionChanges::default();
     changes.scan(&String::from_utf8_lossy(sql));
     // The relay scans only what the cheap filter lets through: it must never hide a change.
     if !changes.is_empty() {
-        assert!(may_change_settings(sql), "filter hides a change: {changes:?}");
+        assert!(may_change_settings(words), "filter hides a change: {changes:?}");
     }
-    let _ = may_change_pins(sql, false) | may_change_pins(sql, true);
+    let _ = may_change_pins(words, false) | may_change_pins(words, true);
     // SHOW tidepool.lsn / SET tidepool.min_lsn, answered without a backend: a value accepted
     // reads back as itself.
     if let Some(crate::client::local_commands::LsnCommand::SetMin(Ok(lsn))) =
@@ -428,7 +430,7 @@ pub fn sql_scan(data: &[u8]) {
     {
         assert_eq!(crate::health::Lsn::parse(&lsn.to_string()), Some(lsn));
     }
-    let _ = crate::client::sql_prepared::may_change(sql);
+    let _ = crate::client::sql_prepared::may_change(words);
     // Statement spans are pieces of the text; SQL PREPAREs are cut out of them; LISTEN
     // statements give names PostgreSQL could store.
     let text = String::from_utf8_lossy(sql);

@@ -1,48 +1,217 @@
-//! Trigger-word search in SQL text: runs on every Query and Parse in transaction mode, so it is
-//! one pass that looks closer only at letters some word starts with.
+//! Trigger-word search in SQL text. It runs on every Query and Parse in transaction mode, so
+//! it is one pass that finds every word any consumer cares about (settings, pins, SQL
+//! PREPARE, LISTEN, locally answered commands) and returns them as a bit set.
+//!
+//! A word is found where it *starts* a run of ASCII letters, in any case, also as a prefix of a
+//! longer word (`SET` in `set_config`, `TEMP` in `TEMPORARY`): consumers use the set as a cheap
+//! filter, where a false positive only costs a closer look. Words that matter inside another
+//! word are listed on their own (`RESET`, `UNLISTEN`).
 
-/// True if any of `words` (ASCII letters) occurs anywhere in `sql`, in any case, also inside
-/// longer words: callers use it as a cheap filter, where a false positive costs a closer look.
-pub fn contains_any(sql: &[u8], words: &[&[u8]]) -> bool {
-    let mut first_letters = 0u32;
-    for word in words {
-        debug_assert!(!word.is_empty() && word.iter().all(u8::is_ascii_alphabetic));
-        first_letters |= 1 << (word[0].to_ascii_lowercase() - b'a');
+/// A trigger word; its discriminant is its bit in [`Words`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Word {
+    Abort,
+    Advisory,
+    Begin,
+    Close,
+    Deallocate,
+    Discard,
+    Drop,
+    Hold,
+    Listen,
+    Prepare,
+    Reset,
+    Rollback,
+    Set,
+    Start,
+    Temp,
+    Tidepool,
+    Unlisten,
+}
+
+/// A spelling as the little-endian u64 of its first (up to) 8 lower-case letters, and the mask
+/// of those bytes: one load and one compare per candidate at a word start.
+#[derive(Clone, Copy)]
+struct Spelling {
+    letters: u64,
+    mask: u64,
+    word: Word,
+}
+
+const fn spelling(text: &[u8], word: Word) -> Spelling {
+    let (mut letters, mut mask, mut i) = (0u64, 0u64, 0);
+    while i < text.len() && i < 8 {
+        letters |= (text[i].to_ascii_lowercase() as u64) << (8 * i);
+        mask |= 0xff << (8 * i);
+        i += 1;
     }
-    for (i, &byte) in sql.iter().enumerate() {
-        // ASCII letters only: `| 0x20` lower-cases them and maps nothing else into a..=z.
-        let lower = byte | 0x20;
-        if !lower.is_ascii_lowercase() || first_letters & (1 << (lower - b'a')) == 0 {
-            continue;
+    Spelling { letters, mask, word }
+}
+
+/// Candidates by first letter, so a word start compares against three at most. Words longer
+/// than 8 letters match on their first 8 (`DEALLOCA`): a filter may over-report.
+fn candidates(first_lower: u8) -> &'static [Spelling] {
+    const A: &[Spelling] = &[
+        spelling(b"abort", Word::Abort),
+        spelling(b"advisory", Word::Advisory),
+    ];
+    const B: &[Spelling] = &[spelling(b"begin", Word::Begin)];
+    const C: &[Spelling] = &[spelling(b"close", Word::Close)];
+    const D: &[Spelling] = &[
+        spelling(b"deallocate", Word::Deallocate),
+        spelling(b"discard", Word::Discard),
+        spelling(b"drop", Word::Drop),
+    ];
+    const H: &[Spelling] = &[spelling(b"hold", Word::Hold)];
+    const L: &[Spelling] = &[spelling(b"listen", Word::Listen)];
+    const P: &[Spelling] = &[spelling(b"prepare", Word::Prepare)];
+    const R: &[Spelling] = &[
+        spelling(b"reset", Word::Reset),
+        spelling(b"rollback", Word::Rollback),
+    ];
+    const S: &[Spelling] = &[spelling(b"set", Word::Set), spelling(b"start", Word::Start)];
+    const T: &[Spelling] = &[
+        spelling(b"temp", Word::Temp),
+        spelling(b"tidepool", Word::Tidepool),
+    ];
+    const U: &[Spelling] = &[spelling(b"unlisten", Word::Unlisten)];
+    match first_lower {
+        b'a' => A,
+        b'b' => B,
+        b'c' => C,
+        b'd' => D,
+        b'h' => H,
+        b'l' => L,
+        b'p' => P,
+        b'r' => R,
+        b's' => S,
+        b't' => T,
+        b'u' => U,
+        _ => &[],
+    }
+}
+
+/// First letters of the trigger words, as bits a..z.
+const FIRST_LETTERS: u32 = {
+    let mut bits = 0u32;
+    let letters = b"abcdhlprstu";
+    let mut i = 0;
+    while i < letters.len() {
+        bits |= 1 << (letters[i] - b'a');
+        i += 1;
+    }
+    bits
+};
+
+/// The trigger words found in a text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Words(u32);
+
+impl Words {
+    /// Every trigger word that starts a letter run of `sql`.
+    pub fn scan(sql: &[u8]) -> Words {
+        let mut found = 0u32;
+        let mut after_letter = false;
+        for (i, &byte) in sql.iter().enumerate() {
+            // `| 0x20` lower-cases ASCII letters and maps nothing else into a..=z.
+            let from_a = (byte | 0x20).wrapping_sub(b'a');
+            let letter = from_a < 26;
+            if letter && !after_letter && FIRST_LETTERS & (1 << from_a) != 0 {
+                found |= words_at(&sql[i..], byte | 0x20);
+            }
+            after_letter = letter;
         }
-        let rest = &sql[i..];
-        if words
-            .iter()
-            .any(|w| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w))
-        {
-            return true;
+        Words(found)
+    }
+
+    pub fn has(self, word: Word) -> bool {
+        self.0 & (1 << word as u8) != 0
+    }
+
+    /// True if any of `words` was found.
+    pub fn any(self, words: &[Word]) -> bool {
+        words.iter().any(|&w| self.has(w))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Bits of the trigger words `rest` starts with (`first_lower` is its first byte, lower-cased).
+fn words_at(rest: &[u8], first_lower: u8) -> u32 {
+    let head = match rest.get(..8) {
+        Some(eight) => u64::from_le_bytes(eight.try_into().expect("8 bytes")),
+        None => {
+            let mut padded = [0u8; 8];
+            padded[..rest.len()].copy_from_slice(rest);
+            u64::from_le_bytes(padded)
+        }
+    };
+    // Lower-cases letters; other bytes (padding included) never equal a letter after it.
+    let head = head | 0x2020_2020_2020_2020;
+    let mut found = 0;
+    for candidate in candidates(first_lower) {
+        if head & candidate.mask == candidate.letters {
+            found |= 1 << candidate.word as u8;
         }
     }
-    false
+    found
 }
 
 #[cfg(test)]
 mod tests {
-    use super::contains_any;
+    use super::{Word, Words};
 
     #[test]
-    fn finds_words_in_any_case_and_inside_identifiers() {
-        let words: &[&[u8]] = &[b"SET", b"DISCARD"];
-        assert!(contains_any(b"set search_path = x", words));
-        assert!(contains_any(b"SELECT set_config('a', 'b', false)", words));
-        assert!(contains_any(b"select 1; DiScArD all", words));
-        assert!(contains_any(b"SELECT 1 OFFSET 2", words), "inside a word counts");
-        assert!(!contains_any(
-            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-            words
-        ));
-        assert!(!contains_any(b"", words));
-        assert!(!contains_any(b"SE", words), "a prefix at the end is not a match");
-        assert!(!contains_any("SÉT \u{0}\u{ff}".as_bytes(), words));
+    fn finds_words_starting_letter_runs_in_any_case() {
+        let found = Words::scan(b"set search_path = x; SELECT set_config('a', 'b', false)");
+        assert!(found.has(Word::Set));
+        assert!(!found.has(Word::Reset));
+        assert!(Words::scan(b"select 1; DiScArD all").has(Word::Discard));
+        assert!(Words::scan(b"RESET ALL").has(Word::Reset));
+        assert!(Words::scan(b"unlisten *").has(Word::Unlisten));
+        assert!(
+            !Words::scan(b"unlisten *").has(Word::Listen),
+            "inside a word: not LISTEN"
+        );
+        assert!(
+            Words::scan(b"select pg_advisory_lock(1)").has(Word::Advisory),
+            "after _"
+        );
+        assert!(
+            Words::scan(b"CREATE TEMPORARY TABLE t()").has(Word::Temp),
+            "a prefix"
+        );
+        assert!(Words::scan(b"SHOW tidepool.lsn").has(Word::Tidepool));
+        assert!(
+            !Words::scan(b"SELECT 1 OFFSET 2").has(Word::Set),
+            "inside a word: no"
+        );
+        assert!(Words::scan(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
+        assert!(Words::scan(b"").is_empty());
+        assert!(
+            Words::scan(b"SE").is_empty(),
+            "a prefix at the end is not a match"
+        );
+        assert!(Words::scan("SÉT \u{0}\u{ff}".as_bytes()).is_empty());
+        let all = Words::scan(b"begin;start;close;drop;hold;listen;prepare;deallocate;rollback;abort");
+        for word in [
+            Word::Begin,
+            Word::Start,
+            Word::Close,
+            Word::Drop,
+            Word::Hold,
+            Word::Listen,
+            Word::Prepare,
+            Word::Deallocate,
+            Word::Rollback,
+            Word::Abort,
+        ] {
+            assert!(all.has(word), "{word:?}");
+        }
+        assert!(all.any(&[Word::Set, Word::Abort]));
+        assert!(!all.any(&[Word::Set, Word::Temp]));
     }
 }

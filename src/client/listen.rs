@@ -8,6 +8,7 @@
 //! With several nodes LISTEN is left to the backend too (the listener would have to follow the
 //! primary). `DISCARD ALL` also drops the client's subscriptions.
 
+use super::keywords::{Word, Words};
 use super::notify::Subscription;
 use super::session::Session;
 use crate::protocol::backend_msg::{self, read_cstr};
@@ -135,7 +136,7 @@ pub fn listen_request(input: &[u8]) -> Option<ListenRequest> {
         tag::PARSE => read_cstr(body).map_or(&[][..], |(_, rest)| rest),
         _ => return None,
     };
-    if !super::keywords::contains_any(text, &[b"LISTEN"]) {
+    if !Words::scan(text).any(&[Word::Listen, Word::Unlisten]) {
         return None;
     }
     if first == tag::QUERY {
@@ -210,7 +211,7 @@ fn is_discard_all(input: &[u8]) -> bool {
     let Some((tag::QUERY, body)) = frames.next() else {
         return false;
     };
-    if !super::keywords::contains_any(body, &[b"DISCARD"]) {
+    if !Words::scan(body).has(Word::Discard) {
         return false;
     }
     let text = String::from_utf8_lossy(body);
@@ -224,8 +225,9 @@ fn is_discard_all(input: &[u8]) -> bool {
 impl Session {
     /// Answers a LISTEN-family request at the head of the client's input without a backend.
     /// Returns true when it did.
-    pub(super) async fn answer_listen(&mut self) -> bool {
-        if self.shared.health().is_some() {
+    /// `words` are the trigger words of that request's text.
+    pub(super) async fn answer_listen(&mut self, words: Words) -> bool {
+        if !words.any(&[Word::Listen, Word::Unlisten, Word::Discard]) || self.shared.health().is_some() {
             return false;
         }
         if is_discard_all(&self.client.rbuf) {

@@ -73,7 +73,12 @@ impl Session {
         let body = &self.client.rbuf[5..total];
         // Runs before every simple Query between transactions: look closer only at what may be
         // `SHOW tidepool.lsn`, `SET tidepool.min_lsn` or a BEGIN / START TRANSACTION.
-        if !super::keywords::contains_any(body, &[b"TIDEPOOL", b"BEGIN", b"START"]) {
+        use super::keywords::{Word, Words};
+        let words = match self.exchange.head_words {
+            Some((len, words)) if len == total => words,
+            _ => Words::scan(body),
+        };
+        if !words.any(&[Word::Tidepool, Word::Begin, Word::Start]) {
             return false;
         }
         let sql = String::from_utf8_lossy(&body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())])
@@ -108,12 +113,14 @@ impl Session {
                 self.ha.deferred_begin = Some(sql);
                 backend_msg::command_complete(&mut self.client.wbuf, "BEGIN");
                 self.client.rbuf.advance(total);
+                self.exchange.head_words = None;
                 backend_msg::ready_for_query(&mut self.client.wbuf, b'T');
                 return true;
             }
             None => return false,
         }
         self.client.rbuf.advance(total);
+        self.exchange.head_words = None;
         backend_msg::ready_for_query(&mut self.client.wbuf, status);
         true
     }

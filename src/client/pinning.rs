@@ -7,23 +7,26 @@
 //! probe is exact (rolled-back work, functions that lock, `ON COMMIT DROP` all come out right)
 //! and costs a round trip only after such transactions.
 
+use super::keywords::{Word, Words};
+
 /// Words after which a client may hold something that pins it.
-const PIN_TRIGGERS: &[&[u8]] = &[b"ADVISORY", b"TEMP", b"HOLD", b"LISTEN"];
+const PIN_TRIGGERS: &[Word] = &[Word::Advisory, Word::Temp, Word::Hold, Word::Listen];
 /// Words after which a pinned client may have let go (checked only while pinned).
-const UNPIN_TRIGGERS: &[&[u8]] = &[
-    b"ADVISORY",
-    b"DISCARD",
-    b"CLOSE",
-    b"DROP",
-    b"LISTEN",
-    b"ROLLBACK",
-    b"ABORT",
+const UNPIN_TRIGGERS: &[Word] = &[
+    Word::Advisory,
+    Word::Discard,
+    Word::Close,
+    Word::Drop,
+    Word::Listen,
+    Word::Unlisten,
+    Word::Rollback,
+    Word::Abort,
 ];
 
-/// Cheap test: might this statement text take (or, when `pinned`, release) something that pins?
-pub fn may_change_pins(sql: &[u8], pinned: bool) -> bool {
-    let words = if pinned { UNPIN_TRIGGERS } else { PIN_TRIGGERS };
-    super::keywords::contains_any(sql, words)
+/// Cheap test: might a statement text with these trigger words take (or, when `pinned`,
+/// release) something that pins?
+pub fn may_change_pins(words: Words, pinned: bool) -> bool {
+    words.any(if pinned { UNPIN_TRIGGERS } else { PIN_TRIGGERS })
 }
 
 /// One round trip that counts what the session holds, by kind.
@@ -100,25 +103,25 @@ mod tests {
             "CLOSE c",
             "DROP TABLE t",
         ] {
-            assert!(may_change_pins(sql.as_bytes(), true), "{sql}");
+            assert!(may_change_pins(Words::scan(sql.as_bytes()), true), "{sql}");
         }
         for sql in [
             "SELECT pg_advisory_lock(1)",
             "create temporary table t (x int)",
             "LISTEN jobs",
         ] {
-            assert!(may_change_pins(sql.as_bytes(), false), "{sql}");
+            assert!(may_change_pins(Words::scan(sql.as_bytes()), false), "{sql}");
         }
         assert!(
-            !may_change_pins(b"DROP TABLE t", false),
+            !may_change_pins(Words::scan(b"DROP TABLE t"), false),
             "nothing to release when not pinned"
         );
         assert!(!may_change_pins(
-            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            Words::scan(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
             false
         ));
         assert!(!may_change_pins(
-            b"UPDATE pgbench_branches SET bbalance = bbalance + $1",
+            Words::scan(b"UPDATE pgbench_branches SET bbalance = bbalance + $1"),
             true
         ));
     }

@@ -19,6 +19,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::conn::{ClientConn, ClientIoError};
+use super::keywords::Words;
 use super::schema_retry::Retry;
 use super::session_state::{may_change_settings, SessionChanges};
 use super::statements::{self, ClientStatements, Disposition, Pipeline, RewriteContext, StatementCache};
@@ -59,6 +60,10 @@ pub struct Exchange {
     pub sql_prepared_may_have_changed: bool,
     /// The client's current batch, kept for a retry after a schema change (transaction mode).
     pub(super) batch: super::schema_retry::BatchCopy,
+    /// Trigger words of the Query/Parse frame at the head of the client's input, with that
+    /// frame's length, when the session scanned it already (one scan per request, not one per
+    /// consumer); the relay takes it for the frame at offset 0.
+    pub(super) head_words: Option<(usize, Words)>,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
@@ -98,6 +103,7 @@ impl Default for Exchange {
             reported: Vec::new(),
             changes: SessionChanges::default(),
             track_settings: false,
+            head_words: None,
             pins_may_have_changed: false,
             pinned: false,
             sql_prepared_may_have_changed: false,
@@ -124,6 +130,18 @@ impl Exchange {
     }
 
     /// Marks the current quiet state as already seen by the session.
+    /// A fresh exchange for a newly attached backend. Keeps the batch buffer's allocation and
+    /// the scan of the request about to be relayed.
+    pub fn restart(&mut self) {
+        let head_words = self.head_words.take();
+        let batch = std::mem::take(&mut self.batch).emptied();
+        *self = Exchange {
+            head_words,
+            batch,
+            ..Exchange::default()
+        };
+    }
+
     pub fn mark_quiet_reported(&mut self) {
         self.quiet_reported = true;
     }
@@ -360,8 +378,14 @@ fn scan_client(
             }
             _ => {}
         }
+        let mut words = None;
         if ex.track_settings && matches!(tag, tag::QUERY | tag::PARSE) {
-            note_setting_changes(tag, &buf[pos + 5..pos + total], ex);
+            let scanned = match ex.head_words.take() {
+                Some((len, words)) if pos == 0 && len == total => words,
+                _ => Words::scan(query_text(tag, &buf[pos + 5..pos + total])),
+            };
+            note_setting_changes(tag, &buf[pos + 5..pos + total], scanned, ex);
+            words = Some(scanned);
         }
         if let Some(rw) = rewrite.as_deref_mut().filter(|_| !ignored_by_server) {
             // Statement names are per client: rename, inject or answer (transaction mode).
@@ -371,6 +395,7 @@ fn scan_client(
                 client: rw.client,
                 backend: &mut backend.statements,
                 capacity: rw.capacity,
+                words,
             };
             let answers_before = client.wbuf.len();
             statements::client_frame(
@@ -405,22 +430,30 @@ fn scan_client(
 
 /// Records settings a Query or Parse may change (`SET`, `RESET`, `DISCARD ALL`), and whether it
 /// may pin the client to its backend.
-fn note_setting_changes(tag: u8, body: &[u8], ex: &mut Exchange) {
+fn note_setting_changes(tag: u8, body: &[u8], words: Words, ex: &mut Exchange) {
+    if words.is_empty() {
+        return;
+    }
+    let sql = query_text(tag, body);
+    if may_change_settings(words) {
+        ex.changes.scan(&String::from_utf8_lossy(sql));
+    }
+    ex.pins_may_have_changed |= super::pinning::may_change_pins(words, ex.pinned);
+    ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(words);
+}
+
+/// The SQL text of a Query or Parse body, up to its NUL (empty if there is none to find).
+pub(super) fn query_text(tag: u8, body: &[u8]) -> &[u8] {
     let sql = if tag == tag::PARSE {
         // Parse: statement name, then the query text.
-        let Some(name_end) = body.iter().position(|&b| b == 0) else {
-            return;
-        };
-        &body[name_end + 1..]
+        match body.iter().position(|&b| b == 0) {
+            Some(name_end) => &body[name_end + 1..],
+            None => &[],
+        }
     } else {
         body
     };
-    let sql = &sql[..sql.iter().position(|&b| b == 0).unwrap_or(sql.len())];
-    if may_change_settings(sql) {
-        ex.changes.scan(&String::from_utf8_lossy(sql));
-    }
-    ex.pins_may_have_changed |= super::pinning::may_change_pins(sql, ex.pinned);
-    ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(sql);
+    &sql[..sql.iter().position(|&b| b == 0).unwrap_or(sql.len())]
 }
 
 /// Streams server bytes to the client's output, watching ReadyForQuery, ParameterStatus and

@@ -103,6 +103,15 @@ impl BatchCopy {
         }
     }
 
+    /// A fresh copy that keeps this one's buffer (when not oversized).
+    pub fn emptied(mut self) -> BatchCopy {
+        self.off();
+        BatchCopy {
+            frames: self.frames,
+            ..BatchCopy::default()
+        }
+    }
+
     fn off(&mut self) {
         self.state = CopyState::Off;
         if self.frames.capacity() > MAX_BATCH {

@@ -3,6 +3,7 @@
 
 use super::cancel::{CancelSlot, CancelTarget, Registration};
 use super::conn::{ClientConn, ClientIoError};
+use super::keywords::Words;
 use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
 use super::relay::{relay, Exchange, RelayEvent, Rewrite};
@@ -156,10 +157,16 @@ impl Session {
             let wait_started = Instant::now();
             self.ticket.waiting(node, wait_started);
             let changed = self.shared.health().map(|h| h.changed());
-            let checkout = self.pool.checkout(wish);
-            let checked_out = match cancel {
-                Some(slot) => slot.cancellable(checkout).await,
-                None => Some(checkout.await),
+            // An idle connection at hand needs no future (the checkout future is large to build).
+            let checked_out = match self.pool.checkout_idle_now(wish.want) {
+                Some(conn) => Some(Ok(conn)),
+                None => {
+                    let checkout = self.pool.checkout(wish);
+                    match cancel {
+                        Some(slot) => slot.cancellable(checkout).await,
+                        None => Some(checkout.await),
+                    }
+                }
             };
             let Some(checked_out) = checked_out else {
                 self.pending_error = Some(ErrorFields::error(
@@ -258,7 +265,7 @@ impl Session {
             self.pending_error = Some(error);
             return Ok(false);
         }
-        self.exchange = Exchange::default();
+        self.exchange.restart();
         if replayed {
             self.exchange.status = TransactionStatus::InTransaction;
         }
@@ -535,11 +542,13 @@ impl Session {
                 }
                 continue;
             }
-            if self.mode == PoolMode::Transaction
-                && matches!(tag, tag::QUERY | tag::PARSE)
-                && self.answer_listen().await
-            {
-                continue;
+            // One scan of the request's text for every consumer (LISTEN, local commands, relay).
+            let words = (self.mode == PoolMode::Transaction && matches!(tag, tag::QUERY | tag::PARSE))
+                .then(|| Words::scan(super::relay::query_text(tag, &self.client.rbuf[5..total])));
+            if let Some(words) = words {
+                if self.answer_listen(words).await {
+                    continue;
+                }
             }
             if self.mode == PoolMode::Transaction
                 && self.max_prepared > 0
@@ -566,6 +575,7 @@ impl Session {
                 }
                 continue;
             }
+            self.exchange.head_words = words.map(|words| (total, words));
             return Ok(());
         }
     }

@@ -6,6 +6,8 @@
 //! transaction (`current_setting`), which is exact whatever syntax, quoting, rollback or
 //! function-call route the client took.
 
+use super::keywords::{Word, Words};
+
 /// Settings touched by a batch of statements.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SessionChanges {
@@ -96,9 +98,9 @@ impl SessionChanges {
 }
 
 /// Cheap test for whether a statement batch may change session settings at all.
-pub fn may_change_settings(sql: &[u8]) -> bool {
-    // Any SET, RESET or DISCARD word (set_config too), in any case; false positives only cost a scan.
-    super::keywords::contains_any(sql, &[b"SET", b"DISCARD"])
+pub fn may_change_settings(words: Words) -> bool {
+    // Any SET, RESET or DISCARD word (set_config too); false positives only cost a scan.
+    words.any(&[Word::Set, Word::Reset, Word::Discard])
 }
 
 /// Each statement of `sql` as (its text, trimmed and without the `;`, and its first few words).
@@ -330,9 +332,9 @@ mod tests {
     #[test]
     fn quick_filter_has_no_false_negatives_on_set_statements() {
         for sql in ["SET x = 1", "reset all", "Discard All", "select 1; sEt a = 2"] {
-            assert!(may_change_settings(sql.as_bytes()), "{sql}");
+            assert!(may_change_settings(Words::scan(sql.as_bytes())), "{sql}");
         }
-        assert!(!may_change_settings(b"SELECT 1"));
+        assert!(!may_change_settings(Words::scan(b"SELECT 1")));
     }
 
     #[test]

@@ -59,9 +59,11 @@ impl SqlPrepared {
     }
 }
 
-/// Cheap test: might this statement text create or drop SQL prepared statements?
-pub fn may_change(sql: &[u8]) -> bool {
-    super::keywords::contains_any(sql, &[b"PREPARE", b"DEALLOCATE", b"DISCARD"])
+/// Cheap test: might a statement text with these trigger words create or drop SQL prepared
+/// statements?
+pub fn may_change(words: super::keywords::Words) -> bool {
+    use super::keywords::Word;
+    words.any(&[Word::Prepare, Word::Deallocate, Word::Discard])
 }
 
 /// Reads the session's SQL prepared statements back from the server.
@@ -301,9 +303,13 @@ mod tests {
 
     #[test]
     fn trigger_words() {
-        assert!(may_change(b"prepare x as select 1"));
-        assert!(may_change(b"DEALLOCATE ALL"));
-        assert!(may_change(b"discard all"));
-        assert!(!may_change(b"EXECUTE x(1)"));
+        assert!(may_change(crate::client::keywords::Words::scan(
+            b"prepare x as select 1"
+        )));
+        assert!(may_change(crate::client::keywords::Words::scan(
+            b"DEALLOCATE ALL"
+        )));
+        assert!(may_change(crate::client::keywords::Words::scan(b"discard all")));
+        assert!(!may_change(crate::client::keywords::Words::scan(b"EXECUTE x(1)")));
     }
 }

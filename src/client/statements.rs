@@ -269,6 +269,8 @@ pub struct RewriteContext<'a> {
     pub client: &'a mut ClientStatements,
     pub backend: &'a mut BackendStatements,
     pub capacity: usize,
+    /// Trigger words of this frame's SQL text, when the caller scanned it already.
+    pub words: Option<super::keywords::Words>,
 }
 
 fn simple(tag: u8) -> Bytes {
@@ -362,7 +364,7 @@ pub fn client_frame(
             pipe.queue.push_back(Expect::Client(Request::Execute));
         }
         tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => {
-            if tag == tag::QUERY && clears_statements(body) {
+            if tag == tag::QUERY && clears_statements(body, ctx.words) {
                 ctx.client.by_name.clear();
                 ctx.backend.clear();
             }
@@ -460,9 +462,11 @@ fn close_evicted(evicted: Option<Arc<Statement>>, pipe: &mut Pipeline, to_server
 }
 
 /// DISCARD ALL and DEALLOCATE ALL drop every prepared statement of the session.
-fn clears_statements(body: &[u8]) -> bool {
-    // Every Query passes here: look closer only when the words may be there.
-    if !super::keywords::contains_any(&body[..body.len().min(64)], &[b"DISCARD", b"DEALLOCATE"]) {
+fn clears_statements(body: &[u8], words: Option<super::keywords::Words>) -> bool {
+    // Every Query passes here: look closer only when the words may be there (the words of the
+    // whole text are a superset of those of its first 64 bytes).
+    let words = words.unwrap_or_else(|| super::keywords::Words::scan(&body[..body.len().min(64)]));
+    if !words.any(&[super::keywords::Word::Discard, super::keywords::Word::Deallocate]) {
         return false;
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(64)]).to_ascii_uppercase();

@@ -124,12 +124,8 @@ impl<B: Pooled> PoolCore<B> {
 
     /// First step of a checkout.
     pub fn acquire(&mut self, want: Want) -> Acquire<B> {
-        let found = match want {
-            None => self.idle.len().checked_sub(1),
-            Some(sig) => self.idle.iter().rposition(|e| e.conn.signature() == sig),
-        };
-        if let Some(i) = found {
-            return Acquire::Idle(self.idle.remove(i).conn);
+        if let Some(conn) = self.take_idle(want, |_| true) {
+            return Acquire::Idle(conn);
         }
         if self.open < self.limits.pool_size {
             self.open += 1;
@@ -147,6 +143,16 @@ impl<B: Pooled> PoolCore<B> {
             waiter: id,
             grant: rx,
         }
+    }
+
+    /// The idle connection a checkout for `want` would get (the most recently released one that
+    /// matches), if `accept` takes it; otherwise nothing changes.
+    pub fn take_idle(&mut self, want: Want, accept: impl FnOnce(&mut B) -> bool) -> Option<B> {
+        let i = match want {
+            None => self.idle.len().checked_sub(1),
+            Some(sig) => self.idle.iter().rposition(|e| e.conn.signature() == sig),
+        }?;
+        accept(&mut self.idle[i].conn).then(|| self.idle.remove(i).conn)
     }
 
     /// A waiter that waited `reserve_pool_timeout` may open a connection beyond the pool size.

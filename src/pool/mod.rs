@@ -231,6 +231,27 @@ impl Pool {
         Ok(conn)
     }
 
+    /// The common checkout, without a future: an idle connection that needs no check, or
+    /// `None` (paused, nothing idle, or the idle one needs a look): then call `checkout`.
+    pub fn checkout_idle_now(&self, want: Want) -> Option<BackendConn> {
+        if self.is_paused() {
+            return None;
+        }
+        let settings = self.settings.load();
+        let needs_check = |conn: &BackendConn| {
+            !settings.check_query.is_empty() && conn.last_used.elapsed() >= settings.check_delay
+        };
+        // A connection that spoke while idle is left for `checkout`, which discards it.
+        let conn = self
+            .lock()
+            .take_idle(want, |conn| !needs_check(conn) && !conn.spoke_while_idle())?;
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        if let Some(ticket) = &conn.ticket {
+            ticket.set_state(ServerState::Active);
+        }
+        Some(conn)
+    }
+
     async fn checkout_unmarked(&self, wish: StartupWish<'_>) -> Result<BackendConn, PoolError> {
         let settings = self.settings();
         let started = Instant::now();

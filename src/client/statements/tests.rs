@@ -59,6 +59,7 @@ impl Harness {
             client: &mut self.client,
             backend: &mut self.backend,
             capacity: 2,
+            words: None,
         };
         client_frame(
             f,

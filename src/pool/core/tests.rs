@@ -237,3 +237,21 @@ fn growing_on_reload_hands_new_slots_to_waiters_and_shrinking_closes_at_release(
     ));
     assert_eq!(core.open(), 1);
 }
+
+#[test]
+fn take_idle_takes_the_latest_match_only_when_accepted() {
+    let mut core: PoolCore<Fake> = PoolCore::new(limits(3));
+    for _ in 0..3 {
+        assert!(matches!(core.acquire(None), Acquire::Connect));
+    }
+    core.release(fake(1, 7), Instant::now());
+    core.release(fake(2, 8), Instant::now());
+    core.release(fake(3, 7), Instant::now());
+    assert_eq!(core.take_idle(Some(7), |_| false), None, "refused: nothing taken");
+    assert_eq!(core.idle_count(), 3);
+    assert_eq!(core.take_idle(Some(7), |_| true).map(|c| c.id), Some(3));
+    assert_eq!(core.take_idle(Some(9), |_| true), None, "no match");
+    assert_eq!(core.take_idle(None, |_| true).map(|c| c.id), Some(2));
+    assert_eq!(core.idle_count(), 1);
+    assert_eq!(core.open(), 3, "taken connections stay open");
+}
