@@ -45,6 +45,7 @@ impl CancelSlot {
         notified.as_mut().enable();
         self.waiting.store(true, Ordering::SeqCst);
         let result = tokio::select! {
+            biased;
             value = wait => Some(value),
             _ = notified => None,
         };

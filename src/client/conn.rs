@@ -9,8 +9,23 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Read size when a client becomes active; buffers are dropped again while it idles.
+/// Read size once a client sends more than small requests; buffers are dropped while it idles.
 const READ_CHUNK: usize = 8192;
+/// First buffer of a client that becomes active: most requests and answers fit, and an
+/// allocation this small is one of malloc's cheap per-thread cached sizes (a client that
+/// idles between requests gets its buffers back on every request).
+pub(super) const FIRST_BUFFER: usize = 1024;
+
+/// Makes room in a read buffer before a read: a small first buffer, a full chunk once it
+/// nearly filled.
+pub(super) fn make_read_room(buf: &mut BytesMut, chunk: usize) {
+    let spare = buf.capacity() - buf.len();
+    if buf.capacity() == 0 {
+        buf.reserve(FIRST_BUFFER);
+    } else if spare < (chunk / 4).min(buf.capacity() / 4) {
+        buf.reserve(chunk);
+    }
+}
 
 /// Why reading from or writing to a client failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +78,7 @@ impl ClientConn {
 
     /// Reads more bytes into the read buffer; `Closed` at end of stream.
     pub async fn fill(&mut self) -> Result<usize, ClientIoError> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
+        make_read_room(&mut self.rbuf, READ_CHUNK);
         match self.stream.read_buf(&mut self.rbuf).await? {
             0 => Err(ClientIoError::Closed),
             n => Ok(n),

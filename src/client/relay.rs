@@ -261,9 +261,7 @@ fn poll_relay(
                 Ok(false) => {}
                 Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
             }
-            if client.rbuf.capacity() - client.rbuf.len() < READ_RESERVE / 4 {
-                client.rbuf.reserve(READ_RESERVE);
-            }
+            super::conn::make_read_room(&mut client.rbuf, READ_RESERVE);
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
                 Poll::Ready(Ok(_)) => {
@@ -465,6 +463,10 @@ fn scan_server(
     mut rewrite: Option<&mut Rewrite<'_>>,
 ) -> Option<RelayEvent> {
     let buf = &backend.rbuf[..];
+    if client.wbuf.capacity() == 0 {
+        // A cheap first allocation; answers that need more grow it.
+        client.wbuf.reserve(super::conn::FIRST_BUFFER.max(buf.len()));
+    }
     let mut pos = 0;
     let mut copied = 0;
     let mut event = None;

@@ -271,7 +271,7 @@ impl Session {
         }
         self.exchange.track_settings = self.routes_per_transaction();
         self.exchange.pinned = self.pins.any();
-        self.pipeline = Pipeline::default();
+        self.pipeline.reset();
         self.backend = Some(backend);
         Ok(true)
     }
@@ -319,16 +319,26 @@ impl Session {
                     super::routing::Demotion::Close(reason) => return reason,
                 }
             }
+            // Quiet with no whole request at hand: the client may idle here (pinned, session mode,
+            // idle in a transaction), so timeouts, shutdown, notifications and role changes
+            // matter. With a request at hand the relay forwards it at once; those are looked at
+            // again at the next quiet point (and arming them costs on every request).
+            let request_at_hand =
+                match crate::protocol::frame::peek_header(&self.client.rbuf, self.client.decoder.max_len()) {
+                    Ok(Some((_, total))) => self.client.rbuf.len() >= total,
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+            let quiet = self.exchange.is_quiet() && !request_at_hand;
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
-            let mut role_change = shared.health().map(|h| h.subscribe());
+            let mut role_change = shared.health().filter(|_| quiet).map(|h| h.subscribe());
             let idle_deadline = match self.exchange.status {
-                _ if !self.exchange.is_quiet() => None,
+                _ if !quiet => None,
                 TransactionStatus::Idle => self.idle_timeout(),
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
             // Graceful: close between transactions. Fast: also idle inside one (rolled back).
-            let quiet = self.exchange.is_quiet();
             let between_transactions = self.exchange.status == TransactionStatus::Idle;
             let graceful_due = self.shutdown_due(Stage::Graceful);
             let fast_due = self.shutdown_due(Stage::Fast);
@@ -345,6 +355,8 @@ impl Session {
                 capacity: self.max_prepared,
             });
             let event = tokio::select! {
+                // The relay first; the others are polled only while it waits.
+                biased;
                 event = relay(&mut self.client, backend, &mut self.exchange, rewrite) => event,
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
@@ -355,12 +367,12 @@ impl Session {
                 _ = fast_due, if quiet => {
                     return self.close_for_shutdown().await;
                 }
-                _ = super::listen::notified(&self.listens), if self.exchange.is_quiet() && self.exchange.status == TransactionStatus::Idle => {
+                _ = super::listen::notified(&self.listens), if quiet && between_transactions => {
                     // A pinned client between transactions gets its notifications now.
                     self.deliver_notifications();
                     continue;
                 }
-                _ = super::routing::role_changed(role_change.as_mut()), if self.exchange.is_quiet() => continue,
+                _ = super::routing::role_changed(role_change.as_mut()), if quiet => continue,
             };
             self.account_relay(&event);
             match event {
@@ -494,6 +506,7 @@ impl Session {
                 let deadline = self.idle_timeout().map(|t| Instant::now() + t);
                 let shutdown_due = self.shutdown_due(Stage::Graceful);
                 tokio::select! {
+                    biased;
                     ready = self.client.wait_readable() => ready?,
                     _ = super::listen::notified(&self.listens) => continue,
                     _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
@@ -503,6 +516,11 @@ impl Session {
                 if self.client.rbuf.is_empty() {
                     self.client.fill().await?;
                 }
+            }
+            // The select above prefers input: a client sending back to back would never see
+            // its shutdown branch.
+            if !self.awaiting_first_request && self.shared.shutdown.stage() >= Stage::Graceful {
+                return Err(self.close_for_shutdown().await);
             }
             let frame =
                 match crate::protocol::frame::peek_header(&self.client.rbuf, self.client.decoder.max_len()) {

@@ -244,6 +244,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Empty again for a new backend; the queue keeps its allocation.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.skipping = false;
+    }
+
     /// Drops the first `n` ReadyForQuery expectations after the head (Syncs that a COPY swallowed).
     pub fn forget_ready_after_head(&mut self, mut n: usize) {
         let mut i = 1;
