@@ -109,11 +109,15 @@ const FIRST_LETTERS: u32 = {
 pub struct Words(u32);
 
 impl Words {
-    /// Every trigger word that starts a letter run of `sql`.
+    /// Every trigger word that starts a letter run of `sql`, up to its first NUL (where
+    /// PostgreSQL's reading of a Query or Parse text ends).
     pub fn scan(sql: &[u8]) -> Words {
         let mut found = 0u32;
         let mut after_letter = false;
         for (i, &byte) in sql.iter().enumerate() {
+            if byte == 0 {
+                break;
+            }
             // `| 0x20` lower-cases ASCII letters and maps nothing else into a..=z.
             let from_a = (byte | 0x20).wrapping_sub(b'a');
             let letter = from_a < 26;
@@ -191,6 +195,10 @@ mod tests {
         );
         assert!(Words::scan(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
         assert!(Words::scan(b"").is_empty());
+        assert!(
+            Words::scan(b"SELECT 1\0SET x = 1").is_empty(),
+            "the text ends at NUL"
+        );
         assert!(
             Words::scan(b"SE").is_empty(),
             "a prefix at the end is not a match"

@@ -185,9 +185,10 @@ impl ClientTicket {
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
 
-    /// The client got backend `server`.
-    pub fn active(&self, server: u64) {
+    /// The client got backend `server` of node `node`.
+    pub fn active(&self, node: usize, server: u64) {
         self.entry.server.store(server, Ordering::Relaxed);
+        self.entry.node.store(node as u32, Ordering::Relaxed);
         self.entry
             .state
             .store(ClientState::Active as u8, Ordering::Relaxed);

@@ -380,7 +380,7 @@ fn scan_client(
         if ex.track_settings && matches!(tag, tag::QUERY | tag::PARSE) {
             let scanned = match ex.head_words.take() {
                 Some((len, words)) if pos == 0 && len == total => words,
-                _ => Words::scan(query_text(tag, &buf[pos + 5..pos + total])),
+                _ => Words::scan(sql_start(tag, &buf[pos + 5..pos + total])),
             };
             note_setting_changes(tag, &buf[pos + 5..pos + total], scanned, ex);
             words = Some(scanned);
@@ -438,6 +438,18 @@ fn note_setting_changes(tag: u8, body: &[u8], words: Words, ex: &mut Exchange) {
     }
     ex.pins_may_have_changed |= super::pinning::may_change_pins(words, ex.pinned);
     ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(words);
+}
+
+/// Where the SQL text of a Query or Parse body starts (after a Parse's statement name), up to
+/// the end of the body: enough for `Words::scan`, which stops at the text's NUL.
+pub(super) fn sql_start(tag: u8, body: &[u8]) -> &[u8] {
+    if tag != tag::PARSE {
+        return body;
+    }
+    match body.iter().position(|&b| b == 0) {
+        Some(name_end) => &body[name_end + 1..],
+        None => &[],
+    }
 }
 
 /// The SQL text of a Query or Parse body, up to its NUL (empty if there is none to find).

@@ -354,7 +354,7 @@ pub(crate) struct HaState {
     /// (`transaction_routing = "first_statement"`).
     pub(super) deferred_begin: Option<String>,
     /// `session_routing = "per_transaction"`: the session's idle backend on each node.
-    pub(super) parked: Vec<Option<crate::backend::BackendConn>>,
+    pub(super) parked: Vec<Option<crate::pool::Server>>,
 }
 
 /// What [`Session::check_demotion`] found.
@@ -384,7 +384,7 @@ impl Session {
     }
 
     /// The session's parked backend on node `index`, if any (per-transaction session routing).
-    pub(super) fn take_parked(&mut self, index: usize) -> Option<crate::backend::BackendConn> {
+    pub(super) fn take_parked(&mut self, index: usize) -> Option<crate::pool::Server> {
         self.ha.parked.get_mut(index).and_then(Option::take)
     }
 

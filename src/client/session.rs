@@ -9,7 +9,7 @@ use super::params::{settings_diff_sql, ClientParams};
 use super::relay::{relay, Exchange, RelayEvent, Rewrite};
 use super::statements::{ClientStatements, Pipeline};
 use crate::app::{Shared, Snapshot};
-use crate::backend::{BackendConn, BackendError};
+use crate::backend::BackendError;
 use crate::config::PoolMode;
 use crate::pool::{Pool, PoolError, StartupWish};
 use crate::protocol::error::BackendError as ServerError;
@@ -41,7 +41,7 @@ pub(super) struct Session {
     pub(super) params: ClientParams,
     pub(super) exchange: Exchange,
     /// The backend serving the client now, if any.
-    pub(super) backend: Option<BackendConn>,
+    pub(super) backend: Option<crate::pool::Server>,
     /// An error owed to the client's next request (its server died while it idled in a
     /// transaction).
     pub(super) pending_error: Option<ErrorFields>,
@@ -109,8 +109,8 @@ impl Session {
         let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
-        // topology to change and choose again, up to failover_timeout.
-        let failover_deadline = Instant::now() + self.snapshot.config.routing.failover_timeout.0;
+        // topology to change and choose again, up to failover_timeout after the first refusal.
+        let mut failover_deadline = None;
         let mut node = 0;
         let mut backend = loop {
             if self.shared.health().is_some() {
@@ -154,18 +154,21 @@ impl Session {
                     params: &[],
                 },
             };
-            let wait_started = Instant::now();
-            self.ticket.waiting(node, wait_started);
-            let changed = self.shared.health().map(|h| h.changed());
-            // An idle connection at hand needs no future (the checkout future is large to build).
-            let checked_out = match self.pool.checkout_idle_now(wish.want) {
-                Some(conn) => Some(Ok(conn)),
+            // An idle connection at hand needs no future (the checkout future is large to build),
+            // no clock and no watch on the topology: nothing can fail or wait.
+            let mut changed = None;
+            let (checked_out, waited) = match self.pool.checkout_idle_now(wish.want) {
+                Some(conn) => (Some(Ok(conn)), Duration::ZERO),
                 None => {
+                    let wait_started = Instant::now();
+                    self.ticket.waiting(node, wait_started);
+                    changed = self.shared.health().map(|h| h.changed());
                     let checkout = self.pool.checkout(wish);
-                    match cancel {
+                    let checked_out = match cancel {
                         Some(slot) => slot.cancellable(checkout).await,
                         None => Some(checkout.await),
-                    }
+                    };
+                    (checked_out, wait_started.elapsed())
                 }
             };
             let Some(checked_out) = checked_out else {
@@ -177,8 +180,8 @@ impl Session {
             };
             match checked_out {
                 Ok(b) => {
-                    self.account_checkout(wait_started.elapsed());
-                    self.ticket.active(b.id);
+                    self.account_checkout(waited);
+                    self.ticket.active(node, b.id);
                     if let Some(server) = &b.ticket {
                         server.link(self.ticket.id());
                     }
@@ -195,6 +198,9 @@ impl Session {
                     // or failing over: choose again when the health view changes, or after one
                     // check interval (a quick restart may never show as a change).
                     if let Some(changed) = changed.filter(|_| e.is_transient()) {
+                        let failover_deadline = *failover_deadline.get_or_insert_with(|| {
+                            Instant::now() + self.snapshot.config.routing.failover_timeout.0
+                        });
                         let retry_at = Instant::now() + self.snapshot.config.health.interval();
                         tokio::select! {
                             _ = changed => {}
@@ -562,7 +568,7 @@ impl Session {
             }
             // One scan of the request's text for every consumer (LISTEN, local commands, relay).
             let words = (self.mode == PoolMode::Transaction && matches!(tag, tag::QUERY | tag::PARSE))
-                .then(|| Words::scan(super::relay::query_text(tag, &self.client.rbuf[5..total])));
+                .then(|| Words::scan(super::relay::sql_start(tag, &self.client.rbuf[5..total])));
             if let Some(words) = words {
                 if self.answer_listen(words).await {
                     continue;

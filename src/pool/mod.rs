@@ -24,7 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-impl Pooled for BackendConn {
+/// A pooled server connection. Boxed: it changes hands several times per transaction (pool,
+/// session, parked slots), and moving a pointer is cheaper than moving the connection.
+pub type Server = Box<BackendConn>;
+
+impl Pooled for Server {
     fn signature(&self) -> u64 {
         self.startup_signature
     }
@@ -85,7 +89,7 @@ pub struct PoolStats {
 pub struct Pool {
     pub key: PoolKey,
     settings: arc_swap::ArcSwap<PoolSettings>,
-    core: Mutex<PoolCore<BackendConn>>,
+    core: Mutex<PoolCore<Server>>,
     conn_ids: Arc<AtomicU64>,
     pub stats: PoolStats,
     /// This pool's database switches (PAUSE, DISABLE, RECONNECT) and the global ones.
@@ -184,7 +188,7 @@ impl Pool {
         open - idle
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolCore<BackendConn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolCore<Server>> {
         // A panic while holding this lock leaves counts that are still consistent enough to go on.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -220,7 +224,7 @@ impl Pool {
 
     /// Gets a connection: an idle one, a new one, or the next one released, within
     /// `query_wait_timeout`.
-    pub async fn checkout(&self, wish: StartupWish<'_>) -> Result<BackendConn, PoolError> {
+    pub async fn checkout(&self, wish: StartupWish<'_>) -> Result<Server, PoolError> {
         if self.is_paused() {
             self.wait_while_paused().await;
         }
@@ -233,12 +237,12 @@ impl Pool {
 
     /// The common checkout, without a future: an idle connection that needs no check, or
     /// `None` (paused, nothing idle, or the idle one needs a look): then call `checkout`.
-    pub fn checkout_idle_now(&self, want: Want) -> Option<BackendConn> {
+    pub fn checkout_idle_now(&self, want: Want) -> Option<Server> {
         if self.is_paused() {
             return None;
         }
         let settings = self.settings.load();
-        let needs_check = |conn: &BackendConn| {
+        let needs_check = |conn: &Server| {
             !settings.check_query.is_empty() && conn.last_used.elapsed() >= settings.check_delay
         };
         // A connection that spoke while idle is left for `checkout`, which discards it.
@@ -252,7 +256,7 @@ impl Pool {
         Some(conn)
     }
 
-    async fn checkout_unmarked(&self, wish: StartupWish<'_>) -> Result<BackendConn, PoolError> {
+    async fn checkout_unmarked(&self, wish: StartupWish<'_>) -> Result<Server, PoolError> {
         let settings = self.settings();
         let started = Instant::now();
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -291,10 +295,10 @@ impl Pool {
     async fn wait(
         &self,
         waiter: u64,
-        mut grant: tokio::sync::oneshot::Receiver<Grant<BackendConn>>,
+        mut grant: tokio::sync::oneshot::Receiver<Grant<Server>>,
         settings: &PoolSettings,
         started: Instant,
-    ) -> Result<Grant<BackendConn>, PoolError> {
+    ) -> Result<Grant<Server>, PoolError> {
         // Dropped mid-wait (client gone): the closed receiver is skipped by the next release.
         let deadline = settings.query_wait_timeout.map(|t| started + t);
         let mut reserve_at = (settings.limits.reserve_size > 0).then(|| started + settings.reserve_timeout);
@@ -339,7 +343,7 @@ impl Pool {
         &self,
         settings: &PoolSettings,
         wish: StartupWish<'_>,
-    ) -> Result<BackendConn, PoolError> {
+    ) -> Result<Server, PoolError> {
         let mut guard = SlotGuard {
             pool: self,
             armed: true,
@@ -358,8 +362,9 @@ impl Pool {
         .await;
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
         match result {
-            Ok(mut conn) => {
+            Ok(conn) => {
                 guard.armed = false;
+                let mut conn = Box::new(conn);
                 self.register(&mut conn);
                 Ok(conn)
             }
@@ -373,7 +378,7 @@ impl Pool {
 
     /// Runs `server_check_query` on a connection idle longer than `server_check_delay`;
     /// returns it if healthy, else closes it and frees its slot.
-    async fn check_idle(&self, mut conn: BackendConn, settings: &PoolSettings) -> Option<BackendConn> {
+    async fn check_idle(&self, mut conn: Server, settings: &PoolSettings) -> Option<Server> {
         if conn.spoke_while_idle() {
             // Typically a FATAL then EOF: the server shut down, restarted after a crash, or
             // terminated the backend. Handing it out would fail the client's next request.
@@ -395,7 +400,7 @@ impl Pool {
     }
 
     /// Returns a connection that is idle and clean; anything else is discarded.
-    pub fn release(&self, mut conn: BackendConn) {
+    pub fn release(&self, mut conn: Server) {
         let retired = *self.retired_before.lock().unwrap_or_else(|p| p.into_inner());
         let close_needed = match &conn.ticket {
             Some(ticket) => {
@@ -430,7 +435,7 @@ impl Pool {
     }
 
     /// Closes a connection that must not be reused and frees its slot.
-    pub fn discard(&self, conn: BackendConn) {
+    pub fn discard(&self, conn: Server) {
         self.lock().forget();
         tokio::spawn(conn.terminate());
     }
@@ -460,7 +465,8 @@ impl Pool {
                 )
                 .await;
                 match result {
-                    Ok(mut conn) => {
+                    Ok(conn) => {
+                        let mut conn = Box::new(conn);
                         pool.register(&mut conn);
                         pool.release(conn)
                     }
@@ -477,7 +483,7 @@ impl Pool {
     pub fn close_idle_stale(&self) {
         let stale = self
             .lock()
-            .drain_idle_where(|c: &BackendConn| c.ticket.as_ref().is_some_and(|t| t.entry().close_needed()));
+            .drain_idle_where(|c: &Server| c.ticket.as_ref().is_some_and(|t| t.entry().close_needed()));
         for conn in stale {
             tokio::spawn(conn.terminate());
         }
