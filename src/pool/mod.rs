@@ -157,9 +157,12 @@ impl Pool {
     async fn wait_while_paused(&self) {
         self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
         while self.is_paused() {
-            tokio::select! {
-                _ = self.control.wait_resumed() => {}
-                _ = self.controls.global.wait_resumed() => {}
+            // Wait on a switch that is on: one that is off resolves at once, and racing it would
+            // spin (and starve whatever else the task waits for of its coop budget).
+            if self.controls.global.is_paused() {
+                self.controls.global.wait_resumed().await;
+            } else {
+                self.control.wait_resumed().await;
             }
         }
         self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
