@@ -2,7 +2,7 @@
 //! databases and clients, reload, shutdown and SET. Each returns its CommandComplete tag or
 //! the ErrorResponse to send.
 
-use super::command::Command;
+use super::command::{Command, ShutdownMode};
 use crate::app::Shared;
 use crate::config::{parse_duration, parse_size, Config, ConfigDuration, PoolMode};
 use crate::pool::{DbControl, Pool};
@@ -113,10 +113,14 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
             "RELOAD"
         }
         Command::Shutdown(mode) => {
-            // The ops side refines what each mode waits for; all stop accepting and let
-            // transactions finish.
+            // See shutdown.rs for what each stage keeps and closes. A mode slower than the stop
+            // already under way changes nothing.
             tracing::info!(?mode, "SHUTDOWN from the admin console");
-            shared.shutdown.trigger();
+            match mode {
+                ShutdownMode::WaitForClients => shared.shutdown.trigger_drain(),
+                ShutdownMode::WaitForServers => shared.shutdown.trigger(),
+                ShutdownMode::Immediate => shared.shutdown.trigger_fast(),
+            }
             "SHUTDOWN"
         }
         Command::Set { key, value } => {

@@ -157,9 +157,22 @@ impl Session {
             self.ticket.waiting(node, wait_started);
             let changed = self.shared.health().map(|h| h.changed());
             let checkout = self.pool.checkout(wish);
-            let checked_out = match cancel {
-                Some(slot) => slot.cancellable(checkout).await,
-                None => Some(checkout.await),
+            let waiting = async {
+                match cancel {
+                    Some(slot) => slot.cancellable(checkout).await,
+                    None => Some(checkout.await),
+                }
+            };
+            // A shutdown does not hold a waiting client to the end (drain.rs); a server at hand
+            // is still used (biased).
+            let shutdown_due = self.shutdown_due(self.shutdown_stage_for_waiting());
+            let checked_out = tokio::select! {
+                biased;
+                checked_out = waiting => Some(checked_out),
+                _ = shutdown_due => None,
+            };
+            let Some(checked_out) = checked_out else {
+                return Err(self.close_waiting_for_shutdown().await);
             };
             let Some(checked_out) = checked_out else {
                 self.pending_error = Some(ErrorFields::error(

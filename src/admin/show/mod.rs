@@ -120,7 +120,9 @@ fn help() -> Table {
         "KILL_CLIENT id",
         "WAIT_CLOSE [db]",
         "RELOAD",
-        "SHUTDOWN [WAIT_FOR_CLIENTS | WAIT_FOR_SERVERS]",
+        "SHUTDOWN (fast: close clients once no request of theirs runs)",
+        "SHUTDOWN WAIT_FOR_SERVERS (graceful: close clients between transactions, like SIGTERM)",
+        "SHUTDOWN WAIT_FOR_CLIENTS (stop accepting; exit once every client has left)",
         "SET key = value",
     ] {
         t.push(vec![s(command)]);
