@@ -70,6 +70,8 @@ pub struct ProxyStats {
     pub pinned_clients: std::sync::atomic::AtomicUsize,
     /// Routing decisions by reason (SHOW ROUTES, metrics).
     pub routes: crate::client::routing::RouteCounters,
+    /// SHOW STATS averages of the last completed `stats_period`.
+    pub last_period: crate::admin::averages::LastPeriod,
 }
 
 /// Why the proxy could not start.
@@ -249,6 +251,7 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
+        tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
         watch_role_changes(&shared);
         tracing::info!(%addr, "tidepool listening");
         let metrics_addr = match metrics_listener {

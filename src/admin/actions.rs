@@ -227,6 +227,8 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
         "client_login_timeout" => proxy.client_login_timeout = duration(value)?,
         "client_idle_timeout" => proxy.client_idle_timeout = duration(value)?,
         "idle_transaction_timeout" => proxy.idle_transaction_timeout = duration(value)?,
+        "shutdown_timeout" => proxy.shutdown_timeout = duration(value)?,
+        "stats_period" => proxy.stats_period = duration(value)?,
         "max_message_size" => {
             proxy.max_message_size = parse_size(value)
                 .map(crate::config::ByteSize)
@@ -280,6 +282,8 @@ mod tests {
         set(&mut config, "client_idle_timeout", "5s").unwrap();
         set(&mut config, "pool_mode", "SESSION").unwrap();
         set(&mut config, "read_your_writes", "on").unwrap();
+        set(&mut config, "proxy.stats_period", "15s").unwrap();
+        assert_eq!(config.proxy.stats_period.0, Duration::from_secs(15));
         assert_eq!(config.pool.default_pool_size, 7);
         assert_eq!(config.pool.server_check_query, "select 2");
         assert_eq!(config.proxy.client_idle_timeout.0, Duration::from_secs(5));

@@ -565,6 +565,7 @@ impl Session {
                     &mut self.client.wbuf,
                 );
                 if let Some(used) = answered {
+                    self.account_local_parses();
                     self.client.rbuf.advance(used);
                     continue;
                 }

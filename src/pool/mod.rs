@@ -79,6 +79,10 @@ pub struct PoolStats {
     /// Microseconds backends spent on requests, and clients waited for a backend.
     pub query_time_us: AtomicU64,
     pub wait_time_us: AtomicU64,
+    /// Parse messages from clients, Parses sent to backends, Binds from clients (SHOW STATS).
+    pub client_parses: AtomicU64,
+    pub server_parses: AtomicU64,
+    pub binds: AtomicU64,
 }
 
 /// One pool of backend connections to one node for one (database, user).

@@ -6,6 +6,7 @@ mod config;
 mod ours;
 
 use super::command::Show;
+use crate::admin::averages::Totals;
 use crate::app::Shared;
 use crate::client::registry::{ClientEntry, ClientState};
 use crate::pool::ServerState;
@@ -394,36 +395,9 @@ fn users(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW STATS and its halves. Totals are since start; averages are per second (counts, bytes)
-/// or per transaction/query (times) over the whole uptime, as tidepool has no stats_period.
+/// SHOW STATS and its halves: totals since start, averages of the last completed
+/// `stats_period` (`averages.rs`).
 fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
-    #[derive(Default)]
-    struct Sums {
-        assignments: u64,
-        xacts: u64,
-        queries: u64,
-        received: u64,
-        sent: u64,
-        query_time: u64,
-        wait_time: u64,
-    }
-    let mut per_db: BTreeMap<String, Sums> = BTreeMap::new();
-    for name in shared.snapshot().config.databases.keys() {
-        per_db.entry(name.clone()).or_default();
-    }
-    for pool in shared.pools.all() {
-        let st = &pool.stats;
-        let sums = per_db.entry(pool.key.database.clone()).or_default();
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        sums.assignments += load(&st.checkouts);
-        sums.xacts += load(&st.transactions);
-        sums.queries += load(&st.queries);
-        sums.received += load(&st.received);
-        sums.sent += load(&st.sent);
-        sums.query_time += load(&st.query_time_us);
-        sums.wait_time += load(&st.wait_time_us);
-    }
-    let uptime = shared.started.elapsed().unwrap_or_default().as_secs().max(1);
     let mut columns = vec![("database", TEXT)];
     const TOTALS: [&str; 11] = [
         "total_server_assignment_count",
@@ -458,7 +432,7 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
         columns.extend(AVERAGES.iter().map(|c| (*c, INT8)));
     }
     let mut t = Table::new(&columns);
-    for (database, m) in per_db {
+    for (database, m) in Totals::collect(shared) {
         let mut row = vec![s(&database)];
         if totals {
             // Transaction time is measured as the time requests ran on a backend.
@@ -471,26 +445,26 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
                 m.query_time,
                 m.query_time,
                 m.wait_time,
-                0,
-                0,
-                0,
+                m.client_parses,
+                m.server_parses,
+                m.binds,
             ];
             row.extend(values.iter().map(s));
         }
         if averages {
-            let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
+            let a = shared.stats.last_period.get(&database);
             let values = [
-                m.assignments / uptime,
-                m.xacts / uptime,
-                m.queries / uptime,
-                m.received / uptime,
-                m.sent / uptime,
-                per(m.query_time, m.xacts),
-                per(m.query_time, m.queries),
-                per(m.wait_time, m.assignments),
-                0,
-                0,
-                0,
+                a.assignments,
+                a.xacts,
+                a.queries,
+                a.received,
+                a.sent,
+                a.xact_time,
+                a.query_time,
+                a.wait_time,
+                a.client_parses,
+                a.server_parses,
+                a.binds,
             ];
             row.extend(values.iter().map(s));
         }

@@ -1,0 +1,125 @@
+//! The console's numbers against real traffic: SHOW STATS parse/bind counts and the averages
+//! of `stats_period`, SHOW POOLS' cancel and server columns, SHOW MEM in bytes.
+
+mod common;
+
+use common::console::*;
+use common::*;
+use tokio_postgres::Client;
+
+/// The admin config with one backend per pool (so which backend has which statement is
+/// known) and `extra` lines in `[proxy]`.
+fn config(extra: &str) -> tidepool::config::Config {
+    let toml = admin_config_toml()
+        .replace("default_pool_size = 10", "default_pool_size = 1")
+        .replace("[proxy]\n", &format!("[proxy]\n{extra}\n"));
+    tidepool::config::Config::from_toml(&toml).expect("valid config")
+}
+
+fn number(table: &Table, column: &str) -> u64 {
+    let row = table.rows_where("database", APP_DB)[0];
+    table.get(row, column).unwrap().parse().unwrap()
+}
+
+/// (total_client_parse_count, total_server_parse_count, total_bind_count) of the app database.
+async fn parse_bind(admin: &Client) -> (u64, u64, u64) {
+    let t = show(admin, "SHOW STATS_TOTALS").await;
+    (
+        number(&t, "total_client_parse_count"),
+        number(&t, "total_server_parse_count"),
+        number(&t, "total_bind_count"),
+    )
+}
+
+/// Polls until the counts are `base` plus `delta` (a session adds its counts a moment after
+/// the client has its answer), then checks they stay exact.
+async fn expect_counts(admin: &Client, base: (u64, u64, u64), delta: (u64, u64, u64)) {
+    let want = (base.0 + delta.0, base.1 + delta.1, base.2 + delta.2);
+    for _ in 0..1000 {
+        if parse_bind(admin).await == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        parse_bind(admin).await,
+        want,
+        "(client parses, server parses, binds)"
+    );
+}
+
+#[tokio::test]
+async fn show_stats_counts_parse_and_bind_messages() {
+    let proxy = start_proxy(config("")).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let a = app_client(addr, "a").await;
+    let b = app_client(addr, "b").await;
+    let base = parse_bind(&admin).await;
+
+    // A's Parse reaches the backend (PostgreSQL has not seen the text yet).
+    let stmt_a = a.prepare("SELECT $1::int + 100").await.unwrap();
+    expect_counts(&admin, base, (1, 1, 0)).await;
+    let row = a.query_one(&stmt_a, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 101);
+    expect_counts(&admin, base, (1, 1, 1)).await;
+
+    // B prepares the same text: answered by tidepool, no Parse for the server; its Bind runs
+    // on the one backend, which has the statement already.
+    let stmt_b = b.prepare("SELECT $1::int + 100").await.unwrap();
+    expect_counts(&admin, base, (2, 1, 1)).await;
+    assert_eq!(
+        b.query_one(&stmt_b, &[&2i32]).await.unwrap().get::<_, i32>(0),
+        102
+    );
+    expect_counts(&admin, base, (2, 1, 2)).await;
+
+    // A new backend lacks it: tidepool sends a Parse before A's Bind.
+    admin.simple_query("RECONNECT app").await.unwrap();
+    assert_eq!(
+        a.query_one(&stmt_a, &[&3i32]).await.unwrap().get::<_, i32>(0),
+        103
+    );
+    expect_counts(&admin, base, (2, 2, 3)).await;
+    proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn show_stats_averages_cover_the_last_stats_period() {
+    let proxy = start_proxy(config("stats_period = \"1s\"")).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let app = app_client(addr, "busy").await;
+    let config = show(&admin, "SHOW CONFIG").await;
+    let row = config.rows_where("key", "stats_period")[0];
+    assert_eq!(config.get(row, "value"), Some("1000ms"));
+    assert_eq!(config.get(row, "default"), Some("60000ms"));
+    assert_eq!(config.get(row, "changeable"), Some("yes"));
+
+    let statement = app.prepare("SELECT $1::int").await.unwrap();
+    for i in 0..20i32 {
+        app.query_one(&statement, &[&i]).await.unwrap();
+    }
+    // Within a period or two the traffic shows as rates per second and a mean query time.
+    let averages = until(&admin, "SHOW STATS_AVERAGES", |t| {
+        number(t, "avg_query_count") > 0 && number(t, "avg_bind_count") > 0
+    })
+    .await;
+    assert!(number(&averages, "avg_xact_count") > 0);
+    assert!(number(&averages, "avg_query_time") > 0);
+    // Idle afterwards: a later period averages nothing.
+    until(&admin, "SHOW STATS_AVERAGES", |t| {
+        number(t, "avg_query_count") == 0
+    })
+    .await;
+    // Totals are untouched by the periods.
+    let totals = show(&admin, "SHOW STATS_TOTALS").await;
+    assert!(number(&totals, "total_bind_count") >= 20);
+
+    // Reloadable: SET applies from the next period.
+    admin.simple_query("SET stats_period = '2s'").await.unwrap();
+    let config = show(&admin, "SHOW CONFIG").await;
+    let row = config.rows_where("key", "stats_period")[0];
+    assert_eq!(config.get(row, "value"), Some("2000ms"));
+    proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
+}
