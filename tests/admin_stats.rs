@@ -5,15 +5,31 @@ mod common;
 
 use common::console::*;
 use common::*;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 /// The admin config with one backend per pool (so which backend has which statement is
 /// known) and `extra` lines in `[proxy]`.
 fn config(extra: &str) -> tidepool::config::Config {
+    config_with(extra, "")
+}
+
+/// [`config`] with `pool` lines in `[pool]` too.
+fn config_with(proxy: &str, pool: &str) -> tidepool::config::Config {
     let toml = admin_config_toml()
-        .replace("default_pool_size = 10", "default_pool_size = 1")
-        .replace("[proxy]\n", &format!("[proxy]\n{extra}\n"));
+        .replace(
+            "default_pool_size = 10",
+            &format!("default_pool_size = 1\n{pool}"),
+        )
+        .replace("[proxy]\n", &format!("[proxy]\n{proxy}\n"));
     tidepool::config::Config::from_toml(&toml).expect("valid config")
+}
+
+/// A direct connection to PostgreSQL (not through tidepool).
+async fn direct() -> Client {
+    let addr: SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
+    connect(addr, APP_USER, APP_PASSWORD, APP_DB).await
 }
 
 fn number(table: &Table, column: &str) -> u64 {
@@ -121,5 +137,120 @@ async fn show_stats_averages_cover_the_last_stats_period() {
     let config = show(&admin, "SHOW CONFIG").await;
     let row = config.rows_where("key", "stats_period")[0];
     assert_eq!(config.get(row, "value"), Some("2000ms"));
+    proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn show_pools_counts_servers_due_for_a_check_and_being_checked() {
+    // Every idle backend needs server_check_query before serving again; the check waits on an
+    // advisory lock the test holds, so "being checked" lasts as long as the test wants.
+    let check = "server_check_delay = \"0s\"\n\
+                 server_check_query = \"SELECT pg_advisory_lock(4242); SELECT pg_advisory_unlock(4242)\"";
+    let proxy = start_proxy(config_with("", check)).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let app = app_client(addr, "checked").await;
+    app.simple_query("SELECT 1").await.unwrap();
+    let t = until(&admin, "SHOW POOLS", |t| {
+        number(t, "sv_used") == 1 && number(t, "cl_active") == 1
+    })
+    .await;
+    assert_eq!(
+        number(&t, "sv_idle"),
+        0,
+        "an idle backend due for a check is sv_used"
+    );
+    assert_eq!(number(&t, "sv_tested"), 0);
+
+    let holder = direct().await;
+    holder
+        .simple_query("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    let query = tokio::spawn(async move { app.simple_query("SELECT 2").await.map(|r| first_value(&r)) });
+    let t = until(&admin, "SHOW POOLS", |t| number(t, "sv_tested") == 1).await;
+    assert_eq!(number(&t, "sv_used"), 0);
+    assert_eq!(
+        number(&t, "sv_active"),
+        0,
+        "a backend being checked is not active yet"
+    );
+    assert_eq!(number(&t, "cl_waiting"), 1, "its client waits meanwhile");
+    let servers = show(&admin, "SHOW SERVERS").await;
+    assert_eq!(servers.rows_where("state", "tested").len(), 1);
+
+    holder
+        .simple_query("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+    assert_eq!(query.await.unwrap().unwrap(), "2");
+    until(&admin, "SHOW POOLS", |t| number(t, "sv_tested") == 0).await;
+    proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
+}
+
+/// A TCP forwarder to `target` that holds every cancel request until `release` is set, then
+/// passes it on; everything else passes at once.
+async fn cancel_holding_forwarder(target: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                // Every opening packet (startup, SSLRequest, CancelRequest) has 8 bytes or more.
+                let mut head = [0u8; 8];
+                inbound.read_exact(&mut head).await?;
+                if head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] {
+                    let _ = released.wait_for(|go| *go).await;
+                }
+                let mut outbound = tokio::net::TcpStream::connect(target).await?;
+                outbound.write_all(&head).await?;
+                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
+                Ok::<(), std::io::Error>(())
+            });
+        }
+    });
+    (addr, release)
+}
+
+#[tokio::test]
+async fn show_pools_counts_cancel_requests_in_flight() {
+    let pg_addr: SocketAddr = format!("127.0.0.1:{}", pg().port).parse().unwrap();
+    let (forwarder, release) = cancel_holding_forwarder(pg_addr).await;
+    let toml = admin_config_toml().replace(
+        &format!("port = {}", pg().port),
+        &format!("port = {}", forwarder.port()),
+    );
+    let proxy = start_proxy(tidepool::config::Config::from_toml(&toml).unwrap()).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let app = app_client(addr, "canceled").await;
+    let token = app.cancel_token();
+    let query = tokio::spawn(async move { app.simple_query("SELECT pg_sleep(60)").await });
+    let watcher = direct().await;
+    for _ in 0..1000 {
+        let running = watcher
+            .simple_query("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'")
+            .await
+            .unwrap();
+        if first_value(&running) == "1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // The cancel reaches tidepool, which forwards it; the forwarder holds it.
+    let cancel = tokio::spawn(async move { token.cancel_query(tokio_postgres::NoTls).await });
+    let t = until(&admin, "SHOW POOLS", |t| number(t, "cl_active_cancel_req") == 1).await;
+    assert_eq!(number(&t, "sv_active_cancel"), 1);
+    assert_eq!(number(&t, "cl_waiting_cancel_req"), 0);
+    assert_eq!(number(&t, "sv_being_canceled"), 0);
+
+    release.send_replace(true);
+    let error = query.await.unwrap().expect_err("canceled");
+    assert_eq!(sqlstate(&error), "57014");
+    cancel.await.unwrap().expect("the cancel request was sent");
+    until(&admin, "SHOW POOLS", |t| number(t, "cl_active_cancel_req") == 0).await;
     proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
 }

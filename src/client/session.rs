@@ -289,7 +289,10 @@ impl Session {
             backend_msg::parameter_status(&mut self.client.wbuf, name, value);
         }
         let real_pid = (self.mode == PoolMode::Session).then_some(backend.key.pid);
-        let registration = self.shared.cancels.register(real_pid);
+        let registration = self
+            .shared
+            .cancels
+            .register(real_pid, self.pool.stats.cancels.clone());
         backend_msg::backend_key_data(
             &mut self.client.wbuf,
             registration.key.pid,

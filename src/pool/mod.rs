@@ -73,6 +73,8 @@ pub struct PoolStats {
     pub transactions: AtomicU64,
     /// Requests answered (Query, Sync, FunctionCall).
     pub queries: AtomicU64,
+    /// Cancel requests for this pool's clients being forwarded (SHOW POOLS).
+    pub cancels: Arc<crate::client::cancel::CancelCounts>,
     /// Bytes received from clients and sent to them while attached to this pool's backends.
     pub received: AtomicU64,
     pub sent: AtomicU64,
@@ -183,6 +185,19 @@ impl Pool {
             local_addr: conn.stream.local_addr().ok(),
             control: &self.control,
         }));
+    }
+
+    /// Idle connections that will run `server_check_query` before serving again: idle for
+    /// `server_check_delay` or more (SHOW POOLS sv_used).
+    pub fn idle_needing_check(&self) -> usize {
+        let settings = self.settings.load();
+        if settings.check_query.is_empty() {
+            return 0;
+        }
+        match Instant::now().checked_sub(settings.check_delay) {
+            Some(cutoff) => self.lock().idle_released_by(cutoff),
+            None => 0,
+        }
     }
 
     /// Active (checked out or opening) connections right now.
@@ -369,6 +384,9 @@ impl Pool {
         }
         if settings.check_query.is_empty() || conn.last_used.elapsed() < settings.check_delay {
             return Some(conn);
+        }
+        if let Some(ticket) = &conn.ticket {
+            ticket.set_state(ServerState::Tested);
         }
         match conn.run_simple(&settings.check_query).await {
             Ok(outcome) if outcome.error.is_none() && conn.is_reusable() => Some(conn),

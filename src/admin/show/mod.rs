@@ -9,7 +9,7 @@ use super::command::Show;
 use crate::admin::averages::Totals;
 use crate::app::Shared;
 use crate::client::registry::{ClientEntry, ClientState};
-use crate::pool::ServerState;
+use crate::pool::{PoolKey, ServerState};
 use crate::protocol::backend_msg;
 use bytes::BytesMut;
 use config::config;
@@ -140,27 +140,54 @@ fn pool_clients(shared: &Shared) -> Vec<std::sync::Arc<ClientEntry>> {
 
 /// SHOW POOLS: one row per (database, user), summed over nodes, as PgBouncer has one pool per
 /// (database, user).
+///
+/// Cancel columns: each forwarded cancel request has a connection of its own to PostgreSQL,
+/// so `sv_active_cancel` (that connection) always equals `cl_active_cancel_req` (the request
+/// it carries). `sv_being_canceled` is always 0: PgBouncer holds a server back from its idle
+/// list while a cancel aimed at it is in flight; tidepool does not (a backend returns to the
+/// pool when its client's transaction ends), so no server is ever in that state.
 fn pools(shared: &Shared) -> Table {
     #[derive(Default)]
     struct Row {
         cl_active: usize,
         cl_waiting: usize,
+        cl_active_cancel_req: usize,
+        cl_waiting_cancel_req: usize,
         sv_active: usize,
         sv_idle: usize,
+        sv_used: usize,
+        sv_tested: usize,
         sv_login: usize,
         maxwait: Duration,
         mode: &'static str,
     }
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let mut tested: std::collections::HashMap<PoolKey, usize> = Default::default();
+    for server in shared.pools.servers.all() {
+        if server.state() == ServerState::Tested {
+            *tested.entry(server.pool.clone()).or_default() += 1;
+        }
+    }
     for pool in shared.pools.all() {
+        let sv_tested = tested.get(&pool.key).copied().unwrap_or(0);
         let row = rows
             .entry((pool.key.database.clone(), pool.key.user.clone()))
             .or_default();
+        // Read one after the other, not atomically: the sums are kept from going negative.
         let (open, idle, _) = pool.counts();
         let login = pool.stats.connecting.load(Ordering::Relaxed);
-        row.sv_idle += idle;
+        let used = pool.idle_needing_check().min(idle);
+        row.sv_idle += idle - used;
+        row.sv_used += used;
         row.sv_login += login;
-        row.sv_active += open.saturating_sub(idle).saturating_sub(login);
+        row.sv_tested += sv_tested;
+        row.sv_active += open
+            .saturating_sub(idle)
+            .saturating_sub(login)
+            .saturating_sub(sv_tested);
+        let cancels = &pool.stats.cancels;
+        row.cl_waiting_cancel_req += cancels.waiting.load(Ordering::Relaxed);
+        row.cl_active_cancel_req += cancels.active.load(Ordering::Relaxed);
         row.mode = pool.settings().mode.as_str();
     }
     for client in pool_clients(shared) {
@@ -205,14 +232,14 @@ fn pools(shared: &Shared) -> Table {
             s(&user),
             s(row.cl_active),
             s(row.cl_waiting),
-            s(0),
-            s(0),
+            s(row.cl_active_cancel_req),
+            s(row.cl_waiting_cancel_req),
             s(row.sv_active),
-            s(0),
+            s(row.cl_active_cancel_req),
             s(0),
             s(row.sv_idle),
-            s(0),
-            s(0),
+            s(row.sv_used),
+            s(row.sv_tested),
             s(row.sv_login),
             s(row.maxwait.as_secs()),
             s(row.maxwait.subsec_micros()),
