@@ -254,3 +254,38 @@ async fn show_pools_counts_cancel_requests_in_flight() {
     until(&admin, "SHOW POOLS", |t| number(t, "cl_active_cancel_req") == 0).await;
     proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn show_mem_reports_bytes() {
+    let proxy = start_proxy(config("")).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let app = app_client(addr, "mem").await;
+    app.prepare("SELECT $1::int * 2").await.unwrap();
+    let mem = until(&admin, "SHOW MEM", |t| {
+        t.rows_where("name", "prepared_statements")
+            .first()
+            .is_some_and(|r| t.get(r, "used") != Some("0"))
+    })
+    .await;
+    assert_eq!(mem.columns, ["name", "size", "used", "free", "memtotal"]);
+    for row in &mem.rows {
+        let n = |c: &str| -> u64 { mem.get(row, c).unwrap().parse().unwrap() };
+        assert!(n("size") > 0, "{row:?}");
+        assert_eq!(n("memtotal"), n("size") * (n("used") + n("free")), "{row:?}");
+    }
+    let row = mem.rows_where("name", "servers")[0];
+    let server_size: u64 = mem.get(row, "size").unwrap().parse().unwrap();
+    assert!(
+        server_size > 8192,
+        "a backend's read buffer is part of its size: {server_size}"
+    );
+    let row = mem.rows_where("name", "clients")[0];
+    assert_ne!(mem.get(row, "used"), Some("0"));
+
+    // SHOW LISTS: nobody is logging in now (the two clients are logged in).
+    let lists = show(&admin, "SHOW LISTS").await;
+    let row = lists.rows_where("list", "login_clients")[0];
+    assert_eq!(lists.get(row, "items"), Some("0"));
+    proxy.shutdown_within(std::time::Duration::from_secs(5)).await;
+}

@@ -69,6 +69,11 @@ impl ClientCounter {
         self.current.load(Ordering::Acquire)
     }
 
+    /// Accepted connections whose task has not ended, consoles and cancel requests included.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
     /// Accepted connections that are not admin consoles, right now.
     pub fn app_connections(&self) -> usize {
         // Consoles are decremented first, so this never reads below the truth.

@@ -274,6 +274,10 @@ const SOCKET_COLUMNS: &[(&str, u32)] = &[
     ("id", INT8),
 ];
 
+/// SHOW CLIENTS. `remote_pid` is 0: PgBouncer fills it only for Unix-socket clients, and
+/// tidepool listens on TCP only. `close_needed` is unused for clients (as in PgBouncer).
+/// `prepared_statements` is 0 for now: the client's statement names live in its session, which
+/// the registry does not see.
 fn clients(shared: &Shared) -> Table {
     let mut t = Table::new(SOCKET_COLUMNS);
     for c in shared.sessions.all() {
@@ -306,6 +310,8 @@ fn clients(shared: &Shared) -> Table {
     t
 }
 
+/// SHOW SERVERS. `wait` / `wait_us` are unused for servers (as in PgBouncer);
+/// `prepared_statements` is 0 for now (each backend's statement cache lives in its connection).
 fn servers(shared: &Shared) -> Table {
     let mut t = Table::new(SOCKET_COLUMNS);
     for server in shared.pools.servers.all() {
@@ -345,6 +351,7 @@ fn servers(shared: &Shared) -> Table {
     t
 }
 
+/// SHOW DATABASES. `max_connections` is 0 (no limit): tidepool has no `max_db_connections`.
 fn databases(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
@@ -393,6 +400,7 @@ fn databases(shared: &Shared) -> Table {
     t
 }
 
+/// SHOW USERS. `max_user_connections` is 0 (no limit): tidepool has no such setting.
 fn users(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let mut t = Table::new(&[
@@ -500,9 +508,14 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
     t
 }
 
+/// SHOW LISTS. Legitimately 0 in tidepool: `free_clients` / `free_servers` (no cache of freed
+/// items, see SHOW MEM) and the `dns_*` lists (names are resolved by the system resolver at
+/// each connect, with no cache of tidepool's own).
 fn lists(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let clients = shared.sessions.all().len();
+    // Accepted but not logged in (startup, authentication) or a cancel request.
+    let login_clients = shared.clients.connections().saturating_sub(clients);
     let servers = shared.pools.servers.all().len();
     let mut t = Table::new(&[("list", TEXT), ("items", INT4)]);
     for (list, items) in [
@@ -511,7 +524,7 @@ fn lists(shared: &Shared) -> Table {
         ("pools", shared.pools.all().len()),
         ("free_clients", 0),
         ("used_clients", clients),
-        ("login_clients", 0),
+        ("login_clients", login_clients),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),
@@ -524,8 +537,12 @@ fn lists(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW MEM: tidepool has no slab allocator; these are the counts of its main structures.
+/// SHOW MEM, PgBouncer's columns in bytes: `size` is what one item takes (the struct, plus the
+/// buffers it always has), `memtotal` = size × (used + free). tidepool keeps no cache of freed
+/// items (a closed connection's memory goes back to the allocator), so `free` is 0. What grows
+/// with traffic (client buffers, statement texts, result caches) is not part of `size`.
 fn mem(shared: &Shared) -> Table {
+    use std::mem::size_of;
     let mut t = Table::new(&[
         ("name", TEXT),
         ("size", INT4),
@@ -533,13 +550,25 @@ fn mem(shared: &Shared) -> Table {
         ("free", INT4),
         ("memtotal", INT4),
     ]);
-    for (name, used) in [
-        ("clients", shared.sessions.all().len()),
-        ("servers", shared.pools.servers.all().len()),
-        ("pools", shared.pools.all().len()),
-        ("prepared_statements", shared.statements.len()),
+    let server_size = size_of::<crate::backend::BackendConn>()
+        + size_of::<crate::pool::ServerEntry>()
+        + crate::backend::READ_BUFFER;
+    for (name, size, used) in [
+        (
+            "clients",
+            crate::client::client_size(),
+            shared.sessions.all().len(),
+        ),
+        ("servers", server_size, shared.pools.servers.all().len()),
+        ("pools", size_of::<crate::pool::Pool>(), shared.pools.all().len()),
+        (
+            "prepared_statements",
+            size_of::<crate::client::statements::Statement>(),
+            shared.statements.len(),
+        ),
     ] {
-        t.push(vec![s(name), s(0), s(used), s(0), s(0)]);
+        let free = 0;
+        t.push(vec![s(name), s(size), s(used), s(free), s(size * (used + free))]);
     }
     t
 }
