@@ -1,6 +1,7 @@
 //! What a session records for SHOW STATS and the metrics: wait for a backend, requests,
-//! transactions, query time, bytes, Parse/Bind messages and error classes. A few relaxed atomic adds and histogram
-//! observations per transaction; the relay itself only bumps plain fields in `Exchange`.
+//! transactions, query time, bytes, Parse/Bind messages and error classes. A few relaxed
+//! atomic adds and histogram observations per transaction; the relay itself only bumps plain
+//! fields in `Exchange`.
 
 use super::relay::RelayEvent;
 use super::session::Session;
