@@ -70,6 +70,8 @@ pub struct ProxyStats {
     pub pinned_clients: std::sync::atomic::AtomicUsize,
     /// Routing decisions by reason (SHOW ROUTES, metrics).
     pub routes: crate::client::routing::RouteCounters,
+    /// SHOW STATS averages of the last completed `stats_period`.
+    pub last_period: crate::admin::averages::LastPeriod,
 }
 
 /// Why the proxy could not start.
@@ -249,6 +251,7 @@ impl Proxy {
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
+        tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
         watch_role_changes(&shared);
         tracing::info!(%addr, "tidepool listening");
         let metrics_addr = match metrics_listener {
@@ -283,8 +286,16 @@ impl Proxy {
         &self.shared
     }
 
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`: resolves once the listener is closed and no client but
+    /// admin consoles is connected any more. No deadline; the caller races it against a faster
+    /// stop.
+    pub async fn clients_gone(&self) {
+        self.shared.clients.wait_clients_gone().await;
+    }
+
     /// Stops accepting, tells idle clients goodbye, waits up to `grace` for busy ones to finish
-    /// their transaction, then closes every pooled connection.
+    /// their transaction, then closes every pooled connection. From a drain (WAIT_FOR_CLIENTS)
+    /// this moves on to graceful: the remaining clients are closed too.
     pub async fn shutdown_within(self, grace: Duration) {
         self.shared.shutdown.trigger();
         let _ = self.accept.await;
@@ -335,7 +346,8 @@ pub(crate) fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdow
     let stop = shutdown.subscribe();
     let stopped = async move {
         let mut stop = stop;
-        let _ = stop.wait_for(|stage| *stage > Stage::Running).await;
+        // Draining clients (WAIT_FOR_CLIENTS) still routes: checks go on until clients are closed.
+        let _ = stop.wait_for(|stage| *stage >= Stage::Graceful).await;
     };
     Some(Health::spawn_with_patroni(
         nodes,

@@ -122,8 +122,10 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// Runs the proxy: SIGHUP reloads `path`; SIGTERM (or admin `SHUTDOWN`) stops gracefully and
-/// SIGINT fast, both within `proxy.shutdown_timeout`; a further signal exits at once.
+/// Runs the proxy: SIGHUP reloads `path`; SIGTERM (or admin `SHUTDOWN WAIT_FOR_SERVERS`) stops
+/// gracefully and SIGINT (or plain `SHUTDOWN`) fast, both within `proxy.shutdown_timeout`;
+/// `SHUTDOWN WAIT_FOR_CLIENTS` waits, without a deadline, for the clients to leave. A further
+/// signal speeds the stop up one stage, or exits at once when it is already fast or graceful.
 async fn run(config: Config, path: PathBuf) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before listening, so that an early signal is not fatal.
@@ -153,12 +155,21 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     });
 
     tokio::select! {
-        signal = stops.recv() => match signal {
-            StopSignal::Terminate => shared.shutdown.trigger(),
-            StopSignal::Interrupt => shared.shutdown.trigger_fast(),
-        },
-        // Admin SHUTDOWN.
-        _ = shared.shutdown.wait() => {}
+        signal = stops.recv() => escalate(&shared.shutdown, signal),
+        // Admin SHUTDOWN, any mode.
+        _ = shared.shutdown.reached(Stage::DrainClients) => {}
+    }
+    if shared.shutdown.stage() == Stage::DrainClients {
+        tracing::info!(
+            clients = shared.clients.app_connections(),
+            "stopping: no new connections; waiting for every client to disconnect"
+        );
+        tokio::select! {
+            _ = proxy.clients_gone() => tracing::info!("every client has disconnected"),
+            // A faster SHUTDOWN from the console.
+            _ = shared.shutdown.wait() => {}
+            signal = stops.recv() => escalate(&shared.shutdown, signal),
+        }
     }
     let timeout = shared.snapshot().config.proxy.shutdown_timeout.0;
     let fast = shared.shutdown.stage() == Stage::Fast;
@@ -181,5 +192,14 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+}
+
+/// What a stop signal asks for: SIGTERM a graceful stop, SIGINT a fast one (never slower than
+/// the stop already under way).
+fn escalate(shutdown: &tidepool::shutdown::Shutdown, signal: StopSignal) {
+    match signal {
+        StopSignal::Terminate => shutdown.trigger(),
+        StopSignal::Interrupt => shutdown.trigger_fast(),
     }
 }

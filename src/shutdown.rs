@@ -1,10 +1,22 @@
 //! Process-wide stop signal: set once, observed by the listener, sessions and background tasks.
 //!
-//! Two speeds, after PgBouncer and PostgreSQL: a graceful stop (SIGTERM, admin `SHUTDOWN`) lets
-//! each client finish its transaction and closes it at its next idle point; a fast stop
-//! (SIGINT) also closes clients idle *inside* a transaction (their backend is rolled back) and
-//! only waits for requests that are running. Either way the listener stops at once and the
-//! process exits after `proxy.shutdown_timeout` at the latest.
+//! Three speeds, after PgBouncer 1.23 and PostgreSQL, each a [`Stage`] the stop only moves
+//! forward through:
+//!
+//! - **drain clients** (admin `SHUTDOWN WAIT_FOR_CLIENTS`): the listener closes (another
+//!   tidepool on the same `SO_REUSEPORT` port takes new connections) and nothing else changes:
+//!   connected clients are served as usual, health checks and pools keep running, `/readyz`
+//!   says not ready. The process exits once every client has disconnected on its own; there is
+//!   no deadline, as in PgBouncer. A later signal or `SHUTDOWN` moves on to a faster stage.
+//! - **graceful** (SIGTERM, `SHUTDOWN WAIT_FOR_SERVERS`): also closes each client at its next
+//!   idle point, between transactions, and at once a client waiting for a server (held by
+//!   PAUSE, or queued for a full pool), whose request was not sent anywhere.
+//! - **fast** (SIGINT, plain `SHUTDOWN`): also closes clients idle *inside* a transaction
+//!   (their backend is rolled back); only requests that are running are waited for. PgBouncer's
+//!   plain `SHUTDOWN` exits at once; tidepool still lets running statements answer, because
+//!   cutting them off gains a few milliseconds and costs clients an 08006 instead of a 57P01.
+//!
+//! From graceful on, the process exits after `proxy.shutdown_timeout` at the latest.
 
 use tokio::sync::watch;
 
@@ -12,13 +24,15 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     Running,
-    /// Close clients between transactions.
+    /// No new connections; connected clients are served until they leave on their own.
+    DrainClients,
+    /// Close clients between transactions, and those waiting for a server at once.
     Graceful,
     /// Close clients as soon as no request is running, even inside a transaction.
     Fast,
 }
 
-/// A flag that goes from running to stopping, graceful then possibly fast.
+/// A flag that goes from running to stopping: draining, graceful, fast (stages may be skipped).
 #[derive(Debug)]
 pub struct Shutdown {
     tx: watch::Sender<Stage>,
@@ -33,6 +47,12 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
+    /// Stops accepting and waits for clients to leave (`SHUTDOWN WAIT_FOR_CLIENTS`); never
+    /// slows down a shutdown that is further along.
+    pub fn trigger_drain(&self) {
+        self.advance(Stage::DrainClients);
+    }
+
     /// Starts a graceful shutdown; idempotent, and never slows down a fast one.
     pub fn trigger(&self) {
         self.advance(Stage::Graceful);
@@ -66,17 +86,19 @@ impl Shutdown {
         self.tx.subscribe()
     }
 
-    /// Resolves once shutdown has started (at once if it already has).
+    /// Resolves once clients are to be closed: a graceful or fast shutdown (at once if it
+    /// already is). Draining clients does not count: everything keeps running then.
     pub async fn wait(&self) {
-        self.wait_for(Stage::Graceful).await;
+        self.reached(Stage::Graceful).await;
     }
 
     /// Resolves once a fast shutdown has started.
     pub async fn wait_fast(&self) {
-        self.wait_for(Stage::Fast).await;
+        self.reached(Stage::Fast).await;
     }
 
-    async fn wait_for(&self, stage: Stage) {
+    /// Resolves once the stop is at `stage` or further.
+    pub async fn reached(&self, stage: Stage) {
         let mut rx = self.tx.subscribe();
         // Only fails if the sender is gone, which means the process is stopping anyway.
         let _ = rx.wait_for(|now| *now >= stage).await;
@@ -145,6 +167,44 @@ mod tests {
         assert!(futures_poll_once(fast.as_mut()).await.is_none(), "not fast yet");
         graceful.trigger_fast();
         fast.await;
+    }
+
+    #[test]
+    fn stages_are_ordered_from_running_to_fast() {
+        let order = [Stage::Running, Stage::DrainClients, Stage::Graceful, Stage::Fast];
+        for pair in order.windows(2) {
+            assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);
+        }
+        // What the rest of the code relies on: draining is a shutdown (readyz, SHOW STATE)
+        // but does not close clients nor stop health checks (those wait for Graceful).
+        assert!(Stage::DrainClients > Stage::Running);
+        assert!(Stage::DrainClients < Stage::Graceful);
+    }
+
+    #[tokio::test]
+    async fn draining_is_a_shutdown_that_closes_nobody_until_escalated() {
+        let shutdown = Shutdown::default();
+        shutdown.trigger_drain();
+        assert!(shutdown.is_triggered());
+        assert_eq!(shutdown.stage(), Stage::DrainClients);
+        shutdown.reached(Stage::DrainClients).await;
+        let closing = shutdown.wait();
+        tokio::pin!(closing);
+        assert!(
+            futures_poll_once(closing.as_mut()).await.is_none(),
+            "draining closes no client"
+        );
+        shutdown.trigger();
+        closing.await;
+        shutdown.trigger_drain();
+        assert_eq!(
+            shutdown.stage(),
+            Stage::Graceful,
+            "a drain request never slows a stop down"
+        );
+        shutdown.trigger_fast();
+        shutdown.trigger_drain();
+        assert_eq!(shutdown.stage(), Stage::Fast);
     }
 
     /// Polls a future once without blocking.

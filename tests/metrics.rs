@@ -249,6 +249,26 @@ async fn health_readiness_and_bad_requests() {
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
 
+/// `SHUTDOWN WAIT_FOR_CLIENTS`: not ready (so a load balancer stops sending), yet metrics and
+/// connected clients are served until the last client leaves.
+#[tokio::test]
+async fn readiness_fails_while_draining_clients() {
+    let proxy = start_proxy(with_metrics(base_config_toml(pg()))).await;
+    let metrics = proxy.metrics_addr().expect("metrics listen");
+    let client = connect(proxy.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;
+    proxy.shared().shutdown.trigger_drain();
+    let (status, body) = get(metrics, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "shutting down\n"));
+    assert_eq!(get(metrics, "/metrics").await.0, 200);
+    assert_eq!(first_value(&client.simple_query("SELECT 5").await.unwrap()), "5");
+    drop(client);
+    // Resolves once the client's connection is gone (bounded only against a hang).
+    tokio::time::timeout(Duration::from_secs(60), proxy.clients_gone())
+        .await
+        .expect("the drain ends when the last client leaves");
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn readiness_fails_when_the_only_node_is_unreachable() {
     // A port nobody listens on: bind one and close it.

@@ -2,7 +2,7 @@
 //! databases and clients, reload, shutdown and SET. Each returns its CommandComplete tag or
 //! the ErrorResponse to send.
 
-use super::command::Command;
+use super::command::{Command, ShutdownMode};
 use crate::app::Shared;
 use crate::config::{parse_duration, parse_size, Config, ConfigDuration, PoolMode};
 use crate::pool::{DbControl, Pool};
@@ -113,10 +113,14 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
             "RELOAD"
         }
         Command::Shutdown(mode) => {
-            // The ops side refines what each mode waits for; all stop accepting and let
-            // transactions finish.
+            // See shutdown.rs for what each stage keeps and closes. A mode slower than the stop
+            // already under way changes nothing.
             tracing::info!(?mode, "SHUTDOWN from the admin console");
-            shared.shutdown.trigger();
+            match mode {
+                ShutdownMode::WaitForClients => shared.shutdown.trigger_drain(),
+                ShutdownMode::WaitForServers => shared.shutdown.trigger(),
+                ShutdownMode::Immediate => shared.shutdown.trigger_fast(),
+            }
             "SHUTDOWN"
         }
         Command::Set { key, value } => {
@@ -223,6 +227,8 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
         "client_login_timeout" => proxy.client_login_timeout = duration(value)?,
         "client_idle_timeout" => proxy.client_idle_timeout = duration(value)?,
         "idle_transaction_timeout" => proxy.idle_transaction_timeout = duration(value)?,
+        "shutdown_timeout" => proxy.shutdown_timeout = duration(value)?,
+        "stats_period" => proxy.stats_period = duration(value)?,
         "max_message_size" => {
             proxy.max_message_size = parse_size(value)
                 .map(crate::config::ByteSize)
@@ -276,6 +282,8 @@ mod tests {
         set(&mut config, "client_idle_timeout", "5s").unwrap();
         set(&mut config, "pool_mode", "SESSION").unwrap();
         set(&mut config, "read_your_writes", "on").unwrap();
+        set(&mut config, "proxy.stats_period", "15s").unwrap();
+        assert_eq!(config.proxy.stats_period.0, Duration::from_secs(15));
         assert_eq!(config.pool.default_pool_size, 7);
         assert_eq!(config.pool.server_check_query, "select 2");
         assert_eq!(config.proxy.client_idle_timeout.0, Duration::from_secs(5));

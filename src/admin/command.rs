@@ -50,11 +50,14 @@ impl Show {
     }
 }
 
-/// How SHUTDOWN waits.
+/// How SHUTDOWN waits (PgBouncer 1.23's modes; what each does is in `shutdown.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownMode {
+    /// Plain `SHUTDOWN`: tidepool's fast stop (clients closed once no request of theirs runs).
     Immediate,
+    /// Stop accepting; exit when every client has disconnected on its own.
     WaitForClients,
+    /// Stop accepting; close clients at their next idle point (SIGTERM).
     WaitForServers,
 }
 

@@ -4,6 +4,7 @@
 //! `actions.rs` runs the rest.
 
 pub mod actions;
+pub mod averages;
 pub mod command;
 pub mod show;
 

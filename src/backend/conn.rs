@@ -73,12 +73,15 @@ impl std::fmt::Debug for BackendConn {
     }
 }
 
+/// Bytes of the read buffer each backend connection allocates when opened (SHOW MEM).
+pub const READ_BUFFER: usize = 8192;
+
 impl BackendConn {
     pub(crate) fn new(stream: Stream, addr: Arc<str>, id: u64, startup_signature: u64) -> Self {
         let now = Instant::now();
         BackendConn {
             stream,
-            rbuf: BytesMut::with_capacity(8192),
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
             wbuf: BytesMut::new(),
             addr,
             key: BackendKey { pid: 0, secret: 0 },

@@ -11,7 +11,7 @@ mod scram;
 mod tls;
 
 pub(crate) use conn::record_parameter;
-pub use conn::{BackendConn, BackendKey, BackendState};
+pub use conn::{BackendConn, BackendKey, BackendState, READ_BUFFER};
 pub use connect::{connect, BackendLogin, BackendSecret};
 pub use error::BackendError;
 pub(crate) use reset::parse_data_row;

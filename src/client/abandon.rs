@@ -16,6 +16,11 @@ impl Session {
             return;
         };
         let settings = self.pool.settings();
+        if let Some(ticket) = &backend.ticket {
+            // Being cleaned for the next client (SHOW POOLS sv_tested); release makes it idle.
+            ticket.set_state(crate::pool::ServerState::Tested);
+            ticket.link(0);
+        }
         let quiet = self.exchange.is_quiet() && backend.wbuf.is_empty();
         let exchange = &mut self.exchange;
         let (mode, pinned) = (self.mode, self.pins.any());

@@ -1,14 +1,31 @@
 //! What a session records for SHOW STATS and the metrics: wait for a backend, requests,
-//! transactions, query time, bytes and error classes. A few relaxed atomic adds and histogram
-//! observations per transaction; the relay itself only bumps plain fields in `Exchange`.
+//! transactions, query time, bytes, Parse/Bind messages and error classes. A few relaxed
+//! atomic adds and histogram observations per transaction; the relay itself only bumps plain
+//! fields in `Exchange`.
 
 use super::relay::RelayEvent;
 use super::session::Session;
 use crate::metrics::Role;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Moves a plain counter into a pool counter (nothing when it is zero, the usual case).
+fn add(total: &AtomicU64, count: &mut u32) {
+    if *count > 0 {
+        total.fetch_add(u64::from(std::mem::take(count)), Ordering::Relaxed);
+    }
+}
+
 impl Session {
+    /// Parses answered without a backend (statements PostgreSQL already accepted) count as the
+    /// client's too.
+    pub(super) fn account_local_parses(&mut self) {
+        add(
+            &self.pool.stats.client_parses,
+            &mut self.statements.answered_parses,
+        );
+    }
+
     /// The role of the node serving the client now.
     fn role(&self) -> Role {
         if self.on_standby {
@@ -53,6 +70,11 @@ impl Session {
             stats.queries.fetch_add(n, Ordering::Relaxed);
             metrics.queries.inc_by(n);
         }
+        // Extended protocol (SHOW STATS parse/bind columns): plain fields until here.
+        add(&stats.client_parses, &mut ex.parses);
+        add(&stats.binds, &mut ex.binds);
+        add(&stats.server_parses, &mut ex.forwarded_parses);
+        add(&stats.server_parses, &mut self.pipeline.server_parses);
         if matches!(event, RelayEvent::Idle | RelayEvent::IdleInTransaction) {
             if let Some(since) = ex.busy_since.take() {
                 let took = since.elapsed();

@@ -1,14 +1,17 @@
 //! Cancel requests: each client gets its own key; a CancelRequest carrying it is forwarded to
 //! the backend running that client's query right now, with that backend's real key, and to
-//! nothing otherwise (a late cancel must never hit another client's query).
+//! nothing otherwise (a late cancel must never hit another client's query). Each forwarded
+//! request has a connection of its own to PostgreSQL (not pooled), held until PostgreSQL
+//! closes it, which is when it has processed the request, as libpq waits for.
 
 use crate::backend::BackendKey;
 use crate::protocol::startup::encode_cancel;
 use bytes::BytesMut;
 use rand::RngExt;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The key a client received in BackendKeyData.
@@ -25,6 +28,32 @@ pub struct CancelTarget {
     pub key: BackendKey,
 }
 
+/// Cancel requests for one pool's clients in flight (SHOW POOLS): a relaxed counter per phase.
+#[derive(Debug, Default)]
+pub struct CancelCounts {
+    /// Opening the connection to PostgreSQL: not forwarded yet (cl_waiting_cancel_req).
+    pub waiting: AtomicUsize,
+    /// Sent; PostgreSQL has not closed the connection yet (cl_active_cancel_req, and
+    /// sv_active_cancel: the connection carrying it).
+    pub active: AtomicUsize,
+}
+
+/// One phase of one cancel request, counted while it lasts (also when the future is dropped).
+struct Phase<'a>(&'a AtomicUsize);
+
+impl<'a> Phase<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Phase<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Phase(counter)
+    }
+}
+
+impl Drop for Phase<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Shared between a session (which updates it at every checkout and release) and the registry.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
@@ -32,13 +61,14 @@ pub struct CancelSlot {
     /// The client is queued for a backend: a cancel takes it out of the queue.
     waiting: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
+    /// The counters of the client's pool.
+    counts: Arc<CancelCounts>,
 }
 
 impl CancelSlot {
     /// Runs `wait` (a pool checkout) until it ends or a cancel request for this client arrives;
     /// `None` means cancelled. Cancels arriving outside this window do nothing.
     pub async fn cancellable<T>(&self, wait: impl std::future::Future<Output = T>) -> Option<T> {
-        use std::sync::atomic::Ordering;
         let notified = self.wake.notified();
         tokio::pin!(notified);
         // Registered before `waiting` is visible, so no cancel can slip between the two.
@@ -106,8 +136,8 @@ impl CancelRegistry {
 
     /// Registers a new client. `pid` is the real backend pid in session mode (so that
     /// `pg_backend_pid()` matches); otherwise a random one is drawn. The secret is always ours,
-    /// drawn from the OS CSPRNG.
-    pub fn register(self: &Arc<Self>, pid: Option<i32>) -> Registration {
+    /// drawn from the OS CSPRNG. Its cancel requests are counted in `counts` (its pool's).
+    pub fn register(self: &Arc<Self>, pid: Option<i32>, counts: Arc<CancelCounts>) -> Registration {
         let mut rng = rand::rng();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let key = loop {
@@ -119,7 +149,10 @@ impl CancelRegistry {
                 break key;
             }
         };
-        let slot = Arc::new(CancelSlot::default());
+        let slot = Arc::new(CancelSlot {
+            counts,
+            ..CancelSlot::default()
+        });
         clients.insert(key, slot.clone());
         Registration {
             registry: self.clone(),
@@ -148,28 +181,43 @@ impl CancelRegistry {
             }
             return true;
         };
-        send_cancel_to(&target).await;
+        if let Err(e) = send_cancel(&target, &slot.counts).await {
+            tracing::warn!(node = %target.addr, error = %e, "sending cancel request failed");
+        }
         true
     }
 }
 
-/// Sends a CancelRequest for `target`; failures are logged, as there is no one to tell.
+/// Sends a CancelRequest for `target` on tidepool's own behalf (an abandoned request, a peer's
+/// key); failures are logged, as there is no one to tell. Not counted in any pool.
 pub async fn send_cancel_to(target: &CancelTarget) {
-    if let Err(e) = send_cancel(target).await {
+    if let Err(e) = send_cancel(target, &CancelCounts::default()).await {
         tracing::warn!(node = %target.addr, error = %e, "sending cancel request failed");
     }
 }
 
-async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
-    let mut stream = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        TcpStream::connect(&*target.addr),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+/// How long each step of forwarding a cancel may take.
+const CANCEL_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn send_cancel(target: &CancelTarget, counts: &CancelCounts) -> std::io::Result<()> {
+    let timed_out =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"));
+    let connecting = Phase::enter(&counts.waiting);
+    let mut stream = tokio::time::timeout(CANCEL_STEP_TIMEOUT, TcpStream::connect(&*target.addr))
+        .await
+        .map_err(|_| timed_out("connect"))??;
+    drop(connecting);
+    let _active = Phase::enter(&counts.active);
     let mut out = BytesMut::with_capacity(16);
     encode_cancel(target.key.pid, target.key.secret, &mut out);
     stream.write_all(&out).await?;
-    stream.shutdown().await?;
+    // PostgreSQL answers nothing and closes the connection once it has processed the request.
+    let mut rest = [0u8; 64];
+    tokio::time::timeout(CANCEL_STEP_TIMEOUT, async {
+        while stream.read(&mut rest).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await
+    .map_err(|_| timed_out("waiting for the server to close the cancel connection"))??;
     Ok(())
 }

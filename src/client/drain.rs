@@ -1,5 +1,6 @@
 //! How a session ends when tidepool shuts down: at its next idle point, with PostgreSQL's own
-//! FATAL 57P01, never in the middle of a request.
+//! FATAL 57P01, never in the middle of a request. A client waiting for a server (held by PAUSE,
+//! or queued for a full pool) is at such a point: its request was not sent anywhere.
 
 use super::login::CloseReason;
 use super::session::Session;
@@ -22,14 +23,41 @@ impl Session {
         let shared = self.shared.clone();
         let first = self.awaiting_first_request;
         async move {
-            match stage {
-                Stage::Fast => shared.shutdown.wait_fast().await,
-                _ => shared.shutdown.wait().await,
-            }
+            // Graceful or Fast; a drain (WAIT_FOR_CLIENTS) closes nobody.
+            shared.shutdown.reached(stage.max(Stage::Graceful)).await;
             if first {
                 tokio::time::sleep(FIRST_REQUEST_GRACE).await;
             }
         }
+    }
+
+    /// How far a shutdown must be before a client waiting for a server is closed: graceful,
+    /// unless a `BEGIN` was answered for it already (`first_statement`): then it is inside a
+    /// transaction as far as it knows, which only a fast stop may cut short.
+    pub(super) fn shutdown_stage_for_waiting(&self) -> Stage {
+        if self.ha.deferred_begin.is_some() {
+            Stage::Fast
+        } else {
+            Stage::Graceful
+        }
+    }
+
+    /// Closes a client whose request waited for a server when the shutdown reached it.
+    pub(super) async fn close_waiting_for_shutdown(&mut self) -> CloseReason {
+        tracing::debug!(
+            client = self.ticket.id(),
+            "shutdown: closing a client waiting for a server"
+        );
+        self.client
+            .send_fatal(
+                ErrorFields::fatal(
+                    SqlState::ADMIN_SHUTDOWN,
+                    "terminating connection due to administrator command",
+                )
+                .with_detail("tidepool is shutting down; the request was not sent to any server."),
+            )
+            .await;
+        CloseReason::Shutdown
     }
 
     /// Says goodbye the way PostgreSQL does when its administrator shuts it down.

@@ -1,15 +1,54 @@
 //! The accept loop: one task per client connection, until shutdown.
 
 use crate::app::Shared;
+use crate::shutdown::Stage;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-/// Counts client connections against `max_client_conn`.
+/// Counts client connections: against `max_client_conn`, and for `SHUTDOWN WAIT_FOR_CLIENTS`,
+/// which waits until only admin console connections are left once the listener is closed.
 #[derive(Debug, Default)]
 pub struct ClientCounter {
     current: AtomicUsize,
+    /// Accepted connections whose task has not ended yet (counted before the task is spawned,
+    /// so none slips between the accept and the count).
+    connections: AtomicUsize,
+    /// Of those, admin console logins (they do not keep a draining process alive).
+    consoles: AtomicUsize,
+    /// The accept loop has ended: no connection will be added any more.
+    listener_closed: std::sync::atomic::AtomicBool,
+    /// Woken whenever one of the above goes down or the listener closes.
+    changed: tokio::sync::Notify,
+}
+
+/// An accepted connection, counted until dropped (with its task).
+pub struct ConnectionGuard {
+    shared: Arc<Shared>,
+    console: bool,
+}
+
+impl ConnectionGuard {
+    /// This connection turned out to be an admin console login.
+    pub fn mark_console(&mut self) {
+        if !self.console {
+            self.console = true;
+            self.shared.clients.consoles.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let clients = &self.shared.clients;
+        // Consoles first: the count of non-console connections may only be overstated.
+        if self.console {
+            clients.consoles.fetch_sub(1, Ordering::AcqRel);
+        }
+        clients.connections.fetch_sub(1, Ordering::AcqRel);
+        clients.changed.notify_waiters();
+    }
 }
 
 impl ClientCounter {
@@ -29,9 +68,57 @@ impl ClientCounter {
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Acquire)
     }
+
+    /// Accepted connections whose task has not ended, consoles and cancel requests included.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Accepted connections that are not admin consoles, right now.
+    pub fn app_connections(&self) -> usize {
+        // Consoles are decremented first, so this never reads below the truth.
+        let consoles = self.consoles.load(Ordering::Acquire);
+        self.connections.load(Ordering::Acquire).saturating_sub(consoles)
+    }
+
+    /// Resolves once the listener is closed and every connection left is an admin console
+    /// (`SHUTDOWN WAIT_FOR_CLIENTS`). Woken by each departure, never by a timer.
+    pub async fn wait_clients_gone(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a departure between the two is not missed.
+            changed.as_mut().enable();
+            if self.listener_closed.load(Ordering::Acquire) && self.app_connections() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn close_listener(&self) {
+        self.listener_closed.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
 }
 
-/// Accepts clients until shutdown starts; each gets a task tracked by `tasks`.
+/// Counts a connection and serves it on a task tracked by `tasks`.
+fn spawn_client(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    shared.clients.connections.fetch_add(1, Ordering::AcqRel);
+    let guard = ConnectionGuard {
+        shared: shared.clone(),
+        console: false,
+    };
+    tasks.spawn(super::login::serve(shared.clone(), stream, peer, guard));
+}
+
+/// Accepts clients until shutdown starts (any stage, draining included); each gets a task
+/// tracked by `tasks`.
 ///
 /// At shutdown the listener is not simply dropped: with SO_REUSEPORT the kernel has already
 /// queued connections on it (completed handshakes in its backlog), and closing it would reset
@@ -43,12 +130,10 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tasks: Task
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shared.shutdown.wait() => break,
+            _ = shared.shutdown.reached(Stage::DrainClients) => break,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tasks.spawn(super::login::serve(shared.clone(), stream, peer));
-            }
+            Ok((stream, peer)) => spawn_client(&shared, &tasks, stream, peer),
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::error!(error = %e, "accept failed");
@@ -64,6 +149,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tasks: Task
             0
         }
     };
+    shared.clients.close_listener();
     tracing::info!(backlog = drained, "listener closed");
 }
 
@@ -79,7 +165,7 @@ fn drain_backlog(shared: &Arc<Shared>, listener: &std::net::TcpListener, tasks: 
         match accepted {
             Ok((stream, peer)) => {
                 drained += 1;
-                tasks.spawn(super::login::serve(shared.clone(), stream, peer));
+                spawn_client(shared, tasks, stream, peer);
             }
             // WouldBlock: the backlog is empty (the listener is non-blocking). Other errors (out
             // of descriptors, …) cannot be waited out during shutdown.

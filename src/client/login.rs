@@ -3,6 +3,7 @@
 
 use super::auth::{self, AuthError};
 use super::conn::{ClientConn, ClientIoError};
+use super::listener::ConnectionGuard;
 use super::relay::Exchange;
 use super::routing::startup_route;
 use super::session::Session;
@@ -46,12 +47,12 @@ pub enum CloseReason {
     Killed,
 }
 
-/// Serves one accepted connection to the end.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to the end; `guard` counts it until then.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, mut guard: ConnectionGuard) {
     let _ = stream.set_nodelay(true);
     let snapshot = shared.snapshot();
     let over_limit = !shared.clients.try_enter(snapshot.config.proxy.max_client_conn);
-    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit).await;
+    let reason = serve_inner(&shared, snapshot, stream, peer, over_limit, &mut guard).await;
     if !over_limit {
         shared.clients.leave();
     }
@@ -70,6 +71,7 @@ async fn serve_inner(
     stream: TcpStream,
     peer: SocketAddr,
     over_limit: bool,
+    guard: &mut ConnectionGuard,
 ) -> CloseReason {
     let proxy = &snapshot.config.proxy;
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
@@ -124,6 +126,8 @@ async fn serve_inner(
     };
 
     if crate::admin::is_console(&params.database) {
+        // A console does not keep a process draining for WAIT_FOR_CLIENTS alive.
+        guard.mark_console();
         return crate::admin::serve(shared, &snapshot, client, &params, &user.config).await;
     }
     let Some(pool) = shared.pool_for(&snapshot, &params.database, &user, 0) else {

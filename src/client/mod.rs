@@ -29,3 +29,12 @@ pub mod startup;
 pub mod statements;
 
 pub use listener::ClientCounter;
+
+/// Bytes one logged-in client takes however it is used (SHOW MEM): its session, its registry
+/// entry and its cancel slot. Its read and write buffers come on top while it is busy; they
+/// grow with its messages and are released while it idles, so they have no fixed size.
+pub fn client_size() -> usize {
+    std::mem::size_of::<session::Session>()
+        + std::mem::size_of::<registry::ClientEntry>()
+        + std::mem::size_of::<cancel::CancelSlot>()
+}

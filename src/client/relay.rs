@@ -70,6 +70,11 @@ pub struct Exchange {
     /// Accounting the session moves to the metrics at each event (plain fields: no atomics
     /// in the poll loop). Requests forwarded (Query, Sync, FunctionCall):
     pub requests: u32,
+    /// Parse and Bind messages from the client (SHOW STATS), and Parses forwarded to the
+    /// server as they came (statement renaming, when on, counts its own in `Pipeline`).
+    pub parses: u32,
+    pub binds: u32,
+    pub forwarded_parses: u32,
     /// When the first request since the last quiet point was forwarded.
     pub busy_since: Option<tokio::time::Instant>,
     /// Bytes forwarded from the client and to it.
@@ -110,6 +115,9 @@ impl Default for Exchange {
             batch: Default::default(),
             copy: CopyTracking::default(),
             requests: 0,
+            parses: 0,
+            binds: 0,
+            forwarded_parses: 0,
             busy_since: None,
             bytes_in: 0,
             bytes_out: 0,
@@ -368,8 +376,16 @@ fn scan_client(
             tag::BIND => {
                 ex.unsynced = true;
                 ex.binds_since_sync = true;
+                ex.binds += 1;
             }
-            tag::PARSE | tag::DESCRIBE | tag::CLOSE | tag::FLUSH => ex.unsynced = true,
+            tag::PARSE => {
+                ex.unsynced = true;
+                ex.parses += 1;
+                if rewrite.is_none() {
+                    ex.forwarded_parses += 1;
+                }
+            }
+            tag::DESCRIBE | tag::CLOSE | tag::FLUSH => ex.unsynced = true,
             tag::COPY_DONE | tag::COPY_FAIL => {
                 ex.copy.in_copy_in = false;
                 ex.copy.ended_since_execute = true;

@@ -164,9 +164,22 @@ impl Session {
                     self.ticket.waiting(node, wait_started);
                     changed = self.shared.health().map(|h| h.changed());
                     let checkout = self.pool.checkout(wish);
-                    let checked_out = match cancel {
-                        Some(slot) => slot.cancellable(checkout).await,
-                        None => Some(checkout.await),
+                    let waiting = async {
+                        match cancel {
+                            Some(slot) => slot.cancellable(checkout).await,
+                            None => Some(checkout.await),
+                        }
+                    };
+                    // A shutdown does not hold a waiting client to the end (drain.rs); a server
+                    // at hand is still used (biased).
+                    let shutdown_due = self.shutdown_due(self.shutdown_stage_for_waiting());
+                    let checked_out = tokio::select! {
+                        biased;
+                        checked_out = waiting => Some(checked_out),
+                        _ = shutdown_due => None,
+                    };
+                    let Some(checked_out) = checked_out else {
+                        return Err(self.close_waiting_for_shutdown().await);
                     };
                     (checked_out, wait_started.elapsed())
                 }
@@ -289,7 +302,10 @@ impl Session {
             backend_msg::parameter_status(&mut self.client.wbuf, name, value);
         }
         let real_pid = (self.mode == PoolMode::Session).then_some(backend.key.pid);
-        let registration = self.shared.cancels.register(real_pid);
+        let registration = self
+            .shared
+            .cancels
+            .register(real_pid, self.pool.stats.cancels.clone());
         backend_msg::backend_key_data(
             &mut self.client.wbuf,
             registration.key.pid,
@@ -585,6 +601,7 @@ impl Session {
                     &mut self.client.wbuf,
                 );
                 if let Some(used) = answered {
+                    self.account_local_parses();
                     self.client.rbuf.advance(used);
                     continue;
                 }

@@ -124,6 +124,8 @@ impl StatementCache {
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     pub by_name: HashMap<String, Arc<Statement>>,
+    /// Parses answered without a backend, not yet added to SHOW STATS.
+    pub answered_parses: u32,
     /// Its SQL-level `PREPARE`d statements (see `sql_prepared`).
     pub sql: super::sql_prepared::SqlPrepared,
 }
@@ -241,6 +243,9 @@ pub struct Pipeline {
     pub queue: VecDeque<Expect>,
     /// A made-up error was queued: drop client messages until its Sync.
     pub skipping: bool,
+    /// Parses written to the backend (the client's unnamed ones, named ones it lacked, and
+    /// injected ones), not yet added to SHOW STATS.
+    pub server_parses: u32,
 }
 
 impl Pipeline {
@@ -393,6 +398,7 @@ fn parse(
     let Some((name, definition)) = read_cstr(body) else {
         // Malformed: let PostgreSQL say so.
         to_server.extend_from_slice(frame);
+        pipe.server_parses += 1;
         pipe.queue.push_back(Expect::Client(Request::Parse {
             registered: None,
             prepared: None,
@@ -401,6 +407,7 @@ fn parse(
     };
     if name.is_empty() {
         to_server.extend_from_slice(frame);
+        pipe.server_parses += 1;
         pipe.queue.push_back(Expect::Client(Request::Parse {
             registered: None,
             prepared: None,
@@ -432,6 +439,7 @@ fn parse(
     }
     close_evicted(ctx.backend.add(&stmt, ctx.capacity), pipe, to_server);
     stmt.write_parse(to_server);
+    pipe.server_parses += 1;
     pipe.queue.push_back(Expect::Client(Request::Parse {
         registered: Some(name.to_string()),
         prepared: Some(stmt),
@@ -450,6 +458,7 @@ fn ensure_prepared(
     }
     close_evicted(ctx.backend.add(stmt, ctx.capacity), pipe, to_server);
     stmt.write_parse(to_server);
+    pipe.server_parses += 1;
     pipe.queue.push_back(Expect::Injected(Request::Parse {
         registered: None,
         prepared: Some(stmt.clone()),
@@ -600,6 +609,7 @@ pub fn answer_without_backend(
     // Names the batch closes; the client's map forgets them only if the whole batch is answered.
     let mut closes: Vec<String> = Vec::new();
     let mut reply = BytesMut::new();
+    let mut parses = 0;
     loop {
         let rest = &input[pos..];
         if rest.len() < 5 {
@@ -625,6 +635,7 @@ pub fn answer_without_backend(
                 }
                 registrations.push((name.to_string(), stmt));
                 reply.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+                parses += 1;
             }
             tag::DESCRIBE if body.first() == Some(&b'S') => {
                 let (name, _) = read_cstr(&body[1..])?;
@@ -669,6 +680,7 @@ pub fn answer_without_backend(
         client.by_name.remove(name);
     }
     client.by_name.extend(registrations);
+    client.answered_parses += parses;
     to_client.extend_from_slice(&reply);
     Some(pos)
 }

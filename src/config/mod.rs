@@ -88,9 +88,13 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// Users who may run the console's SHOW commands only.
     pub stats_users: Vec<String>,
-    /// How long SIGTERM/SIGINT wait for clients to finish their transactions before the process
-    /// exits anyway. Reloadable.
+    /// How long a graceful or fast stop (SIGTERM/SIGINT, SHUTDOWN [WAIT_FOR_SERVERS]) waits for
+    /// clients to finish before the process exits anyway (WAIT_FOR_CLIENTS has no deadline).
+    /// Reloadable.
     pub shutdown_timeout: ConfigDuration,
+    /// SHOW STATS' avg_ columns are the rates and means of the last completed period of this
+    /// length. Default 60s; must be > 0. Reloadable (from the next period).
+    pub stats_period: ConfigDuration,
     /// Log each client login (user, database, address). Reloadable.
     pub log_connections: bool,
     /// Log each client disconnection with its reason. Reloadable.
@@ -126,6 +130,7 @@ impl Default for ProxyConfig {
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             shutdown_timeout: ConfigDuration::secs(30),
+            stats_period: ConfigDuration::secs(60),
             log_connections: true,
             log_disconnections: true,
             log_format: LogFormat::Text,

@@ -72,6 +72,7 @@ fn each_rule_names_its_key() {
     let cases = [
         (Proxy, "max_client_conn = 0".into(), "proxy.max_client_conn: must be > 0"),
         (Proxy, "client_login_timeout = \"0\"".into(), "proxy.client_login_timeout: must be > 0"),
+        (Proxy, "stats_period = \"0s\"".into(), "proxy.stats_period: must be > 0"),
         (Proxy, "max_message_size = \"8191\"".into(), "proxy.max_message_size: must be between 8kB and 1GB"),
         (Proxy, "max_message_size = \"1025MB\"".into(), "proxy.max_message_size: must be between 8kB and 1GB"),
         (Proxy, "log_level = \"tidepool=loud\"".into(), "proxy.log_level: is not a valid filter (e.g. \"info\", \"tidepool=debug,warn\")"),
@@ -291,6 +292,8 @@ fn example_file_documents_every_key() {
         "client_idle_timeout",
         "idle_transaction_timeout",
         "max_message_size",
+        "shutdown_timeout",
+        "stats_period",
         "default_pool_size",
         "min_pool_size",
         "reserve_pool_size",

@@ -126,6 +126,9 @@ impl Config {
         if proxy.client_login_timeout.0.is_zero() {
             return Err(ConfigError::invalid("proxy.client_login_timeout", "must be > 0"));
         }
+        if proxy.stats_period.0.is_zero() {
+            return Err(ConfigError::invalid("proxy.stats_period", "must be > 0"));
+        }
         let size = proxy.max_message_size.0;
         if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&size) {
             return Err(ConfigError::invalid(

@@ -118,6 +118,11 @@ impl<B: Pooled> PoolCore<B> {
         self.idle.len()
     }
 
+    /// Idle connections released at or before `at`.
+    pub fn idle_released_by(&self, at: Instant) -> usize {
+        self.idle.iter().filter(|e| e.since <= at).count()
+    }
+
     pub fn waiting(&self) -> usize {
         self.waiters.len()
     }

@@ -77,12 +77,18 @@ pub struct PoolStats {
     pub transactions: AtomicU64,
     /// Requests answered (Query, Sync, FunctionCall).
     pub queries: AtomicU64,
+    /// Cancel requests for this pool's clients being forwarded (SHOW POOLS).
+    pub cancels: Arc<crate::client::cancel::CancelCounts>,
     /// Bytes received from clients and sent to them while attached to this pool's backends.
     pub received: AtomicU64,
     pub sent: AtomicU64,
     /// Microseconds backends spent on requests, and clients waited for a backend.
     pub query_time_us: AtomicU64,
     pub wait_time_us: AtomicU64,
+    /// Parse messages from clients, Parses sent to backends, Binds from clients (SHOW STATS).
+    pub client_parses: AtomicU64,
+    pub server_parses: AtomicU64,
+    pub binds: AtomicU64,
 }
 
 /// One pool of backend connections to one node for one (database, user).
@@ -161,9 +167,12 @@ impl Pool {
     async fn wait_while_paused(&self) {
         self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
         while self.is_paused() {
-            tokio::select! {
-                _ = self.control.wait_resumed() => {}
-                _ = self.controls.global.wait_resumed() => {}
+            // Wait on a switch that is on: one that is off resolves at once, and racing it would
+            // spin (and starve whatever else the task waits for of its coop budget).
+            if self.controls.global.is_paused() {
+                self.controls.global.wait_resumed().await;
+            } else {
+                self.control.wait_resumed().await;
             }
         }
         self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
@@ -180,6 +189,19 @@ impl Pool {
             local_addr: conn.stream.local_addr().ok(),
             control: &self.control,
         }));
+    }
+
+    /// Idle connections that will run `server_check_query` before serving again: idle for
+    /// `server_check_delay` or more (SHOW POOLS sv_used).
+    pub fn idle_needing_check(&self) -> usize {
+        let settings = self.settings.load();
+        if settings.check_query.is_empty() {
+            return 0;
+        }
+        match Instant::now().checked_sub(settings.check_delay) {
+            Some(cutoff) => self.lock().idle_released_by(cutoff),
+            None => 0,
+        }
     }
 
     /// Active (checked out or opening) connections right now.
@@ -388,6 +410,9 @@ impl Pool {
         }
         if settings.check_query.is_empty() || conn.last_used.elapsed() < settings.check_delay {
             return Some(conn);
+        }
+        if let Some(ticket) = &conn.ticket {
+            ticket.set_state(ServerState::Tested);
         }
         match conn.run_simple(&settings.check_query).await {
             Ok(outcome) if outcome.error.is_none() && conn.is_reusable() => Some(conn),

@@ -18,6 +18,9 @@ pub enum ServerState {
     Idle = 0,
     /// Checked out by a client.
     Active = 1,
+    /// Running `server_check_query` before serving, or being cleaned after its client left
+    /// (rollback, `server_reset_query`).
+    Tested = 2,
 }
 
 impl ServerState {
@@ -25,6 +28,7 @@ impl ServerState {
         match self {
             ServerState::Idle => "idle",
             ServerState::Active => "active",
+            ServerState::Tested => "tested",
         }
     }
 }
@@ -51,6 +55,7 @@ impl ServerEntry {
     pub fn state(&self) -> ServerState {
         match self.state.load(Ordering::Relaxed) {
             1 => ServerState::Active,
+            2 => ServerState::Tested,
             _ => ServerState::Idle,
         }
     }

@@ -9,6 +9,7 @@
 //! and `md5user` / `md5-secret` (stored and checked as md5); database `app` owned by `app`.
 #![allow(dead_code)] // every test binary uses its own subset of these helpers
 
+pub mod console;
 pub mod process;
 pub mod wire;
 

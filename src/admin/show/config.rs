@@ -54,6 +54,18 @@ pub(super) fn config(shared: &Shared) -> Table {
             d.proxy.max_message_size.0.to_string(),
             true,
         ),
+        (
+            "shutdown_timeout",
+            dur(&c.proxy.shutdown_timeout),
+            dur(&d.proxy.shutdown_timeout),
+            true,
+        ),
+        (
+            "stats_period",
+            dur(&c.proxy.stats_period),
+            dur(&d.proxy.stats_period),
+            true,
+        ),
         ("admin_users", list(&c.proxy.admin_users), String::new(), true),
         ("stats_users", list(&c.proxy.stats_users), String::new(), true),
         (

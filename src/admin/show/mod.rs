@@ -6,9 +6,10 @@ mod config;
 mod ours;
 
 use super::command::Show;
+use crate::admin::averages::Totals;
 use crate::app::Shared;
 use crate::client::registry::{ClientEntry, ClientState};
-use crate::pool::ServerState;
+use crate::pool::{PoolKey, ServerState};
 use crate::protocol::backend_msg;
 use bytes::BytesMut;
 use config::config;
@@ -120,7 +121,9 @@ fn help() -> Table {
         "KILL_CLIENT id",
         "WAIT_CLOSE [db]",
         "RELOAD",
-        "SHUTDOWN [WAIT_FOR_CLIENTS | WAIT_FOR_SERVERS]",
+        "SHUTDOWN (fast: close clients once no request of theirs runs)",
+        "SHUTDOWN WAIT_FOR_SERVERS (graceful: close clients between transactions, like SIGTERM)",
+        "SHUTDOWN WAIT_FOR_CLIENTS (stop accepting; exit once every client has left)",
         "SET key = value",
     ] {
         t.push(vec![s(command)]);
@@ -137,27 +140,54 @@ fn pool_clients(shared: &Shared) -> Vec<std::sync::Arc<ClientEntry>> {
 
 /// SHOW POOLS: one row per (database, user), summed over nodes, as PgBouncer has one pool per
 /// (database, user).
+///
+/// Cancel columns: each forwarded cancel request has a connection of its own to PostgreSQL,
+/// so `sv_active_cancel` (that connection) always equals `cl_active_cancel_req` (the request
+/// it carries). `sv_being_canceled` is always 0: PgBouncer holds a server back from its idle
+/// list while a cancel aimed at it is in flight; tidepool does not (a backend returns to the
+/// pool when its client's transaction ends), so no server is ever in that state.
 fn pools(shared: &Shared) -> Table {
     #[derive(Default)]
     struct Row {
         cl_active: usize,
         cl_waiting: usize,
+        cl_active_cancel_req: usize,
+        cl_waiting_cancel_req: usize,
         sv_active: usize,
         sv_idle: usize,
+        sv_used: usize,
+        sv_tested: usize,
         sv_login: usize,
         maxwait: Duration,
         mode: &'static str,
     }
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let mut tested: std::collections::HashMap<PoolKey, usize> = Default::default();
+    for server in shared.pools.servers.all() {
+        if server.state() == ServerState::Tested {
+            *tested.entry(server.pool.clone()).or_default() += 1;
+        }
+    }
     for pool in shared.pools.all() {
+        let sv_tested = tested.get(&pool.key).copied().unwrap_or(0);
         let row = rows
             .entry((pool.key.database.clone(), pool.key.user.clone()))
             .or_default();
+        // Read one after the other, not atomically: the sums are kept from going negative.
         let (open, idle, _) = pool.counts();
         let login = pool.stats.connecting.load(Ordering::Relaxed);
-        row.sv_idle += idle;
+        let used = pool.idle_needing_check().min(idle);
+        row.sv_idle += idle - used;
+        row.sv_used += used;
         row.sv_login += login;
-        row.sv_active += open.saturating_sub(idle).saturating_sub(login);
+        row.sv_tested += sv_tested;
+        row.sv_active += open
+            .saturating_sub(idle)
+            .saturating_sub(login)
+            .saturating_sub(sv_tested);
+        let cancels = &pool.stats.cancels;
+        row.cl_waiting_cancel_req += cancels.waiting.load(Ordering::Relaxed);
+        row.cl_active_cancel_req += cancels.active.load(Ordering::Relaxed);
         row.mode = pool.settings().mode.as_str();
     }
     for client in pool_clients(shared) {
@@ -202,14 +232,14 @@ fn pools(shared: &Shared) -> Table {
             s(&user),
             s(row.cl_active),
             s(row.cl_waiting),
-            s(0),
-            s(0),
+            s(row.cl_active_cancel_req),
+            s(row.cl_waiting_cancel_req),
             s(row.sv_active),
-            s(0),
+            s(row.cl_active_cancel_req),
             s(0),
             s(row.sv_idle),
-            s(0),
-            s(0),
+            s(row.sv_used),
+            s(row.sv_tested),
             s(row.sv_login),
             s(row.maxwait.as_secs()),
             s(row.maxwait.subsec_micros()),
@@ -244,6 +274,10 @@ const SOCKET_COLUMNS: &[(&str, u32)] = &[
     ("id", INT8),
 ];
 
+/// SHOW CLIENTS. `remote_pid` is 0: PgBouncer fills it only for Unix-socket clients, and
+/// tidepool listens on TCP only. `close_needed` is unused for clients (as in PgBouncer).
+/// `prepared_statements` is 0 for now: the client's statement names live in its session, which
+/// the registry does not see.
 fn clients(shared: &Shared) -> Table {
     let mut t = Table::new(SOCKET_COLUMNS);
     for c in shared.sessions.all() {
@@ -276,6 +310,8 @@ fn clients(shared: &Shared) -> Table {
     t
 }
 
+/// SHOW SERVERS. `wait` / `wait_us` are unused for servers (as in PgBouncer);
+/// `prepared_statements` is 0 for now (each backend's statement cache lives in its connection).
 fn servers(shared: &Shared) -> Table {
     let mut t = Table::new(SOCKET_COLUMNS);
     for server in shared.pools.servers.all() {
@@ -315,6 +351,7 @@ fn servers(shared: &Shared) -> Table {
     t
 }
 
+/// SHOW DATABASES. `max_connections` is 0 (no limit): tidepool has no `max_db_connections`.
 fn databases(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
@@ -363,6 +400,7 @@ fn databases(shared: &Shared) -> Table {
     t
 }
 
+/// SHOW USERS. `max_user_connections` is 0 (no limit): tidepool has no such setting.
 fn users(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let mut t = Table::new(&[
@@ -392,36 +430,9 @@ fn users(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW STATS and its halves. Totals are since start; averages are per second (counts, bytes)
-/// or per transaction/query (times) over the whole uptime, as tidepool has no stats_period.
+/// SHOW STATS and its halves: totals since start, averages of the last completed
+/// `stats_period` (`averages.rs`).
 fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
-    #[derive(Default)]
-    struct Sums {
-        assignments: u64,
-        xacts: u64,
-        queries: u64,
-        received: u64,
-        sent: u64,
-        query_time: u64,
-        wait_time: u64,
-    }
-    let mut per_db: BTreeMap<String, Sums> = BTreeMap::new();
-    for name in shared.snapshot().config.databases.keys() {
-        per_db.entry(name.clone()).or_default();
-    }
-    for pool in shared.pools.all() {
-        let st = &pool.stats;
-        let sums = per_db.entry(pool.key.database.clone()).or_default();
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        sums.assignments += load(&st.checkouts);
-        sums.xacts += load(&st.transactions);
-        sums.queries += load(&st.queries);
-        sums.received += load(&st.received);
-        sums.sent += load(&st.sent);
-        sums.query_time += load(&st.query_time_us);
-        sums.wait_time += load(&st.wait_time_us);
-    }
-    let uptime = shared.started.elapsed().unwrap_or_default().as_secs().max(1);
     let mut columns = vec![("database", TEXT)];
     const TOTALS: [&str; 11] = [
         "total_server_assignment_count",
@@ -456,7 +467,7 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
         columns.extend(AVERAGES.iter().map(|c| (*c, INT8)));
     }
     let mut t = Table::new(&columns);
-    for (database, m) in per_db {
+    for (database, m) in Totals::collect(shared) {
         let mut row = vec![s(&database)];
         if totals {
             // Transaction time is measured as the time requests ran on a backend.
@@ -469,26 +480,26 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
                 m.query_time,
                 m.query_time,
                 m.wait_time,
-                0,
-                0,
-                0,
+                m.client_parses,
+                m.server_parses,
+                m.binds,
             ];
             row.extend(values.iter().map(s));
         }
         if averages {
-            let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
+            let a = shared.stats.last_period.get(&database);
             let values = [
-                m.assignments / uptime,
-                m.xacts / uptime,
-                m.queries / uptime,
-                m.received / uptime,
-                m.sent / uptime,
-                per(m.query_time, m.xacts),
-                per(m.query_time, m.queries),
-                per(m.wait_time, m.assignments),
-                0,
-                0,
-                0,
+                a.assignments,
+                a.xacts,
+                a.queries,
+                a.received,
+                a.sent,
+                a.xact_time,
+                a.query_time,
+                a.wait_time,
+                a.client_parses,
+                a.server_parses,
+                a.binds,
             ];
             row.extend(values.iter().map(s));
         }
@@ -497,9 +508,14 @@ fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
     t
 }
 
+/// SHOW LISTS. Legitimately 0 in tidepool: `free_clients` / `free_servers` (no cache of freed
+/// items, see SHOW MEM) and the `dns_*` lists (names are resolved by the system resolver at
+/// each connect, with no cache of tidepool's own).
 fn lists(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let clients = shared.sessions.all().len();
+    // Accepted but not logged in (startup, authentication) or a cancel request.
+    let login_clients = shared.clients.connections().saturating_sub(clients);
     let servers = shared.pools.servers.all().len();
     let mut t = Table::new(&[("list", TEXT), ("items", INT4)]);
     for (list, items) in [
@@ -508,7 +524,7 @@ fn lists(shared: &Shared) -> Table {
         ("pools", shared.pools.all().len()),
         ("free_clients", 0),
         ("used_clients", clients),
-        ("login_clients", 0),
+        ("login_clients", login_clients),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),
@@ -521,8 +537,12 @@ fn lists(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW MEM: tidepool has no slab allocator; these are the counts of its main structures.
+/// SHOW MEM, PgBouncer's columns in bytes: `size` is what one item takes (the struct, plus the
+/// buffers it always has), `memtotal` = size × (used + free). tidepool keeps no cache of freed
+/// items (a closed connection's memory goes back to the allocator), so `free` is 0. What grows
+/// with traffic (client buffers, statement texts, result caches) is not part of `size`.
 fn mem(shared: &Shared) -> Table {
+    use std::mem::size_of;
     let mut t = Table::new(&[
         ("name", TEXT),
         ("size", INT4),
@@ -530,13 +550,25 @@ fn mem(shared: &Shared) -> Table {
         ("free", INT4),
         ("memtotal", INT4),
     ]);
-    for (name, used) in [
-        ("clients", shared.sessions.all().len()),
-        ("servers", shared.pools.servers.all().len()),
-        ("pools", shared.pools.all().len()),
-        ("prepared_statements", shared.statements.len()),
+    let server_size = size_of::<crate::backend::BackendConn>()
+        + size_of::<crate::pool::ServerEntry>()
+        + crate::backend::READ_BUFFER;
+    for (name, size, used) in [
+        (
+            "clients",
+            crate::client::client_size(),
+            shared.sessions.all().len(),
+        ),
+        ("servers", server_size, shared.pools.servers.all().len()),
+        ("pools", size_of::<crate::pool::Pool>(), shared.pools.all().len()),
+        (
+            "prepared_statements",
+            size_of::<crate::client::statements::Statement>(),
+            shared.statements.len(),
+        ),
     ] {
-        t.push(vec![s(name), s(0), s(used), s(0), s(0)]);
+        let free = 0;
+        t.push(vec![s(name), s(size), s(used), s(free), s(size * (used + free))]);
     }
     t
 }

@@ -255,6 +255,38 @@ fn parse_and_describe_of_known_statements_need_no_backend() {
     let tags: String = frames(&out).iter().map(|(t, _)| *t).collect();
     assert_eq!(tags, "1tTZ");
     assert!(other.by_name.contains_key("x"));
+    // SHOW STATS: a Parse of the client's, none for a server.
+    assert_eq!(other.answered_parses, 1);
+    assert_eq!(
+        h.client.answered_parses, 0,
+        "the first client's Parse went to the backend"
+    );
+}
+
+#[test]
+fn parses_written_to_the_backend_are_counted() {
+    let mut h = Harness::new();
+    h.send(&parse("s1", "SELECT 1"));
+    h.send(&parse("", "SELECT 2"));
+    assert_eq!(
+        h.pipe.server_parses, 2,
+        "a named Parse the backend lacks, an unnamed one"
+    );
+    h.send(&frame(b'S', &[]));
+    h.answer(b"11Z");
+    // The same text under another name: the backend has it, nothing is sent.
+    h.send(&parse("s2", "SELECT 1"));
+    assert_eq!(h.pipe.server_parses, 2);
+    // A Bind of a statement the backend lost (capacity 2, two more pushed it out): injected.
+    h.send(&frame(b'S', &[]));
+    h.answer(b"1Z");
+    h.send(&parse("s3", "SELECT 3"));
+    h.send(&parse("s4", "SELECT 4"));
+    h.send(&frame(b'S', &[]));
+    h.answer(b"131Z");
+    let before = h.pipe.server_parses;
+    h.send(&bind("s1"));
+    assert_eq!(h.pipe.server_parses, before + 1);
 }
 
 #[test]
