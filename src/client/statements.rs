@@ -152,10 +152,14 @@ impl BackendStatements {
         }
     }
 
-    /// Records a statement as prepared; returns the one to close if over `capacity`.
-    fn add(&mut self, stmt: &Arc<Statement>, capacity: usize) -> Option<Arc<Statement>> {
+    /// Records a statement as prepared.
+    fn add(&mut self, stmt: &Arc<Statement>) {
         self.tick += 1;
         self.prepared.insert(stmt.id, (stmt.clone(), self.tick));
+    }
+
+    /// The least recently used statement, taken out, while more than `capacity` are held.
+    fn take_excess(&mut self, capacity: usize) -> Option<Arc<Statement>> {
         if self.prepared.len() <= capacity.max(1) {
             return None;
         }
@@ -437,7 +441,8 @@ fn parse(
         }));
         return;
     }
-    close_evicted(ctx.backend.add(&stmt, ctx.capacity), pipe, to_server);
+    ctx.backend.add(&stmt);
+    close_excess(ctx, pipe, to_server);
     stmt.write_parse(to_server);
     pipe.server_parses += 1;
     pipe.queue.push_back(Expect::Client(Request::Parse {
@@ -456,7 +461,8 @@ fn ensure_prepared(
     if ctx.backend.has(stmt.id) {
         return;
     }
-    close_evicted(ctx.backend.add(stmt, ctx.capacity), pipe, to_server);
+    ctx.backend.add(stmt);
+    close_excess(ctx, pipe, to_server);
     stmt.write_parse(to_server);
     pipe.server_parses += 1;
     pipe.queue.push_back(Expect::Injected(Request::Parse {
@@ -465,8 +471,11 @@ fn ensure_prepared(
     }));
 }
 
-fn close_evicted(evicted: Option<Arc<Statement>>, pipe: &mut Pipeline, to_server: &mut BytesMut) {
-    if let Some(old) = evicted {
+/// Closes least recently used statements until the backend holds at most `capacity`: one
+/// after an add, or more when Closes that never ran (the batch failed before them) put their
+/// statements back.
+fn close_excess(ctx: &mut RewriteContext<'_>, pipe: &mut Pipeline, to_server: &mut BytesMut) {
+    while let Some(old) = ctx.backend.take_excess(ctx.capacity) {
         let s = begin(to_server, tag::CLOSE);
         to_server.put_u8(b'S');
         put_cstr(to_server, &old.backend_name);

@@ -332,3 +332,30 @@ fn a_batch_that_closes_then_describes_a_name_goes_to_the_backend() {
     );
     assert!(h.client.by_name.contains_key("s1"), "nothing was applied");
 }
+
+#[test]
+fn statements_put_back_by_a_skipped_close_are_closed_at_the_next_prepare() {
+    // Capacity 2. A Close tidepool injected is put back when the server skips it; the
+    // backend then holds one statement more than allowed until tidepool prepares another,
+    // which closes down to the capacity (found by the `statements` fuzz target).
+    let mut h = Harness::new();
+    for (name, sql) in [("a", "SELECT 1"), ("b", "SELECT 2")] {
+        h.send(&parse(name, sql));
+        h.answer(b"1");
+    }
+    h.take_server();
+    h.send(&parse("c", "SELECT 3"));
+    let sent: String = h.take_server().iter().map(|(t, _)| *t).collect();
+    assert_eq!(sent, "CP", "the least recently used is closed first");
+    let c = h.client.by_name.get("c").cloned().expect("registered");
+    // The batch fails before the Close runs: both are rolled back...
+    h.answer(b"E");
+    assert_eq!(h.backend.len(), 2);
+    // ...but a server that still confirms the new statement leaves three.
+    h.backend.add(&c);
+    assert_eq!(h.backend.len(), 3);
+    h.send(&parse("d", "SELECT 4"));
+    let sent: String = h.take_server().iter().map(|(t, _)| *t).collect();
+    assert_eq!(sent, "CCP", "two closes bring it back to the capacity");
+    assert_eq!(h.backend.len(), 2);
+}
