@@ -16,14 +16,18 @@ const READ_CHUNK: usize = 8192;
 /// idles between requests gets its buffers back on every request).
 pub(super) const FIRST_BUFFER: usize = 1024;
 
-/// Makes room in a read buffer before a read: a small first buffer, a full chunk once it
-/// nearly filled.
+/// Least room a read gets: a read much smaller than a request would split batches that
+/// routing wants to see whole.
+const MIN_READ: usize = 512;
+
+/// Makes room in a read buffer before a read: a small first buffer; then, when less than
+/// `MIN_READ` is left, the consumed front back (little buffered) or a full chunk (a large frame).
 pub(super) fn make_read_room(buf: &mut BytesMut, chunk: usize) {
-    let spare = buf.capacity() - buf.len();
     if buf.capacity() == 0 {
         buf.reserve(FIRST_BUFFER);
-    } else if spare < (chunk / 4).min(buf.capacity() / 4) {
-        buf.reserve(chunk);
+    } else if buf.capacity() - buf.len() < MIN_READ {
+        // `reserve` moves a small remainder to the front of its allocation when that suffices.
+        buf.reserve(if buf.len() < MIN_READ { MIN_READ } else { chunk });
     }
 }
 
@@ -202,5 +206,33 @@ impl ClientConn {
     /// True when bytes were received but not handled yet.
     pub fn has_pending_input(&self) -> bool {
         !self.rbuf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod read_room_tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn reads_always_get_at_least_min_read_bytes_of_room() {
+        let mut buf = BytesMut::new();
+        make_read_room(&mut buf, READ_CHUNK);
+        assert_eq!(buf.capacity(), FIRST_BUFFER, "a small first buffer");
+        // Requests consumed from the front shrink the view; the room comes back.
+        for _ in 0..20 {
+            buf.extend_from_slice(&[b'x'; 300]);
+            buf.advance(290);
+            make_read_room(&mut buf, READ_CHUNK);
+            assert!(buf.capacity() - buf.len() >= MIN_READ, "{}", buf.capacity());
+        }
+        assert!(
+            buf.capacity() < READ_CHUNK,
+            "small leftovers did not grow it to a chunk"
+        );
+        // A large frame in progress grows it by a chunk.
+        buf.extend_from_slice(&vec![b'y'; 2000]);
+        make_read_room(&mut buf, READ_CHUNK);
+        assert!(buf.capacity() - buf.len() >= READ_CHUNK);
     }
 }

@@ -616,6 +616,14 @@ impl Session {
                 }
                 continue;
             }
+            // Routing reads every frame buffered behind this one and takes a frame cut by the
+            // read for a write: complete it first (the client is in the middle of sending it).
+            while crate::protocol::frame::ends_with_partial_frame(
+                &self.client.rbuf,
+                self.client.decoder.max_len(),
+            ) {
+                self.client.fill().await?;
+            }
             self.exchange.head_words = words.map(|words| (total, words));
             return Ok(());
         }

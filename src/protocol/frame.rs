@@ -59,6 +59,20 @@ pub fn peek_header(buf: &[u8], limit: u32) -> Result<Option<(u8, usize)>, FrameE
     Ok(Some((buf[0], len as usize + 1)))
 }
 
+/// True if `buf` holds whole frames and then the start of one more. A bad length word ends
+/// the look (whoever reads the frames answers it).
+pub fn ends_with_partial_frame(buf: &[u8], limit: u32) -> bool {
+    let mut pos = 0;
+    loop {
+        match peek_header(&buf[pos..], limit) {
+            Ok(Some((_, total))) if buf.len() - pos >= total => pos += total,
+            Ok(Some(_)) => return true,
+            Ok(None) => return pos < buf.len(),
+            Err(_) => return false,
+        }
+    }
+}
+
 /// tokio-util decoder yielding whole frames; rejects any length field above `max_len`.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
@@ -107,6 +121,19 @@ impl Decoder for FrameDecoder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_frame_cut_by_a_read_is_seen_behind_whole_ones() {
+        use super::ends_with_partial_frame as partial;
+        let sync = [b'S', 0, 0, 0, 4];
+        let query = [b'Q', 0, 0, 0, 6, b'x', 0];
+        let two = [&query[..], &sync[..]].concat();
+        assert!(!partial(&[], 100));
+        assert!(!partial(&two, 100));
+        assert!(partial(&two[..two.len() - 1], 100), "body cut");
+        assert!(partial(&two[..query.len() + 2], 100), "header cut");
+        assert!(!partial(&[b'Q', 0, 0, 0, 1], 100), "bad length: not waited for");
+    }
+
     use super::*;
 
     fn wire(tag: u8, body: &[u8]) -> Vec<u8> {
