@@ -376,7 +376,7 @@ pub fn statements(data: &[u8]) {
         let Some((frame, next)) = after.split_at_checked(total) else {
             break;
         };
-        let parses_before = pipe.server_parses;
+        let added_before = backend.added();
         if op & 1 != 0 {
             let mut ctx = RewriteContext {
                 cache: &cache,
@@ -391,9 +391,10 @@ pub fn statements(data: &[u8]) {
             deliver_made(&mut pipe, &mut client, &mut to_client);
         }
         // A Close the server skipped puts its statement back (the server says it still has
-        // it); whenever tidepool prepares one more, it closes down to the capacity first.
+        // it); whenever tidepool prepares one more under its own name, it closes down to the
+        // capacity first.
         assert!(
-            pipe.server_parses == parses_before || backend.len() <= capacity,
+            backend.added() == added_before || backend.len() <= capacity,
             "backend keeps more statements than allowed"
         );
         rest = next;

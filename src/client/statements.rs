@@ -135,7 +135,10 @@ pub struct ClientStatements {
 pub struct BackendStatements {
     /// Statement id → (the statement, last use tick).
     prepared: HashMap<u64, (Arc<Statement>, u64)>,
+    /// Use counter for the LRU order.
     tick: u64,
+    /// Statements recorded as prepared so far (`add` calls).
+    added: u64,
     /// The SQL-level `PREPARE`d statements it holds (see `sql_prepared`).
     pub sql: super::sql_prepared::SqlPrepared,
 }
@@ -155,6 +158,7 @@ impl BackendStatements {
     /// Records a statement as prepared.
     fn add(&mut self, stmt: &Arc<Statement>) {
         self.tick += 1;
+        self.added += 1;
         self.prepared.insert(stmt.id, (stmt.clone(), self.tick));
     }
 
@@ -184,6 +188,11 @@ impl BackendStatements {
 
     pub fn len(&self) -> usize {
         self.prepared.len()
+    }
+
+    /// How many statements tidepool has prepared here so far.
+    pub fn added(&self) -> u64 {
+        self.added
     }
 
     pub fn is_empty(&self) -> bool {
