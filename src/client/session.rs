@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
+/// How much of a pipelining client's input routing waits for, to see its frames whole.
+const ROUTING_LOOKAHEAD: usize = 64 * 1024;
+
 /// A logged-in client.
 pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
@@ -617,11 +620,14 @@ impl Session {
                 continue;
             }
             // Routing reads every frame buffered behind this one and takes a frame cut by the
-            // read for a write: complete it first (the client is in the middle of sending it).
-            while crate::protocol::frame::ends_with_partial_frame(
-                &self.client.rbuf,
-                self.client.decoder.max_len(),
-            ) {
+            // read for a write: complete it first (the client is in the middle of sending it),
+            // but look no further than ROUTING_LOOKAHEAD into a client that keeps sending.
+            while self.client.rbuf.len() < ROUTING_LOOKAHEAD
+                && crate::protocol::frame::ends_with_partial_frame(
+                    &self.client.rbuf,
+                    self.client.decoder.max_len(),
+                )
+            {
                 self.client.fill().await?;
             }
             self.exchange.head_words = words.map(|words| (total, words));
