@@ -470,15 +470,7 @@ pub(super) fn sql_start(tag: u8, body: &[u8]) -> &[u8] {
 
 /// The SQL text of a Query or Parse body, up to its NUL (empty if there is none to find).
 pub(super) fn query_text(tag: u8, body: &[u8]) -> &[u8] {
-    let sql = if tag == tag::PARSE {
-        // Parse: statement name, then the query text.
-        match body.iter().position(|&b| b == 0) {
-            Some(name_end) => &body[name_end + 1..],
-            None => &[],
-        }
-    } else {
-        body
-    };
+    let sql = sql_start(tag, body);
     &sql[..sql.iter().position(|&b| b == 0).unwrap_or(sql.len())]
 }
 
