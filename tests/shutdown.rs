@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::process::Tidepool;
+use common::process::{runtime, Tidepool};
 use common::wire::{query, RawClient};
 use common::*;
 use std::net::SocketAddr;
@@ -24,14 +24,6 @@ fn config_file(dir: &Path, name: &str, listen: &str, extra: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Reads until the server says something; asserts it is PostgreSQL's FATAL 57P01.

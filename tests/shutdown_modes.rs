@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::process::Tidepool;
+use common::process::{runtime, Tidepool};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,14 +24,6 @@ fn config_file(dir: &Path) -> PathBuf {
     let path = dir.join("pool.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Waits (bounded) for the process to exit.

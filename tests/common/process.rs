@@ -9,6 +9,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A runtime for a test that drives the binary from async clients (signals and process
+/// waits stay blocking calls beside it).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A running `tidepool --config FILE` with its stderr collected line by line.
 pub struct Tidepool {
     pub child: Child,
