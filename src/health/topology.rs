@@ -124,6 +124,11 @@ pub(crate) struct Topology {
     /// `Some` when `patroni_api` is configured: then Patroni names the primary (see
     /// [`Topology::choose_primary`]).
     patroni: Option<PatroniRecord>,
+    /// The WAL position of the last primary seen. With no primary up, standbys' byte lag is
+    /// measured against it: the old primary wrote nothing after it, so a standby that has
+    /// caught up is still fresh enough to serve reads (otherwise every read would wait for a
+    /// primary under the default `max_lag_bytes`).
+    last_primary_lsn: Option<Lsn>,
 }
 
 impl Topology {
@@ -147,6 +152,7 @@ impl Topology {
             fenced: vec![false; addrs.len()],
             highest_timeline: 0,
             patroni: None,
+            last_primary_lsn: None,
         }
     }
 
@@ -246,6 +252,9 @@ impl Topology {
             }
             *fenced = now;
         }
+        if let Some(lsn) = chosen.and_then(|i| self.nodes[i].last.as_ref()?.lsn) {
+            self.last_primary_lsn = Some(lsn);
+        }
         if chosen != self.primary {
             match chosen {
                 Some(i) => tracing::info!(node = %self.nodes[i].addr, "primary selected"),
@@ -278,7 +287,8 @@ impl Topology {
         let primary_lsn = self
             .primary
             .and_then(|i| self.nodes[i].last.as_ref())
-            .and_then(|s| s.lsn);
+            .and_then(|s| s.lsn)
+            .or(self.last_primary_lsn);
         let nodes = self
             .nodes
             .iter()
