@@ -52,17 +52,6 @@ fn wait_until_running(prefix: &str) {
     panic!("{prefix} never started");
 }
 
-/// Waits (bounded) for the process to exit.
-fn wait_exit(tidepool: &mut Tidepool) -> std::process::ExitStatus {
-    for _ in 0..3000 {
-        if let Some(status) = tidepool.child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("tidepool did not exit: {:#?}", tidepool.lines());
-}
-
 #[test]
 fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +114,7 @@ fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
         assert_eq!(slept.as_deref(), Some("slept"));
     });
 
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
     let lines = tidepool.lines();
     assert!(
@@ -161,7 +150,7 @@ fn sigint_also_closes_clients_idle_inside_a_transaction() {
     expect_admin_shutdown(&mut in_transaction);
     // A running request still finishes.
     rt.block_on(async { running.await.unwrap().expect("the running query finished") });
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
 }
 
@@ -181,7 +170,7 @@ fn shutdown_timeout_and_a_second_signal_bound_the_wait() {
     in_transaction.send(&query("BEGIN"));
     in_transaction.until_ready();
     tidepool.signal("TERM");
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
     assert!(in_transaction.recv().is_none(), "the connection is closed");
 
@@ -198,7 +187,7 @@ fn shutdown_timeout_and_a_second_signal_bound_the_wait() {
     tidepool.signal("TERM");
     tidepool.wait_for_line("stopping");
     tidepool.signal("TERM");
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert_eq!(status.code(), Some(1), "{status}");
     tidepool.wait_for_line("second stop signal");
 }
@@ -316,7 +305,7 @@ fn reuseport_handover_loses_no_connection_attempt() {
         }
     });
 
-    let status = wait_exit(&mut old);
+    let status = old.wait_exit();
     assert!(status.success(), "{status}");
     old.wait_for_line("listener closed");
 
@@ -334,7 +323,7 @@ fn reuseport_handover_loses_no_connection_attempt() {
         "clients saw errors during the handover: {errors:?}"
     );
     new.signal("TERM");
-    assert!(wait_exit(&mut new).success());
+    assert!(new.wait_exit().success());
 }
 
 /// The backlog case made certain: on a single-threaded runtime the proxy cannot accept while

@@ -26,17 +26,6 @@ fn config_file(dir: &Path) -> PathBuf {
     path
 }
 
-/// Waits (bounded) for the process to exit.
-fn wait_exit(tidepool: &mut Tidepool) -> std::process::ExitStatus {
-    for _ in 0..3000 {
-        if let Some(status) = tidepool.child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("tidepool did not exit: {:#?}", tidepool.lines());
-}
-
 fn sqlstate(error: &tokio_postgres::Error) -> String {
     error
         .as_db_error()
@@ -133,7 +122,7 @@ fn wait_for_clients_serves_connected_clients_and_exits_after_the_last_one() {
     );
     drop(second);
 
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
     tidepool.wait_for_line("every client has disconnected");
     drop(console);
@@ -155,7 +144,7 @@ fn a_signal_during_wait_for_clients_closes_the_remaining_clients() {
     });
     tidepool.wait_for_line("waiting for every client to disconnect");
     tidepool.signal("TERM");
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
     // The idle client was closed by the graceful stop (57P01, or the closed socket after it).
     rt.block_on(async {
@@ -191,7 +180,7 @@ fn wait_for_servers_lets_a_transaction_finish_then_closes_its_client() {
             assert_eq!(sqlstate(&error), "57P01");
         }
     });
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
 }
 
@@ -227,7 +216,7 @@ fn a_client_held_by_pause_gets_57p01_when_the_shutdown_starts() {
             "{db:?}"
         );
     });
-    let status = wait_exit(&mut tidepool);
+    let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
     // It exited well within shutdown_timeout, not because the deadline ran out.
     assert_eq!(

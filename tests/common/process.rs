@@ -95,6 +95,17 @@ impl Tidepool {
     pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait for tidepool")
     }
+
+    /// Waits for the process to exit, at most a minute (then fails with its log).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        for _ in 0..3000 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tidepool did not exit: {:#?}", self.lines());
+    }
 }
 
 impl Drop for Tidepool {
