@@ -41,6 +41,8 @@ pub struct Shared {
     pub cancels: Arc<CancelRegistry>,
     /// Named prepared statements interned across clients (transaction mode).
     pub statements: StatementCache,
+    /// Per database: what can change session state behind a plain statement (isolation).
+    pub hazards: crate::client::isolation::HazardCatalogs,
     /// LISTEN connections shared by the clients of each pool (transaction mode).
     pub notify: crate::client::notify::NotifyHubs,
     pub clients: ClientCounter,
@@ -68,6 +70,10 @@ pub struct Shared {
 pub struct ProxyStats {
     /// Clients currently pinned to their backend in transaction mode.
     pub pinned_clients: std::sync::atomic::AtomicUsize,
+    /// Session-state checks after transactions that were not clean, and how many of them also
+    /// reset the backend (transaction-mode isolation).
+    pub isolation_checks: std::sync::atomic::AtomicU64,
+    pub isolation_resets: std::sync::atomic::AtomicU64,
     /// Routing decisions by reason (SHOW ROUTES, metrics).
     pub routes: crate::client::routing::RouteCounters,
     /// SHOW STATS averages of the last completed `stats_period`.
@@ -241,6 +247,7 @@ impl Proxy {
             started: std::time::SystemTime::now(),
             cancels: Arc::new(CancelRegistry::with_instance(instance_id)),
             statements: StatementCache::default(),
+            hazards: Default::default(),
             notify: Default::default(),
             clients: ClientCounter::default(),
             stats: ProxyStats::default(),
@@ -446,10 +453,16 @@ async fn retire_on_role_change(
 async fn janitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hazards_every = crate::client::isolation::catalog::REFRESH_EVERY.as_secs().max(1);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.shutdown.wait() => return,
+        }
+        ticks += 1;
+        if ticks % hazards_every == 0 {
+            shared.hazards.mark_all_due();
         }
         crate::reload::reconcile_pools(&shared, &shared.snapshot());
         for pool in shared.pools.all() {

@@ -14,6 +14,8 @@ pub struct QueryOutcome {
     pub error: Option<Frame>,
     /// The first row returned, as text values (`None` = NULL).
     pub first_row: Option<Vec<Option<String>>>,
+    /// Every row, when asked for with [`BackendConn::run_simple_rows`].
+    pub rows: Vec<Vec<Option<String>>>,
 }
 
 impl QueryOutcome {
@@ -25,6 +27,19 @@ impl QueryOutcome {
 impl BackendConn {
     /// Runs `sql` with the simple protocol and reads up to ReadyForQuery.
     pub async fn run_simple(&mut self, sql: &str) -> Result<QueryOutcome, BackendError> {
+        self.run_simple_collecting(sql, false).await
+    }
+
+    /// Like [`BackendConn::run_simple`], keeping every row of every statement in `rows`.
+    pub async fn run_simple_rows(&mut self, sql: &str) -> Result<QueryOutcome, BackendError> {
+        self.run_simple_collecting(sql, true).await
+    }
+
+    async fn run_simple_collecting(
+        &mut self,
+        sql: &str,
+        all_rows: bool,
+    ) -> Result<QueryOutcome, BackendError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         frontend_msg::query(&mut out, sql);
         self.set_state(BackendState::Busy);
@@ -35,8 +50,12 @@ impl BackendConn {
             if self.observe(&frame) {
                 return Ok(outcome);
             }
-            if frame.tag == tag::DATA_ROW && outcome.first_row.is_none() {
-                outcome.first_row = Some(parse_data_row(&frame.body));
+            if frame.tag == tag::DATA_ROW {
+                if all_rows {
+                    outcome.rows.push(parse_data_row(&frame.body));
+                } else if outcome.first_row.is_none() {
+                    outcome.first_row = Some(parse_data_row(&frame.body));
+                }
                 continue;
             }
             if frame.tag == tag::ERROR_RESPONSE {
@@ -55,27 +74,71 @@ impl BackendConn {
         }
     }
 
-    /// Runs the reset query after a session; a failure means the connection is not reusable.
+    /// Runs the reset query after a session, then brings settings, role and sequence state back
+    /// to the connection's baseline whatever the reset query covered ([`BASELINE_SQL`]) and
+    /// verifies that nothing else of the session is left ([`LEFTOVERS_SQL`]). A failure, or
+    /// anything left, means the connection must not serve another session.
     pub async fn reset(&mut self, reset_query: &str) -> Result<(), BackendError> {
-        if reset_query.is_empty() {
-            return Ok(());
+        if !reset_query.is_empty() {
+            let outcome = self.run_simple(reset_query).await?;
+            self.fail_on_error(&outcome)?;
+            // DISCARD ALL drops every setting and prepared statement.
+            self.applied.clear();
+            self.statements.clear();
         }
-        let outcome = self.run_simple(reset_query).await?;
-        if let Some(e) = outcome.parsed_error() {
+        let outcome = self
+            .run_simple(&format!("{BASELINE_SQL}; {LEFTOVERS_SQL}"))
+            .await?;
+        self.fail_on_error(&outcome)?;
+        self.applied.clear();
+        let left = outcome
+            .first_row
+            .and_then(|row| row.into_iter().next().flatten())
+            .unwrap_or_default();
+        if left != "0" {
             self.set_state(BackendState::Broken);
             return Err(BackendError::Server {
                 addr: self.addr.to_string(),
-                code: e.code,
-                message: e.message,
+                code: "55000".to_string(),
+                message: format!(
+                    "{left} prepared statements, cursors, LISTENs, temporary relations or advisory locks \
+                     outlived the reset query: the connection is closed, not reused"
+                ),
                 fatal: false,
             });
         }
-        // DISCARD ALL drops every setting and prepared statement.
-        self.applied.clear();
-        self.statements.clear();
         Ok(())
     }
+
+    fn fail_on_error(&mut self, outcome: &QueryOutcome) -> Result<(), BackendError> {
+        match outcome.parsed_error() {
+            None => Ok(()),
+            Some(e) => {
+                self.set_state(BackendState::Broken);
+                Err(BackendError::Server {
+                    addr: self.addr.to_string(),
+                    code: e.code,
+                    message: e.message,
+                    fatal: false,
+                })
+            }
+        }
+    }
 }
+
+/// Brings a session's settings (also custom ones, whose names nothing may show), role, session
+/// authorization and sequence state (`currval`/`lastval`) back to the connection's baseline;
+/// allowed inside the implicit transaction of a multi-statement Query. `DISCARD ALL` covers it
+/// too; a weaker `server_reset_query` may not.
+pub const BASELINE_SQL: &str = "RESET ALL; RESET SESSION AUTHORIZATION; RESET ROLE; DISCARD SEQUENCES";
+
+/// How many things of a session that cannot be reset piecemeal are still there.
+pub const LEFTOVERS_SQL: &str = "SELECT \
+    (SELECT count(*) FROM pg_catalog.pg_prepared_statements) \
+    + (SELECT count(*) FROM pg_catalog.pg_cursors) \
+    + (SELECT count(*) FROM pg_catalog.pg_listening_channels()) \
+    + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+    + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())";
 
 /// Text values of a DataRow body; malformed input yields what could be read.
 pub(crate) fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {

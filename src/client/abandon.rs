@@ -38,9 +38,25 @@ impl Session {
             } else if pinned {
                 // Locks, temp tables, cursors and LISTENs must not outlive their client.
                 backend.reset("DISCARD ALL").await?;
-            } else if exchange.sql_prepared_may_have_changed {
-                // The next client must find the backend's SQL prepared statements as recorded.
-                super::sql_prepared::refresh(&mut backend).await?;
+            } else {
+                if exchange.isolation.verdict != super::isolation::Verdict::Clean {
+                    // Unchecked effects (also of a rolled-back transaction: sequence state is
+                    // not transactional) must not reach the next client.
+                    let outcome = backend.run_simple(super::isolation::RESET_SQL).await?;
+                    if let Some(e) = outcome.parsed_error() {
+                        return Err(BackendError::Server {
+                            addr: backend.addr.to_string(),
+                            code: e.code,
+                            message: e.message,
+                            fatal: false,
+                        });
+                    }
+                    backend.applied.clear();
+                }
+                if exchange.sql_prepared_may_have_changed {
+                    // The next client must find the backend's SQL prepared statements as recorded.
+                    super::sql_prepared::refresh(&mut backend).await?;
+                }
             }
             Ok::<(), BackendError>(())
         };

@@ -78,43 +78,26 @@ impl Session {
         self.exchange.pinned = pins.any();
     }
 
-    /// After a transaction that ran SET/RESET/DISCARD ALL: reads back what the settings are now
-    /// and records them as the client's (they follow it) and as the backend's (so the next client
-    /// gets only its own). One round trip, only after such transactions.
-    pub(super) async fn carry_setting_changes(&mut self) -> Result<(), BackendError> {
-        let changes = std::mem::take(&mut self.exchange.changes);
-        let backend = self.backend.as_mut().expect("attached");
-        let settings = &mut self.params.settings;
-        if changes.reset_all {
-            // The backend went back to server defaults; the client to its startup values.
-            *settings = self.params.startup_settings.clone();
-            backend.applied.clear();
-        }
-        for name in &changes.reset {
-            settings.retain(|(n, _)| n != name);
-            if let Some((_, v)) = self.params.startup_settings.iter().find(|(n, _)| n == name) {
-                settings.push((name.clone(), v.clone()));
-            }
-            backend.applied.retain(|(n, _)| n != name);
-        }
-        if changes.set.is_empty() {
+    /// Between transactions, before the backend can serve anyone else (released to the pool) or
+    /// the client can move to another node's backend (parked): if what ran was not clean, ask
+    /// PostgreSQL what the session carries now (see `isolation`). Also takes a due refresh of the
+    /// database's hazards, which rides on the same check.
+    pub(super) async fn check_before_sharing(&mut self) -> Result<(), BackendError> {
+        use super::isolation::Verdict;
+        if !self.exchange.track_settings || self.pins.any() {
+            // A pinned client keeps its backend: what it did is checked when it lets go.
             return Ok(());
         }
-        let columns: Vec<String> = changes
-            .set
-            .iter()
-            .map(|n| format!("pg_catalog.current_setting({}, true)", super::params::literal(n)))
-            .collect();
-        let outcome = backend
-            .run_simple(&format!("SELECT {}", columns.join(", ")))
-            .await?;
-        let row = outcome.first_row.unwrap_or_default();
-        for (name, value) in changes.set.iter().zip(row) {
-            if let Some(value) = value {
-                super::params::set(settings, name.clone(), value.clone());
-                super::params::set(&mut backend.applied, name.clone(), value);
-            }
+        let releasing = self.mode == crate::config::PoolMode::Transaction;
+        let effects = &mut self.exchange.isolation;
+        if releasing && self.hazard_slot.claim_refresh() {
+            effects.refresh_claimed = true;
+            effects.verdict = effects.verdict.max(Verdict::Settings);
         }
-        Ok(())
+        if effects.verdict == Verdict::Clean {
+            return Ok(());
+        }
+        let reset = releasing && effects.verdict == Verdict::Opaque;
+        self.check_effects(reset).await
     }
 }

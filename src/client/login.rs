@@ -165,7 +165,9 @@ async fn serve_inner(
     }
     let mode = pool.settings().mode;
     let node_count = snapshot.config.nodes.len();
+    let hazard_slot = shared.hazards.slot(&pool.key.database);
     let mut session = Session {
+        hazard_slot,
         shared: shared.clone(),
         snapshot: snapshot.clone(),
         client,

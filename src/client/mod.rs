@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod conn;
 mod drain;
 mod follow;
+pub mod isolation;
 pub mod keywords;
 pub mod listen;
 pub mod listener;

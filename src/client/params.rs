@@ -164,9 +164,23 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, ErrorFields> {
 /// when they already agree. Uses set_config, which takes raw values exactly as a startup packet
 /// does (so list values like search_path keep their meaning), and RESET for settings to drop.
 pub fn settings_diff_sql(applied: &[(String, String)], wanted: &[(String, String)]) -> Option<String> {
+    let value =
+        |list: &[(String, String)], name: &str| list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    // Setting or resetting the session authorization also resets the role: apply the role again.
+    let authorization_changes =
+        value(applied, "session_authorization") != value(wanted, "session_authorization");
+    let mut resets = Vec::new();
+    for (name, _) in applied {
+        if !wanted.iter().any(|(n, _)| n == name) {
+            resets.push(format!("RESET {}", identifier(name)));
+        }
+    }
+    // The session authorization first (see above).
+    resets.sort_by_key(|r| r != "RESET \"session_authorization\"");
     let mut sets = Vec::new();
     for (name, value) in wanted {
-        if !applied.iter().any(|(n, v)| n == name && v == value) {
+        let changed = !applied.iter().any(|(n, v)| n == name && v == value);
+        if changed || (authorization_changes && name == "role") {
             sets.push(format!(
                 "pg_catalog.set_config({}, {}, false)",
                 literal(name),
@@ -174,25 +188,16 @@ pub fn settings_diff_sql(applied: &[(String, String)], wanted: &[(String, String
             ));
         }
     }
-    let mut resets = Vec::new();
-    for (name, _) in applied {
-        if !wanted.iter().any(|(n, _)| n == name) {
-            resets.push(format!("RESET {}", identifier(name)));
-        }
-    }
     if sets.is_empty() && resets.is_empty() {
         return None;
     }
-    let mut sql = String::new();
+    let mut sql = resets.join("; ");
     if !sets.is_empty() {
-        sql.push_str("SELECT ");
-        sql.push_str(&sets.join(", "));
-    }
-    for reset in resets {
         if !sql.is_empty() {
             sql.push_str("; ");
         }
-        sql.push_str(&reset);
+        sql.push_str("SELECT ");
+        sql.push_str(&sets.join(", "));
     }
     Some(sql)
 }
@@ -278,7 +283,14 @@ mod tests {
         let wanted = params(&[("timezone", "UTC"), ("search_path", "it's\\here")]);
         assert_eq!(
             settings_diff_sql(&applied, &wanted).unwrap(),
-            "SELECT pg_catalog.set_config(E'search_path', E'it''s\\\\here', false); RESET \"application_name\""
+            "RESET \"application_name\"; SELECT pg_catalog.set_config(E'search_path', E'it''s\\\\here', false)"
+        );
+        // Changing the session authorization resets the role: it is applied again after it.
+        let applied = params(&[("session_authorization", "a"), ("role", "r")]);
+        let wanted = params(&[("role", "r")]);
+        assert_eq!(
+            settings_diff_sql(&applied, &wanted).unwrap(),
+            "RESET \"session_authorization\"; SELECT pg_catalog.set_config(E'role', E'r', false)"
         );
         assert_eq!(settings_diff_sql(&wanted, &wanted), None);
         assert_eq!(

@@ -21,7 +21,6 @@ use tokio_util::io::{poll_read_buf, poll_write_buf};
 use super::conn::{ClientConn, ClientIoError};
 use super::keywords::Words;
 use super::schema_retry::Retry;
-use super::session_state::{may_change_settings, SessionChanges};
 use super::statements::{self, ClientStatements, Disposition, Pipeline, RewriteContext, StatementCache};
 
 /// Stop reading a side while this much output for the other side is waiting to be written.
@@ -48,9 +47,10 @@ pub struct Exchange {
     quiet_reported: bool,
     /// Parameters the server reported during the exchange (the client changed them).
     pub reported: Vec<(String, String)>,
-    /// Settings the client's statements changed (transaction mode carries them along).
-    pub changes: SessionChanges,
-    /// Whether to look for such changes (transaction mode only: a session keeps its backend).
+    /// What the client's requests may have left on the backend (transaction mode: see
+    /// `isolation`); survives `restart` while the client keeps its backend.
+    pub isolation: super::isolation::Effects,
+    /// Whether to judge requests for that (transaction mode only: a session keeps its backend).
     pub track_settings: bool,
     /// A statement may have taken or released something that pins the client to its backend.
     pub pins_may_have_changed: bool,
@@ -106,7 +106,7 @@ impl Default for Exchange {
             passthrough: 0,
             quiet_reported: false,
             reported: Vec::new(),
-            changes: SessionChanges::default(),
+            isolation: Default::default(),
             track_settings: false,
             head_words: None,
             pins_may_have_changed: false,
@@ -143,9 +143,11 @@ impl Exchange {
     pub fn restart(&mut self) {
         let head_words = self.head_words.take();
         let batch = std::mem::take(&mut self.batch).emptied();
+        let isolation = std::mem::take(&mut self.isolation);
         *self = Exchange {
             head_words,
             batch,
+            isolation,
             ..Exchange::default()
         };
     }
@@ -392,6 +394,14 @@ fn scan_client(
             }
             _ => {}
         }
+        if ex.track_settings && ex.isolation.verdict != super::isolation::Verdict::Opaque {
+            judge_frame(
+                tag,
+                &buf[pos + 5..pos + total],
+                rewrite.as_deref(),
+                &mut ex.isolation,
+            );
+        }
         let mut words = None;
         if ex.track_settings && matches!(tag, tag::QUERY | tag::PARSE) {
             let scanned = match ex.head_words.take() {
@@ -442,16 +452,61 @@ fn scan_client(
     Ok(terminated)
 }
 
-/// Records settings a Query or Parse may change (`SET`, `RESET`, `DISCARD ALL`), and whether it
-/// may pin the client to its backend.
+/// Judges what a client frame may leave on the backend (see `isolation`): a Query's text, a
+/// Bind's statement (the unnamed one as last parsed, a named one by its text), a FunctionCall.
+fn judge_frame(tag: u8, body: &[u8], rewrite: Option<&Rewrite<'_>>, effects: &mut super::isolation::Effects) {
+    use super::isolation::Verdict;
+    match tag {
+        tag::QUERY => {
+            effects.judge_text(body);
+        }
+        tag::PARSE if body.first() == Some(&0) => {
+            // The unnamed statement runs only at a later Bind: judged now, counted then.
+            let sql = query_text(tag, body);
+            effects.unnamed = super::isolation::verdict::judge(sql, &effects.hazards);
+            if effects.unnamed > Verdict::Clean {
+                super::isolation::verdict::setting_names(sql, &mut effects.names);
+            }
+        }
+        tag::BIND => {
+            let statement = body
+                .iter()
+                .position(|&b| b == 0)
+                .map(|end| &body[end + 1..])
+                .and_then(|rest| rest.iter().position(|&b| b == 0).map(|end| &rest[..end]));
+            match statement {
+                Some([]) => effects.verdict = effects.verdict.max(effects.unnamed),
+                Some(name) => {
+                    let known = rewrite.and_then(|rw| {
+                        let name = std::str::from_utf8(name).ok()?;
+                        rw.client.by_name.get(name).cloned()
+                    });
+                    match known {
+                        Some(stmt) => {
+                            let v = stmt.verdict(&effects.hazards);
+                            if v > Verdict::Clean {
+                                effects.raise(v, stmt.query().as_bytes());
+                            }
+                        }
+                        // Not renamed by us: nothing says what it runs.
+                        None => effects.verdict = Verdict::Opaque,
+                    }
+                }
+                None => effects.verdict = Verdict::Opaque,
+            }
+        }
+        tag::FUNCTION_CALL => effects.verdict = Verdict::Opaque,
+        _ => {}
+    }
+}
+
+/// Records whether a Query or Parse may pin the client to its backend or change its SQL-level
+/// prepared statements.
 fn note_setting_changes(tag: u8, body: &[u8], words: Words, ex: &mut Exchange) {
     if words.is_empty() {
         return;
     }
-    let sql = query_text(tag, body);
-    if may_change_settings(words) {
-        ex.changes.scan(&String::from_utf8_lossy(sql));
-    }
+    let _ = (tag, body);
     ex.pins_may_have_changed |= super::pinning::may_change_pins(words, ex.pinned);
     ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(words);
 }

@@ -26,6 +26,8 @@ const ROUTING_LOOKAHEAD: usize = 64 * 1024;
 /// A logged-in client.
 pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
+    /// What the catalog of the client's database says can change session state (isolation).
+    pub(super) hazard_slot: Arc<super::isolation::HazardSlot>,
     /// The configuration this transaction runs under: taken once per attach, not per message.
     pub(super) snapshot: Arc<Snapshot>,
     pub(super) client: ClientConn,
@@ -292,6 +294,12 @@ impl Session {
             self.exchange.status = TransactionStatus::InTransaction;
         }
         self.exchange.track_settings = self.routes_per_transaction();
+        if self.exchange.track_settings {
+            // Judged against the catalog as it is now; a Bind of the unnamed statement with none
+            // parsed on this backend runs something nobody judged.
+            self.exchange.isolation.hazards = self.hazard_slot.load();
+            self.exchange.isolation.unnamed = super::isolation::Verdict::Opaque;
+        }
         self.exchange.pinned = self.pins.any();
         self.pipeline.reset();
         self.backend = Some(backend);
@@ -404,15 +412,6 @@ impl Session {
                 RelayEvent::Idle => {
                     self.awaiting_first_request = false;
                     self.follow_settings();
-                    if !self.exchange.changes.is_empty() {
-                        if let Err(e) = self.carry_setting_changes().await {
-                            registration.slot.set(None);
-                            if let Some(reason) = self.backend_lost(None, e.to_string()).await {
-                                return reason;
-                            }
-                            continue;
-                        }
-                    }
                     if self.exchange.pins_may_have_changed {
                         if let Err(e) = self.probe_pins().await {
                             registration.slot.set(None);
@@ -430,6 +429,13 @@ impl Session {
                             }
                             continue;
                         }
+                    }
+                    if let Err(e) = self.check_before_sharing().await {
+                        registration.slot.set(None);
+                        if let Some(reason) = self.backend_lost(None, e.to_string()).await {
+                            return reason;
+                        }
+                        continue;
                     }
                     if self.routed_write && self.read_your_writes() {
                         if let Err(e) = self.record_write_position().await {

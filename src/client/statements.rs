@@ -26,6 +26,9 @@ pub struct Statement {
     pub definition: Bytes,
     /// PostgreSQL accepted it once: a later Parse can be answered without a backend.
     parsed_ok: AtomicBool,
+    /// Its isolation verdict and the id of the hazards snapshot it was judged against
+    /// (`id << 2 | verdict`; 0: not judged).
+    verdict: AtomicU64,
     /// ParameterDescription + RowDescription/NoData as PostgreSQL sent them, for answering a
     /// Describe without a backend.
     description: OnceLock<Bytes>,
@@ -41,6 +44,26 @@ impl Statement {
         put_cstr(out, &self.backend_name);
         out.extend_from_slice(&self.definition);
         finish(out, s);
+    }
+
+    /// What executing it may leave on a backend (see `isolation`), judged once per hazards
+    /// snapshot.
+    pub fn verdict(&self, hazards: &super::isolation::Hazards) -> super::isolation::Verdict {
+        use super::isolation::Verdict;
+        let cached = self.verdict.load(Ordering::Relaxed);
+        if hazards.id != 0 && cached >> 2 == hazards.id {
+            return match cached & 3 {
+                0 => Verdict::Clean,
+                1 => Verdict::Settings,
+                _ => Verdict::Opaque,
+            };
+        }
+        let verdict = super::isolation::verdict::judge(self.query().as_bytes(), hazards);
+        if hazards.id != 0 {
+            self.verdict
+                .store(hazards.id << 2 | verdict as u64, Ordering::Relaxed);
+        }
+        verdict
     }
 
     /// See `stale`.
@@ -86,6 +109,7 @@ impl StatementCache {
             backend_name: format!("tp{id}"),
             definition: definition.clone(),
             parsed_ok: AtomicBool::new(false),
+            verdict: AtomicU64::new(0),
             description: OnceLock::new(),
             stale: AtomicBool::new(false),
         });

@@ -1,0 +1,104 @@
+//! Transaction mode's isolation: no client ever sees another's session state.
+//!
+//! Per request, `verdict` judges the SQL text against what `catalog` knows of the database:
+//! `Clean` (only statements and functions that cannot leave session state behind: the common
+//! case, which costs nothing more), `Settings` (SET / RESET / DISCARD by names the text shows)
+//! or `Opaque` (anything else: any other function, DO, CALL, LOAD, a relation with triggers or
+//! sequence defaults, FunctionCall, a text the lexer cannot be sure of). After a transaction
+//! that was not clean, before its backend goes back to the pool, `check` asks PostgreSQL what
+//! the session carries now (settings by source, role, session authorization, custom settings
+//! by name), adopts it as the client's state (so the client keeps its own `set_config` on its
+//! next backend), and after an opaque one resets the backend to the pool's baseline in the same
+//! round trip (`RESET ALL`, role, session authorization, `DISCARD SEQUENCES`), so that even a
+//! custom setting whose name nothing showed cannot reach the next client.
+
+pub mod catalog;
+mod check;
+pub mod lexer;
+pub mod verdict;
+
+pub use catalog::{HazardCatalogs, HazardSlot, Hazards};
+pub use verdict::Verdict;
+
+use std::sync::Arc;
+
+/// What the requests of the current transaction(s) on this backend may have left behind.
+#[derive(Debug)]
+pub struct Effects {
+    /// The worst verdict since the backend was last checked.
+    pub verdict: Verdict,
+    /// The catalog snapshot requests are judged against (taken at attach).
+    pub hazards: Arc<Hazards>,
+    /// Verdict of the unnamed statement last parsed on this backend by this client; a Bind of the
+    /// unnamed statement with none parsed since attach is opaque.
+    pub unnamed: Verdict,
+    /// Custom setting names the non-clean texts showed (read back by the check).
+    pub names: Vec<String>,
+    /// This check also reads the catalog (the slot was due and this session claimed it).
+    pub refresh_claimed: bool,
+}
+
+impl Default for Effects {
+    fn default() -> Self {
+        Effects {
+            verdict: Verdict::Clean,
+            hazards: Arc::new(Hazards::unknown()),
+            unnamed: Verdict::Opaque,
+            names: Vec::new(),
+            refresh_claimed: false,
+        }
+    }
+}
+
+impl Effects {
+    /// Judges a Query text (or the text of a statement being executed) and raises the verdict.
+    pub fn judge_text(&mut self, sql: &[u8]) -> Verdict {
+        if self.verdict == Verdict::Opaque {
+            return Verdict::Opaque;
+        }
+        let v = verdict::judge(sql, &self.hazards);
+        self.raise(v, sql);
+        v
+    }
+
+    /// Raises the verdict to at least `v`; names in `sql` are kept when it is not clean.
+    pub fn raise(&mut self, v: Verdict, sql: &[u8]) {
+        if v > Verdict::Clean {
+            verdict::setting_names(sql, &mut self.names);
+        }
+        self.verdict = self.verdict.max(v);
+    }
+
+    /// The backend was checked (or replaced): nothing is pending.
+    pub fn checked(&mut self) {
+        self.verdict = Verdict::Clean;
+        self.names.clear();
+    }
+}
+
+/// Statements that bring a backend back to the pool's baseline (see the backend's reset).
+pub use crate::backend::BASELINE_SQL as RESET_SQL;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_only_rises_until_checked() {
+        let mut e = Effects {
+            hazards: Arc::new(Hazards::default()),
+            ..Effects::default()
+        };
+        assert_eq!(e.judge_text(b"SELECT 1"), Verdict::Clean);
+        assert_eq!(e.judge_text(b"SET app.tenant = '7'"), Verdict::Settings);
+        assert_eq!(e.names, vec!["app.tenant".to_string()]);
+        assert_eq!(e.judge_text(b"SELECT 2"), Verdict::Clean);
+        assert_eq!(e.verdict, Verdict::Settings);
+        e.judge_text(b"DO $$BEGIN PERFORM set_config('app.x', '1', false); END$$");
+        assert_eq!(e.verdict, Verdict::Opaque);
+        assert!(e.names.contains(&"app.x".to_string()));
+        e.checked();
+        assert_eq!(e.verdict, Verdict::Clean);
+        assert!(e.names.is_empty());
+    }
+}
