@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("patroni_response", patroni_response),
     ("client_batches", client_batches),
+    ("isolation_verdict", isolation_verdict),
 ];
 
 /// An HTTP response from Patroni's REST API: status line, headers, (chunked) body, `/cluster`
@@ -453,6 +454,40 @@ pub fn sql_scan(data: &[u8]) {
             assert!(!name.is_empty() && name.len() <= 63);
         }
     }
+}
+
+/// Transaction-mode isolation's lexer and verdict on a client's SQL text: never panics; a
+/// statement appended after any text it did not find opaque is always seen (nothing a client
+/// writes can hide a statement boundary from it); naming more hazards never makes a text cleaner.
+pub fn isolation_verdict(data: &[u8]) {
+    use crate::client::isolation::lexer::{Lexer, Token};
+    use crate::client::isolation::verdict::{judge, setting_names};
+    use crate::client::isolation::{Hazards, Verdict};
+    let sql = &data[..data.iter().position(|&b| b == 0).unwrap_or(data.len())];
+    let known = Hazards::from_rows([("f", "tenant")]);
+    let verdict = judge(sql, &known);
+    let mut words: Vec<String> = Vec::new();
+    for token in Lexer::new(sql) {
+        if let Token::Word(w) | Token::Quoted(w) = token {
+            assert!(w.is_empty() || sql.windows(w.len()).any(|x| x == w));
+            words.push(String::from_utf8_lossy(w).to_ascii_lowercase());
+        }
+    }
+    let every: Vec<(&str, &str)> = words.iter().map(|w| ("f", w.as_str())).collect();
+    assert!(judge(sql, &Hazards::from_rows(every)) >= verdict || words.iter().any(|w| w.len() > 63));
+    if verdict != Verdict::Opaque {
+        let mut longer = sql.to_vec();
+        longer.extend_from_slice(b"\n;CALL x()");
+        assert_eq!(
+            judge(&longer, &known),
+            Verdict::Opaque,
+            "a CALL hid after {:?}",
+            sql.escape_ascii().to_string()
+        );
+    }
+    let mut names = Vec::new();
+    setting_names(sql, &mut names);
+    assert!(names.len() <= 64 && names.iter().all(|n| n.contains('.') && n.len() <= 63));
 }
 
 /// Client frames back to back, as transaction mode reads them between transactions and in the

@@ -421,3 +421,88 @@ async fn plain_traffic_costs_no_check() {
         ran as f64 * 1000.0 / 903.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_tenants_through_functions_never_cross() {
+    // Many clients, two backends, each client's tenant set by a function (nothing in the text
+    // names the setting), reads checked after every transaction.
+    let proxy = proxy(2).await;
+    let addr = proxy.local_addr();
+    let mut tasks = Vec::new();
+    for id in 0..12u64 {
+        tasks.push(tokio::spawn(async move {
+            let c = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+            let mut rng = tidepool::fuzzing::XorShift(0x5eed + id);
+            let own = format!("tenant-{id}");
+            let mut set = false;
+            for round in 0..250 {
+                let sql = match rng.next_u64() % 5 {
+                    0 => format!("SELECT tenant_fn('{own}')"),
+                    1 => format!("BEGIN; SELECT tenant_fn('{own}'); COMMIT"),
+                    2 => "BEGIN; SELECT tenant_fn('intruder'); ROLLBACK".to_string(),
+                    3 => "SELECT set_config('role', 'probe_low', false); RESET ROLE".to_string(),
+                    _ => "SELECT 1".to_string(),
+                };
+                c.simple_query(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                set |= sql.contains(&own) && !sql.contains("ROLLBACK");
+                let seen = value(&c, PROBE_TENANT).await.unwrap();
+                let expected = set.then(|| own.clone());
+                assert_eq!(seen, expected, "client {id}, round {round}, after {sql}");
+                assert_eq!(value(&c, PROBE_USER).await.unwrap().as_deref(), Some("app"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_reuse_carries_nothing_over() {
+    let node = tokio::task::block_in_place(pg);
+    tokio::task::block_in_place(setup_schema);
+    for reset in ["DISCARD ALL", ""] {
+        let toml = base_config_toml(node)
+            .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"")
+            .replace(
+                "default_pool_size = 10",
+                &format!("default_pool_size = 1\nserver_reset_query = \"{reset}\""),
+            );
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        let addr = proxy.local_addr();
+        let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+        let a_pid = value(&a, "SELECT pg_backend_pid()").await.unwrap();
+        a.batch_execute(
+            "SELECT nextval('probe_seq'); SELECT tenant_fn('a'); \
+             SELECT set_config('role', 'probe_low', false); SET statement_timeout = '9s'",
+        )
+        .await
+        .unwrap();
+        drop(a);
+        // The pool of one serves B once A's backend is back.
+        let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+        assert_eq!(
+            value(&b, PROBE_USER).await,
+            Ok(Some("app".into())),
+            "reset {reset:?}"
+        );
+        assert_eq!(value(&b, PROBE_TENANT).await, Ok(None), "reset {reset:?}");
+        assert_eq!(
+            value(&b, "SELECT lastval()").await,
+            Err("55000".into()),
+            "reset {reset:?}"
+        );
+        assert_eq!(
+            value(&b, "SHOW statement_timeout").await,
+            Ok(Some("0".into())),
+            "reset {reset:?}"
+        );
+        assert_eq!(
+            value(&b, "SELECT pg_backend_pid()").await.unwrap(),
+            a_pid,
+            "the backend is reused"
+        );
+    }
+}

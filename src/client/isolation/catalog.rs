@@ -15,8 +15,16 @@ use arc_swap::ArcSwap;
 /// them at once: it is opaque, and its check reads them).
 pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Custom setting names that user functions' bodies show (`'app.x'`, `SET app.x`): one column.
+pub const BODY_SETTING_NAMES_SQL: &str = include_str!("setting_names.sql");
+
 /// The query whose rows (`kind`, `name`) make a [`Hazards`].
-pub const HAZARDS_SQL: &str = include_str!("hazards.sql");
+pub const HAZARDS_SQL: &str = concat!(
+    include_str!("hazards.sql"),
+    "UNION SELECT 'n', n FROM (",
+    include_str!("setting_names.sql"),
+    ") body_names(n)"
+);
 
 /// Names that make a statement opaque, for one database.
 #[derive(Debug, Default)]

@@ -2,7 +2,7 @@
 //! session carries (and, after an opaque transaction, resets it to the pool's baseline and
 //! possibly reads the catalog's hazards), and the merge of its answer into the client's state.
 
-use super::catalog::{Hazards, HAZARDS_SQL};
+use super::catalog::{Hazards, BODY_SETTING_NAMES_SQL, HAZARDS_SQL};
 use super::{Verdict, RESET_SQL};
 use crate::backend::BackendError;
 use crate::client::params::{literal, set};
@@ -10,7 +10,9 @@ use crate::client::session::Session;
 
 /// Reads back session-sourced settings (by value as `SHOW` gives it), role and session
 /// authorization (NULL when at their defaults) and the given custom settings by name.
-fn readback_sql(custom: &[String]) -> String {
+/// With `from_bodies`, also the names user functions' bodies show, read from the catalog in the
+/// same statement (the snapshot that lists them may not be loaded yet).
+fn readback_sql(custom: &[String], from_bodies: bool) -> String {
     let mut sql = String::from(
         "SELECT 's', name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
          WHERE source = 'session' \
@@ -25,6 +27,12 @@ fn readback_sql(custom: &[String]) -> String {
             " UNION ALL SELECT 'c', n, pg_catalog.current_setting(n, true) \
              FROM pg_catalog.unnest(ARRAY[{}]::text[]) n",
             list.join(", ")
+        ));
+    }
+    if from_bodies {
+        sql.push_str(&format!(
+            " UNION ALL SELECT 'c', n, pg_catalog.current_setting(n, true) FROM ({}) body_names(n)",
+            BODY_SETTING_NAMES_SQL.trim_end()
         ));
     }
     sql
@@ -78,7 +86,8 @@ impl Session {
                 }
             }
         }
-        let mut sql = readback_sql(&names);
+        // Before the database's hazards are known, the names come from the catalog itself.
+        let mut sql = readback_sql(&names, opaque && effects.hazards.id == 0);
         if reset {
             sql.push_str("; ");
             sql.push_str(RESET_SQL);
@@ -189,8 +198,9 @@ mod tests {
 
     #[test]
     fn readback_names_custom_settings_as_literals() {
-        let sql = readback_sql(&["app.tenant".to_string()]);
+        let sql = readback_sql(&["app.tenant".to_string()], false);
         assert!(sql.contains("ARRAY[E'app.tenant']"));
-        assert!(!readback_sql(&[]).contains("unnest"));
+        assert!(!readback_sql(&[], false).contains("unnest"));
+        assert!(readback_sql(&[], true).contains("prosrc"));
     }
 }

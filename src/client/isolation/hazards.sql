@@ -56,6 +56,3 @@ SELECT 'r', pg_catalog.lower(c.relname::text) FROM pg_catalog.pg_class c WHERE c
 UNION SELECT 'f', pg_catalog.lower(p.proname::text) FROM pg_catalog.pg_proc p WHERE p.oid IN (SELECT oid FROM fn) AND p.oid >= 16384
 UNION SELECT 'o', '' WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oid >= 16384 AND o.oprcode IN (SELECT oid FROM fn))
    OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast k WHERE k.oid >= 16384 AND k.castfunc IN (SELECT oid FROM fn))
-UNION (SELECT 'n', pg_catalog.lower(m[1]) FROM pg_catalog.pg_proc p,
-         pg_catalog.regexp_matches(p.prosrc, '[''"]([a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*)[''"]|set\s+(?:local\s+|session\s+)?([a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*)', 'gi') m(m)
-       WHERE p.oid >= 16384 AND p.prolang NOT IN (12, 13) AND m[1] IS NOT NULL LIMIT 1000)
