@@ -41,6 +41,10 @@ fn setup_schema() {
                  CREATE TABLE IF NOT EXISTS with_serial(id serial, v int);
                  CREATE OR REPLACE VIEW role_view AS SELECT set_config('role', 'probe_low', false) AS r;
                  GRANT ALL ON audited, with_serial, role_view TO {APP_USER};
+                 CREATE OR REPLACE FUNCTION make_temp() RETURNS void LANGUAGE plpgsql
+                     AS $f$ BEGIN CREATE TEMP TABLE IF NOT EXISTS fn_temp(x int); END $f$;
+                 DO $d$BEGIN CREATE ROLE iso_super SUPERUSER LOGIN PASSWORD 'iso-secret';
+                     EXCEPTION WHEN duplicate_object THEN NULL; END$d$;
                  GRANT USAGE ON SEQUENCE with_serial_id_seq TO {APP_USER};"
             ),
         )
@@ -505,4 +509,102 @@ async fn session_mode_reuse_carries_nothing_over() {
             "the backend is reused"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_move_pins_the_client_instead() {
+    let proxy = proxy(2).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    // A temporary table made inside a function: no word of the text shows it.
+    a.simple_query("SELECT make_temp()").await.unwrap();
+    let probe = "SELECT count(*) FROM pg_class WHERE relname = 'fn_temp' AND relpersistence = 't' \
+                 AND pg_table_is_visible(oid)";
+    for _ in 0..5 {
+        assert_eq!(
+            value(&b, probe).await,
+            Ok(Some("0".into())),
+            "B sees A's temp table"
+        );
+        assert_eq!(
+            value(&a, probe).await,
+            Ok(Some("1".into())),
+            "A lost its temp table"
+        );
+    }
+    let pinned = proxy
+        .shared()
+        .stats
+        .pinned_clients
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(pinned, 1);
+}
+
+fn superuser_config(node: &tidepool::cluster::LocalNode) -> Config {
+    let toml = base_config_toml(node).replace("default_pool_size = 10", "default_pool_size = 1")
+        + "\n[[users]]\nname = \"iso_super\"\npassword = \"iso-secret\"\n";
+    Config::from_toml(&toml).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_authorization_follows_its_client_only() {
+    let node = tokio::task::block_in_place(pg);
+    tokio::task::block_in_place(setup_schema);
+    let proxy = start_proxy(superuser_config(node)).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, "iso_super", "iso-secret", APP_DB).await;
+    let b = connect(addr, "iso_super", "iso-secret", APP_DB).await;
+    let who = "SELECT session_user || '/' || current_user";
+    for change in [
+        "SET SESSION AUTHORIZATION app",
+        "SELECT set_config('session_authorization', 'app', false)",
+        "DO $$BEGIN PERFORM set_config('session_authorization', 'app', false); END$$",
+    ] {
+        a.simple_query(change).await.unwrap();
+        assert_eq!(
+            value(&b, who).await,
+            Ok(Some("iso_super/iso_super".into())),
+            "{change}"
+        );
+        assert_eq!(value(&a, who).await, Ok(Some("app/app".into())), "{change}");
+        // A role on top of it, then back to the login user: the role goes with it.
+        a.simple_query("SET ROLE probe_low").await.unwrap();
+        assert_eq!(
+            value(&b, who).await,
+            Ok(Some("iso_super/iso_super".into())),
+            "{change}"
+        );
+        assert_eq!(value(&a, who).await, Ok(Some("app/probe_low".into())), "{change}");
+        a.simple_query("RESET SESSION AUTHORIZATION").await.unwrap();
+        assert_eq!(
+            value(&a, who).await,
+            Ok(Some("iso_super/iso_super".into())),
+            "{change}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_module_pins_and_its_backend_is_not_reused() {
+    let node = tokio::task::block_in_place(pg);
+    tokio::task::block_in_place(setup_schema);
+    let proxy = start_proxy(superuser_config(node)).await;
+    let addr = proxy.local_addr();
+    let a = connect(addr, "iso_super", "iso-secret", APP_DB).await;
+    a.simple_query("LOAD 'auto_explain'").await.unwrap();
+    let a_pid = value(&a, "SELECT pg_backend_pid()").await.unwrap();
+    let pinned = proxy
+        .shared()
+        .stats
+        .pinned_clients
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(pinned, 1, "LOAD pins");
+    drop(a);
+    let b = connect(addr, "iso_super", "iso-secret", APP_DB).await;
+    let b_pid = value(&b, "SELECT pg_backend_pid()").await.unwrap();
+    assert_ne!(
+        a_pid, b_pid,
+        "the backend that loaded a module served another client"
+    );
 }

@@ -24,6 +24,11 @@ impl Session {
         let quiet = self.exchange.is_quiet() && backend.wbuf.is_empty();
         let exchange = &mut self.exchange;
         let (mode, pinned) = (self.mode, self.pins.any());
+        if self.pins.loaded_modules > 0 {
+            // Nothing unloads a module: this connection serves no one else.
+            self.pool.discard(backend);
+            return;
+        }
         let cleanup = async {
             if !quiet {
                 // Abandoned mid-request: cancel it and read to the end, so that the connection

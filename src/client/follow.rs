@@ -51,6 +51,7 @@ impl Session {
         let row = outcome.first_row.unwrap_or_default();
         let mut pins = super::pinning::Pins::from_row(&row);
         pins.sql_prepared = self.pins.sql_prepared;
+        pins.loaded_modules = self.pins.loaded_modules;
         self.set_pins(pins);
         Ok(())
     }
@@ -84,7 +85,15 @@ impl Session {
     /// database's hazards, which rides on the same check.
     pub(super) async fn check_before_sharing(&mut self) -> Result<(), BackendError> {
         use super::isolation::Verdict;
-        if !self.exchange.track_settings || self.pins.any() {
+        if !self.exchange.track_settings {
+            return Ok(());
+        }
+        if std::mem::take(&mut self.exchange.isolation.loads_module) {
+            let mut pins = self.pins;
+            pins.loaded_modules = 1;
+            self.set_pins(pins);
+        }
+        if self.pins.any() {
             // A pinned client keeps its backend: what it did is checked when it lets go.
             return Ok(());
         }
@@ -98,6 +107,24 @@ impl Session {
             return Ok(());
         }
         let reset = releasing && effects.verdict == Verdict::Opaque;
-        self.check_effects(reset).await
+        if self.check_effects(reset).await? {
+            // Code the text did not show took something that cannot move: the client keeps
+            // this backend, which the check reset, so its settings go back on.
+            let mut pins = super::pinning::Pins::from_row(&self.exchange.isolation.probed);
+            pins.sql_prepared = self.pins.sql_prepared;
+            self.set_pins(pins);
+            let backend = self.backend.as_mut().expect("attached");
+            if let Some(sql) = super::params::settings_diff_sql(&backend.applied, &self.params.settings) {
+                let outcome = backend.run_simple(&sql).await?;
+                if outcome.error.is_some() {
+                    backend.set_state(crate::backend::BackendState::Broken);
+                    return Err(BackendError::Closed {
+                        addr: backend.addr.to_string(),
+                    });
+                }
+                backend.applied = self.params.settings.clone();
+            }
+        }
+        Ok(())
     }
 }

@@ -46,6 +46,9 @@ pub struct Pins {
     /// SQL-level `PREPARE`s whose text tidepool could not isolate (the others follow the client,
     /// see `sql_prepared`); counted by `Session::follow_sql_prepared`, not by the probe.
     pub sql_prepared: u64,
+    /// Modules loaded with `LOAD`: nothing unloads them, so the backend is closed, not reused,
+    /// when the client leaves.
+    pub loaded_modules: u64,
 }
 
 impl Pins {
@@ -64,11 +67,18 @@ impl Pins {
             hold_cursors: get(2),
             listens: get(3),
             sql_prepared: 0,
+            loaded_modules: 0,
         }
     }
 
     pub fn any(&self) -> bool {
-        self.advisory_locks + self.temp_relations + self.hold_cursors + self.listens + self.sql_prepared > 0
+        self.advisory_locks
+            + self.temp_relations
+            + self.hold_cursors
+            + self.listens
+            + self.sql_prepared
+            + self.loaded_modules
+            > 0
     }
 
     /// Short description for logs and the admin console.
@@ -80,6 +90,7 @@ impl Pins {
             (self.hold_cursors, "WITH HOLD cursor"),
             (self.listens, "LISTEN channel"),
             (self.sql_prepared, "SQL prepared statement"),
+            (self.loaded_modules, "LOADed module"),
         ] {
             if n > 0 {
                 parts.push(format!("{n} {what}{}", if n == 1 { "" } else { "s" }));

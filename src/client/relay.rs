@@ -465,7 +465,10 @@ fn judge_frame(tag: u8, body: &[u8], rewrite: Option<&Rewrite<'_>>, effects: &mu
             let sql = query_text(tag, body);
             effects.unnamed = super::isolation::verdict::judge(sql, &effects.hazards);
             if effects.unnamed > Verdict::Clean {
-                super::isolation::verdict::setting_names(sql, &mut effects.names);
+                // Names (and a LOAD) count now, the verdict when a Bind runs it.
+                let verdict = std::mem::replace(&mut effects.verdict, Verdict::Clean);
+                effects.raise(effects.unnamed, sql);
+                effects.verdict = verdict;
             }
         }
         tag::BIND => {

@@ -67,8 +67,10 @@ fn carried(rows: &[Vec<Option<String>>]) -> Vec<(String, String)> {
 impl Session {
     /// After a transaction whose verdict was not clean: reads back what the session carries and
     /// makes it the client's; with `reset` (an opaque transaction, backend going back to the
-    /// pool) also returns the backend to the pool's baseline in the same round trip.
-    pub(crate) async fn check_effects(&mut self, reset: bool) -> Result<(), BackendError> {
+    /// pool) also returns the backend to the pool's baseline in the same round trip, and asks
+    /// whether code took something that cannot move (then it returns true: the client must be
+    /// pinned, the pin probe's row is in `probed`).
+    pub(crate) async fn check_effects(&mut self, reset: bool) -> Result<bool, BackendError> {
         let effects = &mut self.exchange.isolation;
         let opaque = effects.verdict == Verdict::Opaque;
         let mut names = std::mem::take(&mut effects.names);
@@ -91,6 +93,8 @@ impl Session {
         if reset {
             sql.push_str("; ");
             sql.push_str(RESET_SQL);
+            sql.push_str("; ");
+            sql.push_str(crate::client::pinning::PROBE_SQL);
         }
         let refresh = effects.refresh_claimed;
         if refresh {
@@ -157,8 +161,15 @@ impl Session {
             slot.install(hazards);
             self.exchange.isolation.refresh_claimed = false;
         }
+        let probed = outcome
+            .rows
+            .into_iter()
+            .find(|r| r.len() == 4)
+            .unwrap_or_default();
+        let pinned = reset && crate::client::pinning::Pins::from_row(&probed).any();
+        self.exchange.isolation.probed = probed;
         self.exchange.isolation.checked();
-        Ok(())
+        Ok(pinned)
     }
 }
 

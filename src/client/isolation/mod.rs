@@ -36,6 +36,10 @@ pub struct Effects {
     pub names: Vec<String>,
     /// This check also reads the catalog (the slot was due and this session claimed it).
     pub refresh_claimed: bool,
+    /// A `LOAD` ran: the client is pinned and its backend is never reused.
+    pub loads_module: bool,
+    /// The pin probe's row from the last reset check (see `check`).
+    pub probed: Vec<Option<String>>,
 }
 
 impl Default for Effects {
@@ -46,6 +50,8 @@ impl Default for Effects {
             unnamed: Verdict::Opaque,
             names: Vec::new(),
             refresh_claimed: false,
+            loads_module: false,
+            probed: Vec::new(),
         }
     }
 }
@@ -65,6 +71,7 @@ impl Effects {
     pub fn raise(&mut self, v: Verdict, sql: &[u8]) {
         if v > Verdict::Clean {
             verdict::setting_names(sql, &mut self.names);
+            self.loads_module |= v == Verdict::Opaque && verdict::loads_module(sql);
         }
         self.verdict = self.verdict.max(v);
     }

@@ -199,6 +199,20 @@ fn local_set_config(lexer: &mut Lexer<'_>, hazards: &Hazards) -> bool {
     commas == 2 && local
 }
 
+/// True if a statement of `sql` is `LOAD` (run only for opaque texts).
+pub fn loads_module(sql: &[u8]) -> bool {
+    let mut statement_start = true;
+    for token in Lexer::new(sql) {
+        match token {
+            Token::Semicolon => statement_start = true,
+            Token::Other(b'(') if statement_start => {}
+            Token::Word(w) if statement_start && w.eq_ignore_ascii_case(b"load") => return true,
+            _ => statement_start = false,
+        }
+    }
+    false
+}
+
 /// Custom setting names (`prefix.name`) a text shows, as `SET`/`RESET` targets or as string
 /// literals (`set_config('app.x', …)`): candidates for the check after a transaction, which can
 /// only read custom settings by name. Run only for texts that were not clean.
