@@ -608,3 +608,29 @@ async fn a_loaded_module_pins_and_its_backend_is_not_reused() {
         "the backend that loaded a module served another client"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_cursor_is_checked_in_full_when_released() {
+    let proxy = proxy(1).await;
+    let addr = proxy.local_addr();
+    let b = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    // A cursor held past its transaction pins its client; when the client lets go, the
+    // backend is checked in full before anyone else gets it.
+    let a = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    a.batch_execute(
+        "BEGIN; DECLARE c CURSOR WITH HOLD FOR \
+         SELECT set_config('app.tenant', 'cursor' || g, false) FROM generate_series(1, 3) g; COMMIT",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("FETCH 2 FROM c").await.unwrap();
+    a.batch_execute("CLOSE c").await.unwrap();
+    assert_eq!(
+        value(&b, PROBE_TENANT).await,
+        Ok(None),
+        "B sees what A's cursor set"
+    );
+    // A held cursor is materialized at COMMIT: every row ran by then, as directly.
+    assert_eq!(value(&a, PROBE_TENANT).await, Ok(Some("cursor3".into())));
+    drop(a);
+}

@@ -94,7 +94,9 @@ impl Session {
             self.set_pins(pins);
         }
         if self.pins.any() {
-            // A pinned client keeps its backend: what it did is checked when it lets go.
+            // A pinned client keeps its backend: what it did is checked when it lets go, and in
+            // full, so nothing of what ran while pinned depends on each transaction's verdict.
+            self.exchange.isolation.verdict = Verdict::Opaque;
             return Ok(());
         }
         let releasing = self.mode == crate::config::PoolMode::Transaction;

@@ -479,10 +479,16 @@ impl Session {
                         Ok::<(), BackendError>(())
                     }
                     .await;
+                    // What the batch ran is checked like any transaction's before sharing.
+                    let closed = match closed {
+                        Ok(()) => self.check_before_sharing().await,
+                        Err(e) => Err(e),
+                    };
                     registration.slot.set(None);
                     let backend = self.backend.take().expect("attached");
                     match closed {
-                        Ok(()) => self.pool.release(backend),
+                        Ok(()) if !self.pins.any() => self.pool.release(backend),
+                        Ok(()) => self.backend = Some(backend),
                         Err(_) => self.pool.discard(backend),
                     }
                     self.exchange.unsynced = false;

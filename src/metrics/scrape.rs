@@ -19,6 +19,7 @@ pub(super) struct Families {
     pool_connects: IntCounterVec,
     routes: IntCounterVec,
     errors: IntCounterVec,
+    isolation_checks: IntCounterVec,
     node_up: IntGaugeVec,
     node_role: IntGaugeVec,
     node_fenced: IntGaugeVec,
@@ -85,6 +86,13 @@ impl Families {
                 "tidepool_errors_total",
                 "ErrorResponses relayed to clients, by SQLSTATE class.",
                 &["class"],
+            ),
+            isolation_checks: counter_vec(
+                r,
+                "tidepool_isolation_checks_total",
+                "Session-state checks after transactions that were not clean (transaction mode), by \
+                 whether the backend was also reset.",
+                &["reset"],
             ),
             node_up: gauge_vec(
                 r,
@@ -191,6 +199,13 @@ pub fn render(shared: &Shared) -> String {
     for (class, n) in metrics.errors.nonzero() {
         catch_up(&f.errors.with_label_values(&[&class]), n);
     }
+    let checks = shared.stats.isolation_checks.load(Ordering::Relaxed);
+    let resets = shared.stats.isolation_resets.load(Ordering::Relaxed);
+    catch_up(&f.isolation_checks.with_label_values(&["true"]), resets);
+    catch_up(
+        &f.isolation_checks.with_label_values(&["false"]),
+        checks.saturating_sub(resets),
+    );
 
     if let Some(health) = shared.health() {
         f.node_role.reset();
