@@ -181,5 +181,29 @@ fn startup_decoding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_decoding, startup_decoding);
+/// The per-request isolation verdict (transaction mode judges every Query text), next to the
+/// trigger-word scan it runs beside.
+fn isolation_verdict(c: &mut Criterion) {
+    use tidepool::client::isolation::{verdict::judge, Hazards};
+    let hazards = Hazards::from_rows([("r", "audited"), ("f", "tenant")]);
+    let mut group = c.benchmark_group("isolation");
+    for (name, sql) in [
+        ("pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+        (
+            "pgbench_update",
+            "UPDATE pgbench_accounts SET abalance = abalance + -2731 WHERE aid = 48213;",
+        ),
+        ("set_config_local", "SELECT set_config('request.jwt.claims', $1, true)"),
+    ] {
+        group.bench_function(format!("judge_{name}"), |b| {
+            b.iter(|| judge(std::hint::black_box(sql.as_bytes()), &hazards))
+        });
+        group.bench_function(format!("words_scan_{name}"), |b| {
+            b.iter(|| tidepool::client::keywords::Words::scan(std::hint::black_box(sql.as_bytes())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frame_decoding, startup_decoding, isolation_verdict);
 criterion_main!(benches);

@@ -463,7 +463,7 @@ fn judge_frame(tag: u8, body: &[u8], rewrite: Option<&Rewrite<'_>>, effects: &mu
         tag::PARSE if body.first() == Some(&0) => {
             // The unnamed statement runs only at a later Bind: judged now, counted then.
             let sql = query_text(tag, body);
-            effects.unnamed = super::isolation::verdict::judge(sql, &effects.hazards);
+            effects.unnamed = effects.judge(sql);
             if effects.unnamed > Verdict::Clean {
                 // Names (and a LOAD) count now, the verdict when a Bind runs it.
                 let verdict = std::mem::replace(&mut effects.verdict, Verdict::Clean);
@@ -486,7 +486,10 @@ fn judge_frame(tag: u8, body: &[u8], rewrite: Option<&Rewrite<'_>>, effects: &mu
                     });
                     match known {
                         Some(stmt) => {
-                            let v = stmt.verdict(&effects.hazards);
+                            let v = match &effects.hazards {
+                                Some(hazards) => stmt.verdict(hazards),
+                                None => Verdict::Opaque,
+                            };
                             if v > Verdict::Clean {
                                 effects.raise(v, stmt.query().as_bytes());
                             }

@@ -297,7 +297,7 @@ impl Session {
         if self.exchange.track_settings {
             // Judged against the catalog as it is now; a Bind of the unnamed statement with none
             // parsed on this backend runs something nobody judged.
-            self.exchange.isolation.hazards = self.hazard_slot.load();
+            self.exchange.isolation.hazards = Some(self.hazard_slot.load());
             self.exchange.isolation.unnamed = super::isolation::Verdict::Opaque;
         }
         self.exchange.pinned = self.pins.any();

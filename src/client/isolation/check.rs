@@ -82,14 +82,14 @@ impl Session {
             }
         }
         if opaque {
-            for name in &effects.hazards.setting_names {
+            for name in effects.hazards.iter().flat_map(|h| &h.setting_names) {
                 if !names.contains(name) {
                     names.push(name.clone());
                 }
             }
         }
         // Before the database's hazards are known, the names come from the catalog itself.
-        let mut sql = readback_sql(&names, opaque && effects.hazards.id == 0);
+        let mut sql = readback_sql(&names, opaque && effects.hazards_id() == 0);
         if reset {
             sql.push_str("; ");
             sql.push_str(RESET_SQL);

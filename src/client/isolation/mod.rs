@@ -27,8 +27,9 @@ use std::sync::Arc;
 pub struct Effects {
     /// The worst verdict since the backend was last checked.
     pub verdict: Verdict,
-    /// The catalog snapshot requests are judged against (taken at attach).
-    pub hazards: Arc<Hazards>,
+    /// The catalog snapshot requests are judged against (taken at attach; None before the
+    /// first attach: nothing is clean). An Option so that a new `Effects` allocates nothing.
+    pub hazards: Option<Arc<Hazards>>,
     /// Verdict of the unnamed statement last parsed on this backend by this client; a Bind of the
     /// unnamed statement with none parsed since attach is opaque.
     pub unnamed: Verdict,
@@ -46,7 +47,7 @@ impl Default for Effects {
     fn default() -> Self {
         Effects {
             verdict: Verdict::Clean,
-            hazards: Arc::new(Hazards::unknown()),
+            hazards: None,
             unnamed: Verdict::Opaque,
             names: Vec::new(),
             refresh_claimed: false,
@@ -62,9 +63,22 @@ impl Effects {
         if self.verdict == Verdict::Opaque {
             return Verdict::Opaque;
         }
-        let v = verdict::judge(sql, &self.hazards);
+        let v = self.judge(sql);
         self.raise(v, sql);
         v
+    }
+
+    /// The verdict of `sql` against the snapshot taken at attach (opaque without one).
+    pub fn judge(&self, sql: &[u8]) -> Verdict {
+        match &self.hazards {
+            Some(hazards) => verdict::judge(sql, hazards),
+            None => Verdict::Opaque,
+        }
+    }
+
+    /// The id of the snapshot judged against (0: none, or not read yet).
+    pub fn hazards_id(&self) -> u64 {
+        self.hazards.as_ref().map_or(0, |h| h.id)
     }
 
     /// Raises the verdict to at least `v`; names in `sql` are kept when it is not clean.
@@ -93,7 +107,7 @@ mod tests {
     #[test]
     fn verdict_only_rises_until_checked() {
         let mut e = Effects {
-            hazards: Arc::new(Hazards::default()),
+            hazards: Some(Arc::new(Hazards::default())),
             ..Effects::default()
         };
         assert_eq!(e.judge_text(b"SELECT 1"), Verdict::Clean);
