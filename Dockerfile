@@ -25,7 +25,8 @@ COPY --from=builder /build/target/release/tidepool /usr/local/bin/tidepool
 USER 10001:10001
 # 5432: PostgreSQL clients. 9930: metrics (`[metrics] listen = "0.0.0.0:9930"`, off by default).
 EXPOSE 5432 9930
-# SIGTERM is the graceful stop (see README, "Shutdown and upgrade"); give the container a
+# SIGTERM stops accepting and waits for clients (as PgBouncer 1.23+; see README, "Shutdown and
+# upgrade"); set proxy.sigterm_timeout so that it ends, and give the container a
 # termination grace period longer than proxy.shutdown_timeout.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tidepool"]

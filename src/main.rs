@@ -3,8 +3,11 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use tidepool::app::Shared;
 use tidepool::config::{Config, LogFormat};
-use tidepool::shutdown::{Stage, StopSignal, StopSignals};
+use tidepool::shutdown::{on_signal, SignalAction, Stage, StopSignal, StopSignals};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -122,15 +125,16 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-/// Runs the proxy: SIGHUP reloads `path`; SIGTERM (or admin `SHUTDOWN WAIT_FOR_SERVERS`) stops
-/// gracefully and SIGINT (or plain `SHUTDOWN`) fast, both within `proxy.shutdown_timeout`;
-/// `SHUTDOWN WAIT_FOR_CLIENTS` waits, without a deadline, for the clients to leave. A further
-/// signal speeds the stop up one stage, or exits at once when it is already fast or graceful.
+/// Runs the proxy. Signals as PgBouncer 1.23+ defines them: SIGHUP reloads `path`, SIGUSR1
+/// pauses and SIGUSR2 resumes every pool; SIGTERM stops accepting and waits for the clients to
+/// leave (as `SHUTDOWN WAIT_FOR_CLIENTS`; `proxy.sigterm_timeout` may bound that), SIGINT
+/// stops gracefully (`SHUTDOWN WAIT_FOR_SERVERS`) and SIGQUIT fast (`SHUTDOWN`), both within
+/// `proxy.shutdown_timeout`. A repeated signal is an immediate stop (fast); a signal during a
+/// fast stop exits at once.
 async fn run(config: Config, path: PathBuf) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
     // Installed before listening, so that an early signal is not fatal.
-    let (mut stops, mut hangups) = match (StopSignals::install(), signal(SignalKind::hangup())) {
-        (Ok(stops), Ok(hangups)) => (stops, hangups),
+    let (mut stops, controls) = match (StopSignals::install(), ControlSignals::install()) {
+        (Ok(stops), Ok(controls)) => (stops, controls),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("tidepool: cannot listen for signals: {e}");
             return ExitCode::FAILURE;
@@ -145,30 +149,47 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     };
     let shared = proxy.shared().clone();
     shared.set_config_path(path);
-    let reloader = shared.clone();
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the configuration");
-            // Logged by reload itself, success or not.
-            let _ = tidepool::reload::reload(&reloader).await;
-        }
-    });
+    tokio::spawn(controls.serve(shared.clone()));
 
+    let mut by_sigterm = false;
     tokio::select! {
-        signal = stops.recv() => escalate(&shared.shutdown, signal),
+        signal = stops.recv() => {
+            by_sigterm = signal == StopSignal::Terminate;
+            if !apply(&shared.shutdown, signal) {
+                return ExitCode::FAILURE;
+            }
+        }
         // Admin SHUTDOWN, any mode.
         _ = shared.shutdown.reached(Stage::DrainClients) => {}
     }
     if shared.shutdown.stage() == Stage::DrainClients {
+        // Read now, so a reload before the SIGTERM applies.
+        let deadline = shared.snapshot().config.proxy.sigterm_timeout.0;
+        let deadline = (by_sigterm && !deadline.is_zero()).then_some(deadline);
         tracing::info!(
             clients = shared.clients.app_connections(),
+            deadline = ?deadline,
             "stopping: no new connections; waiting for every client to disconnect"
         );
+        let timer = async {
+            match deadline {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = proxy.clients_gone() => tracing::info!("every client has disconnected"),
             // A faster SHUTDOWN from the console.
             _ = shared.shutdown.wait() => {}
-            signal = stops.recv() => escalate(&shared.shutdown, signal),
+            _ = timer => {
+                tracing::info!("sigterm_timeout over: closing clients at their next idle point");
+                shared.shutdown.trigger();
+            }
+            signal = stops.recv() => {
+                if !apply(&shared.shutdown, signal) {
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     }
     let timeout = shared.snapshot().config.proxy.shutdown_timeout.0;
@@ -183,23 +204,62 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             signal = stops.recv() => {
-                if signal == StopSignal::Interrupt && shared.shutdown.stage() < Stage::Fast {
-                    tracing::info!("SIGINT: speeding up the shutdown");
-                    shared.shutdown.trigger_fast();
-                    continue;
+                if !apply(&shared.shutdown, signal) {
+                    tracing::warn!(clients = shared.clients.current(), "second stop signal during a fast stop: exiting now");
+                    return ExitCode::FAILURE;
                 }
-                tracing::warn!(clients = shared.clients.current(), "second stop signal: exiting now");
-                return ExitCode::FAILURE;
             }
         }
     }
 }
 
-/// What a stop signal asks for: SIGTERM a graceful stop, SIGINT a fast one (never slower than
-/// the stop already under way).
-fn escalate(shutdown: &tidepool::shutdown::Shutdown, signal: StopSignal) {
-    match signal {
-        StopSignal::Terminate => shutdown.trigger(),
-        StopSignal::Interrupt => shutdown.trigger_fast(),
+/// Moves the stop on as `signal` asks ([`on_signal`]); false when the process must exit now.
+fn apply(shutdown: &tidepool::shutdown::Shutdown, signal: StopSignal) -> bool {
+    match on_signal(shutdown.stage(), signal) {
+        SignalAction::Advance(stage) => {
+            tracing::info!(signal = signal.name(), stage = ?stage, "stop signal");
+            shutdown.advance(stage);
+            true
+        }
+        SignalAction::ExitNow => false,
+    }
+}
+
+/// SIGHUP, SIGUSR1 and SIGUSR2: reload, PAUSE and RESUME, as PgBouncer has them.
+struct ControlSignals {
+    hangup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl ControlSignals {
+    fn install() -> std::io::Result<ControlSignals> {
+        Ok(ControlSignals {
+            hangup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    async fn serve(mut self, shared: Arc<Shared>) {
+        use tidepool::admin::actions::{pause_all, resume_all};
+        loop {
+            tokio::select! {
+                Some(()) = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // Logged by reload itself, success or not.
+                    let _ = tidepool::reload::reload(&shared).await;
+                }
+                Some(()) = self.usr1.recv() => {
+                    tracing::info!("SIGUSR1: pausing every pool (as PAUSE)");
+                    pause_all(&shared);
+                }
+                Some(()) = self.usr2.recv() => {
+                    tracing::info!("SIGUSR2: resuming (as RESUME)");
+                    resume_all(&shared);
+                }
+                else => return,
+            }
+        }
     }
 }
