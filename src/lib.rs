@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod fuzzing;
 pub mod health;
+pub mod import;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;

@@ -1,4 +1,5 @@
-//! The `tidepool` command: run the proxy, check a config, or start a local demo.
+//! The `tidepool` command: run the proxy, check a config, import a PgBouncer one, probe a
+//! running tidepool's health, or start a local demo.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,6 +28,15 @@ struct Cli {
 enum Command {
     /// Validate the configuration and exit (non-zero, naming the key, if invalid).
     Check,
+    /// Write an equivalent pool.toml for a PgBouncer configuration; every key that could not
+    /// be mapped is listed (on stderr and atop the file) with the reason.
+    ImportPgbouncer {
+        /// The pgbouncer.ini to read.
+        ini: PathBuf,
+        /// Where to write pool.toml (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Start a throwaway local PostgreSQL with tidepool in front of it.
     Demo {
         /// Address for tidepool to listen on (default: a free loopback port).
@@ -80,6 +90,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::ImportPgbouncer { ini, output }) => import_pgbouncer(&ini, output.as_deref()),
         Some(Command::Demo { listen, standbys }) => {
             let options = tidepool::demo::DemoOptions { listen, standbys };
             match runtime.block_on(tidepool::demo::run(options)) {
@@ -106,6 +117,35 @@ fn main() -> ExitCode {
             runtime.block_on(run(config, path))
         }
     }
+}
+
+/// `tidepool import-pgbouncer`: the TOML to `output` or stdout, what was not mapped to stderr.
+fn import_pgbouncer(ini: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let imported = match tidepool::import::import(ini) {
+        Ok(imported) => imported,
+        Err(e) => {
+            eprintln!("tidepool import-pgbouncer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for u in &imported.unmapped {
+        eprintln!("not mapped: {} (line {}): {}", u.key, u.line, u.reason);
+    }
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &imported.toml) {
+                eprintln!("tidepool import-pgbouncer: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "wrote {} ({} keys not mapped)",
+                path.display(),
+                imported.unmapped.len()
+            );
+        }
+        None => print!("{}", imported.toml),
+    }
+    ExitCode::SUCCESS
 }
 
 /// Logs to stderr; `TIDEPOOL_LOG` or `RUST_LOG` (a tracing filter) wins over the config's level.
