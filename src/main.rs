@@ -37,6 +37,16 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Probe a running tidepool (for Docker's HEALTHCHECK): its `/readyz` when the config has
+    /// `[metrics] listen`, else its client port; exit 0 when healthy, 1 when not.
+    Health {
+        /// Probe this URL instead (`http://host:port/path`).
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Start a throwaway local PostgreSQL with tidepool in front of it.
     Demo {
         /// Address for tidepool to listen on (default: a free loopback port).
@@ -91,6 +101,9 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::ImportPgbouncer { ini, output }) => import_pgbouncer(&ini, output.as_deref()),
+        Some(Command::Health { url, timeout }) => {
+            runtime.block_on(health(cli.config.as_deref(), url.as_deref(), timeout))
+        }
         Some(Command::Demo { listen, standbys }) => {
             let options = tidepool::demo::DemoOptions { listen, standbys };
             match runtime.block_on(tidepool::demo::run(options)) {
@@ -115,6 +128,35 @@ fn main() -> ExitCode {
                 None => unreachable!("loaded above when running from a config"),
             };
             runtime.block_on(run(config, path))
+        }
+    }
+}
+
+/// `tidepool health`: probes what the config (or `--url`) names.
+async fn health(config: Option<&std::path::Path>, url: Option<&str>, timeout: u64) -> ExitCode {
+    use tidepool::health_command::{check, Target};
+    let target = match (url, config) {
+        (Some(url), _) => Target::from_url(url).map_err(|e| e.to_string()),
+        (None, Some(path)) => Config::load(path)
+            .map(|c| Target::from_config(&c))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        (None, None) => Err("--config FILE or --url URL is required".to_string()),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tidepool health: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match check(&target, std::time::Duration::from_secs(timeout)).await {
+        Ok(what) => {
+            println!("healthy: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("unhealthy: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -190,6 +232,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
     let shared = proxy.shared().clone();
     shared.set_config_path(path);
     tokio::spawn(controls.serve(shared.clone()));
+    tidepool::service::ready();
 
     let mut by_sigterm = false;
     tokio::select! {
@@ -202,6 +245,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         // Admin SHUTDOWN, any mode.
         _ = shared.shutdown.reached(Stage::DrainClients) => {}
     }
+    tidepool::service::stopping();
     if shared.shutdown.stage() == Stage::DrainClients {
         // Read now, so a reload before the SIGTERM applies.
         let deadline = shared.snapshot().config.proxy.sigterm_timeout.0;
@@ -287,8 +331,10 @@ impl ControlSignals {
             tokio::select! {
                 Some(()) = self.hangup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
+                    tidepool::service::reloading();
                     // Logged by reload itself, success or not.
                     let _ = tidepool::reload::reload(&shared).await;
+                    tidepool::service::ready();
                 }
                 Some(()) = self.usr1.recv() => {
                     tracing::info!("SIGUSR1: pausing every pool (as PAUSE)");
