@@ -29,5 +29,9 @@ EXPOSE 5432 9930
 # upgrade"); set proxy.sigterm_timeout so that it ends, and give the container a
 # termination grace period longer than proxy.shutdown_timeout.
 STOPSIGNAL SIGTERM
+# Healthy = /readyz answers 200 when [metrics] listen is set (listening, a primary known; 503
+# while draining), else the client port answers the PostgreSQL protocol.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/tidepool", "health", "--config", "/etc/tidepool/pool.toml", "--timeout", "4"]
 ENTRYPOINT ["/usr/local/bin/tidepool"]
 CMD ["--config", "/etc/tidepool/pool.toml"]

@@ -1,6 +1,7 @@
 //! What deployments rely on, on the real binary: systemd's `Type=notify` protocol (READY once
 //! listening, RELOADING around a SIGHUP, STOPPING at the stop) and `tidepool health`, the
-//! Docker HEALTHCHECK probe (`/readyz` when metrics listen, else the client port).
+//! Docker HEALTHCHECK probe (`/readyz` when metrics listen, else the client port); and the
+//! files in `deploy/` and the Dockerfile stay true to them.
 
 mod common;
 
@@ -128,4 +129,75 @@ fn health_without_metrics_speaks_to_the_client_port() {
     assert!(stdout.contains("answers the PostgreSQL protocol"), "{stdout}");
     // A bad invocation is a usage error, not "unhealthy".
     assert_eq!(health(&[]).status.code(), Some(2));
+}
+
+fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// The `pool.toml: |` block of a manifest's Secret, unindented.
+fn embedded_pool_toml(manifest: &str) -> String {
+    let start = manifest.find("pool.toml: |\n").expect("a pool.toml key") + "pool.toml: |\n".len();
+    manifest[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn deploy_files_probe_readyz_and_healthz_and_carry_valid_configs() {
+    for name in [
+        "deploy/kubernetes/standalone.yaml",
+        "deploy/kubernetes/sidecar.yaml",
+    ] {
+        let manifest = repo_file(name);
+        assert!(
+            manifest.contains("httpGet: { path: /readyz, port: metrics }"),
+            "{name}"
+        );
+        assert!(
+            manifest.contains("httpGet: { path: /healthz, port: metrics }"),
+            "{name}"
+        );
+        assert!(!manifest.contains("tcpSocket"), "{name}");
+        let config = tidepool::config::Config::from_toml(&embedded_pool_toml(&manifest))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let metrics = config.metrics.listen.expect("the probes need [metrics] listen");
+        assert!(
+            metrics.ip().is_unspecified(),
+            "{name}: the kubelet probes the pod IP"
+        );
+        // The drain ends before the kubelet's SIGKILL.
+        let grace = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("terminationGracePeriodSeconds");
+        let stop = config.proxy.sigterm_timeout.0 + config.proxy.shutdown_timeout.0;
+        assert!(
+            !config.proxy.sigterm_timeout.0.is_zero(),
+            "{name}: SIGTERM needs a deadline"
+        );
+        assert!(stop.as_secs() < grace, "{name}: {stop:?} >= {grace}s");
+    }
+
+    let unit = repo_file("deploy/tidepool.service");
+    assert!(unit.lines().any(|l| l == "Type=notify"));
+    let nofile: usize = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .and_then(|v| v.parse().ok())
+        .expect("LimitNOFILE");
+    let defaults = tidepool::config::ProxyConfig::default();
+    assert!(
+        nofile > 2 * defaults.max_client_conn,
+        "room for each client and a server each"
+    );
+
+    let dockerfile = repo_file("Dockerfile");
+    assert!(dockerfile.contains("HEALTHCHECK"));
+    assert!(dockerfile.contains(r#"/usr/local/bin/tidepool", "health""#));
 }
