@@ -222,6 +222,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tidepool::service::check_open_files(&config);
     let proxy = match tidepool::app::Proxy::start(config).await {
         Ok(p) => p,
         Err(e) => {

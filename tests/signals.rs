@@ -1,7 +1,7 @@
 //! Signals as PgBouncer 1.23+ defines them, on the real binary: SIGTERM stops accepting and
 //! serves connected clients until they leave (or, with `sigterm_timeout`, until that runs out);
-//! a second SIGTERM is an immediate (fast) stop; SIGUSR1 pauses and SIGUSR2 resumes. None of
-//! them kills tidepool. (SIGINT, SIGQUIT and the handover: `tests/shutdown.rs`.)
+//! a second SIGTERM is an immediate (fast) stop; SIGUSR1 pauses and SIGUSR2 resumes; SIGPIPE
+//! is ignored. None of them kills tidepool. (SIGINT, SIGQUIT and the handover: `tests/shutdown.rs`.)
 
 mod common;
 
@@ -162,4 +162,17 @@ fn sigusr1_pauses_and_sigusr2_resumes() {
     });
     tidepool.wait_for_line("SIGUSR1");
     tidepool.wait_for_line("SIGUSR2");
+
+    // SIGPIPE, which PgBouncer ignores, does not kill tidepool either.
+    tidepool.signal("PIPE");
+    rt.block_on(async {
+        assert_eq!(
+            first_value(&console.simple_query("SHOW VERSION").await.unwrap())
+                .split(' ')
+                .next(),
+            Some("tidepool")
+        );
+    });
+    let mut tidepool = tidepool;
+    assert!(tidepool.child.try_wait().unwrap().is_none(), "SIGPIPE killed it");
 }
