@@ -531,3 +531,59 @@ async fn shutdown_from_the_console_stops_the_proxy() {
     assert!(proxy.shared().shutdown.is_triggered());
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
+
+/// SHOW PEERS lists `[peers]`; SHOW PEER_POOLS counts a cancel request while it is being
+/// forwarded to its peer (here a listener that holds the connection open, as a slow peer would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_and_the_cancels_forwarded_to_them() {
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let toml = format!(
+        "{}\n[peers]\ninstance_id = 1\ninstances = {{ 2 = \"{peer_addr}\" }}\n",
+        admin_config_toml()
+    );
+    let proxy = start_proxy(tidepool::config::Config::from_toml(&toml).unwrap()).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let peers = show(&admin, "SHOW PEERS").await;
+    assert_eq!(peers.rows.len(), 1);
+    assert_eq!(peers.get(&peers.rows[0], "peer_id"), Some("2"));
+    assert_eq!(
+        peers.get(&peers.rows[0], "port"),
+        Some(peer_addr.port().to_string().as_str())
+    );
+    let in_flight = |n: &'static str| {
+        move |t: &Table| {
+            t.rows_where("peer_id", "2")
+                .first()
+                .and_then(|r| t.get(r, "cl_active_cancel_req"))
+                == Some(n)
+        }
+    };
+    until(&admin, "SHOW PEER_POOLS", in_flight("0")).await;
+
+    // A cancel whose key says instance 2 (the secret's top byte) lands here.
+    let mut cancel = 16u32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+    cancel.extend_from_slice(&42i32.to_be_bytes());
+    cancel.extend_from_slice(&[2, 0x12, 0x34, 0x56]);
+    let mut to_us = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut to_us, &cancel)
+        .await
+        .unwrap();
+    let held = tokio::task::spawn_blocking(move || {
+        let (mut stream, _) = peer.accept().unwrap();
+        let mut got = [0u8; 16];
+        std::io::Read::read_exact(&mut stream, &mut got).unwrap();
+        (stream, got)
+    })
+    .await
+    .unwrap();
+    assert_eq!(held.1[12..], [2, 0x12, 0x34, 0x56], "forwarded with its secret");
+    let counted = until(&admin, "SHOW PEER_POOLS", in_flight("1")).await;
+    let row = counted.rows_where("peer_id", "2")[0];
+    assert_eq!(counted.get(row, "sv_active_cancel"), Some("1"));
+    // The peer closes: nothing in flight any more.
+    drop(held);
+    until(&admin, "SHOW PEER_POOLS", in_flight("0")).await;
+}

@@ -17,10 +17,6 @@ const LEFT_OUT: &[(&str, &str)] = &[
         "FDS",
         "file descriptors handed over in PgBouncer's deprecated online restart (-R); tidepool hands a port over with SO_REUSEPORT instead",
     ),
-    (
-        "PEER_POOLS",
-        "tidepool forwards each cancel to a peer on a connection of its own, with no pool to show",
-    ),
 ];
 
 /// What a SHOW answered: its columns (name, type OID), or `None` without a RowDescription.

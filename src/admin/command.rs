@@ -13,6 +13,7 @@ pub enum Show {
     Databases,
     Users,
     Peers,
+    PeerPools,
     DnsHosts,
     DnsZones,
     Stats,
@@ -30,7 +31,7 @@ pub enum Show {
 }
 
 impl Show {
-    const NAMES: [(&'static str, Show); 23] = [
+    const NAMES: [(&'static str, Show); 24] = [
         ("help", Show::Help),
         ("pools", Show::Pools),
         ("clients", Show::Clients),
@@ -40,6 +41,7 @@ impl Show {
         ("databases", Show::Databases),
         ("users", Show::Users),
         ("peers", Show::Peers),
+        ("peer_pools", Show::PeerPools),
         ("dns_hosts", Show::DnsHosts),
         ("dns_zones", Show::DnsZones),
         ("stats", Show::Stats),

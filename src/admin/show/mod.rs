@@ -112,6 +112,7 @@ pub fn table(shared: &Shared, what: Show) -> Table {
         Show::Databases => databases(shared),
         Show::Users => users(shared),
         Show::Peers => network::peers(shared),
+        Show::PeerPools => network::peer_pools(shared),
         Show::DnsHosts => network::dns_hosts(),
         Show::DnsZones => network::dns_zones(),
         Show::Stats => stats::stats(shared, Kind::Both),
@@ -405,8 +406,7 @@ fn lists(shared: &Shared) -> Table {
         ("users", snapshot.config.users.len()),
         ("peers", snapshot.config.peers.instances.len()),
         ("pools", shared.pools.all().len()),
-        // Cancel requests to peers travel on a connection each; there is no pool of them.
-        ("peer_pools", 0),
+        ("peer_pools", snapshot.config.peers.instances.len()),
         ("free_clients", 0),
         ("used_clients", clients),
         ("login_clients", login_clients),
