@@ -247,35 +247,9 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
         _ = shared.shutdown.reached(Stage::DrainClients) => {}
     }
     tidepool::service::stopping();
-    if shared.shutdown.stage() == Stage::DrainClients {
-        // Read now, so a reload before the SIGTERM applies.
-        let deadline = shared.snapshot().config.proxy.sigterm_timeout.0;
-        let deadline = (by_sigterm && !deadline.is_zero()).then_some(deadline);
-        tracing::info!(
-            clients = shared.clients.app_connections(),
-            deadline = ?deadline,
-            "stopping: no new connections; waiting for every client to disconnect"
-        );
-        let timer = async {
-            match deadline {
-                Some(after) => tokio::time::sleep(after).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = proxy.clients_gone() => tracing::info!("every client has disconnected"),
-            // A faster SHUTDOWN from the console.
-            _ = shared.shutdown.wait() => {}
-            _ = timer => {
-                tracing::info!("sigterm_timeout over: closing clients at their next idle point");
-                shared.shutdown.trigger();
-            }
-            signal = stops.recv() => {
-                if !apply(&shared.shutdown, signal) {
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+    if shared.shutdown.stage() == Stage::DrainClients && !drain_clients(&proxy, &mut stops, by_sigterm).await
+    {
+        return ExitCode::FAILURE;
     }
     let timeout = shared.snapshot().config.proxy.shutdown_timeout.0;
     let fast = shared.shutdown.stage() == Stage::Fast;
@@ -296,6 +270,38 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
             }
         }
     }
+}
+
+/// The drain stage (SIGTERM or `SHUTDOWN WAIT_FOR_CLIENTS`): wait until every client has left,
+/// a faster stop is asked for, or (after a SIGTERM) `sigterm_timeout` runs out, which turns it
+/// graceful. False when a signal says to exit now.
+async fn drain_clients(proxy: &tidepool::app::Proxy, stops: &mut StopSignals, by_sigterm: bool) -> bool {
+    let shared = proxy.shared();
+    // Read now, so a reload before the SIGTERM applies.
+    let deadline = shared.snapshot().config.proxy.sigterm_timeout.0;
+    let deadline = (by_sigterm && !deadline.is_zero()).then_some(deadline);
+    tracing::info!(
+        clients = shared.clients.app_connections(),
+        deadline = ?deadline,
+        "stopping: no new connections; waiting for every client to disconnect"
+    );
+    let timer = async {
+        match deadline {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = proxy.clients_gone() => tracing::info!("every client has disconnected"),
+        // A faster SHUTDOWN from the console.
+        _ = shared.shutdown.wait() => {}
+        _ = timer => {
+            tracing::info!("sigterm_timeout over: closing clients at their next idle point");
+            shared.shutdown.trigger();
+        }
+        signal = stops.recv() => return apply(&shared.shutdown, signal),
+    }
+    true
 }
 
 /// Moves the stop on as `signal` asks ([`on_signal`]); false when the process must exit now.

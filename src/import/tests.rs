@@ -135,3 +135,31 @@ fn defaults_and_bad_input() {
     let error = import_text("[pgbouncer]\nmax_client_conn = 0\n", Path::new("/")).unwrap_err();
     assert!(error.to_string().contains("max_client_conn"), "{error}");
 }
+
+#[test]
+fn auth_query_hba_file_and_server_tls() {
+    let ini = "[databases]\nd = host=db\n[pgbouncer]\nlisten_addr = 10.0.0.5, 10.0.0.6\n\
+               auth_type = hba\nauth_hba_file = hba.conf\nauth_user = lookup\n\
+               auth_query = SELECT usename, passwd FROM my_shadow($1)\nauth_dbname = postgres\n\
+               server_tls_sslmode = verify-full\nserver_tls_ca_file = /etc/ssl/ca.crt\n\
+               pool_mode = statement\n";
+    let imported = import_text(ini, Path::new("/srv/pgb")).unwrap();
+    let config = Config::from_toml(&imported.toml).unwrap();
+    assert_eq!(config.auth.auth_hba_file.as_deref(), Some("/srv/pgb/hba.conf"));
+    assert!(config.hba.is_empty(), "auth_type = hba: the file has the rules");
+    assert_eq!(config.auth.auth_user.as_deref(), Some("lookup"));
+    assert_eq!(
+        config.auth.auth_query,
+        "SELECT usename, passwd FROM my_shadow($1)"
+    );
+    assert_eq!(config.auth.auth_dbname.as_deref(), Some("postgres"));
+    assert_eq!(config.tls.server_tls_mode.as_str(), "verify-full");
+    assert_eq!(
+        config.tls.server_tls_ca_file.as_deref(),
+        Some(Path::new("/etc/ssl/ca.crt"))
+    );
+    assert_eq!(config.proxy.listen.to_string(), "10.0.0.5:6432");
+    assert!(reason(&imported, "pgbouncer.listen_addr").contains("10.0.0.6"));
+    assert!(reason(&imported, "pgbouncer.pool_mode").contains("transaction kept"));
+    assert_eq!(config.proxy.pool_mode, PoolMode::Transaction);
+}
