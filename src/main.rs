@@ -211,7 +211,7 @@ fn init_logging(format: LogFormat, level: &str) {
 /// pauses and SIGUSR2 resumes every pool; SIGTERM stops accepting and waits for the clients to
 /// leave (as `SHUTDOWN WAIT_FOR_CLIENTS`; `proxy.sigterm_timeout` may bound that), SIGINT
 /// stops gracefully (`SHUTDOWN WAIT_FOR_SERVERS`) and SIGQUIT fast (`SHUTDOWN`), both within
-/// `proxy.shutdown_timeout`. A repeated signal is an immediate stop (fast); a signal during a
+/// `proxy.shutdown_timeout`. A second stop signal is an immediate stop (fast); one during a
 /// fast stop exits at once.
 async fn run(config: Config, path: PathBuf) -> ExitCode {
     // Installed before listening, so that an early signal is not fatal.

@@ -147,15 +147,14 @@ pub enum SignalAction {
     ExitNow,
 }
 
-/// PgBouncer's rule: a signal asking for more than what runs moves the stop on; a signal
-/// repeated (or asking for less) means "immediate", which is tidepool's fast stop; once fast,
-/// any stop signal exits at once.
+/// PgBouncer 1.23+'s rule: the first stop signal picks the stop; any stop signal while a stop
+/// (of any kind, console `SHUTDOWN` included) is under way means "immediate", which is
+/// tidepool's fast stop; once fast, a further one exits at once.
 pub fn on_signal(now: Stage, signal: StopSignal) -> SignalAction {
-    let wanted = signal.stage();
     match now {
+        Stage::Running => SignalAction::Advance(signal.stage()),
         Stage::Fast => SignalAction::ExitNow,
-        _ if wanted > now => SignalAction::Advance(wanted),
-        _ => SignalAction::Advance(Stage::Fast),
+        Stage::DrainClients | Stage::Graceful => SignalAction::Advance(Stage::Fast),
     }
 }
 
@@ -218,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn signals_follow_pgbouncer_and_a_repeat_means_immediate() {
+    fn signals_follow_pgbouncer_and_a_second_means_immediate() {
         use SignalAction::{Advance, ExitNow};
         use Stage::*;
         use StopSignal::*;
@@ -226,9 +225,8 @@ mod tests {
             (Running, Terminate, Advance(DrainClients)),
             (Running, Interrupt, Advance(Graceful)),
             (Running, Quit, Advance(Fast)),
-            // SIGINT after SIGTERM asks for more: graceful.
-            (DrainClients, Interrupt, Advance(Graceful)),
-            // A repeat, or a signal asking for less, is PgBouncer's immediate shutdown.
+            // Any stop signal during a stop is PgBouncer's immediate shutdown.
+            (DrainClients, Interrupt, Advance(Fast)),
             (DrainClients, Terminate, Advance(Fast)),
             (Graceful, Interrupt, Advance(Fast)),
             (Graceful, Terminate, Advance(Fast)),
