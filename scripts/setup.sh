@@ -33,6 +33,10 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # Admin console consumer test (tests/pgbouncer_exporter.rs): Debian's PgBouncer exporter. (Its
 # service, where systemd runs, is tied to a pgbouncer.service the tests never create.)
 command -v prometheus-pgbouncer-exporter >/dev/null 2>&1 || missing+=(prometheus-pgbouncer-exporter)
+# PgBouncer 1.25 (tests/pgbouncer_compat.rs, tests/import_pgbouncer.rs; found at
+# $TIDEPOOL_PGBOUNCER or ../shared/tools/pgbouncer/pgbouncer) links against these.
+ldconfig -p 2>/dev/null | grep -q 'libevent-2.1.so.7' || missing+=(libevent-2.1-7)
+ldconfig -p 2>/dev/null | grep -q 'libssl.so.3' || missing+=(libssl3)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt_install "${missing[@]}"
