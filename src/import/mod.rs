@@ -55,6 +55,9 @@ struct Draft {
     unmapped: Vec<Unmapped>,
     /// Relative paths in pgbouncer.ini are taken from the ini file's directory.
     base: PathBuf,
+    /// Which ini entry each mapped `section.key` came from, so that a value tidepool refuses
+    /// can be dropped and listed rather than failing the import.
+    origins: Vec<(String, ini::Entry)>,
 }
 
 impl Draft {
@@ -81,6 +84,30 @@ impl Draft {
         if let Value::Array(items) = array {
             items.push(Value::Table(item));
         }
+    }
+
+    /// Sets `section.key` from `entry`, remembering where it came from.
+    fn set_from(&mut self, entry: &ini::Entry, section: &str, key: &str, value: impl Into<Value>) {
+        self.set(section, key, value);
+        self.origins.push((format!("{section}.{key}"), entry.clone()));
+    }
+
+    /// Drops a mapped value the validation refused; false when `key` was not mapped from one
+    /// entry (then the import cannot be fixed by dropping it).
+    fn drop_refused(&mut self, key: &str, reason: &str) -> bool {
+        let Some(i) = self.origins.iter().position(|(k, _)| k == key) else {
+            return false;
+        };
+        let (_, entry) = self.origins.remove(i);
+        let (section, name) = key.split_once('.').unwrap_or(("", key));
+        if let Some(Value::Table(table)) = self.root.get_mut(section) {
+            table.remove(name);
+        }
+        self.skip(
+            &entry,
+            format!("tidepool refuses {:?}: {reason}; its default kept", entry.value),
+        );
+        true
     }
 
     fn skip(&mut self, entry: &ini::Entry, reason: impl Into<String>) {
@@ -131,6 +158,7 @@ pub fn import_text(text: &str, base: &Path) -> Result<Imported, ImportError> {
         root: Table::new(),
         unmapped: Vec::new(),
         base: base.to_path_buf(),
+        origins: Vec::new(),
     };
     let settings = settings::map(&mut draft, &entries);
     databases::map(&mut draft, &entries, &settings);
@@ -145,10 +173,18 @@ pub fn import_text(text: &str, base: &Path) -> Result<Imported, ImportError> {
             draft.skip(entry, format!("unknown section [{}]", entry.section));
         }
     }
+    // Validated as a start would; a value PgBouncer takes but tidepool refuses (a 0 meaning
+    // "off" where tidepool wants > 0, a size past its limit) is dropped and listed.
+    let body = loop {
+        let body = toml::to_string(&draft.root).expect("a TOML table always serializes");
+        match Config::from_toml(&body) {
+            Ok(_) => break body,
+            Err(ConfigError::Invalid { key, reason }) if draft.drop_refused(&key, &reason) => {}
+            Err(e) => return Err(ImportError::Invalid(e)),
+        }
+    };
     // In file order (keys with no line of their own, such as a missing listen_addr, first).
     draft.unmapped.sort_by_key(|u| u.line);
-    let body = toml::to_string(&draft.root).expect("a TOML table always serializes");
-    Config::from_toml(&body).map_err(ImportError::Invalid)?;
     let mut toml =
         String::from("# Imported from a PgBouncer configuration by `tidepool import-pgbouncer`.\n");
     if draft.unmapped.is_empty() {

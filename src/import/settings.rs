@@ -285,7 +285,7 @@ pub fn map(draft: &mut Draft, entries: &[Entry]) -> Settings {
                         settings.external_secrets = true;
                     }
                     match convert(draft, value, *kind) {
-                        Ok(v) => draft.set(section, name, v),
+                        Ok(v) => draft.set_from(entry, section, name, v),
                         Err(reason) => draft.skip(entry, reason),
                     }
                 } else if let Some((_, why)) = WHY_NOT.iter().find(|(k, _)| *k == key) {

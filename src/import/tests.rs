@@ -131,9 +131,16 @@ fn defaults_and_bad_input() {
         import_text("[pgbouncer]\nnot a setting\n", Path::new("/")),
         Err(ImportError::Syntax { .. })
     ));
-    // A value tidepool refuses is an error naming the key, not a file that will not load.
-    let error = import_text("[pgbouncer]\nmax_client_conn = 0\n", Path::new("/")).unwrap_err();
-    assert!(error.to_string().contains("max_client_conn"), "{error}");
+    // A value tidepool refuses is dropped and listed, so the file still loads.
+    let ini = "[databases]\nd = host=h\n[pgbouncer]\nmax_client_conn = 0\nmax_packet_size = 2147483647\n\
+               client_login_timeout = 0\ndefault_pool_size = 7\n";
+    let imported = import_text(ini, Path::new("/")).unwrap();
+    let config = Config::from_toml(&imported.toml).unwrap();
+    assert!(reason(&imported, "pgbouncer.max_client_conn").contains("must be > 0"));
+    assert!(reason(&imported, "pgbouncer.max_packet_size").contains("1GB"));
+    assert!(reason(&imported, "pgbouncer.client_login_timeout").contains("refuses"));
+    assert_eq!(config.proxy.max_client_conn, 10_000, "the default");
+    assert_eq!(config.pool.default_pool_size, 7, "the rest is kept");
 }
 
 #[test]
