@@ -260,6 +260,11 @@ pub fn map(draft: &mut Draft, entries: &[Entry]) -> Settings {
                 draft.set("proxy", &entry.key, Value::Array(values));
             }
             "auth_type" => auth_type = (value.to_string(), entry.line),
+            // PgBouncer's 0 uses each server connection once; tidepool's 0 means "never close".
+            "server_lifetime" if value.parse::<f64>() == Ok(0.0) => draft.skip(
+                entry,
+                "0 (each server connection used once) has no tidepool equivalent (there 0 = never close): default kept",
+            ),
             "client_tls_sslmode" => tls_mode(
                 draft,
                 entry,

@@ -133,7 +133,7 @@ fn defaults_and_bad_input() {
     ));
     // A value tidepool refuses is dropped and listed, so the file still loads.
     let ini = "[databases]\nd = host=h\n[pgbouncer]\nmax_client_conn = 0\nmax_packet_size = 2147483647\n\
-               client_login_timeout = 0\ndefault_pool_size = 7\n";
+               client_login_timeout = 0\ndefault_pool_size = 7\nserver_lifetime = 0\n";
     let imported = import_text(ini, Path::new("/")).unwrap();
     let config = Config::from_toml(&imported.toml).unwrap();
     assert!(reason(&imported, "pgbouncer.max_client_conn").contains("must be > 0"));
@@ -141,6 +141,8 @@ fn defaults_and_bad_input() {
     assert!(reason(&imported, "pgbouncer.client_login_timeout").contains("refuses"));
     assert_eq!(config.proxy.max_client_conn, 10_000, "the default");
     assert_eq!(config.pool.default_pool_size, 7, "the rest is kept");
+    assert!(reason(&imported, "pgbouncer.server_lifetime").contains("used once"));
+    assert_eq!(config.pool.server_lifetime.0, Duration::from_secs(3600));
 }
 
 #[test]
