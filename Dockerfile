@@ -25,8 +25,13 @@ COPY --from=builder /build/target/release/tidepool /usr/local/bin/tidepool
 USER 10001:10001
 # 5432: PostgreSQL clients. 9930: metrics (`[metrics] listen = "0.0.0.0:9930"`, off by default).
 EXPOSE 5432 9930
-# SIGTERM is the graceful stop (see README, "Shutdown and upgrade"); give the container a
+# SIGTERM stops accepting and waits for clients (as PgBouncer 1.23+; see README, "Shutdown and
+# upgrade"); set proxy.sigterm_timeout so that it ends, and give the container a
 # termination grace period longer than proxy.shutdown_timeout.
 STOPSIGNAL SIGTERM
+# Healthy = /readyz answers 200 when [metrics] listen is set (listening, a primary known; 503
+# while draining), else the client port answers the PostgreSQL protocol.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/tidepool", "health", "--config", "/etc/tidepool/pool.toml", "--timeout", "4"]
 ENTRYPOINT ["/usr/local/bin/tidepool"]
 CMD ["--config", "/etc/tidepool/pool.toml"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tidepool's demo and tests need on a fresh Debian/Ubuntu machine with Rust:
-# PostgreSQL server binaries, Patroni, etcd and repmgr, and the rustfmt/clippy components. Idempotent and quiet when
+# PostgreSQL server binaries, Patroni, etcd and repmgr, prometheus-pgbouncer-exporter, and the rustfmt/clippy components. Idempotent and quiet when
 # everything is already there.
 set -euo pipefail
 
@@ -30,6 +30,13 @@ command -v patroni >/dev/null 2>&1 || missing+=(patroni)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 ls /usr/lib/postgresql/*/bin/repmgr >/dev/null 2>&1 || missing+=(postgresql-15-repmgr)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Admin console consumer test (tests/pgbouncer_exporter.rs): Debian's PgBouncer exporter. (Its
+# service, where systemd runs, is tied to a pgbouncer.service the tests never create.)
+command -v prometheus-pgbouncer-exporter >/dev/null 2>&1 || missing+=(prometheus-pgbouncer-exporter)
+# PgBouncer 1.25 (tests/pgbouncer_compat.rs, tests/import_pgbouncer.rs; found at
+# $TIDEPOOL_PGBOUNCER or ../shared/tools/pgbouncer/pgbouncer) links against these.
+ldconfig -p 2>/dev/null | grep -q 'libevent-2.1.so.7' || missing+=(libevent-2.1-7)
+ldconfig -p 2>/dev/null | grep -q 'libssl.so.3' || missing+=(libssl3)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt_install "${missing[@]}"

@@ -78,6 +78,8 @@ pub struct ProxyStats {
     pub routes: crate::client::routing::RouteCounters,
     /// SHOW STATS averages of the last completed `stats_period`.
     pub last_period: crate::admin::averages::LastPeriod,
+    /// Cancel requests being forwarded to `[peers]` (SHOW PEER_POOLS).
+    pub peer_cancels: crate::client::peers::PeerCancels,
 }
 
 /// Why the proxy could not start.

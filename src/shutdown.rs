@@ -3,20 +3,22 @@
 //! Three speeds, after PgBouncer 1.23 and PostgreSQL, each a [`Stage`] the stop only moves
 //! forward through:
 //!
-//! - **drain clients** (admin `SHUTDOWN WAIT_FOR_CLIENTS`): the listener closes (another
+//! - **drain clients** (SIGTERM, admin `SHUTDOWN WAIT_FOR_CLIENTS`): the listener closes (another
 //!   tidepool on the same `SO_REUSEPORT` port takes new connections) and nothing else changes:
 //!   connected clients are served as usual, health checks and pools keep running, `/readyz`
 //!   says not ready. The process exits once every client has disconnected on its own; there is
 //!   no deadline, as in PgBouncer. A later signal or `SHUTDOWN` moves on to a faster stage.
-//! - **graceful** (SIGTERM, `SHUTDOWN WAIT_FOR_SERVERS`): also closes each client at its next
+//! - **graceful** (SIGINT, `SHUTDOWN WAIT_FOR_SERVERS`): also closes each client at its next
 //!   idle point, between transactions, and at once a client waiting for a server (held by
 //!   PAUSE, or queued for a full pool), whose request was not sent anywhere.
-//! - **fast** (SIGINT, plain `SHUTDOWN`): also closes clients idle *inside* a transaction
+//! - **fast** (SIGQUIT, plain `SHUTDOWN`, a repeated signal): also closes clients idle *inside* a transaction
 //!   (their backend is rolled back); only requests that are running are waited for. PgBouncer's
 //!   plain `SHUTDOWN` exits at once; tidepool still lets running statements answer, because
 //!   cutting them off gains a few milliseconds and costs clients an 08006 instead of a 57P01.
 //!
-//! From graceful on, the process exits after `proxy.shutdown_timeout` at the latest.
+//! From graceful on, the process exits after `proxy.shutdown_timeout` at the latest. A SIGTERM
+//! drain has no deadline unless `proxy.sigterm_timeout` sets one (for Kubernetes, whose
+//! SIGKILL follows SIGTERM): then it turns graceful when that runs out.
 
 use tokio::sync::watch;
 
@@ -63,7 +65,8 @@ impl Shutdown {
         self.advance(Stage::Fast);
     }
 
-    fn advance(&self, to: Stage) {
+    /// Moves the stop on to `to`; never back.
+    pub fn advance(&self, to: Stage) {
         self.tx.send_if_modified(|stage| {
             let forward = *stage < to;
             if forward {
@@ -105,19 +108,61 @@ impl Shutdown {
     }
 }
 
-/// A stop request from the operating system.
+/// A stop request from the operating system, as PgBouncer 1.23+ defines them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopSignal {
-    /// SIGTERM: graceful.
+    /// SIGTERM: stop accepting and wait for clients to leave (`SHUTDOWN WAIT_FOR_CLIENTS`).
     Terminate,
-    /// SIGINT (Ctrl-C): fast.
+    /// SIGINT: graceful, clients closed between transactions (`SHUTDOWN WAIT_FOR_SERVERS`).
     Interrupt,
+    /// SIGQUIT: PgBouncer's immediate shutdown, which is tidepool's fast stop (`SHUTDOWN`).
+    Quit,
 }
 
-/// SIGTERM and SIGINT, installed once; [`StopSignals::recv`] yields each delivery.
+impl StopSignal {
+    /// The stage this signal asks for when it is the first one.
+    pub fn stage(self) -> Stage {
+        match self {
+            StopSignal::Terminate => Stage::DrainClients,
+            StopSignal::Interrupt => Stage::Graceful,
+            StopSignal::Quit => Stage::Fast,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Terminate => "SIGTERM",
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+        }
+    }
+}
+
+/// What to do with a stop signal, given how far the stop has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    /// Move the stop on to this stage.
+    Advance(Stage),
+    /// Exit now, with a failure status: clients are cut off.
+    ExitNow,
+}
+
+/// PgBouncer 1.23+'s rule: the first stop signal picks the stop; any stop signal while a stop
+/// (of any kind, console `SHUTDOWN` included) is under way means "immediate", which is
+/// tidepool's fast stop; once fast, a further one exits at once.
+pub fn on_signal(now: Stage, signal: StopSignal) -> SignalAction {
+    match now {
+        Stage::Running => SignalAction::Advance(signal.stage()),
+        Stage::Fast => SignalAction::ExitNow,
+        Stage::DrainClients | Stage::Graceful => SignalAction::Advance(Stage::Fast),
+    }
+}
+
+/// SIGTERM, SIGINT and SIGQUIT, installed once; [`StopSignals::recv`] yields each delivery.
 pub struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -127,6 +172,7 @@ impl StopSignals {
         Ok(StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
         })
     }
 
@@ -135,11 +181,12 @@ impl StopSignals {
         tokio::select! {
             _ = self.term.recv() => StopSignal::Terminate,
             _ = self.int.recv() => StopSignal::Interrupt,
+            _ = self.quit.recv() => StopSignal::Quit,
         }
     }
 }
 
-/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+/// Resolves at the first SIGINT (Ctrl-C), SIGTERM or SIGQUIT.
 pub async fn stop_signal() -> std::io::Result<()> {
     StopSignals::install()?.recv().await;
     Ok(())
@@ -167,6 +214,30 @@ mod tests {
         assert!(futures_poll_once(fast.as_mut()).await.is_none(), "not fast yet");
         graceful.trigger_fast();
         fast.await;
+    }
+
+    #[test]
+    fn signals_follow_pgbouncer_and_a_second_means_immediate() {
+        use SignalAction::{Advance, ExitNow};
+        use Stage::*;
+        use StopSignal::*;
+        let cases = [
+            (Running, Terminate, Advance(DrainClients)),
+            (Running, Interrupt, Advance(Graceful)),
+            (Running, Quit, Advance(Fast)),
+            // Any stop signal during a stop is PgBouncer's immediate shutdown.
+            (DrainClients, Interrupt, Advance(Fast)),
+            (DrainClients, Terminate, Advance(Fast)),
+            (Graceful, Interrupt, Advance(Fast)),
+            (Graceful, Terminate, Advance(Fast)),
+            (DrainClients, Quit, Advance(Fast)),
+            (Fast, Quit, ExitNow),
+            (Fast, Terminate, ExitNow),
+            (Fast, Interrupt, ExitNow),
+        ];
+        for (now, signal, expected) in cases {
+            assert_eq!(on_signal(now, signal), expected, "{signal:?} during {now:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The admin console against real PostgreSQL: every command, permissions, PgBouncer 1.2x
-//! column lists, PAUSE/RESUME holding a transaction, KILL_CLIENT closing a client.
+//! The admin console against real PostgreSQL: every command, permissions, PgBouncer 1.25
+//! column lists (`tests/pgbouncer_compat.rs` checks them against the real PgBouncer), PAUSE/RESUME holding a transaction, KILL_CLIENT closing a client.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::*;
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 
-// PgBouncer 1.23's column lists (doc/usage.md), plus 1.24's `id` for CLIENTS and SERVERS.
+// PgBouncer 1.25's column lists.
 const POOLS: &[&str] = &[
     "database",
     "user",
@@ -26,6 +26,7 @@ const POOLS: &[&str] = &[
     "maxwait",
     "maxwait_us",
     "pool_mode",
+    "load_balance_hosts",
 ];
 const SOCKETS: &[&str] = &[
     "type",
@@ -50,6 +51,7 @@ const SOCKETS: &[&str] = &[
     "prepared_statements",
     "id",
 ];
+/// SHOW STATS' first half.
 const STATS_TOTALS: &[&str] = &[
     "total_server_assignment_count",
     "total_xact_count",
@@ -63,6 +65,35 @@ const STATS_TOTALS: &[&str] = &[
     "total_server_parse_count",
     "total_bind_count",
 ];
+/// SHOW STATS_TOTALS (after `database`): the same without the prefix, bytes named as such.
+const SPLIT_TOTALS: &[&str] = &[
+    "server_assignment_count",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+    "client_parse_count",
+    "server_parse_count",
+    "bind_count",
+];
+/// SHOW STATS_AVERAGES: as STATS_TOTALS, but the prepared-statement columns keep `avg_`.
+const SPLIT_AVERAGES: &[&str] = &[
+    "server_assignment_count",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+    "avg_client_parse_count",
+    "avg_server_parse_count",
+    "avg_bind_count",
+];
+/// SHOW STATS' second half.
 const STATS_AVERAGES: &[&str] = &[
     "avg_server_assignment_count",
     "avg_xact_count",
@@ -84,11 +115,14 @@ const DATABASES: &[&str] = &[
     "force_user",
     "pool_size",
     "min_pool_size",
-    "reserve_pool",
+    "reserve_pool_size",
     "server_lifetime",
     "pool_mode",
+    "load_balance_hosts",
     "max_connections",
     "current_connections",
+    "max_client_connections",
+    "current_client_connections",
     "paused",
     "disabled",
 ];
@@ -138,9 +172,25 @@ async fn show_commands_use_pgbouncer_columns_and_report_traffic() {
     let xacts: u64 = stats.get(row, "total_xact_count").unwrap().parse().unwrap();
     assert!(xacts >= 4, "4 transactions ran, SHOW STATS says {xacts}");
     let totals = show(&admin, "SHOW STATS_TOTALS").await;
-    assert_eq!(totals.columns[1..], *STATS_TOTALS);
+    assert_eq!(totals.columns[1..], *SPLIT_TOTALS);
+    let row = &totals.rows_where("database", APP_DB)[0];
+    assert_eq!(
+        totals.get(row, "xact_count"),
+        stats.get(stats.rows_where("database", APP_DB)[0], "total_xact_count")
+    );
     let averages = show(&admin, "SHOW STATS_AVERAGES").await;
-    assert_eq!(averages.columns[1..], *STATS_AVERAGES);
+    assert_eq!(averages.columns[1..], *SPLIT_AVERAGES);
+    let sums = show(&admin, "SHOW TOTALS").await;
+    assert_eq!(sums.columns, ["name", "value"]);
+    let xact_total: u64 = sums
+        .get(sums.rows_where("name", "total_xact_count")[0], "value")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        xact_total >= xacts,
+        "TOTALS sums every database: {xact_total} < {xacts}"
+    );
 
     let databases = show(&admin, "SHOW DATABASES").await;
     assert_eq!(databases.columns, DATABASES);
@@ -165,11 +215,21 @@ async fn show_commands_use_pgbouncer_columns_and_report_traffic() {
     );
     let mem = show(&admin, "SHOW MEM").await;
     assert!(!mem.rows.is_empty());
-    let help = show(&admin, "SHOW HELP").await;
-    assert!(help
-        .rows
-        .iter()
-        .any(|r| r[0].as_deref() == Some("KILL_CLIENT id")));
+    // HELP is a NOTICE with no result set, as in PgBouncer (raw, on a thread of its own).
+    let notice = tokio::task::spawn_blocking(move || {
+        let (mut raw, _) = common::wire::RawClient::login(addr, ADMIN.0, ADMIN.1, "tidepool");
+        raw.send(&common::wire::query("SHOW HELP"));
+        let answer = raw.until_ready();
+        assert!(answer.iter().all(|m| m.tag != b'T'), "{answer:?}");
+        answer.into_iter().find(|m| m.tag == b'N').expect("a NOTICE")
+    })
+    .await
+    .unwrap();
+    assert_eq!(notice.message().as_deref(), Some("Console usage"));
+    assert!(
+        notice.field(b'D').unwrap().contains("\tKILL_CLIENT id"),
+        "{notice:?}"
+    );
 
     // Secrets never appear in SHOW CONFIG.
     let config = show(&admin, "SHOW CONFIG").await;
@@ -470,4 +530,60 @@ async fn shutdown_from_the_console_stops_the_proxy() {
     admin.simple_query("SHUTDOWN").await.expect("shutdown");
     assert!(proxy.shared().shutdown.is_triggered());
     proxy.shutdown_within(Duration::from_secs(5)).await;
+}
+
+/// SHOW PEERS lists `[peers]`; SHOW PEER_POOLS counts a cancel request while it is being
+/// forwarded to its peer (here a listener that holds the connection open, as a slow peer would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_and_the_cancels_forwarded_to_them() {
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let toml = format!(
+        "{}\n[peers]\ninstance_id = 1\ninstances = {{ 2 = \"{peer_addr}\" }}\n",
+        admin_config_toml()
+    );
+    let proxy = start_proxy(tidepool::config::Config::from_toml(&toml).unwrap()).await;
+    let addr = proxy.local_addr();
+    let admin = console(addr, ADMIN).await;
+    let peers = show(&admin, "SHOW PEERS").await;
+    assert_eq!(peers.rows.len(), 1);
+    assert_eq!(peers.get(&peers.rows[0], "peer_id"), Some("2"));
+    assert_eq!(
+        peers.get(&peers.rows[0], "port"),
+        Some(peer_addr.port().to_string().as_str())
+    );
+    let in_flight = |n: &'static str| {
+        move |t: &Table| {
+            t.rows_where("peer_id", "2")
+                .first()
+                .and_then(|r| t.get(r, "cl_active_cancel_req"))
+                == Some(n)
+        }
+    };
+    until(&admin, "SHOW PEER_POOLS", in_flight("0")).await;
+
+    // A cancel whose key says instance 2 (the secret's top byte) lands here.
+    let mut cancel = 16u32.to_be_bytes().to_vec();
+    cancel.extend_from_slice(&80_877_102u32.to_be_bytes());
+    cancel.extend_from_slice(&42i32.to_be_bytes());
+    cancel.extend_from_slice(&[2, 0x12, 0x34, 0x56]);
+    let mut to_us = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut to_us, &cancel)
+        .await
+        .unwrap();
+    let held = tokio::task::spawn_blocking(move || {
+        let (mut stream, _) = peer.accept().unwrap();
+        let mut got = [0u8; 16];
+        std::io::Read::read_exact(&mut stream, &mut got).unwrap();
+        (stream, got)
+    })
+    .await
+    .unwrap();
+    assert_eq!(held.1[12..], [2, 0x12, 0x34, 0x56], "forwarded with its secret");
+    let counted = until(&admin, "SHOW PEER_POOLS", in_flight("1")).await;
+    let row = counted.rows_where("peer_id", "2")[0];
+    assert_eq!(counted.get(row, "sv_active_cancel"), Some("1"));
+    // The peer closes: nothing in flight any more.
+    drop(held);
+    until(&admin, "SHOW PEER_POOLS", in_flight("0")).await;
 }

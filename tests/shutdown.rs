@@ -1,6 +1,6 @@
-//! Shutdown and binary upgrade, on the real binary: SIGTERM lets transactions in flight finish
-//! and exits 0; SIGINT also closes clients idle inside a transaction; `shutdown_timeout` and a
-//! second signal bound the wait; an old and a new tidepool hand a port over (SO_REUSEPORT)
+//! Shutdown and binary upgrade, on the real binary: SIGINT lets transactions in flight finish
+//! and exits 0; SIGQUIT also closes clients idle inside a transaction; `shutdown_timeout` and a
+//! signal during a fast stop bound the wait (SIGTERM's drain: `tests/signals.rs`); an old and a new tidepool hand a port over (SO_REUSEPORT)
 //! without a client seeing a refused connection, even for connections queued in the old
 //! listener's backlog.
 
@@ -53,7 +53,7 @@ fn wait_until_running(prefix: &str) {
 }
 
 #[test]
-fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
+fn sigint_lets_transactions_in_flight_finish_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut tidepool = Tidepool::start(&config_file(
         dir.path(),
@@ -86,7 +86,7 @@ fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
     let (mut idle, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
     wait_until_running("SELECT pg_sleep(3)");
 
-    tidepool.signal("TERM");
+    tidepool.signal("INT");
     // The idle client is told at once, as PostgreSQL would tell it.
     expect_admin_shutdown(&mut idle);
     // No new client gets in once the listener is closed.
@@ -126,7 +126,7 @@ fn sigterm_lets_transactions_in_flight_finish_then_exits_zero() {
 }
 
 #[test]
-fn sigint_also_closes_clients_idle_inside_a_transaction() {
+fn sigquit_also_closes_clients_idle_inside_a_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let mut tidepool = Tidepool::start(&config_file(
         dir.path(),
@@ -145,8 +145,8 @@ fn sigint_also_closes_clients_idle_inside_a_transaction() {
     let running = rt.spawn(async move { client.simple_query("SELECT pg_sleep(3)").await.map(|_| ()) });
     wait_until_running("SELECT pg_sleep(3)");
 
-    tidepool.signal("INT");
-    // Idle inside its transaction: closed now (SIGTERM would wait for its COMMIT).
+    tidepool.signal("QUIT");
+    // Idle inside its transaction: closed now (SIGINT would wait for its COMMIT).
     expect_admin_shutdown(&mut in_transaction);
     // A running request still finishes.
     rt.block_on(async { running.await.unwrap().expect("the running query finished") });
@@ -155,7 +155,7 @@ fn sigint_also_closes_clients_idle_inside_a_transaction() {
 }
 
 #[test]
-fn shutdown_timeout_and_a_second_signal_bound_the_wait() {
+fn shutdown_timeout_and_a_signal_during_a_fast_stop_bound_the_wait() {
     let dir = tempfile::tempdir().unwrap();
     let (mut in_transaction, mut tidepool);
 
@@ -169,23 +169,30 @@ fn shutdown_timeout_and_a_second_signal_bound_the_wait() {
     (in_transaction, _) = RawClient::login(tidepool.addr(), APP_USER, APP_PASSWORD, APP_DB);
     in_transaction.send(&query("BEGIN"));
     in_transaction.until_ready();
-    tidepool.signal("TERM");
+    tidepool.signal("INT");
     let status = tidepool.wait_exit();
     assert!(status.success(), "{status}");
     assert!(in_transaction.recv().is_none(), "the connection is closed");
 
-    // A second SIGTERM: at once, with a failure status (clients were cut off).
+    // SIGINT again is PgBouncer's immediate stop (tidepool's fast one, which still waits for a
+    // running statement); a signal during it exits at once, with a failure status.
     tidepool = Tidepool::start(&config_file(
         dir.path(),
         "b.toml",
         "127.0.0.1:0",
         "shutdown_timeout = \"600s\"",
     ));
-    (in_transaction, _) = RawClient::login(tidepool.addr(), APP_USER, APP_PASSWORD, APP_DB);
-    in_transaction.send(&query("BEGIN"));
-    in_transaction.until_ready();
-    tidepool.signal("TERM");
+    let (mut running, _) = RawClient::login(tidepool.addr(), APP_USER, APP_PASSWORD, APP_DB);
+    running.send(&query("SELECT pg_sleep(20)"));
+    wait_until_running("SELECT pg_sleep(20)");
+    tidepool.signal("INT");
     tidepool.wait_for_line("stopping");
+    tidepool.signal("INT");
+    tidepool.wait_for_line("\"stage\":\"Fast\"");
+    assert!(
+        tidepool.child.try_wait().unwrap().is_none(),
+        "fast waits for the statement"
+    );
     tidepool.signal("TERM");
     let status = tidepool.wait_exit();
     assert_eq!(status.code(), Some(1), "{status}");

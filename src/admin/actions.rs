@@ -31,13 +31,11 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
             "PAUSE"
         }
         Command::Resume(db) => {
-            let targets = targets(shared, db.as_deref())?;
-            targets.iter().for_each(|c| c.set_paused(false));
-            if db.is_none() {
-                controls.global.set_paused(false);
-                controls
-                    .suspended
-                    .store(false, std::sync::atomic::Ordering::Release);
+            match &db {
+                Some(db) => targets(shared, Some(db))?
+                    .iter()
+                    .for_each(|c| c.set_paused(false)),
+                None => resume_all(shared),
             }
             "RESUME"
         }
@@ -136,6 +134,24 @@ pub async fn run(shared: &Arc<Shared>, own_id: u64, command: Command) -> Result<
     Ok(tag.to_string())
 }
 
+/// `PAUSE` of everything without waiting for transactions in flight (SIGUSR1): new
+/// transactions wait from now on; the console's PAUSE also waits until none is running.
+pub fn pause_all(shared: &Shared) {
+    shared.pools.controls.global.set_paused(true);
+}
+
+/// `RESUME` of everything (SIGUSR2): ends a global PAUSE or SUSPEND and every database's PAUSE.
+pub fn resume_all(shared: &Shared) {
+    let controls = &shared.pools.controls;
+    if let Ok(targets) = targets(shared, None) {
+        targets.iter().for_each(|c| c.set_paused(false));
+    }
+    controls.global.set_paused(false);
+    controls
+        .suspended
+        .store(false, std::sync::atomic::Ordering::Release);
+}
+
 fn reload_error(e: crate::reload::ReloadError) -> ErrorFields {
     // config_file_error
     ErrorFields::error(SqlState::new("F0000"), e.to_string())
@@ -229,6 +245,8 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
         "idle_transaction_timeout" => proxy.idle_transaction_timeout = duration(value)?,
         "shutdown_timeout" => proxy.shutdown_timeout = duration(value)?,
         "stats_period" => proxy.stats_period = duration(value)?,
+        "sigterm_timeout" => proxy.sigterm_timeout = duration(value)?,
+        "show_legacy_columns" => proxy.show_legacy_columns = flag(value)?,
         "max_message_size" => {
             proxy.max_message_size = parse_size(value)
                 .map(crate::config::ByteSize)

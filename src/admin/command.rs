@@ -8,11 +8,18 @@ pub enum Show {
     Pools,
     Clients,
     Servers,
+    Sockets,
+    ActiveSockets,
     Databases,
     Users,
+    Peers,
+    PeerPools,
+    DnsHosts,
+    DnsZones,
     Stats,
     StatsTotals,
     StatsAverages,
+    Totals,
     Config,
     Lists,
     Version,
@@ -24,16 +31,23 @@ pub enum Show {
 }
 
 impl Show {
-    const NAMES: [(&'static str, Show); 17] = [
+    const NAMES: [(&'static str, Show); 24] = [
         ("help", Show::Help),
         ("pools", Show::Pools),
         ("clients", Show::Clients),
         ("servers", Show::Servers),
+        ("sockets", Show::Sockets),
+        ("active_sockets", Show::ActiveSockets),
         ("databases", Show::Databases),
         ("users", Show::Users),
+        ("peers", Show::Peers),
+        ("peer_pools", Show::PeerPools),
+        ("dns_hosts", Show::DnsHosts),
+        ("dns_zones", Show::DnsZones),
         ("stats", Show::Stats),
         ("stats_totals", Show::StatsTotals),
         ("stats_averages", Show::StatsAverages),
+        ("totals", Show::Totals),
         ("config", Show::Config),
         ("lists", Show::Lists),
         ("version", Show::Version),
@@ -57,7 +71,7 @@ pub enum ShutdownMode {
     Immediate,
     /// Stop accepting; exit when every client has disconnected on its own.
     WaitForClients,
-    /// Stop accepting; close clients at their next idle point (SIGTERM).
+    /// Stop accepting; close clients at their next idle point (SIGINT).
     WaitForServers,
 }
 

@@ -197,7 +197,7 @@ impl Console {
             }
             let result = match command {
                 command::Command::Show(what) => {
-                    show::table(&self.shared, what).write_to(out);
+                    show::write(&self.shared, what, out);
                     Ok(())
                 }
                 other => actions::run(&self.shared, self.own_id, other).await.map(|tag| {

@@ -93,7 +93,9 @@ async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result
             addr: backend.addr.clone(),
             key: backend.key,
         };
-        tokio::spawn(async move { super::cancel::send_cancel_to(&target).await });
+        // Not a client's request: counted nowhere.
+        let counts = super::cancel::CancelCounts::default();
+        tokio::spawn(async move { super::cancel::send_cancel_to(&target, &counts).await });
     }
     while ex.pending > 0 {
         let frame = backend.read_frame().await?;

@@ -190,8 +190,8 @@ impl CancelRegistry {
 
 /// Sends a CancelRequest for `target` on tidepool's own behalf (an abandoned request, a peer's
 /// key); failures are logged, as there is no one to tell. Not counted in any pool.
-pub async fn send_cancel_to(target: &CancelTarget) {
-    if let Err(e) = send_cancel(target, &CancelCounts::default()).await {
+pub async fn send_cancel_to(target: &CancelTarget, counts: &CancelCounts) {
+    if let Err(e) = send_cancel(target, counts).await {
         tracing::warn!(node = %target.addr, error = %e, "sending cancel request failed");
     }
 }

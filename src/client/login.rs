@@ -88,7 +88,7 @@ async fn serve_inner(
         Ok(Ok(Opening::Cancel(key))) => {
             let (key, forwarded) = super::peers::unwrap_forwarded(key);
             if !shared.cancels.cancel(key).await && !forwarded {
-                super::peers::forward(&snapshot.config.peers, key).await;
+                super::peers::forward(&snapshot.config.peers, &shared.stats.peer_cancels, key).await;
             }
             return CloseReason::CancelRequest;
         }

@@ -94,8 +94,24 @@ pub fn unwrap_forwarded(key: ClientKey) -> (ClientKey, bool) {
     }
 }
 
-/// Forwards a cancel for a key this instance does not know to the peer that handed it out.
-pub async fn forward(peers: &PeersConfig, key: ClientKey) {
+/// Cancel requests being forwarded, per peer id (SHOW PEER_POOLS). Entries are created on
+/// first use and kept (one per peer id ever configured: at most 255).
+#[derive(Debug, Default)]
+pub struct PeerCancels {
+    by_peer: std::sync::Mutex<BTreeMap<u8, Arc<super::cancel::CancelCounts>>>,
+}
+
+impl PeerCancels {
+    /// The counters of peer `id`.
+    pub fn of(&self, id: u8) -> Arc<super::cancel::CancelCounts> {
+        let mut map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id).or_default().clone()
+    }
+}
+
+/// Forwards a cancel for a key this instance does not know to the peer that handed it out,
+/// counted in `cancels` while it travels.
+pub async fn forward(peers: &PeersConfig, cancels: &PeerCancels, key: ClientKey) {
     let id = instance_of(key);
     if peers.instance_id == 0 || id == peers.instance_id {
         return;
@@ -116,7 +132,7 @@ pub async fn forward(peers: &PeersConfig, key: ClientKey) {
             secret: key.secret,
         },
     };
-    send_cancel_to(&target).await;
+    send_cancel_to(&target, &cancels.of(id)).await;
 }
 
 #[cfg(test)]

@@ -88,10 +88,17 @@ pub struct ProxyConfig {
     pub admin_users: Vec<String>,
     /// Users who may run the console's SHOW commands only.
     pub stats_users: Vec<String>,
-    /// How long a graceful or fast stop (SIGTERM/SIGINT, SHUTDOWN [WAIT_FOR_SERVERS]) waits for
+    /// How long a graceful or fast stop (SIGINT/SIGQUIT, SHUTDOWN [WAIT_FOR_SERVERS]) waits for
     /// clients to finish before the process exits anyway (WAIT_FOR_CLIENTS has no deadline).
     /// Reloadable.
     pub shutdown_timeout: ConfigDuration,
+    /// How long a SIGTERM drain (stop accepting, serve connected clients until they leave, as
+    /// PgBouncer 1.23+) waits before it turns graceful (clients closed at their next idle
+    /// point, as SIGINT); 0 = no deadline, PgBouncer's behaviour. Reloadable.
+    pub sigterm_timeout: ConfigDuration,
+    /// Also send the SHOW columns PgBouncer 1.25 renamed or dropped (SHOW STATS
+    /// `total_requests`, SHOW DATABASES `reserve_pool`), for old consumers. Reloadable.
+    pub show_legacy_columns: bool,
     /// SHOW STATS' avg_ columns are the rates and means of the last completed period of this
     /// length. Default 60s; must be > 0. Reloadable (from the next period).
     pub stats_period: ConfigDuration,
@@ -130,6 +137,8 @@ impl Default for ProxyConfig {
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             shutdown_timeout: ConfigDuration::secs(30),
+            sigterm_timeout: ConfigDuration::secs(0),
+            show_legacy_columns: false,
             stats_period: ConfigDuration::secs(60),
             log_connections: true,
             log_disconnections: true,

@@ -293,6 +293,8 @@ fn example_file_documents_every_key() {
         "idle_transaction_timeout",
         "max_message_size",
         "shutdown_timeout",
+        "sigterm_timeout",
+        "show_legacy_columns",
         "stats_period",
         "default_pool_size",
         "min_pool_size",

@@ -51,9 +51,10 @@ impl ClientTlsMode {
 #[serde(rename_all = "kebab-case")]
 pub enum ServerTlsMode {
     /// Plain TCP.
-    #[default]
     Disable,
-    /// TLS if the server accepts it, else plain TCP; the certificate is not checked.
+    /// TLS if the server accepts it, else plain TCP; the certificate is not checked. The
+    /// default, as libpq's and PgBouncer's.
+    #[default]
     Prefer,
     /// TLS or fail; the certificate is not checked.
     Require,

@@ -10,6 +10,7 @@
 #![allow(dead_code)] // every test binary uses its own subset of these helpers
 
 pub mod console;
+pub mod pgbouncer;
 pub mod process;
 pub mod wire;
 

@@ -28,11 +28,18 @@ pub struct Tidepool {
 impl Tidepool {
     /// Starts the binary. The config should set `log_format = "json"` for [`Self::addr`].
     pub fn start(config: &Path) -> Tidepool {
+        Tidepool::start_with_env(config, &[])
+    }
+
+    /// Starts the binary with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Tidepool {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidepool"))
             .arg("--config")
             .arg(config)
             .env_remove("TIDEPOOL_LOG")
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -48,7 +55,7 @@ impl Tidepool {
         Tidepool { child, lines }
     }
 
-    /// Sends a signal (`"TERM"`, `"INT"`, `"HUP"`, `"STOP"`, `"CONT"`) to this process only.
+    /// Sends a signal (`"TERM"`, `"INT"`, `"QUIT"`, `"HUP"`, `"USR1"`, …) to this process only.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])

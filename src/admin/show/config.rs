@@ -61,6 +61,18 @@ pub(super) fn config(shared: &Shared) -> Table {
             true,
         ),
         (
+            "sigterm_timeout",
+            dur(&c.proxy.sigterm_timeout),
+            dur(&d.proxy.sigterm_timeout),
+            true,
+        ),
+        (
+            "show_legacy_columns",
+            c.proxy.show_legacy_columns.to_string(),
+            d.proxy.show_legacy_columns.to_string(),
+            true,
+        ),
+        (
             "stats_period",
             dur(&c.proxy.stats_period),
             dur(&d.proxy.stats_period),

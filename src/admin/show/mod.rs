@@ -1,19 +1,22 @@
-//! The SHOW tables. Those PgBouncer has keep PgBouncer 1.23's column names, order and types
-//! (plus 1.24's `id` for CLIENTS/SERVERS, which KILL_CLIENT needs), so pgbouncer_exporter and
-//! scripts written for PgBouncer keep working; NODES, ROUTES and PREPARED are tidepool's own.
+//! The SHOW tables. Those PgBouncer has keep PgBouncer 1.25's column names, order and types
+//! (`tests/pgbouncer_compat.rs` compares them with the real PgBouncer), so pgbouncer_exporter
+//! and scripts written for PgBouncer keep working; NODES, ROUTES and PREPARED are tidepool's own.
 
 mod config;
+mod network;
 mod ours;
+mod sockets;
+mod stats;
 
 use super::command::Show;
-use crate::admin::averages::Totals;
 use crate::app::Shared;
 use crate::client::registry::{ClientEntry, ClientState};
 use crate::pool::{PoolKey, ServerState};
-use crate::protocol::backend_msg;
+use crate::protocol::{backend_msg, ErrorFields, Severity, SqlState};
 use bytes::BytesMut;
 use config::config;
 use ours::{nodes, prepared, routes};
+use stats::Kind;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -21,17 +24,23 @@ use std::time::{Duration, SystemTime};
 const TEXT: u32 = 25;
 const INT4: u32 = 23;
 const INT8: u32 = 20;
+/// PgBouncer sends its 64-bit counters as `numeric`.
+const NUMERIC: u32 = 1700;
 
 /// A result set: column names with type OIDs, rows of text values (None = NULL).
 pub struct Table {
-    pub columns: Vec<(&'static str, u32)>,
+    pub columns: Vec<(String, u32)>,
     pub rows: Vec<Vec<Option<String>>>,
 }
 
 impl Table {
-    fn new(columns: &[(&'static str, u32)]) -> Table {
+    fn new(columns: &[(&str, u32)]) -> Table {
+        Table::with_owned(columns.iter().map(|(n, t)| (n.to_string(), *t)).collect())
+    }
+
+    fn with_owned(columns: Vec<(String, u32)>) -> Table {
         Table {
-            columns: columns.to_vec(),
+            columns,
             rows: Vec::new(),
         }
     }
@@ -43,7 +52,8 @@ impl Table {
 
     /// RowDescription, DataRows, CommandComplete `SHOW`.
     pub fn write_to(&self, out: &mut BytesMut) {
-        backend_msg::row_description(out, &self.columns);
+        let columns: Vec<(&str, u32)> = self.columns.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        backend_msg::row_description(out, &columns);
         for row in &self.rows {
             let values: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
             backend_msg::data_row(out, &values);
@@ -78,18 +88,37 @@ fn timestamp(at: SystemTime) -> Option<String> {
     ))
 }
 
-/// Builds the table for `what`.
+/// Answers `SHOW what`: a table, except HELP, which PgBouncer answers with a NOTICE and no
+/// rows (psql prints it; scripts see an empty result), and so does tidepool.
+pub fn write(shared: &Shared, what: Show, out: &mut BytesMut) {
+    match what {
+        Show::Help => {
+            help().write_to(out);
+            backend_msg::command_complete(out, "SHOW");
+        }
+        _ => table(shared, what).write_to(out),
+    }
+}
+
+/// Builds the table for `what` (HELP: none, see [`write`]).
 pub fn table(shared: &Shared, what: Show) -> Table {
     match what {
-        Show::Help => help(),
+        Show::Help => Table::new(&[]),
         Show::Pools => pools(shared),
-        Show::Clients => clients(shared),
-        Show::Servers => servers(shared),
+        Show::Clients => sockets::clients(shared),
+        Show::Servers => sockets::servers(shared),
+        Show::Sockets => sockets::sockets(shared, false),
+        Show::ActiveSockets => sockets::sockets(shared, true),
         Show::Databases => databases(shared),
         Show::Users => users(shared),
-        Show::Stats => stats(shared, true, true),
-        Show::StatsTotals => stats(shared, true, false),
-        Show::StatsAverages => stats(shared, false, true),
+        Show::Peers => network::peers(shared),
+        Show::PeerPools => network::peer_pools(shared),
+        Show::DnsHosts => network::dns_hosts(),
+        Show::DnsZones => network::dns_zones(),
+        Show::Stats => stats::stats(shared, Kind::Both),
+        Show::StatsTotals => stats::stats(shared, Kind::Totals),
+        Show::StatsAverages => stats::stats(shared, Kind::Averages),
+        Show::Totals => stats::totals(shared),
         Show::Config => config(shared),
         Show::Lists => lists(shared),
         Show::Version => {
@@ -105,11 +134,11 @@ pub fn table(shared: &Shared, what: Show) -> Table {
     }
 }
 
-fn help() -> Table {
-    let mut t = Table::new(&[("command", TEXT)]);
-    for name in Show::names() {
-        t.push(vec![s(format!("SHOW {}", name.to_ascii_uppercase()))]);
-    }
+/// The console's commands, one per line in the DETAIL of a "Console usage" NOTICE, as
+/// PgBouncer answers HELP.
+fn help() -> ErrorFields {
+    let shows: Vec<String> = Show::names().map(|n| n.to_ascii_uppercase()).collect();
+    let mut text = format!("\n\tSHOW {}", shows.join("|"));
     for command in [
         "PAUSE [db]",
         "RESUME [db]",
@@ -122,13 +151,20 @@ fn help() -> Table {
         "WAIT_CLOSE [db]",
         "RELOAD",
         "SHUTDOWN (fast: close clients once no request of theirs runs)",
-        "SHUTDOWN WAIT_FOR_SERVERS (graceful: close clients between transactions, like SIGTERM)",
-        "SHUTDOWN WAIT_FOR_CLIENTS (stop accepting; exit once every client has left)",
+        "SHUTDOWN WAIT_FOR_SERVERS (graceful: close clients between transactions, like SIGINT)",
+        "SHUTDOWN WAIT_FOR_CLIENTS (stop accepting; exit once every client has left, like SIGTERM)",
         "SET key = value",
     ] {
-        t.push(vec![s(command)]);
+        text.push_str("\n\t");
+        text.push_str(command);
     }
-    t
+    ErrorFields {
+        severity: Severity::Notice,
+        code: SqlState::new("00000"),
+        message: "Console usage".into(),
+        detail: Some(text),
+        hint: None,
+    }
 }
 
 /// Clients that use pools (console logins excluded).
@@ -220,6 +256,7 @@ fn pools(shared: &Shared) -> Table {
         ("maxwait", INT4),
         ("maxwait_us", INT4),
         ("pool_mode", TEXT),
+        ("load_balance_hosts", TEXT),
     ]);
     for ((database, user), row) in rows {
         let mode = if row.mode.is_empty() {
@@ -244,108 +281,8 @@ fn pools(shared: &Shared) -> Table {
             s(row.maxwait.as_secs()),
             s(row.maxwait.subsec_micros()),
             s(mode),
-        ]);
-    }
-    t
-}
-
-/// Columns shared by SHOW CLIENTS and SHOW SERVERS (PgBouncer 1.23, then 1.24's `id`).
-const SOCKET_COLUMNS: &[(&str, u32)] = &[
-    ("type", TEXT),
-    ("user", TEXT),
-    ("database", TEXT),
-    ("replication", TEXT),
-    ("state", TEXT),
-    ("addr", TEXT),
-    ("port", INT4),
-    ("local_addr", TEXT),
-    ("local_port", INT4),
-    ("connect_time", TEXT),
-    ("request_time", TEXT),
-    ("wait", INT4),
-    ("wait_us", INT4),
-    ("close_needed", INT4),
-    ("ptr", TEXT),
-    ("link", TEXT),
-    ("remote_pid", INT4),
-    ("tls", TEXT),
-    ("application_name", TEXT),
-    ("prepared_statements", INT4),
-    ("id", INT8),
-];
-
-/// SHOW CLIENTS. `remote_pid` is 0: PgBouncer fills it only for Unix-socket clients, and
-/// tidepool listens on TCP only. `close_needed` is unused for clients (as in PgBouncer).
-/// `prepared_statements` is 0 for now: the client's statement names live in its session, which
-/// the registry does not see.
-fn clients(shared: &Shared) -> Table {
-    let mut t = Table::new(SOCKET_COLUMNS);
-    for c in shared.sessions.all() {
-        let waited = shared.sessions.waited(&c);
-        let connected = timestamp(c.connected_at);
-        t.push(vec![
-            s("C"),
-            s(&c.user),
-            s(&c.database),
-            s("none"),
-            s(c.state().as_str()),
-            s(c.addr.ip()),
-            s(c.addr.port()),
-            c.local_addr.map(|a| a.ip().to_string()),
-            c.local_addr.map(|a| a.port().to_string()),
-            connected.clone(),
-            connected,
-            s(waited.as_secs()),
-            s(waited.subsec_micros()),
-            s(0),
-            s(format!("c{}", c.id)),
-            c.server().map(|id| format!("s{id}")),
-            s(0),
-            s(if c.tls { "TLS" } else { "" }),
-            s(&c.application_name),
-            s(0),
-            s(c.id),
-        ]);
-    }
-    t
-}
-
-/// SHOW SERVERS. `wait` / `wait_us` are unused for servers (as in PgBouncer);
-/// `prepared_statements` is 0 for now (each backend's statement cache lives in its connection).
-fn servers(shared: &Shared) -> Table {
-    let mut t = Table::new(SOCKET_COLUMNS);
-    for server in shared.pools.servers.all() {
-        let (host, port) = match server.pool.node.rsplit_once(':') {
-            Some((host, port)) => (host.trim_matches(|c| c == '[' || c == ']'), port),
-            None => (&*server.pool.node, ""),
-        };
-        let connected = timestamp(server.connected_at);
-        let state = server.state();
-        t.push(vec![
-            s("S"),
-            s(&server.user),
-            s(&server.pool.database),
-            s("none"),
-            s(state.as_str()),
-            s(host),
-            s(port),
-            server.local_addr.map(|a| a.ip().to_string()),
-            server.local_addr.map(|a| a.port().to_string()),
-            connected.clone(),
-            connected,
-            s(0),
-            s(0),
-            s(server.close_needed() as u8),
-            s(format!("s{}", server.id)),
-            server
-                .client()
-                .filter(|_| state == ServerState::Active)
-                .map(|id| format!("c{id}")),
-            s(server.pid),
-            s(""),
-            s(""),
-            s(0),
-            s(server.id),
+            // PgBouncer's multi-host `host=` strings; tidepool balances over [[nodes]].
+            None,
         ]);
     }
     t
@@ -363,15 +300,24 @@ fn databases(shared: &Shared) -> Table {
         ("force_user", TEXT),
         ("pool_size", INT4),
         ("min_pool_size", INT4),
-        ("reserve_pool", INT4),
+        ("reserve_pool_size", INT4),
         ("server_lifetime", INT4),
         ("pool_mode", TEXT),
+        ("load_balance_hosts", TEXT),
         ("max_connections", INT4),
         ("current_connections", INT4),
+        ("max_client_connections", INT4),
+        ("current_client_connections", INT4),
         ("paused", INT4),
         ("disabled", INT4),
     ]);
+    let legacy = config.proxy.show_legacy_columns;
+    if legacy {
+        // PgBouncer before 1.25 called reserve_pool_size so; old exporters read it.
+        t.columns.push(("reserve_pool".into(), INT4));
+    }
     let pools = shared.pools.all();
+    let clients = pool_clients(shared);
     let node = config.nodes.first();
     for (name, db) in &config.databases {
         let control = shared.pools.controls.get(name);
@@ -380,7 +326,8 @@ fn databases(shared: &Shared) -> Table {
             .filter(|p| &p.key.database == name)
             .map(|p| p.counts().0)
             .sum();
-        t.push(vec![
+        let current_clients = clients.iter().filter(|c| &c.database == name).count();
+        let mut row = vec![
             s(name),
             node.map(|n| n.host.clone()),
             node.map(|n| n.port.to_string()),
@@ -391,26 +338,38 @@ fn databases(shared: &Shared) -> Table {
             s(config.pool.reserve_pool_size),
             s(config.pool.server_lifetime.0.as_secs()),
             s(config.pool_mode_for(name).as_str()),
+            None,
             s(0),
             s(current),
+            s(0),
+            s(current_clients),
             s(shared.pools.controls.paused(&control) as u8),
             s(control.is_disabled() as u8),
-        ]);
+        ];
+        if legacy {
+            row.push(s(config.pool.reserve_pool_size));
+        }
+        t.push(row);
     }
     t
 }
 
-/// SHOW USERS. `max_user_connections` is 0 (no limit): tidepool has no such setting.
+/// SHOW USERS. `max_user_connections` and `max_user_client_connections` are 0 (no limit):
+/// tidepool has no such settings. `pool_size` and `reserve_pool_size` are text, as in
+/// PgBouncer, empty when the user does not set them.
 fn users(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let mut t = Table::new(&[
         ("name", TEXT),
-        ("pool_size", INT4),
-        ("reserve_pool_size", INT4),
+        ("pool_size", TEXT),
+        ("reserve_pool_size", TEXT),
         ("pool_mode", TEXT),
         ("max_user_connections", INT4),
         ("current_connections", INT4),
+        ("max_user_client_connections", INT4),
+        ("current_client_connections", INT4),
     ]);
+    let clients = pool_clients(shared);
     let pools = shared.pools.all();
     for user in &snapshot.config.users {
         let current: usize = pools
@@ -420,90 +379,14 @@ fn users(shared: &Shared) -> Table {
             .sum();
         t.push(vec![
             s(&user.name),
-            user.pool_size.map(|n| n.to_string()),
-            None,
+            s(user.pool_size.map(|n| n.to_string()).unwrap_or_default()),
+            s(""),
             None,
             s(0),
             s(current),
+            s(0),
+            s(clients.iter().filter(|c| c.user == user.name).count()),
         ]);
-    }
-    t
-}
-
-/// SHOW STATS and its halves: totals since start, averages of the last completed
-/// `stats_period` (`averages.rs`).
-fn stats(shared: &Shared, totals: bool, averages: bool) -> Table {
-    let mut columns = vec![("database", TEXT)];
-    const TOTALS: [&str; 11] = [
-        "total_server_assignment_count",
-        "total_xact_count",
-        "total_query_count",
-        "total_received",
-        "total_sent",
-        "total_xact_time",
-        "total_query_time",
-        "total_wait_time",
-        "total_client_parse_count",
-        "total_server_parse_count",
-        "total_bind_count",
-    ];
-    const AVERAGES: [&str; 11] = [
-        "avg_server_assignment_count",
-        "avg_xact_count",
-        "avg_query_count",
-        "avg_recv",
-        "avg_sent",
-        "avg_xact_time",
-        "avg_query_time",
-        "avg_wait_time",
-        "avg_client_parse_count",
-        "avg_server_parse_count",
-        "avg_bind_count",
-    ];
-    if totals {
-        columns.extend(TOTALS.iter().map(|c| (*c, INT8)));
-    }
-    if averages {
-        columns.extend(AVERAGES.iter().map(|c| (*c, INT8)));
-    }
-    let mut t = Table::new(&columns);
-    for (database, m) in Totals::collect(shared) {
-        let mut row = vec![s(&database)];
-        if totals {
-            // Transaction time is measured as the time requests ran on a backend.
-            let values = [
-                m.assignments,
-                m.xacts,
-                m.queries,
-                m.received,
-                m.sent,
-                m.query_time,
-                m.query_time,
-                m.wait_time,
-                m.client_parses,
-                m.server_parses,
-                m.binds,
-            ];
-            row.extend(values.iter().map(s));
-        }
-        if averages {
-            let a = shared.stats.last_period.get(&database);
-            let values = [
-                a.assignments,
-                a.xacts,
-                a.queries,
-                a.received,
-                a.sent,
-                a.xact_time,
-                a.query_time,
-                a.wait_time,
-                a.client_parses,
-                a.server_parses,
-                a.binds,
-            ];
-            row.extend(values.iter().map(s));
-        }
-        t.push(row);
     }
     t
 }
@@ -521,7 +404,9 @@ fn lists(shared: &Shared) -> Table {
     for (list, items) in [
         ("databases", snapshot.config.databases.len()),
         ("users", snapshot.config.users.len()),
+        ("peers", snapshot.config.peers.instances.len()),
         ("pools", shared.pools.all().len()),
+        ("peer_pools", snapshot.config.peers.instances.len()),
         ("free_clients", 0),
         ("used_clients", clients),
         ("login_clients", login_clients),
