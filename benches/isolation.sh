@@ -47,7 +47,7 @@ port = $pg_port
 name = "postgres"
 password = "bench"
 TOML
-  "$2" "$work/$1.toml" > "$work/$1.log" 2>&1 &
+  "$2" --config "$work/$1.toml" > "$work/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do "$bin/psql" -qXAt -p "$port" -c "SELECT 1" postgres >/dev/null 2>&1 && break; sleep 0.2; done
   echo "$port $metrics"
@@ -76,6 +76,45 @@ for cell in "select -S -M simple -c 16" "select -S -M prepared -c 16" "tpcb -M e
   a=$(echo "${results["$cell|after"]}" | median)
   echo "| ${cell/ -/ \`-}\` | $d | $b | $a | $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}') |"
 done
+
+# Instructions per transaction (callgrind: repeatable on a noisy machine): each binary forwards
+# N and then 2N transactions; the difference over N leaves out start-up and logins.
+instructions() { # binary workload-args n -> total instructions
+  local port out pid
+  port=$(free_port); out="$work/cg.$RANDOM"
+  cat > "$work/cg.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$port"
+pool_mode = "transaction"
+[pool]
+default_pool_size = 4
+[[nodes]]
+host = "127.0.0.1"
+port = $pg_port
+[databases.postgres]
+[[users]]
+name = "postgres"
+password = "bench"
+TOML
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$1" --config "$work/cg.toml" > "$work/cg.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do "$bin/psql" -qXAt -p "$port" -c "SELECT 1" postgres >/dev/null 2>&1 && break; sleep 0.3; done
+  "$bin/pgbench" -n -c 4 -j 2 -t $(($3 / 4)) -p "$port" $2 postgres >/dev/null 2>&1
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+if command -v valgrind >/dev/null; then
+  n=4000
+  echo
+  echo "| instructions per transaction (callgrind) | before | after | after / before |"
+  echo "|---|---:|---:|---:|"
+  for cell in "-S -M simple" "-S -M extended" "-b tpcb-like -M extended"; do
+    b1=$(instructions "$before" "$cell" $n); b2=$(instructions "$before" "$cell" $((2 * n)))
+    a1=$(instructions "$after" "$cell" $n); a2=$(instructions "$after" "$cell" $((2 * n)))
+    awk -v c="$cell" -v b1="$b1" -v b2="$b2" -v a1="$a1" -v a2="$a2" -v n=$n \
+      'BEGIN {b = (b2 - b1) / n; a = (a2 - a1) / n; printf "| `%s` | %.0f | %.0f | %.2f |\n", c, b, a, a / b}'
+  done
+fi
 
 # Mixed workload: tpcb-like and select-only transactions, and 1 in 100 a set_config (opaque).
 cat > "$work/tenant.sql" <<'SQL'
