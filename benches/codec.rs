@@ -188,12 +188,18 @@ fn isolation_verdict(c: &mut Criterion) {
     let hazards = Hazards::from_rows([("r", "audited"), ("f", "tenant")]);
     let mut group = c.benchmark_group("isolation");
     for (name, sql) in [
-        ("pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+        (
+            "pgbench_select",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+        ),
         (
             "pgbench_update",
             "UPDATE pgbench_accounts SET abalance = abalance + -2731 WHERE aid = 48213;",
         ),
-        ("set_config_local", "SELECT set_config('request.jwt.claims', $1, true)"),
+        (
+            "set_config_local",
+            "SELECT set_config('request.jwt.claims', $1, true)",
+        ),
     ] {
         group.bench_function(format!("judge_{name}"), |b| {
             b.iter(|| judge(std::hint::black_box(sql.as_bytes()), &hazards))
