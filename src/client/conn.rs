@@ -99,6 +99,17 @@ impl ClientConn {
         }
     }
 
+    /// The first byte not handled yet, read into the buffer if need be; `Closed` at end of
+    /// stream. Lets a caller judge a message by its tag before waiting for its length.
+    pub async fn peek_buffered_byte(&mut self) -> Result<u8, ClientIoError> {
+        loop {
+            if let Some(&b) = self.rbuf.first() {
+                return Ok(b);
+            }
+            self.fill().await?;
+        }
+    }
+
     /// Reads one whole tagged message.
     pub async fn read_frame(&mut self) -> Result<Frame, ClientIoError> {
         loop {
