@@ -76,6 +76,9 @@ enum Command {
 /// The listener of one pool.
 pub struct Hub {
     subscribers: Mutex<HashMap<String, HashMap<u64, Arc<Inbox>>>>,
+    /// Which client last ran on each backend: a notification sent from one of tidepool's
+    /// backends carries that client's pid (its BackendKeyData), not the backend's.
+    users: Arc<super::cancel::BackendUsers>,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
 }
@@ -142,6 +145,10 @@ impl Hub {
         };
         let mut whole = BytesMut::with_capacity(frame.body.len() + 5);
         frame.write_to(&mut whole);
+        let backend_pid = i32::from_be_bytes([frame.body[0], frame.body[1], frame.body[2], frame.body[3]]);
+        if let Some(client_pid) = self.users.client_of(backend_pid) {
+            whole[5..9].copy_from_slice(&client_pid.to_be_bytes());
+        }
         let whole = whole.freeze();
         for inbox in set.values() {
             inbox.push(whole.clone());
@@ -157,7 +164,13 @@ pub struct NotifyHubs {
 
 impl NotifyHubs {
     /// The hub of `pool`, starting its listener task on first use.
-    pub fn hub(&self, pool: &Arc<Pool>, shutdown: watch::Receiver<Stage>) -> Arc<Hub> {
+    /// `users` says which client last ran on each backend (the cancel registry's).
+    pub fn hub(
+        &self,
+        pool: &Arc<Pool>,
+        users: &Arc<super::cancel::BackendUsers>,
+        shutdown: watch::Receiver<Stage>,
+    ) -> Arc<Hub> {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hub) = hubs.get(&pool.key) {
             return hub.clone();
@@ -165,6 +178,7 @@ impl NotifyHubs {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             subscribers: Mutex::new(HashMap::new()),
+            users: users.clone(),
             commands: tx,
             next_id: AtomicU64::new(1),
         });
@@ -407,6 +421,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             subscribers: Mutex::default(),
+            users: Arc::default(),
             commands: tx,
             next_id: AtomicU64::new(1),
         });
