@@ -354,6 +354,10 @@ impl Session {
                     Ok(None) => false,
                     Err(_) => true,
                 };
+            if request_at_hand && self.exchange.is_quiet() {
+                // CREATE/DROP/ALTER DATABASE: tidepool's idle connections must not be in the way.
+                super::database_ddl::free_databases(&self.shared, &self.client.rbuf);
+            }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
             let mut role_change = shared.health().filter(|_| quiet).map(|h| h.subscribe());

@@ -819,5 +819,6 @@ fn rollback(request: &Request, client: &mut ClientStatements, backend: &mut Back
 
 mod guard;
 mod refs;
+pub(crate) use refs::statement_tokens;
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,25 @@ pub fn scan(sql: &str) -> Vec<NameRef> {
     }
 }
 
+/// The first `limit` tokens of each statement of `sql`: a name (folded value, quoted) or
+/// `None` for anything else (punctuation, literals). For other modules' small grammars.
+pub(crate) fn statement_tokens(sql: &str, limit: usize) -> Vec<Vec<Option<(String, bool)>>> {
+    let mut out = vec![Vec::new()];
+    let mut lexer = Lexer { sql, pos: 0 };
+    while let Some((token, _)) = lexer.next_token() {
+        let current = out.last_mut().expect("never empty");
+        match token {
+            Token::Semicolon if current.is_empty() => {}
+            Token::Semicolon => out.push(Vec::new()),
+            _ if current.len() >= limit => {}
+            Token::Name { value, quoted } => current.push(Some((value, quoted))),
+            Token::Other => current.push(None),
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
 fn keyword(token: Option<&(Token, Range<usize>)>, kw: &str) -> bool {
     matches!(token, Some((Token::Name { value, quoted: false }, _)) if value == kw)
 }
