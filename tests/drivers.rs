@@ -164,3 +164,39 @@ async fn node_postgres_named_queries() {
     assert_ok(&out, 240);
     proxy.shutdown().await;
 }
+
+/// Issue 15, item 6: a type dropped (rolled back) and created again under psycopg's prepared
+/// statements, in both modes and on a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_types_that_change_under_prepared_statements() {
+    let direct = dsn(tokio::task::block_in_place(pg).addr());
+    for mode in ["transaction", "session"] {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            // Transaction mode: two backends, both used by the script's pairs of clients;
+            // session mode: one more for the connection held throughout.
+            .replace(
+                "default_pool_size = 10",
+                if mode == "session" {
+                    "default_pool_size = 3"
+                } else {
+                    "default_pool_size = 2"
+                },
+            );
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        for (what, target) in [("direct", direct.clone()), (mode, dsn(proxy.local_addr()))] {
+            let out = tokio::task::spawn_blocking(move || {
+                run_ok(
+                    Command::new(python())
+                        .arg(script("psycopg_types_check.py"))
+                        .env("TIDEPOOL_DSN", target),
+                    &format!("psycopg types script ({what})"),
+                )
+            })
+            .await
+            .unwrap();
+            assert_ok(&out, 20);
+        }
+        proxy.shutdown().await;
+    }
+}

@@ -412,7 +412,7 @@ pub fn client_frame(
         }
         tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => {
             if tag == tag::QUERY && clears_statements(body, ctx.words) {
-                ctx.client.by_name.clear();
+                discard_client_statements(ctx.client);
                 ctx.backend.clear();
             }
             match (tag == tag::QUERY)
@@ -572,6 +572,17 @@ fn close_excess(ctx: &mut RewriteContext<'_>, pipe: &mut Pipeline, to_server: &m
         finish(to_server, s);
         pipe.queue
             .push_back(Expect::Injected(Request::Close { evicted: Some(old) }));
+    }
+}
+
+/// The client dropped all its statements (`DEALLOCATE ALL`, `DISCARD ALL`): they become stale,
+/// so that preparing the same texts again makes new statements, resolved anew on every backend.
+/// Drivers do this after a ROLLBACK or a DROP (psycopg 3) precisely because a type or table of
+/// the same name may come back with another OID: an old statement of the same text, prepared
+/// on other backends, would then fail (XX000 `cache lookup failed for type …`).
+fn discard_client_statements(client: &mut ClientStatements) {
+    for (_, stmt) in client.by_name.drain() {
+        stmt.mark_stale();
     }
 }
 
