@@ -240,21 +240,26 @@ async fn leave_idle_connections(addr: std::net::SocketAddr, db: &str, n: usize) 
 /// seeing it (not handled yet).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
-    tokio::task::block_in_place(|| pg().psql("postgres", "ALTER ROLE app CREATEDB")).unwrap();
+    // A template only this test uses: other tests of this binary keep sessions on `app`.
+    tokio::task::block_in_place(|| {
+        pg().psql("postgres", "ALTER ROLE app CREATEDB")?;
+        pg_cluster().create_database("ddl_src", APP_USER)
+    })
+    .unwrap();
     let direct = tokio::task::block_in_place(pg).addr();
     let mode = "transaction";
     {
         let toml = base_config_toml(tokio::task::block_in_place(pg))
             .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
             .replace("default_pool_size = 10", "default_pool_size = 4")
-            + "\n[databases.ddl_copy]\n[databases.ddl_moved]\n";
+            + "\n[databases.ddl_src]\n[databases.ddl_copy]\n[databases.ddl_moved]\n";
         let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
         let addr = proxy.local_addr();
         for target in [direct, addr] {
             let tag = format!("{mode} {target}");
-            leave_idle_connections(target, APP_DB, 3).await;
-            let c = connect(target, APP_USER, APP_PASSWORD, APP_DB).await;
-            c.batch_execute("CREATE DATABASE ddl_copy TEMPLATE app")
+            leave_idle_connections(target, "ddl_src", 3).await;
+            let c = connect(target, APP_USER, APP_PASSWORD, "ddl_src").await;
+            c.batch_execute("CREATE DATABASE ddl_copy TEMPLATE ddl_src")
                 .await
                 .unwrap_or_else(|e| panic!("{tag}: CREATE DATABASE: {e:?}"));
             leave_idle_connections(target, "ddl_copy", 2).await;
@@ -266,7 +271,7 @@ async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
                 .await
                 .unwrap_or_else(|e| panic!("{tag}: DROP DATABASE: {e}"));
             // A database really in use is refused as PostgreSQL refuses it.
-            c.batch_execute("CREATE DATABASE ddl_copy TEMPLATE app")
+            c.batch_execute("CREATE DATABASE ddl_copy TEMPLATE ddl_src")
                 .await
                 .unwrap();
             let busy = connect(target, APP_USER, APP_PASSWORD, "ddl_copy").await;
