@@ -831,5 +831,20 @@ fn rollback(request: &Request, client: &mut ClientStatements, backend: &mut Back
 mod guard;
 mod refs;
 pub(crate) use refs::statement_tokens;
+
+/// Fuzzing: the statement-name scan of `sql` yields names PostgreSQL could look up, at spans
+/// that can be replaced in the text.
+pub fn fuzz_statement_refs(sql: &str) {
+    for r in refs::scan(sql) {
+        assert!(r.name.len() <= 63, "{r:?}");
+        assert!(
+            r.span.end <= sql.len() && sql.is_char_boundary(r.span.start) && sql.is_char_boundary(r.span.end)
+        );
+        if r.kind != refs::RefKind::DeallocateAll {
+            assert!(!r.span.is_empty(), "{r:?}");
+        }
+    }
+    let _ = refs::may_refer(sql.as_bytes());
+}
 #[cfg(test)]
 mod tests;
