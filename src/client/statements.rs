@@ -350,9 +350,9 @@ pub fn client_frame(
                     to_server.extend_from_slice(tail);
                     finish(to_server, s);
                 }
-                None => match foreign_name(read_cstr(body).and_then(|(_, rest)| read_cstr(rest))) {
+                None => match guard::foreign_name(read_cstr(body).and_then(|(_, rest)| read_cstr(rest))) {
                     // Not the client's: never sent (it could be one of tidepool's names).
-                    Some(name) => return refuse_unknown(name, ctx, pipe, to_client),
+                    Some(name) => return guard::refuse_unknown(name, ctx, pipe, to_client),
                     None => to_server.extend_from_slice(frame),
                 },
             }
@@ -366,8 +366,8 @@ pub fn client_frame(
             };
             let stmt_for_capture = stmt.clone();
             if stmt.is_none() && kind == Some(b'S') {
-                if let Some(name) = foreign_name(read_cstr(body.get(1..).unwrap_or(&[]))) {
-                    return refuse_unknown(name, ctx, pipe, to_client);
+                if let Some(name) = guard::foreign_name(read_cstr(body.get(1..).unwrap_or(&[]))) {
+                    return guard::refuse_unknown(name, ctx, pipe, to_client);
                 }
             }
             match stmt {
@@ -427,22 +427,6 @@ pub fn client_frame(
         // Flush, COPY data and anything else: no answer of their own.
         _ => to_server.extend_from_slice(frame),
     }
-    deliver_made(pipe, ctx.client, to_client);
-}
-
-/// A named statement the client does not have: its name (`None` for the unnamed one, or a
-/// body too short to say).
-fn foreign_name<'a>(read: Option<(&'a str, &[u8])>) -> Option<&'a str> {
-    read.map(|(name, _)| name).filter(|name| !name.is_empty())
-}
-
-/// Answers a Bind or Describe of a statement the client never prepared as PostgreSQL does.
-fn refuse_unknown(name: &str, ctx: &mut RewriteContext<'_>, pipe: &mut Pipeline, to_client: &mut BytesMut) {
-    let error = ErrorFields::error(
-        SqlState::new("26000"),
-        format!("prepared statement \"{name}\" does not exist"),
-    );
-    guard::refuse(error, pipe);
     deliver_made(pipe, ctx.client, to_client);
 }
 
@@ -830,21 +814,8 @@ fn rollback(request: &Request, client: &mut ClientStatements, backend: &mut Back
 
 mod guard;
 mod refs;
+pub use guard::fuzz_statement_refs;
 pub(crate) use refs::statement_tokens;
 
-/// Fuzzing: the statement-name scan of `sql` yields names PostgreSQL could look up, at spans
-/// that can be replaced in the text.
-pub fn fuzz_statement_refs(sql: &str) {
-    for r in refs::scan(sql) {
-        assert!(r.name.len() <= 63, "{r:?}");
-        assert!(
-            r.span.end <= sql.len() && sql.is_char_boundary(r.span.start) && sql.is_char_boundary(r.span.end)
-        );
-        if r.kind != refs::RefKind::DeallocateAll {
-            assert!(!r.span.is_empty(), "{r:?}");
-        }
-    }
-    let _ = refs::may_refer(sql.as_bytes());
-}
 #[cfg(test)]
 mod tests;

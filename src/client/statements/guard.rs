@@ -215,6 +215,41 @@ pub(super) fn refuse(error: ErrorFields, pipe: &mut Pipeline) {
     pipe.skipping = true;
 }
 
+/// A named statement the client does not have: its name (`None` for the unnamed one, or a
+/// body too short to say).
+pub(super) fn foreign_name<'a>(read: Option<(&'a str, &[u8])>) -> Option<&'a str> {
+    read.map(|(name, _)| name).filter(|name| !name.is_empty())
+}
+
+/// Answers a Bind or Describe of a statement the client never prepared as PostgreSQL does.
+pub(super) fn refuse_unknown(
+    name: &str,
+    ctx: &mut RewriteContext<'_>,
+    pipe: &mut Pipeline,
+    to_client: &mut BytesMut,
+) {
+    let error = ErrorFields::error(
+        SqlState::new("26000"),
+        format!("prepared statement \"{name}\" does not exist"),
+    );
+    refuse(error, pipe);
+    super::deliver_made(pipe, ctx.client, to_client);
+}
+
+/// Fuzzing: the statement-name scan of `sql` yields names PostgreSQL could look up, at spans
+/// that can be replaced in the text.
+pub fn fuzz_statement_refs(sql: &str) {
+    for r in refs::scan(sql) {
+        assert!(r.name.len() <= 63, "{r:?}");
+        assert!(
+            r.span.end <= sql.len() && sql.is_char_boundary(r.span.start) && sql.is_char_boundary(r.span.end)
+        );
+        if r.kind != RefKind::DeallocateAll {
+            assert!(!r.span.is_empty(), "{r:?}");
+        }
+    }
+    let _ = refs::may_refer(sql.as_bytes());
+}
 #[cfg(test)]
 mod tests {
     use super::own_id;
