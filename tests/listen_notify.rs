@@ -267,3 +267,24 @@ async fn own_notifications_carry_the_clients_own_pid_in_both_modes() {
         proxy.shutdown().await;
     }
 }
+
+/// Item 4 for a client pinned by a LISTEN inside a transaction block: its notifications come
+/// through its own backend, and still carry its own pid, as on a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_listeners_own_notifications_carry_its_pid() {
+    let direct = tokio::task::block_in_place(pg).addr();
+    let proxy = proxy_pool_of_one().await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        for target in [direct, addr] {
+            let (mut c, welcome) = RawClient::login(target, APP_USER, APP_PASSWORD, APP_DB);
+            let own = key_pid(&welcome);
+            assert_eq!(tags(&run(&mut c, "BEGIN; LISTEN pinned_pid; COMMIT")), "CCCZ");
+            assert_eq!(notify_and_receive(&mut c, "pinned_pid", "mine"), own, "{target}");
+            assert_eq!(notify_and_receive(&mut c, "pinned_pid", "again"), own, "{target}");
+        }
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

@@ -66,6 +66,8 @@ pub struct ClientConn {
     /// Set once a TLS handshake completed.
     pub tls: Option<TlsInfo>,
     pub(crate) decoder: FrameDecoder,
+    /// The pid this client was given in BackendKeyData (set at welcome).
+    pub(crate) key_pid: Option<i32>,
 }
 
 impl ClientConn {
@@ -77,6 +79,7 @@ impl ClientConn {
             peer,
             tls: None,
             decoder: FrameDecoder::new(max_message_size),
+            key_pid: None,
         }
     }
 

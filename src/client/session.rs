@@ -314,6 +314,7 @@ impl Session {
             registration.key.pid,
             registration.key.secret,
         );
+        self.client.key_pid = Some(registration.key.pid);
         backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
         self.exchange.mark_quiet_reported();
         registration
