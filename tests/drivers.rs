@@ -174,11 +174,11 @@ async fn psycopg3_types_that_change_under_prepared_statements() {
         let toml = base_config_toml(tokio::task::block_in_place(pg))
             .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
             // Transaction mode: two backends, both used by the script's pairs of clients;
-            // session mode: one more for the connection held throughout.
+            // session mode: two more for the connections held throughout.
             .replace(
                 "default_pool_size = 10",
                 if mode == "session" {
-                    "default_pool_size = 3"
+                    "default_pool_size = 4"
                 } else {
                     "default_pool_size = 2"
                 },
@@ -195,7 +195,7 @@ async fn psycopg3_types_that_change_under_prepared_statements() {
             })
             .await
             .unwrap();
-            assert_ok(&out, 20);
+            assert_ok(&out, 25);
         }
         proxy.shutdown().await;
     }

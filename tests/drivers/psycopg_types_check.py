@@ -53,6 +53,21 @@ with psycopg.connect(dsn, prepare_threshold=0) as conn:
         assert conn.execute(SQL, (f"v{round_}",)).fetchone() == (f"v{round_}",)
         conn.commit()
         checked += 2
+    # The type changes under a statement another client still holds (and never deallocates):
+    # new clients preparing the same text must see the new type, as they would directly.
+    conn.execute("DROP TYPE item6_mood")
+    conn.execute("CREATE TYPE item6_mood AS ENUM ('a')")
+    conn.commit()
+    with psycopg.connect(dsn, prepare_threshold=0, autocommit=True) as holder:
+        assert holder.execute(SQL, ("a",)).fetchone() == ("a",)
+        on_every_backend("a")
+        with psycopg.connect(dsn, prepare_threshold=None, autocommit=True) as admin:
+            admin.execute("DROP TYPE item6_mood")
+            admin.execute("CREATE TYPE item6_mood AS ENUM ('a', 'b')")
+        for _ in range(3):
+            with psycopg.connect(dsn, prepare_threshold=0, autocommit=True) as new:
+                assert new.execute(SQL, ("b",)).fetchone() == ("b",)
+                checked += 1
     conn.execute("DROP TYPE item6_mood")
     conn.commit()
 print("OK", checked)
