@@ -447,6 +447,9 @@ pub fn sql_scan(data: &[u8]) {
             assert!(set.text(name).is_some_and(|t| t.is_empty() || text.contains(t)));
         }
     }
+    // Names of prepared statements that SQL mentions (kept from tidepool's own, see
+    // `client/statements/guard.rs`).
+    crate::client::statements::fuzz_statement_refs(&text);
     for command in crate::client::listen::parse_listen_sql(&text).unwrap_or_default() {
         if let crate::client::listen::ListenCommand::Listen(name)
         | crate::client::listen::ListenCommand::Unlisten(name) = command
@@ -498,6 +501,10 @@ pub fn client_batches(data: &[u8]) {
         assert!(request.len <= data.len() && !request.commands.is_empty());
     }
     crate::client::schema_retry::fuzz_batch_copy(data);
+    // CREATE/DROP/ALTER DATABASE recognition (`client/database_ddl.rs`).
+    for name in crate::client::database_ddl::databases_needing_exclusive_use(data) {
+        assert!(name.len() <= 63);
+    }
 }
 
 /// xorshift64: a tiny deterministic generator for property tests and the fuzz smoke test, so a

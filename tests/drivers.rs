@@ -164,3 +164,82 @@ async fn node_postgres_named_queries() {
     assert_ok(&out, 240);
     proxy.shutdown().await;
 }
+
+/// Issue 15, item 6: a type dropped (rolled back) and created again under psycopg's prepared
+/// statements, in both modes and on a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_types_that_change_under_prepared_statements() {
+    let direct = dsn(tokio::task::block_in_place(pg).addr());
+    for mode in ["transaction", "session"] {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            // Transaction mode: two backends, both used by the script's pairs of clients;
+            // session mode: two more for the connections held throughout.
+            .replace(
+                "default_pool_size = 10",
+                if mode == "session" {
+                    "default_pool_size = 4"
+                } else {
+                    "default_pool_size = 2"
+                },
+            );
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        for (what, target) in [("direct", direct.clone()), (mode, dsn(proxy.local_addr()))] {
+            let out = tokio::task::spawn_blocking(move || {
+                run_ok(
+                    Command::new(python())
+                        .arg(script("psycopg_types_check.py"))
+                        .env("TIDEPOOL_DSN", target),
+                    &format!("psycopg types script ({what})"),
+                )
+            })
+            .await
+            .unwrap();
+            assert_ok(&out, 25);
+        }
+        proxy.shutdown().await;
+    }
+}
+
+/// Issue 15, item 6: node-postgres named statements when a column's type changes under them.
+/// Directly, each client's statement fails with 0A000 from then on (node-postgres keeps it);
+/// session mode is the same; transaction mode prepares it again and retries (README: schema
+/// changes), so every execution returns the current rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_named_statements_across_a_column_type_change() {
+    let direct = dsn(tokio::task::block_in_place(pg).addr());
+    let run = |what: String, target: String| {
+        run_ok(
+            Command::new("node")
+                .arg(script("node_pg_types_check.js"))
+                .env("TIDEPOOL_DSN", target)
+                .env("NODE_PATH", node_modules()),
+            &format!("node-postgres types script ({what})"),
+        )
+    };
+    let expected = tokio::task::spawn_blocking({
+        let direct = direct.clone();
+        move || run("direct".into(), direct)
+    })
+    .await
+    .unwrap();
+    assert_eq!(expected.matches("error 0A000").count(), 9, "{expected}");
+    for mode in ["transaction", "session"] {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            .replace("default_pool_size = 10", "default_pool_size = 4");
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        let target = dsn(proxy.local_addr());
+        let got = tokio::task::spawn_blocking(move || run(mode.into(), target))
+            .await
+            .unwrap();
+        if mode == "session" {
+            assert_eq!(got, expected, "{mode}");
+        } else {
+            assert!(!got.contains("error"), "{got}");
+            assert_eq!(got.matches(r#"{"id":1,"v":"10"}"#).count(), 6, "{got}");
+            assert_eq!(got.matches(r#"{"id":1,"v":"10","w":5}"#).count(), 3, "{got}");
+        }
+        proxy.shutdown().await;
+    }
+}

@@ -200,3 +200,91 @@ async fn the_listener_reconnects_and_goes_away_with_its_last_client() {
     assert_eq!(left, 0, "the listener connection was closed");
     proxy.shutdown().await;
 }
+
+/// The pid in BackendKeyData, from a login's welcome messages.
+fn key_pid(welcome: &[Msg]) -> i32 {
+    let key = welcome.iter().find(|m| m.tag == b'K').expect("BackendKeyData");
+    i32::from_be_bytes(key.body[..4].try_into().unwrap())
+}
+
+/// NOTIFYs `channel` and returns the pid of the first notification received on it.
+fn notify_and_receive(c: &mut RawClient, channel: &str, payload: &str) -> i32 {
+    let mut msgs = run(c, &format!("NOTIFY {channel}, '{payload}'"));
+    // Through tidepool the notification may come after the ReadyForQuery.
+    loop {
+        if let Some(m) = msgs.iter().find(|m| m.tag == b'A') {
+            assert_eq!(notification(m), (channel.to_string(), payload.to_string()));
+            return i32::from_be_bytes(m.body[..4].try_into().unwrap());
+        }
+        msgs = vec![c.recv().expect("a notification")];
+    }
+}
+
+/// Issue 15, item 4: a client's own notifications carry the pid of its BackendKeyData, as on a
+/// direct connection (drivers tell their own notifications apart by it); another client's carry
+/// that client's pid, and a session outside tidepool keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_notifications_carry_the_clients_own_pid_in_both_modes() {
+    let direct = tokio::task::block_in_place(pg).addr();
+    for mode in ["transaction", "session"] {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            .replace("default_pool_size = 10", "default_pool_size = 2");
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        let addr = proxy.local_addr();
+        tokio::task::spawn_blocking(move || {
+            for target in [direct, addr] {
+                let (mut c, welcome) = RawClient::login(target, APP_USER, APP_PASSWORD, APP_DB);
+                let own = key_pid(&welcome);
+                run(&mut c, "LISTEN own_pid");
+                assert_eq!(
+                    notify_and_receive(&mut c, "own_pid", "mine"),
+                    own,
+                    "{mode} {target}"
+                );
+                // Another client of the same kind: its pid, not ours.
+                let (mut other, welcome) = RawClient::login(target, APP_USER, APP_PASSWORD, APP_DB);
+                let other_pid = key_pid(&welcome);
+                assert_ne!(other_pid, own);
+                run(&mut other, "NOTIFY own_pid, 'theirs'");
+                let m = c.recv().expect("the other client's notification");
+                assert_eq!(notification(&m).1, "theirs");
+                assert_eq!(
+                    i32::from_be_bytes(m.body[..4].try_into().unwrap()),
+                    other_pid,
+                    "{mode}"
+                );
+                // And ours again, after the other client used a backend.
+                assert_eq!(
+                    notify_and_receive(&mut c, "own_pid", "again"),
+                    own,
+                    "{mode} {target}"
+                );
+            }
+        })
+        .await
+        .unwrap();
+        proxy.shutdown().await;
+    }
+}
+
+/// Item 4 for a client pinned by a LISTEN inside a transaction block: its notifications come
+/// through its own backend, and still carry its own pid, as on a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_listeners_own_notifications_carry_its_pid() {
+    let direct = tokio::task::block_in_place(pg).addr();
+    let proxy = proxy_pool_of_one().await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        for target in [direct, addr] {
+            let (mut c, welcome) = RawClient::login(target, APP_USER, APP_PASSWORD, APP_DB);
+            let own = key_pid(&welcome);
+            assert_eq!(tags(&run(&mut c, "BEGIN; LISTEN pinned_pid; COMMIT")), "CCCZ");
+            assert_eq!(notify_and_receive(&mut c, "pinned_pid", "mine"), own, "{target}");
+            assert_eq!(notify_and_receive(&mut c, "pinned_pid", "again"), own, "{target}");
+        }
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

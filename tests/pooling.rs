@@ -218,3 +218,73 @@ async fn pgbench_fifty_clients_pool_of_ten_no_failed_transactions() {
     .unwrap();
     proxy.shutdown().await;
 }
+
+/// Keeps `n` server connections to `db` open in tidepool's pool: `n` clients each inside a
+/// transaction at once, then gone (their backends stay pooled, idle).
+async fn leave_idle_connections(addr: std::net::SocketAddr, db: &str, n: usize) {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let c = connect(addr, APP_USER, APP_PASSWORD, db).await;
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        clients.push(c);
+    }
+    for c in &clients {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+}
+
+/// Issue 15, item 3: CREATE DATABASE … TEMPLATE, ALTER DATABASE … RENAME and DROP DATABASE of
+/// databases tidepool keeps idle connections to succeed, as they do on a direct connection
+/// where those sessions are gone (PostgreSQL answers 55006 while other sessions are connected).
+/// Transaction mode only: in session mode the statement is relayed without the session loop
+/// seeing it (not handled yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
+    // A template only this test uses: other tests of this binary keep sessions on `app`.
+    tokio::task::block_in_place(|| {
+        pg().psql("postgres", "ALTER ROLE app CREATEDB")?;
+        pg_cluster().create_database("ddl_src", APP_USER)
+    })
+    .unwrap();
+    let direct = tokio::task::block_in_place(pg).addr();
+    let mode = "transaction";
+    {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            .replace("default_pool_size = 10", "default_pool_size = 4")
+            + "\n[databases.ddl_src]\n[databases.ddl_copy]\n[databases.ddl_moved]\n";
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        let addr = proxy.local_addr();
+        for target in [direct, addr] {
+            let tag = format!("{mode} {target}");
+            leave_idle_connections(target, "ddl_src", 3).await;
+            let c = connect(target, APP_USER, APP_PASSWORD, "ddl_src").await;
+            c.batch_execute("CREATE DATABASE ddl_copy TEMPLATE ddl_src")
+                .await
+                .unwrap_or_else(|e| panic!("{tag}: CREATE DATABASE: {e:?}"));
+            leave_idle_connections(target, "ddl_copy", 2).await;
+            c.batch_execute("ALTER DATABASE ddl_copy RENAME TO ddl_moved")
+                .await
+                .unwrap_or_else(|e| panic!("{tag}: ALTER DATABASE RENAME: {e}"));
+            leave_idle_connections(target, "ddl_moved", 2).await;
+            c.batch_execute("DROP DATABASE ddl_moved")
+                .await
+                .unwrap_or_else(|e| panic!("{tag}: DROP DATABASE: {e}"));
+            // A database really in use is refused as PostgreSQL refuses it.
+            c.batch_execute("CREATE DATABASE ddl_copy TEMPLATE ddl_src")
+                .await
+                .unwrap();
+            let busy = connect(target, APP_USER, APP_PASSWORD, "ddl_copy").await;
+            busy.batch_execute("BEGIN").await.unwrap();
+            let err = c.batch_execute("DROP DATABASE ddl_copy").await.unwrap_err();
+            assert_eq!(console::sqlstate(&err), "55006", "{tag}: {err}");
+            drop(busy);
+            leave_idle_connections(target, "ddl_copy", 1).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.batch_execute("DROP DATABASE ddl_copy")
+                .await
+                .unwrap_or_else(|e| panic!("{tag}: DROP DATABASE after the busy client left: {e}"));
+        }
+        proxy.shutdown().await;
+    }
+}

@@ -9,7 +9,7 @@ use crate::protocol::startup::encode_cancel;
 use bytes::BytesMut;
 use rand::RngExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,6 +54,33 @@ impl Drop for Phase<'_> {
     }
 }
 
+/// Which client last ran on each backend, by backend pid: a notification a backend sent is
+/// shown as sent by that client (the pid of its BackendKeyData), as drivers that compare the
+/// pid with their own expect.
+#[derive(Debug, Default)]
+pub struct BackendUsers {
+    by_backend_pid: Mutex<HashMap<i32, i32>>,
+}
+
+/// Backends remembered at most; beyond, the map starts over (old backends are mostly gone).
+const BACKEND_USERS_LIMIT: usize = 65_536;
+
+impl BackendUsers {
+    fn record(&self, backend_pid: i32, client_pid: i32) {
+        let mut map = self.by_backend_pid.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= BACKEND_USERS_LIMIT && !map.contains_key(&backend_pid) {
+            map.clear();
+        }
+        map.insert(backend_pid, client_pid);
+    }
+
+    /// The pid tidepool gave the client that last ran on the backend `backend_pid`.
+    pub fn client_of(&self, backend_pid: i32) -> Option<i32> {
+        let map = self.by_backend_pid.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&backend_pid).copied()
+    }
+}
+
 /// Shared between a session (which updates it at every checkout and release) and the registry.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
@@ -63,6 +90,10 @@ pub struct CancelSlot {
     wake: tokio::sync::Notify,
     /// The counters of the client's pool.
     counts: Arc<CancelCounts>,
+    /// The client's pid, the backend pid last recorded for it, and where it is recorded.
+    client_pid: i32,
+    last_backend_pid: AtomicI32,
+    users: Arc<BackendUsers>,
 }
 
 impl CancelSlot {
@@ -92,6 +123,14 @@ impl CancelSlot {
     }
 
     pub fn set(&self, target: Option<CancelTarget>) {
+        match &target {
+            // Once per checkout, not per request.
+            Some(t) if self.last_backend_pid.swap(t.key.pid, Ordering::Relaxed) != t.key.pid => {
+                self.users.record(t.key.pid, self.client_pid);
+            }
+            Some(_) => {}
+            None => self.last_backend_pid.store(0, Ordering::Relaxed),
+        }
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
@@ -106,6 +145,8 @@ pub struct CancelRegistry {
     clients: Mutex<HashMap<ClientKey, Arc<CancelSlot>>>,
     /// `peers.instance_id`, written into every secret (0: peering off).
     instance_id: u8,
+    /// Which client last ran on each backend (for notifications).
+    pub users: Arc<BackendUsers>,
 }
 
 /// Removes the key when the session ends.
@@ -131,6 +172,7 @@ impl CancelRegistry {
         CancelRegistry {
             clients: Mutex::default(),
             instance_id,
+            users: Arc::default(),
         }
     }
 
@@ -151,6 +193,8 @@ impl CancelRegistry {
         };
         let slot = Arc::new(CancelSlot {
             counts,
+            client_pid: key.pid,
+            users: self.users.clone(),
             ..CancelSlot::default()
         });
         clients.insert(key, slot.clone());

@@ -66,6 +66,8 @@ pub struct ClientConn {
     /// Set once a TLS handshake completed.
     pub tls: Option<TlsInfo>,
     pub(crate) decoder: FrameDecoder,
+    /// The pid this client was given in BackendKeyData (set at welcome).
+    pub(crate) key_pid: Option<i32>,
 }
 
 impl ClientConn {
@@ -77,6 +79,7 @@ impl ClientConn {
             peer,
             tls: None,
             decoder: FrameDecoder::new(max_message_size),
+            key_pid: None,
         }
     }
 
@@ -94,6 +97,17 @@ impl ClientConn {
         loop {
             if let Some(packet) = StartupDecoder::decode(&mut self.rbuf)? {
                 return Ok(packet);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The first byte not handled yet, read into the buffer if need be; `Closed` at end of
+    /// stream. Lets a caller judge a message by its tag before waiting for its length.
+    pub async fn peek_buffered_byte(&mut self) -> Result<u8, ClientIoError> {
+        loop {
+            if let Some(&b) = self.rbuf.first() {
+                return Ok(b);
             }
             self.fill().await?;
         }

@@ -245,7 +245,11 @@ impl Session {
                 ListenCommand::Listen(channel) => {
                     let shutdown = self.shared.shutdown.subscribe();
                     let sub = self.listens.get_or_insert_with(|| {
-                        Subscription::new(self.shared.notify.hub(&self.pool, shutdown))
+                        Subscription::new(self.shared.notify.hub(
+                            &self.pool,
+                            &self.shared.cancels.users,
+                            shutdown,
+                        ))
                     });
                     if !sub.listen(channel).await {
                         failed = Some(channel.clone());

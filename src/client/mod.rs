@@ -6,6 +6,7 @@ mod accounting;
 pub mod auth;
 pub mod cancel;
 pub mod conn;
+pub mod database_ddl;
 mod drain;
 mod follow;
 pub mod isolation;

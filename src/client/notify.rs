@@ -76,6 +76,9 @@ enum Command {
 /// The listener of one pool.
 pub struct Hub {
     subscribers: Mutex<HashMap<String, HashMap<u64, Arc<Inbox>>>>,
+    /// Which client last ran on each backend: a notification sent from one of tidepool's
+    /// backends carries that client's pid (its BackendKeyData), not the backend's.
+    users: Arc<super::cancel::BackendUsers>,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
 }
@@ -142,6 +145,10 @@ impl Hub {
         };
         let mut whole = BytesMut::with_capacity(frame.body.len() + 5);
         frame.write_to(&mut whole);
+        let backend_pid = i32::from_be_bytes([frame.body[0], frame.body[1], frame.body[2], frame.body[3]]);
+        if let Some(client_pid) = self.users.client_of(backend_pid) {
+            whole[5..9].copy_from_slice(&client_pid.to_be_bytes());
+        }
         let whole = whole.freeze();
         for inbox in set.values() {
             inbox.push(whole.clone());
@@ -157,7 +164,13 @@ pub struct NotifyHubs {
 
 impl NotifyHubs {
     /// The hub of `pool`, starting its listener task on first use.
-    pub fn hub(&self, pool: &Arc<Pool>, shutdown: watch::Receiver<Stage>) -> Arc<Hub> {
+    /// `users` says which client last ran on each backend (the cancel registry's).
+    pub fn hub(
+        &self,
+        pool: &Arc<Pool>,
+        users: &Arc<super::cancel::BackendUsers>,
+        shutdown: watch::Receiver<Stage>,
+    ) -> Arc<Hub> {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hub) = hubs.get(&pool.key) {
             return hub.clone();
@@ -165,6 +178,7 @@ impl NotifyHubs {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             subscribers: Mutex::new(HashMap::new()),
+            users: users.clone(),
             commands: tx,
             next_id: AtomicU64::new(1),
         });
@@ -385,6 +399,32 @@ impl Drop for Subscription {
     }
 }
 
+/// In a pinned client's server input (from `start`, a frame boundary): NotificationResponses
+/// sent by its own backend (`backend_pid`) get the pid the client was given, as the hub does
+/// for notifications it fans out. Only whole frames are looked at; the relay waits for whole
+/// NotificationResponses while this applies.
+pub fn rewrite_own_pids(buf: &mut BytesMut, mut start: usize, backend_pid: i32, client_pid: i32) {
+    if backend_pid == client_pid {
+        return;
+    }
+    while let Some(header) = buf.get(start..start + 5) {
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let Some(end) = start
+            .checked_add(1 + len)
+            .filter(|&end| len >= 4 && end <= buf.len())
+        else {
+            return;
+        };
+        if header[0] == tag::NOTIFICATION_RESPONSE
+            && len >= 8
+            && buf[start + 5..start + 9] == backend_pid.to_be_bytes()
+        {
+            buf[start + 5..start + 9].copy_from_slice(&client_pid.to_be_bytes());
+        }
+        start = end;
+    }
+}
+
 /// A NotificationResponse frame (tests).
 #[cfg(test)]
 fn notification(pid: i32, channel: &str, payload: &str) -> Frame {
@@ -407,10 +447,29 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             subscribers: Mutex::default(),
+            users: Arc::default(),
             commands: tx,
             next_id: AtomicU64::new(1),
         });
         (hub, rx)
+    }
+
+    #[test]
+    fn own_backend_pids_are_rewritten_in_whole_frames_only() {
+        let mut buf = BytesMut::new();
+        for pid in [7, 8, 7] {
+            notification(pid, "c", "p").write_to(&mut buf);
+        }
+        let whole = buf.len();
+        notification(7, "c", "cut").write_to(&mut buf);
+        buf.truncate(buf.len() - 2);
+        rewrite_own_pids(&mut buf, 0, 7, 42);
+        let pids: Vec<i32> = [0, 13, 26, 39]
+            .iter()
+            .map(|&at| i32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap()))
+            .collect();
+        assert_eq!(whole, 39);
+        assert_eq!(pids, [42, 8, 42, 7], "the incomplete last frame is left alone");
     }
 
     #[test]

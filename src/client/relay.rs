@@ -543,6 +543,12 @@ fn scan_server(
     ex: &mut Exchange,
     mut rewrite: Option<&mut Rewrite<'_>>,
 ) -> Option<RelayEvent> {
+    // A pinned client may LISTEN on its own backend: its own notifications carry its pid.
+    let own_pids = ex.pinned && client.key_pid.is_some_and(|pid| pid != backend.key.pid);
+    if own_pids {
+        let (start, pid) = (ex.passthrough, client.key_pid.unwrap_or_default());
+        super::notify::rewrite_own_pids(&mut backend.rbuf, start, backend.key.pid, pid);
+    }
     let buf = &backend.rbuf[..];
     if client.wbuf.capacity() == 0 {
         // A cheap first allocation; answers that need more grow it.
@@ -572,7 +578,8 @@ fn scan_server(
             tag,
             tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE | tag::COPY_IN_RESPONSE
         ) || (rewrite.is_some()
-            && (total == 5 || matches!(tag, tag::COMMAND_COMPLETE | tag::ROW_DESCRIPTION | b't')));
+            && (total == 5 || matches!(tag, tag::COMMAND_COMPLETE | tag::ROW_DESCRIPTION | b't')))
+            || (own_pids && tag == tag::NOTIFICATION_RESPONSE);
         if !watched {
             // Rows, COPY data and the like end no request: stream them.
             ex.batch.mark_answered();

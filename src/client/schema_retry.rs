@@ -158,13 +158,17 @@ impl BatchCopy {
 }
 
 /// 0A000 `cached plan must not change result type`, PostgreSQL's answer to a statement prepared
-/// before a schema change that alters its result columns.
+/// before a schema change that alters its result columns; and XX000 `cache lookup failed for
+/// type …`, its answer to a statement prepared before a type it uses was dropped (and maybe
+/// created again under a new OID): a client that just prepared the same text through tidepool
+/// got the shared statement, and on a direct connection its own would resolve the new type.
 fn is_result_type_change(frame: &[u8]) -> bool {
     let e = ServerError::parse(&Frame {
         tag: frame[0],
         body: Bytes::copy_from_slice(&frame[5..]),
     });
-    e.code == "0A000" && e.message == "cached plan must not change result type"
+    (e.code == "0A000" && e.message == "cached plan must not change result type")
+        || (e.code == "XX000" && e.message.starts_with("cache lookup failed for type "))
 }
 
 /// What a batch uses.

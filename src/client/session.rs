@@ -322,6 +322,7 @@ impl Session {
             registration.key.pid,
             registration.key.secret,
         );
+        self.client.key_pid = Some(registration.key.pid);
         backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
         self.exchange.mark_quiet_reported();
         registration
@@ -362,6 +363,10 @@ impl Session {
                     Ok(None) => false,
                     Err(_) => true,
                 };
+            if request_at_hand && self.exchange.is_quiet() {
+                // CREATE/DROP/ALTER DATABASE: tidepool's idle connections must not be in the way.
+                super::database_ddl::free_databases(&self.shared, &self.client.rbuf);
+            }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
             let mut role_change = shared.health().filter(|_| quiet).map(|h| h.subscribe());

@@ -147,10 +147,20 @@ pub async fn sync(backend: &mut BackendConn, client: &SqlPrepared) -> Result<(),
     if client == &backend.statements.sql {
         return Ok(());
     }
-    let plan = sync_plan(client, &backend.statements.sql);
+    let mut plan = sync_plan(client, &backend.statements.sql);
     if plan.is_empty() {
         return Ok(());
     }
+    // A client's statement named like one of tidepool's (`tp5`): tidepool's goes first, so the
+    // PREPARE succeeds and the name is the client's alone.
+    let taken: Vec<String> = plan
+        .iter()
+        .filter_map(|step| match step {
+            Step::Prepare(name, _) if backend.statements.release_name(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    plan.splice(0..0, taken.into_iter().map(Step::Deallocate));
     let mut out = BytesMut::new();
     for step in &plan {
         frontend_msg::query(&mut out, &step.sql());

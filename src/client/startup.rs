@@ -34,6 +34,9 @@ pub enum StartupFailure {
     BufferStuffing,
     #[error("direct TLS connection without ALPN protocol \"postgresql\"")]
     DirectTlsWithoutAlpn,
+    /// PostgreSQL only logs this one and closes without a word (COMMERROR): so do we.
+    #[error("{0}")]
+    Dropped(StartupError),
 }
 
 /// Reads startup packets until a StartupMessage or CancelRequest; `tls` is `None` when client
@@ -55,6 +58,10 @@ pub async fn negotiate(client: &mut ClientConn, tls: Option<&ClientTls>) -> Resu
     loop {
         let packet = match client.read_startup().await {
             Ok(p) => p,
+            Err(ClientIoError::Startup(e)) if only_logged(&e) => return Err(StartupFailure::Dropped(e)),
+            Err(ClientIoError::Startup(e @ StartupError::UnsupportedProtocol { major, .. })) if major < 3 => {
+                return Err(refuse_old_style(client, startup_error(e)).await)
+            }
             Err(ClientIoError::Startup(e)) => return Err(refuse(client, startup_error(e)).await),
             Err(e) => return Err(e.into()),
         };
@@ -66,7 +73,10 @@ pub async fn negotiate(client: &mut ClientConn, tls: Option<&ClientTls>) -> Resu
                     std::mem::replace(&mut gss_asked, true)
                 };
                 if repeated {
-                    return Err(refuse(client, protocol_violation("duplicate encryption request")).await);
+                    // PostgreSQL takes a second request's code for a protocol version it lacks.
+                    let (major, minor) = packet.request_version();
+                    let error = StartupError::UnsupportedProtocol { major, minor };
+                    return Err(refuse(client, startup_error(error)).await);
                 }
                 // Anything sent before our one-byte answer cannot be trusted to belong to the
                 // client (CVE-2021-23214): refuse rather than interpret it.
@@ -138,6 +148,13 @@ fn tls_refusal(client: &ClientConn, mode: ClientTlsMode, params: &ClientParams) 
     })
 }
 
+/// Startup errors PostgreSQL reports to its log only (COMMERROR), closing the connection
+/// without an answer: a client that sends garbage (or a Terminate) before any startup packet
+/// must see a plain close, as drivers expect.
+fn only_logged(e: &StartupError) -> bool {
+    matches!(e, StartupError::BadLength)
+}
+
 fn protocol_violation(message: &str) -> ErrorFields {
     ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, message)
 }
@@ -154,5 +171,15 @@ fn startup_error(e: StartupError) -> ErrorFields {
 
 async fn refuse(client: &mut ClientConn, error: ErrorFields) -> StartupFailure {
     client.send_fatal(error.clone()).await;
+    StartupFailure::Refused(error)
+}
+
+/// A refusal in protocol 2.0's error format (tag, text, NUL; no length word), which PostgreSQL
+/// uses for a client asking for protocol 2 and which is what such a client (and libpq) reads.
+async fn refuse_old_style(client: &mut ClientConn, error: ErrorFields) -> StartupFailure {
+    client.wbuf.extend_from_slice(b"EFATAL:  ");
+    client.wbuf.extend_from_slice(error.message.as_bytes());
+    client.wbuf.extend_from_slice(b"\n\0");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.flush()).await;
     StartupFailure::Refused(error)
 }

@@ -12,7 +12,7 @@
 use crate::protocol::backend_msg::{begin, finish, put_cstr, read_cstr};
 use crate::protocol::{tag, ErrorFields, SqlState};
 use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -165,6 +165,9 @@ pub struct BackendStatements {
     added: u64,
     /// The SQL-level `PREPARE`d statements it holds (see `sql_prepared`).
     pub sql: super::sql_prepared::SqlPrepared,
+    /// Statements a client's SQL `DEALLOCATE` was sent for that may still be there (its query
+    /// string may have failed before it ran): closed before being prepared again.
+    uncertain: HashSet<u64>,
 }
 
 impl BackendStatements {
@@ -193,6 +196,17 @@ impl BackendStatements {
         }
         let (&oldest, _) = self.prepared.iter().min_by_key(|(_, (_, used))| *used)?;
         self.prepared.remove(&oldest).map(|(s, _)| s)
+    }
+
+    /// Gives up tidepool's statement called `name` (`tp<id>`), if this backend may hold it, so
+    /// that a client's SQL `PREPARE` of that name can succeed; true when the caller must
+    /// deallocate it.
+    pub fn release_name(&mut self, name: &str) -> bool {
+        let Some(id) = guard::own_id(name) else {
+            return false;
+        };
+        let held = self.prepared.remove(&id).is_some();
+        self.uncertain.remove(&id) || held
     }
 
     fn forget(&mut self, id: u64) {
@@ -360,7 +374,11 @@ pub fn client_frame(
                     to_server.extend_from_slice(tail);
                     finish(to_server, s);
                 }
-                None => to_server.extend_from_slice(frame),
+                None => match guard::foreign_name(read_cstr(body).and_then(|(_, rest)| read_cstr(rest))) {
+                    // Not the client's: never sent (it could be one of tidepool's names).
+                    Some(name) => return guard::refuse_unknown(name, ctx, pipe, to_client),
+                    None => to_server.extend_from_slice(frame),
+                },
             }
             pipe.queue.push_back(Expect::Client(Request::Bind));
         }
@@ -371,6 +389,11 @@ pub fn client_frame(
                 _ => None,
             };
             let stmt_for_capture = stmt.clone();
+            if stmt.is_none() && kind == Some(b'S') {
+                if let Some(name) = guard::foreign_name(read_cstr(body.get(1..).unwrap_or(&[]))) {
+                    return guard::refuse_unknown(name, ctx, pipe, to_client);
+                }
+            }
             match stmt {
                 Some(stmt) => {
                     ensure_prepared(&stmt, ctx, pipe, to_server);
@@ -413,10 +436,16 @@ pub fn client_frame(
         }
         tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => {
             if tag == tag::QUERY && clears_statements(body, ctx.words) {
-                ctx.client.by_name.clear();
+                discard_client_statements(ctx.client);
                 ctx.backend.clear();
             }
-            to_server.extend_from_slice(frame);
+            match (tag == tag::QUERY)
+                .then(|| guard::query(frame, ctx, pipe, to_server))
+                .flatten()
+            {
+                Some(rewritten) => to_server.extend_from_slice(&rewritten),
+                None => to_server.extend_from_slice(frame),
+            }
             pipe.queue.push_back(Expect::Client(Request::Ready));
         }
         // Flush, COPY data and anything else: no answer of their own.
@@ -442,6 +471,26 @@ fn parse(
         }));
         return;
     };
+    let text = read_cstr(definition).map_or("", |(text, _)| text);
+    match guard::parse(text.as_bytes(), !name.is_empty(), ctx, pipe, to_server) {
+        guard::ParseGuard::Pass => {}
+        guard::ParseGuard::Refused(error) => return guard::refuse(error, pipe),
+        guard::ParseGuard::Rewritten(text) => {
+            // Only unnamed statements are rewritten: the text is this Parse's alone.
+            let params = read_cstr(definition).map_or(&[][..], |(_, rest)| rest);
+            let s = begin(to_server, tag::PARSE);
+            put_cstr(to_server, "");
+            put_cstr(to_server, &text);
+            to_server.extend_from_slice(params);
+            finish(to_server, s);
+            pipe.server_parses += 1;
+            pipe.queue.push_back(Expect::Client(Request::Parse {
+                registered: None,
+                prepared: None,
+            }));
+            return;
+        }
+    }
     if name.is_empty() {
         to_server.extend_from_slice(frame);
         pipe.server_parses += 1;
@@ -474,7 +523,7 @@ fn parse(
         }));
         return;
     }
-    ctx.backend.add(&stmt);
+    add_to_backend(&stmt, ctx, pipe, to_server);
     close_excess(ctx, pipe, to_server);
     stmt.write_parse(to_server);
     pipe.server_parses += 1;
@@ -482,6 +531,22 @@ fn parse(
         registered: Some(name.to_string()),
         prepared: Some(stmt),
     }));
+}
+
+/// Records `stmt` as prepared on the backend, first closing a copy a client's `DEALLOCATE` may
+/// have left there (a Close of a missing statement is no error).
+fn add_to_backend(
+    stmt: &Arc<Statement>,
+    ctx: &mut RewriteContext<'_>,
+    pipe: &mut Pipeline,
+    to_server: &mut BytesMut,
+) {
+    if !ctx.backend.uncertain.is_empty() && ctx.backend.uncertain.remove(&stmt.id) {
+        guard::write_close(to_server, &stmt.backend_name);
+        pipe.queue
+            .push_back(Expect::Injected(Request::Close { evicted: None }));
+    }
+    ctx.backend.add(stmt);
 }
 
 /// Injects a Parse if the backend lacks the statement.
@@ -494,7 +559,7 @@ fn ensure_prepared(
     if ctx.backend.has(stmt.id) {
         return;
     }
-    ctx.backend.add(stmt);
+    add_to_backend(stmt, ctx, pipe, to_server);
     close_excess(ctx, pipe, to_server);
     stmt.write_parse(to_server);
     pipe.server_parses += 1;
@@ -515,6 +580,17 @@ fn close_excess(ctx: &mut RewriteContext<'_>, pipe: &mut Pipeline, to_server: &m
         finish(to_server, s);
         pipe.queue
             .push_back(Expect::Injected(Request::Close { evicted: Some(old) }));
+    }
+}
+
+/// The client dropped all its statements (`DEALLOCATE ALL`, `DISCARD ALL`): they become stale,
+/// so that preparing the same texts again makes new statements, resolved anew on every backend.
+/// Drivers do this after a ROLLBACK or a DROP (psycopg 3) precisely because a type or table of
+/// the same name may come back with another OID: an old statement of the same text, prepared
+/// on other backends, would then fail (XX000 `cache lookup failed for type …`).
+fn discard_client_statements(client: &mut ClientStatements) {
+    for (_, stmt) in client.by_name.drain() {
+        stmt.mark_stale();
     }
 }
 
@@ -759,6 +835,11 @@ fn rollback(request: &Request, client: &mut ClientStatements, backend: &mut Back
         _ => {}
     }
 }
+
+mod guard;
+mod refs;
+pub use guard::fuzz_statement_refs;
+pub(crate) use refs::statement_tokens;
 
 #[cfg(test)]
 mod tests;

@@ -521,11 +521,13 @@ impl Pool {
         self.close_idle();
     }
 
-    /// Closes every idle connection (shutdown, RECONNECT).
-    pub fn close_idle(&self) {
+    /// Closes every idle connection (shutdown, RECONNECT); returns how many.
+    pub fn close_idle(&self) -> usize {
         let idle = self.lock().drain_idle();
+        let count = idle.len();
         for conn in idle {
             tokio::spawn(conn.terminate());
         }
+        count
     }
 }

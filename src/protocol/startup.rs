@@ -3,7 +3,8 @@
 
 use bytes::{Buf, BytesMut};
 
-/// PostgreSQL refuses startup packets longer than this (MAX_STARTUP_PACKET_LENGTH).
+/// PostgreSQL refuses startup packets whose body (after the length word) is longer than this
+/// (MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -26,6 +27,20 @@ pub enum StartupPacket {
         pid: i32,
         secret: i32,
     },
+}
+
+impl StartupPacket {
+    /// The (major, minor) protocol version PostgreSQL reads in a request's code: what it names
+    /// when a second SSLRequest or GSSENCRequest arrives (it takes it for a startup packet).
+    pub fn request_version(&self) -> (u16, u16) {
+        let code = match self {
+            StartupPacket::SslRequest => SSL_REQUEST_CODE,
+            StartupPacket::GssEncRequest => GSSENC_REQUEST_CODE,
+            StartupPacket::Cancel { .. } => CANCEL_REQUEST_CODE,
+            StartupPacket::Startup { minor, .. } => 0x0003_0000 | u32::from(*minor),
+        };
+        ((code >> 16) as u16, (code & 0xffff) as u16)
+    }
 }
 
 /// Why a startup packet is refused. Each carries the text PostgreSQL would log or send.
@@ -54,7 +69,7 @@ impl StartupDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if !(8..=MAX_STARTUP_PACKET).contains(&len) {
+        if !(8..=MAX_STARTUP_PACKET + 4).contains(&len) {
             return Err(StartupError::BadLength);
         }
         if buf.len() < len {
@@ -228,6 +243,11 @@ mod tests {
         let mut b = BytesMut::from(&[0, 0, 0, 4][..]);
         assert_eq!(StartupDecoder::decode(&mut b), Err(StartupError::BadLength));
         let mut b = BytesMut::from(&[0, 1, 0, 0][..]);
+        assert_eq!(StartupDecoder::decode(&mut b), Err(StartupError::BadLength));
+        // PostgreSQL's limit is on the body: 10,000 bytes after the length word.
+        let mut b = BytesMut::from(&10_004u32.to_be_bytes()[..]);
+        assert_eq!(StartupDecoder::decode(&mut b), Ok(None));
+        let mut b = BytesMut::from(&10_005u32.to_be_bytes()[..]);
         assert_eq!(StartupDecoder::decode(&mut b), Err(StartupError::BadLength));
         let mut b = packet(0x0002_0000, b"user\0u\0\0");
         assert!(matches!(

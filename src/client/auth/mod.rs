@@ -258,21 +258,34 @@ pub async fn authenticate(
 
 /// Reads a PasswordMessage as a string.
 async fn read_password(client: &mut ClientConn) -> Result<String, AuthError> {
-    let frame = read_auth_message(client).await?;
+    let frame = read_auth_message(client, Step::Password).await?;
     frontend_msg::parse_password(&frame.body)
         .map(str::to_string)
         .ok_or_else(|| AuthError::Protocol("invalid password packet".into()))
 }
 
-async fn read_auth_message(client: &mut ClientConn) -> Result<crate::protocol::Frame, AuthError> {
-    let frame = client.read_frame().await?;
-    if frame.tag != tag::PASSWORD {
+/// Which answer an authentication step waits for, named as PostgreSQL names it.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Password,
+    Sasl,
+}
+
+/// Reads the client's answer to an authentication request. The tag is checked before the
+/// length is even read: anything but a PasswordMessage (say, a second StartupMessage, whose
+/// first bytes would read as a huge length) is refused at once, as PostgreSQL refuses it.
+async fn read_auth_message(client: &mut ClientConn, step: Step) -> Result<crate::protocol::Frame, AuthError> {
+    let first = client.peek_buffered_byte().await?;
+    if first != tag::PASSWORD {
+        let expected = match step {
+            Step::Password => "password",
+            Step::Sasl => "SASL",
+        };
         return Err(AuthError::Protocol(format!(
-            "expected password response, got message type {}",
-            frame.tag
+            "expected {expected} response, got message type {first}"
         )));
     }
-    Ok(frame)
+    Ok(client.read_frame().await?)
 }
 
 /// SASL with SCRAM-SHA-256 against `verifier`; returns the verified exchange.
@@ -286,7 +299,7 @@ async fn scram_exchange(client: &mut ClientConn, verifier: ScramVerifier) -> Res
     backend_msg::authentication_sasl(&mut client.wbuf, server.mechanisms());
     client.flush().await?;
 
-    let frame = read_auth_message(client).await?;
+    let frame = read_auth_message(client, Step::Sasl).await?;
     let (mechanism, data) = frontend_msg::parse_sasl_initial(&frame.body)
         .ok_or_else(|| AuthError::Protocol("malformed SASLInitialResponse message".into()))?;
     server.select_mechanism(mechanism)?;
@@ -295,7 +308,7 @@ async fn scram_exchange(client: &mut ClientConn, verifier: ScramVerifier) -> Res
     backend_msg::authentication_sasl_continue(&mut client.wbuf, &server_first);
     client.flush().await?;
 
-    let frame = read_auth_message(client).await?;
+    let frame = read_auth_message(client, Step::Sasl).await?;
     let server_final = server.client_final(&frame.body)?;
     backend_msg::authentication_sasl_final(&mut client.wbuf, &server_final);
     Ok(server)
