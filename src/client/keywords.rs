@@ -15,9 +15,11 @@ pub enum Word {
     Advisory,
     Begin,
     Close,
+    Database,
     Deallocate,
     Discard,
     Drop,
+    Execute,
     Hold,
     Listen,
     Prepare,
@@ -49,7 +51,7 @@ const fn spelling(text: &[u8], word: Word) -> Spelling {
     Spelling { letters, mask, word }
 }
 
-/// Candidates by first letter, so a word start compares against three at most. Words longer
+/// Candidates by first letter, so a word start compares against four at most. Words longer
 /// than 8 letters match on their first 8 (`DEALLOCA`): a filter may over-report.
 fn candidates(first_lower: u8) -> &'static [Spelling] {
     const A: &[Spelling] = &[
@@ -59,10 +61,12 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
     const B: &[Spelling] = &[spelling(b"begin", Word::Begin)];
     const C: &[Spelling] = &[spelling(b"close", Word::Close)];
     const D: &[Spelling] = &[
+        spelling(b"database", Word::Database),
         spelling(b"deallocate", Word::Deallocate),
         spelling(b"discard", Word::Discard),
         spelling(b"drop", Word::Drop),
     ];
+    const E: &[Spelling] = &[spelling(b"execute", Word::Execute)];
     const H: &[Spelling] = &[spelling(b"hold", Word::Hold)];
     const L: &[Spelling] = &[spelling(b"listen", Word::Listen)];
     const P: &[Spelling] = &[spelling(b"prepare", Word::Prepare)];
@@ -81,6 +85,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
         b'b' => B,
         b'c' => C,
         b'd' => D,
+        b'e' => E,
         b'h' => H,
         b'l' => L,
         b'p' => P,
@@ -95,7 +100,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
 /// First letters of the trigger words, as bits a..z.
 const FIRST_LETTERS: u32 = {
     let mut bits = 0u32;
-    let letters = b"abcdhlprstu";
+    let letters = b"abcdehlprstu";
     let mut i = 0;
     while i < letters.len() {
         bits |= 1 << (letters[i] - b'a');

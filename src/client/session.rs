@@ -3,7 +3,7 @@
 
 use super::cancel::{CancelSlot, CancelTarget, Registration};
 use super::conn::{ClientConn, ClientIoError};
-use super::keywords::Words;
+use super::keywords::{Word, Words};
 use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
 use super::relay::{relay, Exchange, RelayEvent, Rewrite};
@@ -19,6 +19,14 @@ use bytes::{Buf, Bytes};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
+
+/// The length of the whole frame at the head of the client's input, if its header is there.
+fn peek_total(client: &ClientConn) -> Option<usize> {
+    crate::protocol::frame::peek_header(&client.rbuf, client.decoder.max_len())
+        .ok()
+        .flatten()
+        .map(|(_, total)| total)
+}
 
 /// How much of a pipelining client's input routing waits for, to see its frames whole.
 const ROUTING_LOOKAHEAD: usize = 64 * 1024;
@@ -365,7 +373,14 @@ impl Session {
                 };
             if request_at_hand && self.exchange.is_quiet() {
                 // CREATE/DROP/ALTER DATABASE: tidepool's idle connections must not be in the way.
-                super::database_ddl::free_databases(&self.shared, &self.client.rbuf);
+                // The request's trigger words, when scanned already, say whether to look.
+                let says_database = match (self.exchange.head_words, peek_total(&self.client)) {
+                    (Some((len, words)), Some(total)) if len == total => words.has(Word::Database),
+                    _ => true,
+                };
+                if says_database {
+                    super::database_ddl::free_databases(&self.shared, &self.client.rbuf);
+                }
             }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.

@@ -27,8 +27,11 @@ pub const HAZARDS_SQL: &str = concat!(
 );
 
 /// Names that make a statement opaque, for one database.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hazards {
+    /// A Bloom filter (two bits of [`fold_hash`] each) over `names` and the core functions that
+    /// change session state, so that almost every word of a clean statement costs one hash.
+    bloom: [u64; 16],
     /// Unique per snapshot (0: not read yet), so verdicts cached on statements know whether
     /// they were judged against this one.
     pub id: u64,
@@ -41,7 +44,48 @@ pub struct Hazards {
     pub opaque_everywhere: bool,
 }
 
+impl Default for Hazards {
+    /// No hazards from the catalog; the dangerous core functions are always there.
+    fn default() -> Hazards {
+        let mut hazards = Hazards {
+            bloom: [0; 16],
+            id: 0,
+            names: HashSet::new(),
+            setting_names: Vec::new(),
+            opaque_everywhere: false,
+        };
+        for name in super::verdict::DANGEROUS_BUILTINS {
+            hazards.add_to_bloom(name);
+        }
+        hazards
+    }
+}
+
+/// A hash of a word as PostgreSQL folds it (ASCII letters lower-cased; `| 0x20` changes no
+/// other byte that can matter here, and both sides of a comparison fold the same way).
+pub fn fold_hash(word: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in word {
+        h = (h ^ (b | 0x20) as u32).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
 impl Hazards {
+    fn add_to_bloom(&mut self, lower: &[u8]) {
+        let h = fold_hash(lower);
+        for bit in [h & 1023, (h >> 10) & 1023] {
+            self.bloom[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+    }
+
+    /// False if no hazard (and no dangerous core function) can have this [`fold_hash`].
+    pub fn may_name(&self, h: u32) -> bool {
+        [h & 1023, (h >> 10) & 1023]
+            .iter()
+            .all(|bit| self.bloom[(bit >> 6) as usize] & (1 << (bit & 63)) != 0)
+    }
+
     /// Before the catalog was read: nothing is known to be clean.
     pub fn unknown() -> Hazards {
         Hazards {
@@ -61,6 +105,7 @@ impl Hazards {
         for (kind, name) in rows {
             match kind {
                 "r" | "f" => {
+                    hazards.add_to_bloom(name.as_bytes());
                     hazards.names.insert(name.as_bytes().into());
                 }
                 "n" => hazards.setting_names.push(name.to_string()),
@@ -160,6 +205,7 @@ mod tests {
     fn rows_make_names_and_flags() {
         let h = Hazards::from_rows([("r", "trg"), ("f", "tenant"), ("n", "app.tenant")]);
         assert!(h.names(b"trg") && h.names(b"tenant") && !h.names(b"plain"));
+        assert!(h.may_name(fold_hash(b"TRG")) && h.may_name(fold_hash(b"set_config")));
         assert_eq!(h.setting_names, vec!["app.tenant".to_string()]);
         assert!(!h.opaque_everywhere);
         assert!(Hazards::from_rows([("o", "")]).opaque_everywhere);

@@ -45,8 +45,12 @@ impl<'a> Lexer<'a> {
     /// Skips whitespace and comments; `false` if a block comment never ends.
     fn skip_blank(&mut self) -> bool {
         loop {
+            let rest = &self.sql[self.pos..];
+            self.pos += rest
+                .iter()
+                .position(|&b| CLASSES[b as usize] & SPACE == 0)
+                .unwrap_or(rest.len());
             match self.peek(0) {
-                Some(b) if b.is_ascii_whitespace() => self.pos += 1,
                 Some(b'-') if self.peek(1) == Some(b'-') => {
                     while let Some(b) = self.peek(0) {
                         self.pos += 1;
@@ -196,12 +200,13 @@ impl<'a> Iterator for Lexer<'a> {
             }
             // B'…' and X'…' bit strings: no backslash meaning, read like standard strings.
             b if is_ident_start(b) => {
-                let start = self.pos;
-                self.pos += 1;
-                while self.peek(0).is_some_and(is_ident_continue) {
-                    self.pos += 1;
-                }
-                Token::Word(&self.sql[start..self.pos])
+                let rest = &self.sql[self.pos..];
+                let len = rest[1..]
+                    .iter()
+                    .position(|&b| !is_ident_continue(b))
+                    .map_or(rest.len(), |n| n + 1);
+                self.pos += len;
+                Token::Word(&rest[..len])
             }
             b if b.is_ascii_digit() => {
                 // Numbers, with their exponent, decimal point and trailing junk letters.
@@ -222,13 +227,38 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
-/// PostgreSQL's identifier start: a letter, `_`, or any byte of a multi-byte character.
+/// Byte classes, one table lookup per byte on the hot loops.
+const START: u8 = 1;
+const CONTINUE: u8 = 2;
+const SPACE: u8 = 4;
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        // PostgreSQL's identifier start: a letter, `_`, or any byte of a multi-byte character.
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            table[b] |= START | CONTINUE;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            table[b] |= CONTINUE;
+        }
+        // PostgreSQL 16+ also takes a vertical tab for white space: so does this lexer, or a
+        // statement after one would not be seen as one.
+        if c.is_ascii_whitespace() || c == 0x0b {
+            table[b] |= SPACE;
+        }
+        b += 1;
+    }
+    table
+};
+
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASSES[b as usize] & START != 0
 }
 
 fn is_ident_continue(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASSES[b as usize] & CONTINUE != 0
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

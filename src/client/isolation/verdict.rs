@@ -23,43 +23,9 @@ pub enum Verdict {
     Opaque,
 }
 
-/// Statements whose own execution leaves no session state (what they call or touch is checked
-/// word by word). SET/RESET/DISCARD are judged apart; everything not listed is opaque.
-const CLEAN_STATEMENTS: &[&[u8]] = &[
-    b"abort",
-    b"begin",
-    b"close",
-    b"commit",
-    b"copy",
-    b"deallocate",
-    b"declare",
-    b"delete",
-    b"end",
-    b"explain",
-    b"fetch",
-    b"insert",
-    b"listen",
-    b"lock",
-    b"merge",
-    b"move",
-    b"notify",
-    b"prepare",
-    b"release",
-    b"rollback",
-    b"savepoint",
-    b"select",
-    b"show",
-    b"start",
-    b"table",
-    b"unlisten",
-    b"update",
-    b"values",
-    b"with",
-];
-
 /// Core functions that change session state or run SQL given as text. Calls with is_local =
 /// true of `set_config` are the one exception (transaction-scoped, see `local_set_config`).
-const DANGEROUS_BUILTINS: &[&[u8]] = &[
+pub(super) const DANGEROUS_BUILTINS: &[&[u8]] = &[
     b"cursor_to_xml",
     b"cursor_to_xmlschema",
     b"database_to_xml",
@@ -97,32 +63,40 @@ fn is_dangerous_builtin(lower: &[u8]) -> bool {
 
 /// Judges one Query or Parse text against what the catalog says of the database.
 pub fn judge(sql: &[u8], hazards: &Hazards) -> Verdict {
-    let mut verdict = Verdict::Clean;
     let mut lexer = Lexer::new(sql);
+    if hazards.opaque_everywhere {
+        // User-defined operators or casts run code that no word names (or nothing is known).
+        return match lexer.next() {
+            None => Verdict::Clean,
+            Some(_) => Verdict::Opaque,
+        };
+    }
+    let mut verdict = Verdict::Clean;
     let mut statement_start = true;
     let mut lower = [0u8; 64];
-    let mut any = false;
     while let Some(token) = lexer.next() {
-        any = true;
         match token {
             Token::Unsure => return Verdict::Opaque,
             Token::Semicolon => statement_start = true,
             Token::Other(b'(') if statement_start => {}
-            Token::Other(_) => statement_start = false,
-            Token::Str(_) => statement_start = false,
+            Token::Other(_) | Token::Str(_) => statement_start = false,
             Token::Word(raw) | Token::Quoted(raw) => {
-                let word = lowercase(raw, &mut lower);
+                let cut = cut_len(raw);
                 if statement_start {
                     statement_start = false;
                     if matches!(token, Token::Quoted(_)) {
                         return Verdict::Opaque;
                     }
-                    match statement_verdict(word, &lexer) {
+                    match statement_verdict(lowercase(&raw[..cut], &mut lower), &lexer) {
                         Verdict::Clean => {}
                         Verdict::Settings => verdict = Verdict::Settings,
                         Verdict::Opaque => return Verdict::Opaque,
                     }
                 }
+                if !hazards.may_name(super::catalog::fold_hash(&raw[..cut])) {
+                    continue;
+                }
+                let word = lowercase(&raw[..cut], &mut lower);
                 if word == b"set_config" {
                     if !local_set_config(&mut lexer, hazards) {
                         return Verdict::Opaque;
@@ -135,23 +109,23 @@ pub fn judge(sql: &[u8], hazards: &Hazards) -> Verdict {
             }
         }
     }
-    if hazards.opaque_everywhere && any {
-        // User-defined operators or casts run code that no word names.
-        return Verdict::Opaque;
-    }
     verdict
 }
 
 /// The verdict of a statement by its first word (lower case); for SET, the next word tells
-/// the transaction-scoped forms.
+/// the transaction-scoped forms. Statements whose own execution leaves no session state are
+/// clean (what they call or touch is judged word by word); everything not listed is opaque.
 fn statement_verdict(first: &[u8], lexer: &Lexer<'_>) -> Verdict {
     match first {
+        b"select" | b"insert" | b"update" | b"delete" | b"with" | b"values" | b"begin" | b"commit"
+        | b"end" | b"rollback" | b"abort" | b"start" | b"savepoint" | b"release" | b"table" | b"merge"
+        | b"show" | b"fetch" | b"move" | b"close" | b"declare" | b"explain" | b"copy" | b"lock"
+        | b"prepare" | b"deallocate" | b"listen" | b"unlisten" | b"notify" => Verdict::Clean,
         b"set" => match lexer.clone().next() {
             Some(Token::Word(w)) if is_any(w, &[b"local", b"transaction", b"constraints"]) => Verdict::Clean,
             _ => Verdict::Settings,
         },
         b"reset" | b"discard" => Verdict::Settings,
-        _ if CLEAN_STATEMENTS.contains(&first) => Verdict::Clean,
         _ => Verdict::Opaque,
     }
 }
@@ -180,7 +154,7 @@ fn local_set_config(lexer: &mut Lexer<'_>, hazards: &Hazards) -> bool {
                 continue;
             }
             Token::Word(raw) | Token::Quoted(raw) => {
-                let word = lowercase(raw, &mut lower);
+                let word = lowercase(&raw[..cut_len(raw)], &mut lower);
                 if word == b"set_config" || is_dangerous_builtin(word) || hazards.names(word) {
                     return false;
                 }
@@ -272,14 +246,18 @@ fn is_any(word: &[u8], list: &[&[u8]]) -> bool {
     list.iter().any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// `word` lower-cased into `buf`, cut like PostgreSQL cuts identifiers: to 63 bytes, at a
-/// character boundary.
-fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 64]) -> &'b [u8] {
+/// How much of an identifier PostgreSQL keeps: 63 bytes, cut at a character boundary.
+fn cut_len(word: &[u8]) -> usize {
     let mut len = word.len().min(63);
     while len < word.len() && len > 0 && (word[len] & 0xC0) == 0x80 {
         len -= 1;
     }
-    let out = &mut buf[..len];
+    len
+}
+
+/// `word` (already cut, see [`cut_len`]) lower-cased into `buf`.
+fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 64]) -> &'b [u8] {
+    let out = &mut buf[..word.len()];
     for (o, b) in out.iter_mut().zip(word) {
         *o = b.to_ascii_lowercase();
     }

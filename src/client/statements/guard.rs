@@ -31,6 +31,16 @@ pub(super) fn own_id(name: &str) -> Option<u64> {
     (digits.len() == id.to_string().len()).then_some(id)
 }
 
+/// The cheap filter: the trigger words the relay scanned already, when it did (a statement
+/// name can only follow EXECUTE, DEALLOCATE or PREPARE, each starting a letter run).
+fn may_refer(ctx: &RewriteContext<'_>, sql: &[u8]) -> bool {
+    use crate::client::keywords::Word;
+    match ctx.words {
+        Some(words) => words.any(&[Word::Execute, Word::Deallocate, Word::Prepare]),
+        None => refs::may_refer(sql),
+    }
+}
+
 /// A Query's SQL: returns the frame to send instead, when it had to change. Protective Closes
 /// and the expectations they need are queued here, ahead of the Query's own.
 pub(super) fn query(
@@ -41,7 +51,7 @@ pub(super) fn query(
 ) -> Option<BytesMut> {
     let body = &frame[5..];
     let text = body.strip_suffix(&[0]).unwrap_or(body);
-    if !refs::may_refer(text) {
+    if !may_refer(ctx, text) {
         return None;
     }
     let sql = std::str::from_utf8(text).ok()?;
@@ -110,7 +120,7 @@ pub(super) fn parse(
     pipe: &mut Pipeline,
     to_server: &mut BytesMut,
 ) -> ParseGuard {
-    if !refs::may_refer(sql) {
+    if !may_refer(ctx, sql) {
         return ParseGuard::Pass;
     }
     let Ok(text) = std::str::from_utf8(sql) else {

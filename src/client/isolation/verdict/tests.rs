@@ -90,6 +90,7 @@ fn everything_else_is_opaque() {
         "SELECT 1; DO $x$ BEGIN END $x$",
         "SELECT 1; /* a comment */ CALL p()",
         "SELECT 1; -- line\n CALL p()",
+        "SELECT 1;\x0bCALL p()",
         "\"select\" 1",
         "SELECT pg_advisory_lock(1)",
         "SELECT query_to_xml('select 1', true, true, '')",
