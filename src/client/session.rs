@@ -107,7 +107,7 @@ impl Session {
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
         self.take_snapshot();
-        let decision = (!login && self.routes_per_transaction() && self.shared.health().is_some())
+        let decision = (!login && self.routes_per_transaction() && self.health().is_some())
             .then(|| self.classify_request());
         let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
@@ -116,7 +116,7 @@ impl Session {
         let mut failover_deadline = None;
         let mut node = 0;
         let mut backend = loop {
-            if self.shared.health().is_some() {
+            if self.health().is_some() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
                     Ok((index, standby)) => match self.node_pool(index) {
@@ -165,7 +165,7 @@ impl Session {
                 None => {
                     let wait_started = Instant::now();
                     self.ticket.waiting(node, wait_started);
-                    changed = self.shared.health().map(|h| h.changed());
+                    changed = self.health().map(|h| h.changed());
                     let checkout = self.pool.checkout(wish);
                     let waiting = async {
                         match cancel {
@@ -356,7 +356,7 @@ impl Session {
                 };
             let quiet = self.exchange.is_quiet() && !request_at_hand;
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
-            let mut role_change = shared.health().filter(|_| quiet).map(|h| h.subscribe());
+            let mut role_change = self.health().filter(|_| quiet).map(|h| h.subscribe());
             let idle_deadline = match self.exchange.status {
                 _ if !quiet => None,
                 TransactionStatus::Idle => self.idle_timeout(),

@@ -6,12 +6,14 @@
 //! hands it straight to the first waiter, so no task polls and nobody is woken for nothing. One
 //! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
 
+mod autodb;
 mod control;
 mod core;
 mod registry;
 mod servers;
 
 pub use self::core::{Limits, Pooled, Want};
+pub use autodb::{AutoDatabases, TooManyDatabases};
 pub use control::{DbControl, DbControls};
 pub use registry::{PoolKey, Pools};
 pub use servers::{ServerEntry, ServerRegistry, ServerState, ServerTicket};

@@ -351,7 +351,8 @@ fn servers(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW DATABASES. `max_connections` is 0 (no limit): tidepool has no `max_db_connections`.
+/// SHOW DATABASES: each configured database, and each one `*` serves now, with the address of
+/// its cluster's first node.
 fn databases(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
@@ -372,8 +373,13 @@ fn databases(shared: &Shared) -> Table {
         ("disabled", INT4),
     ]);
     let pools = shared.pools.all();
-    let node = config.nodes.first();
-    for (name, db) in &config.databases {
+    let configured = (config.databases.keys()).filter(|name| *name != crate::config::WILDCARD_DATABASE);
+    let auto = shared.pools.auto.names();
+    for name in configured.chain(auto.iter()) {
+        let Some(db) = config.database(name) else {
+            continue;
+        };
+        let node = snapshot.nodes_for(name).and_then(|nodes| nodes.first());
         let control = shared.pools.controls.get(name);
         let current: usize = pools
             .iter()
@@ -384,8 +390,8 @@ fn databases(shared: &Shared) -> Table {
             s(name),
             node.map(|n| n.host.clone()),
             node.map(|n| n.port.to_string()),
-            s(db.dbname.as_deref().unwrap_or(name)),
-            None,
+            config.server_dbname(name),
+            db.user.clone(),
             s(db.pool_size.unwrap_or(config.pool.default_pool_size)),
             s(config.pool.min_pool_size),
             s(config.pool.reserve_pool_size),
