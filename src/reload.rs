@@ -31,7 +31,7 @@ pub struct ReloadReport {
     pub pools_updated: usize,
     /// Pools retired (backend settings changed, or their database, user or node is gone).
     pub pools_retired: usize,
-    /// The health checkers were restarted for a new set of nodes or new health settings.
+    /// Some cluster's health checkers were restarted (new nodes or health settings) or stopped.
     pub health_restarted: bool,
 }
 
@@ -114,7 +114,7 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
 
     // 4. Swap the checkers; stop those replaced or of clusters gone.
     if !started.is_empty() || healths.len() != shared.healths().len() {
-        report.health_restarted = !started.is_empty();
+        report.health_restarted = true;
         let previous = shared.health.swap(Arc::new(healths));
         let kept = shared.healths();
         for (name, health) in previous.iter() {
