@@ -192,6 +192,8 @@ impl Shared {
             settings.login.secret = auth.backend.clone();
         }
         let pool = self.pools.get_or_create(&key, || settings);
+        // Before its first connection: the caps it counts against have their maxima.
+        (self.pools.caps).configure(&snapshot.config, database, &user.name);
         // A pool made by a client that proved nothing usable (trust, cert) learns the secret of
         // the first client that did.
         let current = pool.settings();
@@ -261,6 +263,7 @@ fn server_login(config: &Config, database: &str, user: &UserConfig) -> (String, 
                 backend_user: None,
                 backend_password: None,
                 pool_size: None,
+                max_user_connections: None,
             };
             backend_secret(&entry)
         }
@@ -560,6 +563,7 @@ async fn janitor(shared: Arc<Shared>) {
         crate::reload::reconcile_pools(&shared, &snapshot);
         close_idle_auto_databases(&shared, &snapshot);
         for pool in shared.pools.all() {
+            pool.yield_to_cap_waiters();
             pool.maintain();
         }
     }

@@ -188,6 +188,7 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
     let (mut updated, mut retired) = (0, 0);
     for pool in shared.pools.all() {
         let key = &pool.key;
+        shared.pools.caps.configure(config, &key.database, &key.user);
         let current = pool.settings();
         let still_there = (snapshot.nodes_for(&key.database))
             .is_some_and(|nodes| nodes.iter().any(|n| n.address() == *key.node));

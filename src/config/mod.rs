@@ -174,6 +174,13 @@ pub struct PoolConfig {
     /// A database served through `*` whose pools have had no client this long is closed (its
     /// pools and their connections); 0 = never. Default 3600s. Reloadable.
     pub autodb_idle_timeout: ConfigDuration,
+    /// Backend connections of one database (all its pools: users and nodes) at most; a pool
+    /// that needs one more waits, within `query_wait_timeout`. 0 = no limit. Default 0.
+    /// Reloadable.
+    pub max_db_connections: usize,
+    /// Backend connections of one user (all its pools) at most, as `max_db_connections`.
+    /// 0 = no limit. Default 0. Reloadable.
+    pub max_user_connections: usize,
     /// How many databases `*` may serve at once; a client asking for one more gets 53300.
     /// 0 = no bound. Default 100. Reloadable.
     pub max_auto_databases: usize,
@@ -196,6 +203,8 @@ impl Default for PoolConfig {
             max_prepared_statements: 500,
             autodb_idle_timeout: ConfigDuration::secs(3600),
             max_auto_databases: 100,
+            max_db_connections: 0,
+            max_user_connections: 0,
         }
     }
 }
@@ -248,6 +257,8 @@ pub struct DatabaseConfig {
     pub pool_mode: Option<PoolMode>,
     /// Overrides `pool.default_pool_size`.
     pub pool_size: Option<usize>,
+    /// Overrides `pool.max_db_connections` (0 = no limit).
+    pub max_db_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -260,6 +271,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("pool_mode", &self.pool_mode)
             .field("pool_size", &self.pool_size)
+            .field("max_db_connections", &self.max_db_connections)
             .finish()
     }
 }
@@ -332,6 +344,9 @@ pub struct UserConfig {
     /// Overrides the pool size for this user's pools.
     #[serde(default)]
     pub pool_size: Option<usize>,
+    /// Overrides `pool.max_user_connections` (0 = no limit).
+    #[serde(default)]
+    pub max_user_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -347,6 +362,7 @@ impl std::fmt::Debug for UserConfig {
                 &self.backend_password.as_ref().map(|_| "<hidden>"),
             )
             .field("pool_size", &self.pool_size)
+            .field("max_user_connections", &self.max_user_connections)
             .finish()
     }
 }

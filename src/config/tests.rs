@@ -315,6 +315,8 @@ fn example_file_documents_every_key() {
         "server_check_delay",
         "max_prepared_statements",
         "autodb_idle_timeout",
+        "max_db_connections",
+        "max_user_connections",
         "max_auto_databases",
         "cluster",
         "user",

@@ -7,6 +7,7 @@
 //! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
 
 mod autodb;
+mod caps;
 mod control;
 mod core;
 mod registry;
@@ -14,6 +15,7 @@ mod servers;
 
 pub use self::core::{Limits, Pooled, Want};
 pub use autodb::{AutoDatabases, TooManyDatabases};
+pub use caps::{CapPermit, ConnCap, ConnCaps};
 pub use control::{DbControl, DbControls};
 pub use registry::{PoolKey, Pools};
 pub use servers::{ServerEntry, ServerRegistry, ServerState, ServerTicket};
@@ -112,10 +114,13 @@ pub struct Pool {
     /// Connections opened at or before this instant are closed when released: their node's
     /// role changed since (see [`Pool::retire_connections`]).
     retired_before: Mutex<Option<Instant>>,
+    /// `max_db_connections` and `max_user_connections`: every connection holds a place in both.
+    pub caps: [Arc<ConnCap>; 2],
 }
 
 /// What a pool shares with the others of its process.
 pub(crate) struct PoolContext {
+    pub caps: [Arc<ConnCap>; 2],
     pub conn_ids: Arc<AtomicU64>,
     pub controls: Arc<DbControls>,
     pub servers: Arc<ServerRegistry>,
@@ -157,6 +162,7 @@ impl Pool {
             stats: PoolStats::default(),
             retired: AtomicBool::new(false),
             retired_before: Mutex::new(None),
+            caps: context.caps,
         }
     }
 
@@ -181,9 +187,10 @@ impl Pool {
     }
 
     /// Gives a new connection its registry entry (SHOW SERVERS).
-    fn register(&self, conn: &mut BackendConn) {
+    fn register(&self, conn: &mut BackendConn, permits: Vec<CapPermit>) {
         let settings = self.settings.load();
         conn.ticket = Some(self.servers.register(servers::NewServer {
+            permits,
             id: conn.id,
             pool: &self.key,
             user: &settings.login.user,
@@ -292,10 +299,10 @@ impl Pool {
                         return Ok(conn);
                     }
                 }
-                Acquire::Connect => return self.open_in_slot(&settings, wish).await,
+                Acquire::Connect => return self.open_in_slot(&settings, wish, started).await,
                 Acquire::Replace(old) => {
                     tokio::spawn(old.terminate());
-                    return self.open_in_slot(&settings, wish).await;
+                    return self.open_in_slot(&settings, wish, started).await;
                 }
                 Acquire::Wait { waiter, grant } => {
                     self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +314,7 @@ impl Pool {
                                 return Ok(conn);
                             }
                         }
-                        Ok(Grant::Slot) => return self.open_in_slot(&settings, wish).await,
+                        Ok(Grant::Slot) => return self.open_in_slot(&settings, wish, started).await,
                         Err(e) => return Err(e),
                     }
                 }
@@ -367,11 +374,14 @@ impl Pool {
         &self,
         settings: &PoolSettings,
         wish: StartupWish<'_>,
+        started: Instant,
     ) -> Result<Server, PoolError> {
         let mut guard = SlotGuard {
             pool: self,
             armed: true,
         };
+        let deadline = settings.query_wait_timeout.map(|t| started + t);
+        let permits = self.cap_permits(deadline).await?;
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
@@ -389,7 +399,7 @@ impl Pool {
             Ok(conn) => {
                 guard.armed = false;
                 let mut conn = Box::new(conn);
-                self.register(&mut conn);
+                self.register(&mut conn, permits);
                 Ok(conn)
             }
             Err(e) => {
@@ -480,6 +490,11 @@ impl Pool {
         for _ in 0..missing {
             let pool = self.clone();
             let settings = settings.clone();
+            // Prewarming never waits for a cap: a full one means the slot is not used.
+            let Some(permits) = self.cap_permits_now() else {
+                self.lock().forget();
+                continue;
+            };
             tokio::spawn(async move {
                 let id = pool.conn_ids.fetch_add(1, Ordering::Relaxed);
                 let result = backend::connect(
@@ -494,7 +509,7 @@ impl Pool {
                 match result {
                     Ok(conn) => {
                         let mut conn = Box::new(conn);
-                        pool.register(&mut conn);
+                        pool.register(&mut conn, permits);
                         pool.release(conn)
                     }
                     Err(e) => {
@@ -503,6 +518,46 @@ impl Pool {
                     }
                 }
             });
+        }
+    }
+
+    /// A place under each cap, waiting (counted as a waiting client) until `deadline`.
+    async fn cap_permits(&self, deadline: Option<Instant>) -> Result<Vec<CapPermit>, PoolError> {
+        let mut permits = Vec::with_capacity(self.caps.len());
+        for cap in &self.caps {
+            if let Some(permit) = cap.try_acquire() {
+                permits.push(permit);
+                continue;
+            }
+            self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
+            let permit = cap.acquire(deadline).await;
+            self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
+            match permit {
+                Some(permit) => permits.push(permit),
+                None => {
+                    self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(PoolError::WaitTimeout);
+                }
+            }
+        }
+        Ok(permits)
+    }
+
+    /// A place under each cap right now, or `None`.
+    fn cap_permits_now(&self) -> Option<Vec<CapPermit>> {
+        self.caps.iter().map(|cap| cap.try_acquire()).collect()
+    }
+
+    /// Closes one idle connection when a cap this pool counts against has waiters (of other
+    /// pools: this pool's own clients would have taken it). Called by the janitor.
+    pub fn yield_to_cap_waiters(&self) {
+        if !self.caps.iter().any(|cap| cap.has_waiters()) {
+            return;
+        }
+        let first = std::cell::Cell::new(true);
+        let one = self.lock().drain_idle_where(|_| first.replace(false));
+        for conn in one {
+            tokio::spawn(conn.terminate());
         }
     }
 

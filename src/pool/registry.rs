@@ -1,6 +1,6 @@
 //! The set of pools, created on first use from the configuration snapshot.
 
-use super::{AutoDatabases, DbControls, Pool, PoolContext, PoolSettings, ServerRegistry};
+use super::{AutoDatabases, ConnCaps, DbControls, Pool, PoolContext, PoolSettings, ServerRegistry};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fmt;
@@ -34,6 +34,8 @@ pub struct Pools {
     pub metrics: Arc<Metrics>,
     /// Databases currently served through `*`.
     pub auto: AutoDatabases,
+    /// `max_db_connections` / `max_user_connections` across pools.
+    pub caps: ConnCaps,
 }
 
 impl Pools {
@@ -52,6 +54,7 @@ impl Pools {
             return pool.clone();
         }
         let context = PoolContext {
+            caps: [self.caps.database(&key.database), self.caps.user(&key.user)],
             conn_ids: self.conn_ids.clone(),
             controls: self.controls.clone(),
             servers: self.servers.clone(),

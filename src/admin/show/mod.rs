@@ -397,7 +397,7 @@ fn databases(shared: &Shared) -> Table {
             s(config.pool.reserve_pool_size),
             s(config.pool.server_lifetime.0.as_secs()),
             s(config.pool_mode_for(name).as_str()),
-            s(0),
+            s(db.max_db_connections.unwrap_or(config.pool.max_db_connections)),
             s(current),
             s(shared.pools.controls.paused(&control) as u8),
             s(control.is_disabled() as u8),
@@ -406,7 +406,7 @@ fn databases(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW USERS. `max_user_connections` is 0 (no limit): tidepool has no such setting.
+/// SHOW USERS; `max_user_connections` is the user's cap (0 = none).
 fn users(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let mut t = Table::new(&[
@@ -429,7 +429,9 @@ fn users(shared: &Shared) -> Table {
             user.pool_size.map(|n| n.to_string()),
             None,
             None,
-            s(0),
+            s(user
+                .max_user_connections
+                .unwrap_or(snapshot.config.pool.max_user_connections)),
             s(current),
         ]);
     }
