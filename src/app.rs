@@ -241,6 +241,7 @@ pub(crate) fn pool_settings(
         reset_query: pool.server_reset_query.clone(),
         check_query: pool.server_check_query.clone(),
         check_delay: pool.server_check_delay.0,
+        login_retry: pool.server_login_retry.0,
     }
 }
 

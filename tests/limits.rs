@@ -111,3 +111,45 @@ async fn max_user_connections_times_out_like_a_full_pool_and_reloads() {
     a.batch_execute("COMMIT").await.unwrap();
     proxy.shutdown_within(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_server_login_is_answered_from_cache_for_server_login_retry() {
+    let _serial = SERIAL.lock().await;
+    pg().psql("postgres", "DROP DATABASE IF EXISTS login_retry_db")
+        .unwrap();
+    let toml =
+        caps_toml("server_login_retry = \"1h\"") + "\n[databases.later]\ndbname = \"login_retry_db\"\n";
+    let proxy = common::start_proxy(Config::from_toml(&toml).expect("valid")).await;
+    let addr = proxy.local_addr();
+    let refused = |result: Result<tokio_postgres::Client, tokio_postgres::Error>| {
+        let Err(error) = result else {
+            panic!("the login was accepted");
+        };
+        let db = error.as_db_error().expect("a server error").clone();
+        (db.code().code().to_string(), db.message().to_string())
+    };
+    let first = common::try_connect(addr, APP_USER, APP_PASSWORD, "later").await;
+    let (code, message) = refused(first);
+    assert_eq!(code, "3D000");
+    assert!(!message.contains("server_login_retry"), "{message}");
+
+    // The database exists now, but the refusal is still being served from cache.
+    pg().psql("postgres", "CREATE DATABASE login_retry_db OWNER app")
+        .unwrap();
+    let second = common::try_connect(addr, APP_USER, APP_PASSWORD, "later").await;
+    let (code, message) = refused(second);
+    assert_eq!(code, "3D000");
+    assert!(message.contains("server_login_retry"), "{message}");
+
+    // server_login_retry = 0 (reloaded) turns the cache off: the login goes through.
+    let off = Config::from_toml(&toml.replace("server_login_retry = \"1h\"", "server_login_retry = \"0s\""))
+        .unwrap();
+    tidepool::reload::apply(proxy.shared(), off)
+        .await
+        .expect("reload");
+    let third = connect(addr, APP_USER, APP_PASSWORD, "later").await;
+    let db = third.simple_query("SELECT current_database()").await.unwrap();
+    assert_eq!(common::first_value(&db), "login_retry_db");
+    drop(third);
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+}

@@ -174,6 +174,10 @@ pub struct PoolConfig {
     /// A database served through `*` whose pools have had no client this long is closed (its
     /// pools and their connections); 0 = never. Default 3600s. Reloadable.
     pub autodb_idle_timeout: ConfigDuration,
+    /// After PostgreSQL refused a pool's login (password, unknown database, hba, too many
+    /// connections), its clients get that error at once for this long instead of trying
+    /// again; 0 = off. Transient failures are not cached. Default 15s. Reloadable.
+    pub server_login_retry: ConfigDuration,
     /// Backend connections of one database (all its pools: users and nodes) at most; a pool
     /// that needs one more waits, within `query_wait_timeout`. 0 = no limit. Default 0.
     /// Reloadable.
@@ -203,6 +207,7 @@ impl Default for PoolConfig {
             max_prepared_statements: 500,
             autodb_idle_timeout: ConfigDuration::secs(3600),
             max_auto_databases: 100,
+            server_login_retry: ConfigDuration::secs(15),
             max_db_connections: 0,
             max_user_connections: 0,
         }

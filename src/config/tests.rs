@@ -317,6 +317,7 @@ fn example_file_documents_every_key() {
         "autodb_idle_timeout",
         "max_db_connections",
         "max_user_connections",
+        "server_login_retry",
         "max_auto_databases",
         "cluster",
         "user",

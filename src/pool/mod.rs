@@ -10,6 +10,7 @@ mod autodb;
 mod caps;
 mod control;
 mod core;
+mod login_retry;
 mod registry;
 mod servers;
 
@@ -56,6 +57,8 @@ pub struct PoolSettings {
     pub reset_query: String,
     pub check_query: String,
     pub check_delay: Duration,
+    /// `server_login_retry`: how long a refused login is answered from cache (0 = off).
+    pub login_retry: Duration,
 }
 
 /// Why a checkout failed.
@@ -116,6 +119,8 @@ pub struct Pool {
     retired_before: Mutex<Option<Instant>>,
     /// `max_db_connections` and `max_user_connections`: every connection holds a place in both.
     pub caps: [Arc<ConnCap>; 2],
+    /// The last refused login, answered again for `server_login_retry`.
+    login_failure: login_retry::LoginFailure,
 }
 
 /// What a pool shares with the others of its process.
@@ -163,6 +168,7 @@ impl Pool {
             retired: AtomicBool::new(false),
             retired_before: Mutex::new(None),
             caps: context.caps,
+            login_failure: Default::default(),
         }
     }
 
@@ -380,6 +386,9 @@ impl Pool {
             pool: self,
             armed: true,
         };
+        if let Some(refused) = self.login_failure.cached(settings.login_retry) {
+            return Err(refused.into());
+        }
         let deadline = settings.query_wait_timeout.map(|t| started + t);
         let permits = self.cap_permits(deadline).await?;
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
@@ -395,6 +404,7 @@ impl Pool {
         )
         .await;
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
+        self.login_failure.record(result.as_ref().map(|_| ()));
         match result {
             Ok(conn) => {
                 guard.armed = false;
