@@ -35,6 +35,8 @@ pub enum CloseReason {
     IdleTimeout,
     #[error("idle_transaction_timeout")]
     IdleInTransactionTimeout,
+    #[error("transaction_timeout")]
+    TransactionTimeout,
     #[error("server connection lost: {0}")]
     BackendLost(String),
     #[error("query_wait_timeout")]
@@ -213,6 +215,7 @@ async fn serve_inner(
         awaiting_first_request: true,
         ha: Default::default(),
         listens: None,
+        tx_clock: Default::default(),
     };
     let reason = tokio::select! {
         reason = session.run() => reason,

@@ -69,6 +69,8 @@ pub(super) struct Session {
     pub(super) ha: super::routing::HaState,
     /// Channels it LISTENs to through the pool's listener (transaction mode, `listen.rs`).
     pub(super) listens: Option<super::notify::Subscription>,
+    /// When the current transaction began (`transaction_timeout`, see `timeouts.rs`).
+    pub(super) tx_clock: super::timeouts::TransactionClock,
 }
 
 impl Session {
@@ -355,6 +357,10 @@ impl Session {
                     Err(_) => true,
                 };
             let quiet = self.exchange.is_quiet() && !request_at_hand;
+            let in_transaction = self.exchange.status != TransactionStatus::Idle;
+            let tx_deadline = self
+                .tx_clock
+                .observe(quiet, in_transaction, self.transaction_timeout());
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
             let mut role_change = self.health().filter(|_| quiet).map(|h| h.subscribe());
             let idle_deadline = match self.exchange.status {
@@ -386,6 +392,7 @@ impl Session {
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
+                _ = sleep_or_never(tx_deadline) => return self.transaction_timeout_hit().await,
                 _ = graceful_due, if quiet && between_transactions => {
                     return self.close_for_shutdown().await;
                 }

@@ -299,6 +299,7 @@ fn example_file_documents_every_key() {
         "client_login_timeout",
         "client_idle_timeout",
         "idle_transaction_timeout",
+        "transaction_timeout",
         "max_message_size",
         "shutdown_timeout",
         "stats_period",
