@@ -287,3 +287,80 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
         .map(|(_, body)| body.to_string())
         .unwrap_or(text)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_cluster_has_its_own_health_checking_and_routing() {
+    // A primary and a standby of their own, beside the harness's single-node default cluster.
+    let replicated = tokio::task::spawn_blocking(|| {
+        let bins = PgBinaries::locate().expect("PostgreSQL binaries");
+        let mut cluster = LocalCluster::start(&bins, NodeOptions::default()).expect("cluster starts");
+        cluster.create_role(APP_USER, APP_PASSWORD).expect("role app");
+        cluster.create_database("replicated", APP_USER).expect("database");
+        cluster.add_standby().expect("standby");
+        cluster
+    })
+    .await
+    .unwrap();
+    let (primary, standby) = (replicated.primary.port, replicated.standbys[0].port);
+    let toml = two_cluster_toml("").replace(
+        "[databases.app]",
+        &format!(
+            "[clusters.replicated]\nnodes = [{{ host = \"127.0.0.1\", port = {primary} }}, {{ host = \"127.0.0.1\", port = {standby} }}]\n\
+             [clusters.replicated.health]\nhealth_check_interval = \"100ms\"\n\n\
+             [databases.replicated]\ncluster = \"replicated\"\n\n[databases.app]"
+        ),
+    );
+    let proxy = common::start_proxy(Config::from_toml(&toml).expect("valid")).await;
+    let addr = proxy.local_addr();
+    assert!(
+        proxy.shared().health_of("replicated").is_some(),
+        "two nodes: checked"
+    );
+    assert!(
+        proxy.shared().health_of("default").is_none(),
+        "one node: not checked"
+    );
+
+    // SHOW NODES lists every cluster's nodes; the replicated one's roles come from its checks.
+    let console = connect(addr, ADMIN.0, "admin-secret", "tidepool").await;
+    let nodes = until(&console, "SHOW NODES", |t| {
+        t.rows_where("cluster", "replicated")
+            .iter()
+            .any(|r| t.get(r, "role") == Some("standby") && t.get(r, "health") == Some("up"))
+    })
+    .await;
+    assert_eq!(nodes.rows_where("cluster", "default").len(), 1);
+    assert_eq!(nodes.rows_where("cluster", "second").len(), 1);
+    let standby_row = nodes.rows_where("node", &format!("127.0.0.1:{standby}"));
+    assert_eq!(nodes.get(standby_row[0], "cluster"), Some("replicated"));
+
+    // Reads of the replicated database go to its standby, writes to its primary; the other
+    // clusters' databases are served by their single node.
+    let client = connect(addr, APP_USER, APP_PASSWORD, "replicated").await;
+    let mut on_standby = false;
+    for _ in 0..200 {
+        let port = first_value(&client.simple_query("SELECT inet_server_port()").await.unwrap());
+        if port == standby.to_string() {
+            on_standby = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_standby, "reads never reached the replicated cluster's standby");
+    let write = client
+        .simple_query("SELECT inet_server_port(), txid_current()")
+        .await
+        .unwrap();
+    assert_eq!(first_value(&write), primary.to_string());
+    let app = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    let port = first_value(&app.simple_query("SELECT inet_server_port()").await.unwrap());
+    assert_eq!(port, pg().port.to_string());
+
+    // /metrics: node series carry their cluster.
+    let body = http_get(proxy.metrics_addr().expect("metrics"), "/metrics").await;
+    let up = format!("tidepool_node_up{{cluster=\"replicated\",node=\"127.0.0.1:{standby}\"}} 1");
+    assert!(body.lines().any(|l| l == up), "{up} in\n{body}");
+    drop((client, app));
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+    drop(replicated);
+}
