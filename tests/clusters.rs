@@ -364,3 +364,36 @@ async fn a_named_cluster_has_its_own_health_checking_and_routing() {
     proxy.shutdown_within(Duration::from_secs(5)).await;
     drop(replicated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_a_database_to_another_cluster_under_its_clients() {
+    for node in [pg(), &second().primary] {
+        node.psql("postgres", "DROP DATABASE IF EXISTS on_both").unwrap();
+        node.psql("postgres", "CREATE DATABASE on_both OWNER app")
+            .unwrap();
+    }
+    let toml = two_cluster_toml("") + "\n[databases.moving]\ndbname = \"on_both\"\n";
+    let proxy = common::start_proxy(Config::from_toml(&toml).expect("valid")).await;
+    let addr = proxy.local_addr();
+    let client = connect(addr, APP_USER, APP_PASSWORD, "moving").await;
+    let port = || async { first_value(&client.simple_query("SELECT inet_server_port()").await.unwrap()) };
+    assert_eq!(port().await, pg().port.to_string());
+
+    let moved = Config::from_toml(&(toml.clone() + "cluster = \"second\"\n")).expect("valid");
+    let report = tidepool::reload::apply(proxy.shared(), moved)
+        .await
+        .expect("reload");
+    assert!(report.pools_retired >= 1, "the old cluster's pool is retired");
+    assert!(!report.health_restarted, "no cluster's checked nodes changed");
+    // The same client's next transaction runs on the other cluster.
+    assert_eq!(port().await, second().primary.port.to_string());
+    let console = connect(addr, ADMIN.0, "admin-secret", "tidepool").await;
+    let databases = show(&console, "SHOW DATABASES").await;
+    let row = databases.rows_where("name", "moving");
+    assert_eq!(
+        databases.get(row[0], "port"),
+        Some(second().primary.port.to_string().as_str())
+    );
+    drop(client);
+    proxy.shutdown_within(Duration::from_secs(5)).await;
+}
