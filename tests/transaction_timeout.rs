@@ -1,6 +1,7 @@
-//! `transaction_timeout` against real PostgreSQL: a client inside one transaction too long,
-//! busy or idle, in transaction or session mode, is closed with FATAL 25P04 and its work is
-//! rolled back; transactions that finish in time are left alone.
+//! `transaction_timeout` and `query_timeout` against real PostgreSQL: a client inside one
+//! transaction too long, busy or idle, in transaction or session mode, is closed with FATAL
+//! 25P04 and its work is rolled back; a request running too long is cancelled (57014) and the
+//! client carries on; what finishes in time is left alone.
 
 mod common;
 
@@ -91,6 +92,34 @@ async fn a_long_transaction_is_closed_with_25p04_and_rolled_back() {
         // Only the committed rows are there: both cut transactions were rolled back.
         assert_eq!(tokio::task::block_in_place(|| rows(&name)), "3", "{mode}");
         drop(quick);
+        proxy.shutdown_within(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_is_cancelled_with_57014_and_the_client_carries_on() {
+    for mode in ["transaction", "session"] {
+        let toml = base_config_toml(pg()).replace(
+            "pool_mode = \"transaction\"",
+            &format!("pool_mode = \"{mode}\"\nquery_timeout = \"1s\""),
+        );
+        let proxy = start_proxy(Config::from_toml(&toml).expect("valid")).await;
+        let addr = proxy.local_addr();
+        let client = connect(addr, APP_USER, APP_PASSWORD, APP_DB).await;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .expect("a quick request runs");
+        let (code, message) = server_error(client.simple_query("SELECT pg_sleep(60)").await);
+        assert_eq!(code, "57014", "{mode}: {message}");
+        // Inside a transaction too, and the connection stays usable afterwards.
+        client.batch_execute("BEGIN").await.unwrap();
+        let (code, _) = server_error(client.simple_query("SELECT pg_sleep(60)").await);
+        assert_eq!(code, "57014", "{mode}");
+        client.batch_execute("ROLLBACK").await.unwrap();
+        let rows = client.simple_query("SELECT 42").await.expect("still connected");
+        assert_eq!(first_value(&rows), "42");
+        drop(client);
         proxy.shutdown_within(Duration::from_secs(5)).await;
     }
 }

@@ -6,7 +6,7 @@ use super::conn::{ClientConn, ClientIoError};
 use super::keywords::Words;
 use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
-use super::relay::{relay, Exchange, RelayEvent, Rewrite};
+use super::relay::{Exchange, RelayEvent, Rewrite};
 use super::statements::{ClientStatements, Pipeline};
 use crate::app::{Shared, Snapshot};
 use crate::backend::BackendError;
@@ -374,6 +374,7 @@ impl Session {
             let graceful_due = self.shutdown_due(Stage::Graceful);
             let fast_due = self.shutdown_due(Stage::Fast);
             let per_transaction = self.routes_per_transaction();
+            let query_timeout = self.snapshot.config.proxy.query_timeout.non_zero();
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
@@ -388,7 +389,7 @@ impl Session {
             let event = tokio::select! {
                 // The relay first; the others are polled only while it waits.
                 biased;
-                event = relay(&mut self.client, backend, &mut self.exchange, rewrite) => event,
+                event = super::timeouts::relay_timed(&mut self.client, backend, &mut self.exchange, rewrite, query_timeout) => event,
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }

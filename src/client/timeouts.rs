@@ -1,3 +1,12 @@
+//! Client-side timeouts of the request loop with PgBouncer's names.
+//!
+//! `query_timeout`: a request the server has not answered within this time is cancelled (a
+//! CancelRequest to its backend), so the client gets PostgreSQL's 57014 "canceling
+//! statement…" error and keeps its connection, as with `statement_timeout`. The relay is
+//! driven through [`relay_timed`], which sees after each poll whether a request is
+//! outstanding; the backend is not given back before PostgreSQL processed the cancel, so a
+//! late cancel never reaches another client's query.
+//!
 //! `transaction_timeout`: a client that has been inside one transaction longer than this is
 //! disconnected with FATAL 25P04, as PostgreSQL 17's own `transaction_timeout` does (its
 //! backend is rolled back or closed like any client's that leaves mid-transaction).
@@ -7,11 +16,62 @@
 //! request started a turn (transaction mode: the first request after a backend was
 //! attached), else at the turn that first saw the transaction (at its first ReadyForQuery).
 
+use super::cancel::CancelTarget;
+use super::conn::ClientConn;
 use super::login::CloseReason;
+use super::relay::{poll_relay, relay, Exchange, RelayEvent, Rewrite};
 use super::session::Session;
+use crate::backend::BackendConn;
 use crate::protocol::{ErrorFields, SqlState};
+use std::future::{poll_fn, Future};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// [`relay`] with `query_timeout` (`None`: the plain relay, nothing added to the hot path).
+pub(super) async fn relay_timed(
+    client: &mut ClientConn,
+    backend: &mut BackendConn,
+    ex: &mut Exchange,
+    mut rewrite: Option<Rewrite<'_>>,
+    timeout: Option<Duration>,
+) -> RelayEvent {
+    let Some(timeout) = timeout else {
+        return relay(client, backend, ex, rewrite).await;
+    };
+    let target = CancelTarget {
+        addr: backend.addr.clone(),
+        key: backend.key,
+    };
+    // Started when a request is first seen outstanding; fires once per request.
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut cancel: Option<tokio::task::JoinHandle<()>> = None;
+    let event = poll_fn(|cx| {
+        let poll = poll_relay(cx, client, backend, ex, rewrite.as_mut());
+        if poll.is_ready() {
+            return poll;
+        }
+        if ex.is_quiet() {
+            timer = None;
+        } else if cancel.is_none() {
+            let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                tracing::info!(node = %target.addr, "query_timeout: cancelling the request");
+                let target = target.clone();
+                cancel = Some(tokio::spawn(async move {
+                    super::cancel::send_cancel_to(&target).await
+                }));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    // Not handed back (released, parked) before PostgreSQL processed the cancel.
+    if let Some(cancel) = cancel {
+        let _ = cancel.await;
+    }
+    event
+}
 
 /// PostgreSQL's SQLSTATE for `transaction_timeout` (`idle_in_transaction_session_timeout` is
 /// its neighbour 25P03).

@@ -87,6 +87,9 @@ pub struct ProxyConfig {
     pub client_idle_timeout: ConfigDuration,
     /// Close a client idle inside a transaction this long; 0 = off.
     pub idle_transaction_timeout: ConfigDuration,
+    /// Cancel a request the server has not answered within this time (the client gets
+    /// 57014 and keeps its connection); 0 = off. Default 0. Reloadable.
+    pub query_timeout: ConfigDuration,
     /// Close a client that has been inside one transaction this long, busy or not (FATAL
     /// 25P04, as PostgreSQL's own transaction_timeout); 0 = off. Default 0. Reloadable.
     pub transaction_timeout: ConfigDuration,
@@ -134,6 +137,7 @@ impl Default for ProxyConfig {
             client_login_timeout: ConfigDuration::secs(60),
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
+            query_timeout: ConfigDuration::secs(0),
             transaction_timeout: ConfigDuration::secs(0),
             max_message_size: ByteSize(64 << 20),
             admin_users: Vec::new(),

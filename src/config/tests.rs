@@ -300,6 +300,7 @@ fn example_file_documents_every_key() {
         "client_idle_timeout",
         "idle_transaction_timeout",
         "transaction_timeout",
+        "query_timeout",
         "max_message_size",
         "shutdown_timeout",
         "stats_period",
