@@ -12,7 +12,8 @@ use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
 use crate::router::{Classifier, RoundRobin};
 use crate::shutdown::{Shutdown, Stage};
 use crate::tls::{BackendTls, ClientTls};
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,18 +22,50 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 /// An immutable view of the configuration and what is derived from it; swapped whole on reload.
+///
+/// The snapshot of the whole config also holds one *view* per cluster: the same snapshot with
+/// `config.nodes`, `config.health` and `config.routing` (and the weights and classifier derived
+/// from them) being that cluster's. Sessions hold the view of their database's cluster.
 pub struct Snapshot {
     pub config: Config,
-    pub users: UserDirectory,
+    pub users: Arc<UserDirectory>,
     /// Read/write classification for this config's function lists (cached by statement text).
-    pub classifier: Classifier,
+    pub classifier: Arc<Classifier>,
     /// `[[nodes]] weight`, in node order.
     pub weights: Vec<u32>,
     /// TLS toward clients (`None` = client_tls_mode disable), certificates read at build time.
     pub client_tls: Option<Arc<ClientTls>>,
     /// TLS toward PostgreSQL.
     pub backend_tls: BackendTls,
+    /// The cluster whose nodes `config.nodes` are (`default` for the whole config's snapshot).
+    pub cluster: Arc<str>,
+    /// Per cluster name, its view (empty in a view).
+    views: BTreeMap<String, Arc<Snapshot>>,
 }
+
+impl Snapshot {
+    /// The view of the cluster serving `database`; `None` if no database entry serves it.
+    pub fn view_for(&self, database: &str) -> Option<Arc<Snapshot>> {
+        self.views.get(self.config.cluster_of(database)?).cloned()
+    }
+
+    /// Every cluster's view, by name.
+    pub fn views(&self) -> impl Iterator<Item = (&str, &Arc<Snapshot>)> {
+        self.views.iter().map(|(name, view)| (name.as_str(), view))
+    }
+
+    /// The nodes of the cluster serving `database`, from a view or the whole snapshot.
+    pub fn nodes_for(&self, database: &str) -> Option<&[crate::config::NodeConfig]> {
+        let cluster = self.config.cluster_of(database)?;
+        if *self.cluster == *cluster {
+            return Some(&self.config.nodes);
+        }
+        self.views.get(cluster).map(|view| view.config.nodes.as_slice())
+    }
+}
+
+/// The health checkers of each cluster with more than one node, by cluster name.
+pub type HealthMap = BTreeMap<String, Arc<Health>>;
 
 /// Everything tasks share, passed down explicitly (no globals).
 pub struct Shared {
@@ -47,9 +80,9 @@ pub struct Shared {
     pub notify: crate::client::notify::NotifyHubs,
     pub clients: ClientCounter,
     pub stats: ProxyStats,
-    /// Node roles and lag, when there is more than one node to choose from; replaced when a
-    /// reload changes the nodes (read it with [`Shared::health`]).
-    pub(crate) health: ArcSwapOption<Health>,
+    /// Node roles and lag per cluster with more than one node to choose from; a cluster's
+    /// entry is replaced when a reload changes its nodes (read with [`Shared::health_of`]).
+    pub(crate) health: ArcSwap<HealthMap>,
     /// Read rotation position.
     pub round_robin: RoundRobin,
     pub shutdown: Shutdown,
@@ -117,8 +150,18 @@ impl Shared {
         self.snapshot.store(Arc::new(snapshot));
     }
 
-    /// The health checkers of the current nodes (`None` with a single node).
+    /// The health checkers of the default cluster (`None` with a single node).
     pub fn health(&self) -> Option<Arc<Health>> {
+        self.health_of(crate::config::DEFAULT_CLUSTER)
+    }
+
+    /// The health checkers of cluster `name` (`None` with a single node).
+    pub fn health_of(&self, name: &str) -> Option<Arc<Health>> {
+        self.health.load().get(name).cloned()
+    }
+
+    /// Every cluster's health checkers.
+    pub fn healths(&self) -> Arc<HealthMap> {
         self.health.load_full()
     }
 
@@ -142,22 +185,27 @@ impl Shared {
         node_index: usize,
     ) -> Option<Arc<Pool>> {
         let user = &auth.config;
-        let config = &snapshot.config;
-        config.databases.get(database)?;
-        let node = config.nodes.get(node_index)?;
+        let node = snapshot.nodes_for(database)?.get(node_index)?;
         let key = PoolKey {
             database: database.to_string(),
             user: user.name.clone(),
             node: Arc::from(node.address()),
+            cluster: Arc::from(snapshot.config.cluster_of(database)?),
         };
         let mut settings = pool_settings(snapshot, database, user, key.node.clone());
-        // A pool logs in with what the client that created it proved (pass-through keys).
-        settings.login.secret = auth.backend.clone();
+        // A database that names its own server login does not take the client's secret.
+        let own_login = snapshot.config.database(database)?.user.is_some();
+        if !own_login {
+            // A pool logs in with what the client that created it proved (pass-through keys).
+            settings.login.secret = auth.backend.clone();
+        }
         let pool = self.pools.get_or_create(&key, || settings);
+        // Before its first connection: the caps it counts against have their maxima.
+        (self.pools.caps).configure(&snapshot.config, database, &user.name);
         // A pool made by a client that proved nothing usable (trust, cert) learns the secret of
         // the first client that did.
         let current = pool.settings();
-        if current.login.secret == BackendSecret::None && auth.backend != BackendSecret::None {
+        if !own_login && current.login.secret == BackendSecret::None && auth.backend != BackendSecret::None {
             let mut settings = (*current).clone();
             settings.login.secret = auth.backend.clone();
             pool.update_settings(settings);
@@ -175,16 +223,16 @@ pub(crate) fn pool_settings(
     addr: Arc<str>,
 ) -> PoolSettings {
     let config = &snapshot.config;
-    let db = config.databases.get(database);
     let pool = &config.pool;
+    let (login_user, secret) = server_login(config, database, user);
     PoolSettings {
         addr,
         login: BackendLogin {
-            user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
-            database: db
-                .and_then(|db| db.dbname.clone())
+            user: login_user,
+            database: config
+                .server_dbname(database)
                 .unwrap_or_else(|| database.to_string()),
-            secret: backend_secret(user),
+            secret,
             tls: snapshot.backend_tls.clone(),
         },
         mode: config.pool_mode_for(database),
@@ -201,7 +249,37 @@ pub(crate) fn pool_settings(
         reset_query: pool.server_reset_query.clone(),
         check_query: pool.server_check_query.clone(),
         check_delay: pool.server_check_delay.0,
+        login_retry: pool.server_login_retry.0,
     }
+}
+
+/// The user and secret a pool logs in to PostgreSQL with: the database's own `user` (with its
+/// `password`, else that user's `[[users]]` entry), else the client user's backend login.
+fn server_login(config: &Config, database: &str, user: &UserConfig) -> (String, BackendSecret) {
+    let forced = config
+        .database(database)
+        .and_then(|db| Some((db.user.clone()?, db)));
+    let Some((name, db)) = forced else {
+        let name = user.backend_user.clone().unwrap_or_else(|| user.name.clone());
+        return (name, backend_secret(user));
+    };
+    let secret = match (&db.password, config.user(&name)) {
+        (Some(password), _) => {
+            let entry = UserConfig {
+                name: name.clone(),
+                password: Some(password.clone()),
+                auth_method: None,
+                backend_user: None,
+                backend_password: None,
+                pool_size: None,
+                max_user_connections: None,
+            };
+            backend_secret(&entry)
+        }
+        (None, Some(entry)) => backend_secret(entry),
+        (None, None) => BackendSecret::None,
+    };
+    (name, secret)
 }
 
 /// A running proxy.
@@ -236,11 +314,11 @@ impl Proxy {
             None => None,
         };
         let shutdown = Shutdown::default();
-        let health = start_health(&snapshot.config, &snapshot.backend_tls, &shutdown);
+        let health = start_healths(&snapshot, &shutdown);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let instance_id = snapshot.config.peers.instance_id;
         let shared = Arc::new(Shared {
-            health: ArcSwapOption::from(health.map(Arc::new)),
+            health: ArcSwap::from_pointee(health),
             round_robin: RoundRobin::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             pools: Pools::new(metrics.clone()),
@@ -261,7 +339,9 @@ impl Proxy {
         let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
         tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
-        watch_role_changes(&shared);
+        for health in shared.healths().values() {
+            watch_role_changes(&shared, health);
+        }
         tracing::info!(%addr, "tidepool listening");
         let metrics_addr = match metrics_listener {
             Some(listener) => {
@@ -329,25 +409,58 @@ impl Proxy {
 /// derivation): call it on a blocking thread.
 pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
     let backend_tls = BackendTls::build(&config.tls)?;
-    let users = UserDirectory::build(&config, &backend_tls)?;
+    let users = Arc::new(UserDirectory::build(&config, &backend_tls)?);
     let classifier =
-        Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
-    let weights = config.nodes.iter().map(|n| n.weight).collect();
+        Arc::new(Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?);
     let client_tls = ClientTls::build(&config.tls)?;
+    let mut views = BTreeMap::new();
+    for name in config.cluster_names() {
+        let Some(view) = config.cluster_view(name) else {
+            continue;
+        };
+        // Clusters without routing of their own share the whole config's classifier (and cache).
+        let classifier = if view.routing.classifier() == config.routing.classifier() {
+            classifier.clone()
+        } else {
+            Arc::new(Classifier::new(&view.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?)
+        };
+        let view = Snapshot {
+            weights: view.nodes.iter().map(|n| n.weight).collect(),
+            config: view,
+            users: users.clone(),
+            classifier,
+            client_tls: client_tls.clone(),
+            backend_tls: backend_tls.clone(),
+            cluster: Arc::from(name),
+            views: BTreeMap::new(),
+        };
+        views.insert(name.to_string(), Arc::new(view));
+    }
     Ok(Snapshot {
+        weights: config.nodes.iter().map(|n| n.weight).collect(),
         config,
         users,
         classifier,
-        weights,
         client_tls,
         backend_tls,
+        cluster: Arc::from(crate::config::DEFAULT_CLUSTER),
+        views,
     })
 }
 
-/// With several nodes, a checker per node finds the primary and measures lag. It logs in as the
-/// first configured user that has a password usable toward PostgreSQL.
-pub(crate) fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdown) -> Option<Health> {
-    let (nodes, login) = health_plan(config, tls)?;
+/// Health checkers for every cluster of `snapshot` with more than one node.
+pub(crate) fn start_healths(snapshot: &Snapshot, shutdown: &Shutdown) -> HealthMap {
+    (snapshot.views())
+        .filter_map(|(name, view)| Some((name.to_string(), Arc::new(start_health(view, shutdown)?))))
+        .collect()
+}
+
+/// With several nodes, a checker per node of the cluster `view` is of finds the primary and
+/// measures lag. It logs in as the first configured user that has a password usable toward
+/// PostgreSQL.
+pub(crate) fn start_health(view: &Snapshot, shutdown: &Shutdown) -> Option<Health> {
+    let (nodes, login) = health_plan(view)?;
+    let config = &view.config;
     // Validated with the config, so nothing is dropped here.
     let patroni = (config.routing.patroni_api.iter())
         .filter_map(|url| crate::health::PatroniUrl::parse(url).ok())
@@ -367,17 +480,15 @@ pub(crate) fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdow
     ))
 }
 
-/// The nodes to check and the login to check them with; `None` when there is nothing to choose
-/// between (a single node). Reload restarts the checkers when this changes.
-pub(crate) fn health_plan(config: &Config, tls: &BackendTls) -> Option<(Vec<Arc<str>>, BackendLogin)> {
+/// The nodes of the cluster `view` is of and the login to check them with; `None` when there
+/// is nothing to choose between (a single node). Reload restarts the checkers when this, the
+/// cluster's `[health]` or its Patroni endpoints change.
+pub(crate) fn health_plan(view: &Snapshot) -> Option<(Vec<Arc<str>>, BackendLogin)> {
+    let config = &view.config;
     if config.nodes.len() < 2 {
         return None;
     }
-    let database = config
-        .databases
-        .iter()
-        .next()
-        .map(|(name, db)| db.dbname.clone().unwrap_or_else(|| name.clone()))?;
+    let database = config.health_dbname(&view.cluster);
     let user = config
         .users
         .iter()
@@ -387,7 +498,7 @@ pub(crate) fn health_plan(config: &Config, tls: &BackendTls) -> Option<(Vec<Arc<
         user: user.backend_user.clone().unwrap_or_else(|| user.name.clone()),
         database,
         secret: backend_secret(user),
-        tls: tls.clone(),
+        tls: view.backend_tls.clone(),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
     Some((nodes, login))
@@ -423,10 +534,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// holds the shared state weakly so that it never keeps the proxy alive.
 /// Starts [`retire_on_role_change`] for the current health checkers (at start, and after a
 /// reload replaced them: the previous watcher ends with its checkers).
-pub(crate) fn watch_role_changes(shared: &Arc<Shared>) {
-    if let Some(health) = shared.health() {
-        tokio::spawn(retire_on_role_change(health.subscribe(), Arc::downgrade(shared)));
-    }
+pub(crate) fn watch_role_changes(shared: &Arc<Shared>, health: &Health) {
+    tokio::spawn(retire_on_role_change(health.subscribe(), Arc::downgrade(shared)));
 }
 
 async fn retire_on_role_change(
@@ -466,9 +575,34 @@ async fn janitor(shared: Arc<Shared>) {
         if ticks % hazards_every == 0 {
             shared.hazards.mark_all_due();
         }
-        crate::reload::reconcile_pools(&shared, &shared.snapshot());
+        let snapshot = shared.snapshot();
+        crate::reload::reconcile_pools(&shared, &snapshot);
+        close_idle_auto_databases(&shared, &snapshot);
         for pool in shared.pools.all() {
+            pool.yield_to_cap_waiters();
             pool.maintain();
+        }
+    }
+}
+
+/// Closes the databases served through `*` that no client used for `autodb_idle_timeout`:
+/// their pools are retired (idle connections close now). A database is in use while a client
+/// is logged in to it or one of its connections is borrowed.
+fn close_idle_auto_databases(shared: &Shared, snapshot: &Snapshot) {
+    let idle = snapshot.config.pool.autodb_idle_timeout.0;
+    let pools = shared.pools.all();
+    let mut in_use: std::collections::HashSet<String> =
+        shared.sessions.all().iter().map(|c| c.database.clone()).collect();
+    for pool in &pools {
+        let (open, idle_count, waiting) = pool.counts();
+        if open > idle_count || waiting > 0 {
+            in_use.insert(pool.key.database.clone());
+        }
+    }
+    for name in shared.pools.auto.expire(|name| in_use.contains(name), idle) {
+        tracing::info!(database = %name, "database served through \"*\" closed: idle");
+        for pool in pools.iter().filter(|p| p.key.database == name) {
+            shared.pools.retire(pool);
         }
     }
 }

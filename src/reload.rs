@@ -5,8 +5,8 @@
 //! 1. parse and validate the file (`Config::load`), then build the new `Snapshot` on a blocking
 //!    thread (SCRAM verifiers, classifier, whatever else other modules derive); any error
 //!    stops here and nothing changed;
-//! 2. if the nodes (or the health settings, or the login the checkers use) changed, start new
-//!    health checkers, so that their view exists before any session sees the new nodes;
+//! 2. for each cluster whose nodes (or health settings, Patroni endpoints, or the login the
+//!    checkers use) changed, start new health checkers, so that their view exists before any session sees the new nodes;
 //! 3. swap the snapshot: new logins and every session's next transaction use it (sessions
 //!    take one snapshot per transaction);
 //! 4. swap the checkers and stop the old ones;
@@ -31,7 +31,7 @@ pub struct ReloadReport {
     pub pools_updated: usize,
     /// Pools retired (backend settings changed, or their database, user or node is gone).
     pub pools_retired: usize,
-    /// The health checkers were restarted for a new set of nodes or new health settings.
+    /// Some cluster's health checkers were restarted (new nodes or health settings) or stopped.
     pub health_restarted: bool,
 }
 
@@ -105,24 +105,29 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
     // 1. Build (validation happened when the config was parsed).
     let new = tokio::task::spawn_blocking(move || app::build_snapshot(config)).await??;
 
-    // 2. New checkers, if what they check changed.
-    let restart_health = app::health_plan(&old.config, &old.backend_tls)
-        != app::health_plan(&new.config, &new.backend_tls)
-        || old.config.health != new.config.health;
-    let health = restart_health.then(|| app::start_health(&new.config, &new.backend_tls, &shared.shutdown));
+    // 2. New checkers for each cluster whose checked nodes or health settings changed.
+    let (healths, started) = next_healths(shared, &old, &new);
 
     // 3. Swap the snapshot.
     shared.store_snapshot(new);
     let current = shared.snapshot();
 
-    // 4. Swap the checkers.
-    if let Some(health) = health {
+    // 4. Swap the checkers; stop those replaced or of clusters gone.
+    if !started.is_empty() || healths.len() != shared.healths().len() {
         report.health_restarted = true;
-        let previous = shared.health.swap(health.map(Arc::new));
-        if let Some(previous) = previous {
-            tokio::spawn(async move { previous.stop().await });
+        let previous = shared.health.swap(Arc::new(healths));
+        let kept = shared.healths();
+        for (name, health) in previous.iter() {
+            if !kept.get(name).is_some_and(|h| Arc::ptr_eq(h, health)) {
+                let health = health.clone();
+                tokio::spawn(async move { health.stop().await });
+            }
         }
-        app::watch_role_changes(shared);
+        for name in &started {
+            if let Some(health) = kept.get(name) {
+                app::watch_role_changes(shared, health);
+            }
+        }
     }
 
     // 5. Pools.
@@ -130,6 +135,34 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
     report.pools_updated = updated;
     report.pools_retired = retired;
     Ok(report)
+}
+
+/// The checkers each cluster of `new` gets: the running ones where nothing they check
+/// changed, new ones otherwise; and the names of the clusters given new ones.
+fn next_healths(shared: &Shared, old: &Snapshot, new: &Snapshot) -> (app::HealthMap, Vec<String>) {
+    let running = shared.healths();
+    let mut healths = app::HealthMap::new();
+    let mut started = Vec::new();
+    for (name, view) in new.views() {
+        let before = old.views().find(|(n, _)| *n == name).map(|(_, v)| v);
+        let same = before.is_some_and(|before| {
+            app::health_plan(before) == app::health_plan(view)
+                && before.config.health == view.config.health
+                && before.config.routing.patroni_api == view.config.routing.patroni_api
+        });
+        match running.get(name) {
+            Some(health) if same => {
+                healths.insert(name.to_string(), health.clone());
+            }
+            _ => {
+                if let Some(health) = app::start_health(view, &shared.shutdown) {
+                    healths.insert(name.to_string(), Arc::new(health));
+                    started.push(name.to_string());
+                }
+            }
+        }
+    }
+    (healths, started)
 }
 
 /// Keys read once at start: a change is reported, not silently ignored.
@@ -155,9 +188,10 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
     let (mut updated, mut retired) = (0, 0);
     for pool in shared.pools.all() {
         let key = &pool.key;
+        shared.pools.caps.configure(config, &key.database, &key.user);
         let current = pool.settings();
-        let still_there = config.databases.contains_key(&key.database)
-            && config.nodes.iter().any(|n| n.address() == *key.node);
+        let still_there = (snapshot.nodes_for(&key.database))
+            .is_some_and(|nodes| nodes.iter().any(|n| n.address() == *key.node));
         // Users from auth_file or auth_query are not in [[users]]: they get the defaults.
         let listed = config.user(&key.user);
         let unlisted;

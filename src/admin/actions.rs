@@ -162,16 +162,21 @@ fn targets(shared: &Shared, db: Option<&str>) -> Result<Vec<Arc<DbControl>>, Err
     let snapshot = shared.snapshot();
     let controls = &shared.pools.controls;
     match db {
-        Some(name) if snapshot.config.databases.contains_key(name) => Ok(vec![controls.get(name)]),
+        // A database `*` serves counts while it is open.
+        Some(name)
+            if snapshot.config.databases.contains_key(name) && name != crate::config::WILDCARD_DATABASE =>
+        {
+            Ok(vec![controls.get(name)])
+        }
+        Some(name) if shared.pools.auto.names().iter().any(|n| n == name) => Ok(vec![controls.get(name)]),
         Some(name) => Err(ErrorFields::error(
             SqlState::INVALID_CATALOG_NAME,
             format!("no such database: {name}"),
         )),
-        None => Ok(snapshot
-            .config
-            .databases
-            .keys()
-            .map(|name| controls.get(name))
+        None => Ok((snapshot.config.databases.keys().cloned())
+            .chain(shared.pools.auto.names())
+            .filter(|name| name != crate::config::WILDCARD_DATABASE)
+            .map(|name| controls.get(&name))
             .collect()),
     }
 }

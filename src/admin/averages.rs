@@ -36,6 +36,7 @@ impl Totals {
             .config
             .databases
             .keys()
+            .filter(|name| *name != crate::config::WILDCARD_DATABASE)
             .map(|name| (name.clone(), Totals::default()))
             .collect();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

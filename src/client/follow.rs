@@ -20,7 +20,7 @@ impl Session {
 
     pub(super) fn read_your_writes(&self) -> bool {
         self.routes_per_transaction()
-            && self.shared.health().is_some()
+            && self.health().is_some()
             && self.snapshot.config.routing.read_your_writes
     }
 

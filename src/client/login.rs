@@ -35,6 +35,8 @@ pub enum CloseReason {
     IdleTimeout,
     #[error("idle_transaction_timeout")]
     IdleInTransactionTimeout,
+    #[error("transaction_timeout")]
+    TransactionTimeout,
     #[error("server connection lost: {0}")]
     BackendLost(String),
     #[error("query_wait_timeout")]
@@ -45,6 +47,30 @@ pub enum CloseReason {
     Shutdown,
     #[error("killed from the admin console")]
     Killed,
+}
+
+/// The view of the cluster serving `database` and the pool of its first node: 3D000 for a
+/// database no entry serves, 53300 for one more than `*` may serve.
+fn database_pool(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    database: &str,
+    user: &crate::client::auth::UserAuth,
+) -> Result<(Arc<Snapshot>, Arc<crate::pool::Pool>), ErrorFields> {
+    let missing = || {
+        ErrorFields::fatal(
+            SqlState::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )
+    };
+    let view = snapshot.view_for(database).ok_or_else(missing)?;
+    if snapshot.config.is_auto_database(database) {
+        let max = snapshot.config.pool.max_auto_databases;
+        (shared.pools.auto.admit(database, max))
+            .map_err(|e| ErrorFields::fatal(SqlState::TOO_MANY_CONNECTIONS, e.to_string()))?;
+    }
+    let pool = shared.pool_for(&view, database, user, 0).ok_or_else(missing)?;
+    Ok((view, pool))
 }
 
 /// Serves one accepted connection to the end; `guard` counts it until then.
@@ -130,15 +156,14 @@ async fn serve_inner(
         guard.mark_console();
         return crate::admin::serve(shared, &snapshot, client, &params, &user.config).await;
     }
-    let Some(pool) = shared.pool_for(&snapshot, &params.database, &user, 0) else {
-        let message = format!("database \"{}\" does not exist", params.database);
-        client
-            .send_fatal(ErrorFields::fatal(
-                SqlState::INVALID_CATALOG_NAME,
-                message.clone(),
-            ))
-            .await;
-        return CloseReason::Refused(message);
+    // From here on the session sees its database's cluster (its nodes, health, routing).
+    let (snapshot, pool) = match database_pool(shared, &snapshot, &params.database, &user) {
+        Ok(found) => found,
+        Err(error) => {
+            let message = error.message.clone();
+            client.send_fatal(error).await;
+            return CloseReason::Refused(message);
+        }
     };
     if pool.control.is_disabled() {
         let message = format!("database \"{}\" is disabled", params.database);
@@ -192,6 +217,7 @@ async fn serve_inner(
         awaiting_first_request: true,
         ha: Default::default(),
         listens: None,
+        tx_clock: Default::default(),
     };
     let reason = tokio::select! {
         reason = session.run() => reason,

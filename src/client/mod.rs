@@ -29,6 +29,7 @@ pub mod session_state;
 pub mod sql_prepared;
 pub mod startup;
 pub mod statements;
+mod timeouts;
 
 pub use listener::ClientCounter;
 

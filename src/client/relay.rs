@@ -205,7 +205,7 @@ pub async fn relay(
     poll_fn(|cx| poll_relay(cx, client, backend, ex, rewrite.as_mut())).await
 }
 
-fn poll_relay(
+pub(super) fn poll_relay(
     cx: &mut Context<'_>,
     client: &mut ClientConn,
     backend: &mut BackendConn,

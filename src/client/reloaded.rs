@@ -1,5 +1,6 @@
-//! A session follows configuration reloads: at each transaction it takes the current snapshot,
-//! and when that changed, its user entry and the pools it cached are found again.
+//! A session follows configuration reloads: at each transaction it takes the current snapshot
+//! (the view of its database's cluster), and when that changed, its user entry and the pools it
+//! cached are found again.
 
 use super::session::Session;
 use std::sync::Arc;
@@ -9,7 +10,10 @@ impl Session {
     /// (its pool size, backend password), and new pools in place of retired ones. A client whose
     /// user was removed keeps its session under the entry it logged in with.
     pub(super) fn take_snapshot(&mut self) {
-        let current = self.shared.snapshot();
+        // A database no longer configured keeps the view it had: its client stays on its pool.
+        let Some(current) = self.shared.snapshot().view_for(&self.params.database) else {
+            return;
+        };
         if Arc::ptr_eq(&current, &self.snapshot) {
             return;
         }
@@ -43,6 +47,13 @@ impl Session {
                 self.pool = pool;
             }
         }
+    }
+}
+
+impl Session {
+    /// The health checkers of this session's cluster (`None` with a single node).
+    pub(super) fn health(&self) -> Option<Arc<crate::health::Health>> {
+        self.shared.health_of(&self.snapshot.cluster)
     }
 }
 

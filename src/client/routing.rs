@@ -209,7 +209,7 @@ impl Session {
         let ryw_deadline = Instant::now() + snapshot.config.routing.ryw_wait.0;
         loop {
             // Loaded each time round: a reload that changes the nodes restarts the checkers.
-            let Some(health) = self.shared.health() else {
+            let Some(health) = self.health() else {
                 return Ok((0, false));
             };
             // Subscribe before looking, so a change in between is not missed.
@@ -372,13 +372,13 @@ impl Session {
     /// session-mode clients under `session_routing = "per_transaction"`.
     pub(super) fn routes_per_transaction(&self) -> bool {
         self.mode == PoolMode::Transaction
-            || (self.shared.health().is_some()
+            || (self.health().is_some()
                 && self.snapshot.config.routing.session_routing == SessionRouting::PerTransaction)
     }
 
     /// Records where the backend about to be attached runs.
     pub(super) fn note_node(&mut self, index: usize) {
-        let primary = self.shared.health().and_then(|h| h.view().primary());
+        let primary = self.health().and_then(|h| h.view().primary());
         self.ha.node = Some(index);
         self.ha.attached_primary = primary == Some(index);
     }
@@ -407,8 +407,7 @@ impl Session {
     /// closed instead of being used for writes that PostgreSQL would refuse, or worse accept on
     /// the losing side of a split brain.
     pub(super) async fn check_demotion(&mut self) -> Demotion {
-        let (Some(health), Some(node), true) = (self.shared.health(), self.ha.node, self.ha.attached_primary)
-        else {
+        let (Some(health), Some(node), true) = (self.health(), self.ha.node, self.ha.attached_primary) else {
             return Demotion::None;
         };
         let view = health.view();

@@ -6,7 +6,7 @@ use super::conn::{ClientConn, ClientIoError};
 use super::keywords::{Word, Words};
 use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
-use super::relay::{relay, Exchange, RelayEvent, Rewrite};
+use super::relay::{Exchange, RelayEvent, Rewrite};
 use super::statements::{ClientStatements, Pipeline};
 use crate::app::{Shared, Snapshot};
 use crate::backend::BackendError;
@@ -79,6 +79,8 @@ pub(super) struct Session {
     pub(super) ha: super::routing::HaState,
     /// Channels it LISTENs to through the pool's listener (transaction mode, `listen.rs`).
     pub(super) listens: Option<super::notify::Subscription>,
+    /// When the current transaction began (`transaction_timeout`, see `timeouts.rs`).
+    pub(super) tx_clock: super::timeouts::TransactionClock,
 }
 
 impl Session {
@@ -117,7 +119,7 @@ impl Session {
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
         self.take_snapshot();
-        let decision = (!login && self.routes_per_transaction() && self.shared.health().is_some())
+        let decision = (!login && self.routes_per_transaction() && self.health().is_some())
             .then(|| self.classify_request());
         let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
@@ -126,7 +128,7 @@ impl Session {
         let mut failover_deadline = None;
         let mut node = 0;
         let mut backend = loop {
-            if self.shared.health().is_some() {
+            if self.health().is_some() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
                     Ok((index, standby)) => match self.node_pool(index) {
@@ -175,7 +177,7 @@ impl Session {
                 None => {
                     let wait_started = Instant::now();
                     self.ticket.waiting(node, wait_started);
-                    changed = self.shared.health().map(|h| h.changed());
+                    changed = self.health().map(|h| h.changed());
                     let checkout = self.pool.checkout(wish);
                     let waiting = async {
                         match cancel {
@@ -383,8 +385,12 @@ impl Session {
                 }
             }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
+            let in_transaction = self.exchange.status != TransactionStatus::Idle;
+            let tx_deadline = self
+                .tx_clock
+                .observe(quiet, in_transaction, self.transaction_timeout());
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
-            let mut role_change = shared.health().filter(|_| quiet).map(|h| h.subscribe());
+            let mut role_change = self.health().filter(|_| quiet).map(|h| h.subscribe());
             let idle_deadline = match self.exchange.status {
                 _ if !quiet => None,
                 TransactionStatus::Idle => self.idle_timeout(),
@@ -396,6 +402,7 @@ impl Session {
             let graceful_due = self.shutdown_due(Stage::Graceful);
             let fast_due = self.shutdown_due(Stage::Fast);
             let per_transaction = self.routes_per_transaction();
+            let query_timeout = self.snapshot.config.proxy.query_timeout.non_zero();
             let backend = self.backend.as_mut().expect("attached above");
             registration.slot.set(Some(CancelTarget {
                 addr: backend.addr.clone(),
@@ -410,10 +417,11 @@ impl Session {
             let event = tokio::select! {
                 // The relay first; the others are polled only while it waits.
                 biased;
-                event = relay(&mut self.client, backend, &mut self.exchange, rewrite) => event,
+                event = super::timeouts::relay_timed(&mut self.client, backend, &mut self.exchange, rewrite, query_timeout) => event,
                 _ = sleep_or_never(idle_deadline) => {
                     return self.idle_timeout_hit().await;
                 }
+                _ = sleep_or_never(tx_deadline) => return self.transaction_timeout_hit().await,
                 _ = graceful_due, if quiet && between_transactions => {
                     return self.close_for_shutdown().await;
                 }

@@ -4,12 +4,14 @@
 //! and swaps it in atomically (see `app.rs`). Every key is documented in `pool.toml.example`.
 
 mod auth;
+mod cluster;
 #[cfg(test)]
 mod tests;
 mod units;
 mod validate;
 
 pub use auth::{AuthConfig, HbaEntry, DEFAULT_AUTH_QUERY};
+pub use cluster::{ClusterConfig, DEFAULT_CLUSTER, WILDCARD_DATABASE};
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
 pub use validate::ConfigError;
 
@@ -28,7 +30,10 @@ pub struct Config {
     pub routing: crate::router::RoutingConfig,
     /// `[peers]`: cancel forwarding between instances behind one address.
     pub peers: crate::client::peers::PeersConfig,
+    /// The default cluster's nodes (legacy single-cluster form).
     pub nodes: Vec<NodeConfig>,
+    /// `[clusters.NAME]`: further clusters, each with its own nodes, health and routing.
+    pub clusters: BTreeMap<String, ClusterConfig>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: Vec<UserConfig>,
     pub auth: AuthConfig,
@@ -82,6 +87,12 @@ pub struct ProxyConfig {
     pub client_idle_timeout: ConfigDuration,
     /// Close a client idle inside a transaction this long; 0 = off.
     pub idle_transaction_timeout: ConfigDuration,
+    /// Cancel a request the server has not answered within this time (the client gets
+    /// 57014 and keeps its connection); 0 = off. Default 0. Reloadable.
+    pub query_timeout: ConfigDuration,
+    /// Close a client that has been inside one transaction this long, busy or not (FATAL
+    /// 25P04, as PostgreSQL's own transaction_timeout); 0 = off. Default 0. Reloadable.
+    pub transaction_timeout: ConfigDuration,
     /// Largest message a client may send (the length field of any frame).
     pub max_message_size: ByteSize,
     /// Users who may run every admin console command (database `tidepool` or `pgbouncer`).
@@ -133,6 +144,8 @@ impl Default for ProxyConfig {
             client_login_timeout: ConfigDuration::secs(60),
             client_idle_timeout: ConfigDuration::secs(0),
             idle_transaction_timeout: ConfigDuration::secs(0),
+            query_timeout: ConfigDuration::secs(0),
+            transaction_timeout: ConfigDuration::secs(0),
             max_message_size: ByteSize(64 << 20),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
@@ -175,6 +188,23 @@ pub struct PoolConfig {
     /// Named prepared statements kept per backend in transaction mode (LRU); 0 = pass statement
     /// names through untouched, as if tidepool did not track them.
     pub max_prepared_statements: usize,
+    /// A database served through `*` whose pools have had no client this long is closed (its
+    /// pools and their connections); 0 = never. Default 3600s. Reloadable.
+    pub autodb_idle_timeout: ConfigDuration,
+    /// After PostgreSQL refused a pool's login (password, unknown database, hba, too many
+    /// connections), its clients get that error at once for this long instead of trying
+    /// again; 0 = off. Transient failures are not cached. Default 15s. Reloadable.
+    pub server_login_retry: ConfigDuration,
+    /// Backend connections of one database (all its pools: users and nodes) at most; a pool
+    /// that needs one more waits, within `query_wait_timeout`. 0 = no limit. Default 0.
+    /// Reloadable.
+    pub max_db_connections: usize,
+    /// Backend connections of one user (all its pools) at most, as `max_db_connections`.
+    /// 0 = no limit. Default 0. Reloadable.
+    pub max_user_connections: usize,
+    /// How many databases `*` may serve at once; a client asking for one more gets 53300.
+    /// 0 = no bound. Default 100. Reloadable.
+    pub max_auto_databases: usize,
 }
 
 impl Default for PoolConfig {
@@ -192,6 +222,11 @@ impl Default for PoolConfig {
             server_check_query: "SELECT 1".into(),
             server_check_delay: ConfigDuration::secs(30),
             max_prepared_statements: 500,
+            autodb_idle_timeout: ConfigDuration::secs(3600),
+            max_auto_databases: 100,
+            server_login_retry: ConfigDuration::secs(15),
+            max_db_connections: 0,
+            max_user_connections: 0,
         }
     }
 }
@@ -227,16 +262,40 @@ impl NodeConfig {
     }
 }
 
-/// `[databases.NAME]`: a database clients may connect to.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+/// `[databases.NAME]`: a database clients may connect to (`[databases."*"]`: any name not
+/// configured otherwise, forwarded as asked).
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// Database name on the backend (default: the table key).
     pub dbname: Option<String>,
+    /// The cluster serving it (default: `default`, the global `[[nodes]]`).
+    pub cluster: Option<String>,
+    /// Login used toward PostgreSQL for every client of this database (PgBouncer's `user=`).
+    pub user: Option<String>,
+    /// Password for `user` toward PostgreSQL (default: that user's `[[users]]` entry).
+    pub password: Option<String>,
     /// Overrides `proxy.pool_mode`.
     pub pool_mode: Option<PoolMode>,
     /// Overrides `pool.default_pool_size`.
     pub pool_size: Option<usize>,
+    /// Overrides `pool.max_db_connections` (0 = no limit).
+    pub max_db_connections: Option<usize>,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    // The backend password never reaches logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("dbname", &self.dbname)
+            .field("cluster", &self.cluster)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("pool_mode", &self.pool_mode)
+            .field("pool_size", &self.pool_size)
+            .field("max_db_connections", &self.max_db_connections)
+            .finish()
+    }
 }
 
 /// How a client proves who it is.
@@ -307,6 +366,9 @@ pub struct UserConfig {
     /// Overrides the pool size for this user's pools.
     #[serde(default)]
     pub pool_size: Option<usize>,
+    /// Overrides `pool.max_user_connections` (0 = no limit).
+    #[serde(default)]
+    pub max_user_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for UserConfig {
@@ -322,6 +384,7 @@ impl std::fmt::Debug for UserConfig {
                 &self.backend_password.as_ref().map(|_| "<hidden>"),
             )
             .field("pool_size", &self.pool_size)
+            .field("max_user_connections", &self.max_user_connections)
             .finish()
     }
 }
@@ -352,8 +415,7 @@ impl Config {
 
     /// Pool mode for a database (its own, else the proxy default).
     pub fn pool_mode_for(&self, database: &str) -> PoolMode {
-        self.databases
-            .get(database)
+        self.database(database)
             .and_then(|db| db.pool_mode)
             .unwrap_or(self.proxy.pool_mode)
     }
@@ -361,7 +423,7 @@ impl Config {
     /// Pool size for a (database, user) pair: the user's override, the database's, else default.
     pub fn pool_size_for(&self, database: &str, user: &UserConfig) -> usize {
         user.pool_size
-            .or_else(|| self.databases.get(database).and_then(|db| db.pool_size))
+            .or_else(|| self.database(database).and_then(|db| db.pool_size))
             .unwrap_or(self.pool.default_pool_size)
     }
 

@@ -79,7 +79,15 @@ fn each_rule_names_its_key() {
         (Pool, "default_pool_size = 0".into(), "pool.default_pool_size: must be > 0"),
         (Pool, "default_pool_size = 2\nmin_pool_size = 3".into(), "pool.min_pool_size: must not exceed pool.default_pool_size"),
         (Pool, "server_connect_timeout = \"0\"".into(), "pool.server_connect_timeout: must be > 0"),
-        (Nodes, String::new(), "nodes: at least one [[nodes]] entry is required"),
+        (Nodes, String::new(), "nodes: at least one [[nodes]] entry or [clusters.NAME] table is required"),
+        (Nodes, "[[nodes]]\nhost = \"a\"\n[clusters.default]\nnodes = [{ host = \"b\" }]".into(), "clusters.default: the global [[nodes]] already form the cluster \"default\": use one or the other"),
+        (Nodes, "[clusters.b]\nnodes = []".into(), "clusters.b.nodes: at least one node is required"),
+        (Nodes, "[clusters.b]\nnodes = [{ host = \"b\", port = 0 }]".into(), "clusters.b.nodes[0].port: must be > 0"),
+        (Nodes, "[clusters.b]\nnodes = [{ host = \"b\" }]\n[clusters.b.health]\nfall = 0".into(), "clusters.b.health.fall: must be ≥ 1"),
+        (Nodes, "[clusters.b]\nnodes = [{ host = \"b\" }]".into(), "databases.app.cluster: no [[nodes]] are given: name one of the [clusters.NAME] tables"),
+        (Databases, "[databases.app]\ncluster = \"nope\"".into(), "databases.app.cluster: \"nope\" is not a [clusters.NAME] table"),
+        (Databases, "[databases.\"*\"]\ndbname = \"x\"".into(), "databases.*.dbname: cannot be set on \"*\": it forwards the name each client asks for"),
+        (Databases, "[databases.app]\npassword = \"x\"".into(), "databases.app.password: needs databases.NAME.user"),
         (Nodes, second_node("host = \" \""), "nodes[1].host: must not be empty"),
         (Nodes, second_node("host = \"b\"\nport = 0"), "nodes[1].port: must be > 0"),
         (Databases, String::new(), "databases: at least one [databases.NAME] table is required"),
@@ -291,6 +299,8 @@ fn example_file_documents_every_key() {
         "client_login_timeout",
         "client_idle_timeout",
         "idle_transaction_timeout",
+        "transaction_timeout",
+        "query_timeout",
         "max_message_size",
         "shutdown_timeout",
         "sigterm_timeout",
@@ -308,6 +318,13 @@ fn example_file_documents_every_key() {
         "server_check_query",
         "server_check_delay",
         "max_prepared_statements",
+        "autodb_idle_timeout",
+        "max_db_connections",
+        "max_user_connections",
+        "server_login_retry",
+        "max_auto_databases",
+        "cluster",
+        "user",
         "health_check_interval",
         "health_check_timeout",
         "fall",
@@ -359,6 +376,40 @@ fn example_file_documents_every_key() {
         let before = full[..at].lines().last().unwrap_or("");
         assert!(before.starts_with("# "), "{key} has no comment above it");
     }
+}
+
+#[test]
+fn example_clusters_are_valid() {
+    // The [clusters.NAME] and `*` examples are `# | ` lines; un-comment them and parse them.
+    let block: String = EXAMPLE
+        .lines()
+        .filter_map(|l| l.strip_prefix("# | ").or(l.strip_prefix("# |")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = Parts::with(Databases, format!("[databases.app]\n{block}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("clusters example: {e}\n{block}"));
+    assert_eq!(config.cluster_names(), ["default", "reports"]);
+    assert_eq!(config.cluster_of("app"), Some("default"));
+    assert_eq!(config.cluster_of("reports"), Some("reports"));
+    // Any other name goes through `*`, to its cluster, under its own name.
+    assert_eq!(config.cluster_of("made_up"), Some("reports"));
+    assert_eq!(config.server_dbname("made_up").as_deref(), Some("made_up"));
+    assert!(config.is_auto_database("made_up") && !config.is_auto_database("app"));
+    let view = config.cluster_view("reports").expect("view");
+    assert_eq!(view.nodes.len(), 2);
+    assert_eq!(view.health.fall, 2);
+    assert_eq!(view.health.rise, crate::health::HealthConfig::default().rise);
+    assert_eq!(
+        view.routing.reads_on_primary,
+        crate::router::ReadsOnPrimary::Never
+    );
+    assert_eq!(config.health_dbname("reports"), "reports");
+    assert_eq!(
+        config.cluster_view("default").expect("default").nodes,
+        config.nodes
+    );
+    assert!(config.cluster_view("nope").is_none());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Checks a parsed config as a whole; every error names the key path and the reason.
 
-use super::{AuthMethod, Config};
+use super::{AuthMethod, Config, NodeConfig, DEFAULT_CLUSTER, WILDCARD_DATABASE};
 use std::path::PathBuf;
 
 /// Why a configuration was refused.
@@ -157,44 +157,8 @@ impl Config {
             return Err(ConfigError::invalid("pool.server_connect_timeout", "must be > 0"));
         }
 
-        if self.nodes.is_empty() {
-            return Err(ConfigError::invalid(
-                "nodes",
-                "at least one [[nodes]] entry is required",
-            ));
-        }
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.host.trim().is_empty() {
-                return Err(ConfigError::invalid(
-                    format!("nodes[{i}].host"),
-                    "must not be empty",
-                ));
-            }
-            if node.port == 0 {
-                return Err(ConfigError::invalid(format!("nodes[{i}].port"), "must be > 0"));
-            }
-        }
-
-        if self.databases.is_empty() {
-            return Err(ConfigError::invalid(
-                "databases",
-                "at least one [databases.NAME] table is required",
-            ));
-        }
-        for (name, db) in &self.databases {
-            if db.pool_size == Some(0) {
-                return Err(ConfigError::invalid(
-                    format!("databases.{name}.pool_size"),
-                    "must be > 0",
-                ));
-            }
-            if db.dbname.as_deref().is_some_and(|n| n.is_empty()) {
-                return Err(ConfigError::invalid(
-                    format!("databases.{name}.dbname"),
-                    "must not be empty",
-                ));
-            }
-        }
+        self.validate_clusters()?;
+        self.validate_databases()?;
 
         for (i, user) in self.users.iter().enumerate() {
             let key = |field: &str| format!("users[{i}].{field}");
@@ -297,4 +261,122 @@ impl Config {
             .map_err(|e| ConfigError::invalid(format!("peers.{}", e.key), e.reason))?;
         Ok(())
     }
+}
+
+impl Config {
+    /// `[[nodes]]` and `[clusters.NAME]`: at least one cluster, each with usable nodes and
+    /// valid health and routing tables of its own.
+    fn validate_clusters(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() && self.clusters.is_empty() {
+            return Err(ConfigError::invalid(
+                "nodes",
+                "at least one [[nodes]] entry or [clusters.NAME] table is required",
+            ));
+        }
+        if !self.nodes.is_empty() && self.clusters.contains_key(DEFAULT_CLUSTER) {
+            return Err(ConfigError::invalid(
+                format!("clusters.{DEFAULT_CLUSTER}"),
+                "the global [[nodes]] already form the cluster \"default\": use one or the other",
+            ));
+        }
+        validate_nodes("nodes", &self.nodes)?;
+        for (name, cluster) in &self.clusters {
+            let key = |field: &str| format!("clusters.{name}.{field}");
+            if name.is_empty() {
+                return Err(ConfigError::invalid(
+                    "clusters",
+                    "a cluster name must not be empty",
+                ));
+            }
+            if cluster.nodes.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("nodes"),
+                    "at least one node is required",
+                ));
+            }
+            validate_nodes(&key("nodes"), &cluster.nodes)?;
+            if let Some(health) = &cluster.health {
+                health
+                    .validate()
+                    .map_err(|e| ConfigError::invalid(key(&format!("health.{}", e.key)), e.reason))?;
+            }
+            if let Some(routing) = &cluster.routing {
+                if let Err(e) = routing.classifier().validate() {
+                    return Err(ConfigError::invalid(
+                        key("routing.write_functions"),
+                        e.to_string(),
+                    ));
+                }
+                for (i, url) in routing.patroni_api.iter().enumerate() {
+                    crate::health::PatroniUrl::parse(url).map_err(|reason| {
+                        ConfigError::invalid(
+                            key(&format!("routing.patroni_api[{i}]")),
+                            format!("{url:?} {reason}"),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[databases.NAME]`: sizes, names, the cluster each points to, the `*` entry.
+    fn validate_databases(&self) -> Result<(), ConfigError> {
+        if self.databases.is_empty() {
+            return Err(ConfigError::invalid(
+                "databases",
+                "at least one [databases.NAME] table is required",
+            ));
+        }
+        for (name, db) in &self.databases {
+            let key = |field: &str| format!("databases.{name}.{field}");
+            if db.pool_size == Some(0) {
+                return Err(ConfigError::invalid(key("pool_size"), "must be > 0"));
+            }
+            if db.dbname.as_deref().is_some_and(|n| n.is_empty()) {
+                return Err(ConfigError::invalid(key("dbname"), "must not be empty"));
+            }
+            if name == WILDCARD_DATABASE && db.dbname.is_some() {
+                return Err(ConfigError::invalid(
+                    key("dbname"),
+                    "cannot be set on \"*\": it forwards the name each client asks for",
+                ));
+            }
+            let cluster = db.cluster.as_deref().unwrap_or(DEFAULT_CLUSTER);
+            if self.cluster_nodes(cluster).is_none() {
+                let reason = match &db.cluster {
+                    Some(c) => format!("{c:?} is not a [clusters.NAME] table"),
+                    None => "no [[nodes]] are given: name one of the [clusters.NAME] tables".into(),
+                };
+                return Err(ConfigError::invalid(key("cluster"), reason));
+            }
+            if db.user.as_deref().is_some_and(|u| u.is_empty()) {
+                return Err(ConfigError::invalid(key("user"), "must not be empty"));
+            }
+            if db.password.is_some() && db.user.is_none() {
+                return Err(ConfigError::invalid(key("password"), "needs databases.NAME.user"));
+            }
+            if let Some(password) = &db.password {
+                crate::client::auth::Secret::parse(password)
+                    .map_err(|reason| ConfigError::invalid(key("password"), reason.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every node of one list has a host and a port.
+fn validate_nodes(list: &str, nodes: &[NodeConfig]) -> Result<(), ConfigError> {
+    for (i, node) in nodes.iter().enumerate() {
+        if node.host.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{list}[{i}].host"),
+                "must not be empty",
+            ));
+        }
+        if node.port == 0 {
+            return Err(ConfigError::invalid(format!("{list}[{i}].port"), "must be > 0"));
+        }
+    }
+    Ok(())
 }

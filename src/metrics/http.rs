@@ -195,15 +195,25 @@ async fn not_ready(shared: &Shared) -> Option<&'static str> {
     if shared.shutdown.is_triggered() {
         return Some("shutting down");
     }
-    if let Some(health) = shared.health() {
-        return health.view().primary().is_none().then_some("no primary known");
+    // Ready when every cluster has a primary.
+    let snapshot = shared.snapshot();
+    for (cluster, view) in snapshot.views() {
+        if let Some(health) = shared.health_of(cluster) {
+            if health.view().primary().is_none() {
+                return Some("no primary known");
+            }
+            continue;
+        }
+        // One node and no health checker: it is the primary if it accepts connections.
+        let Some(node) = view.config.nodes.first().map(|n| n.address()) else {
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(node.as_str())).await {
+            Ok(Ok(_)) => {}
+            _ => return Some("the node does not accept connections"),
+        }
     }
-    // One node and no health checker: it is the primary if it accepts connections.
-    let node = shared.snapshot().config.nodes.first()?.address();
-    match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(node.as_str())).await {
-        Ok(Ok(_)) => None,
-        _ => Some("the node does not accept connections"),
-    }
+    None
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl Metrics {
             &["role"],
             QUERY_BUCKETS,
         );
-        let pool_labels = &["database", "user", "node"];
+        let pool_labels = &["database", "user", "node", "cluster"];
         let pool_wait = histogram(
             "tidepool_pool_wait_seconds",
             "Time clients waited for a backend, per pool.",
@@ -145,8 +145,8 @@ impl Metrics {
     }
 
     /// Resolves a new pool's handles (once, at pool creation).
-    pub fn pool(&self, database: &str, user: &str, node: &str) -> PoolMetrics {
-        let labels = [database, user, node];
+    pub fn pool(&self, database: &str, user: &str, node: &str, cluster: &str) -> PoolMetrics {
+        let labels = [database, user, node, cluster];
         PoolMetrics {
             wait: self.pool_wait.with_label_values(&labels),
             query_duration: self.pool_query.with_label_values(&labels),

@@ -28,7 +28,10 @@ pub(super) struct Families {
     node_timeline: IntGaugeVec,
 }
 
-const POOL: &[&str] = &["database", "user", "node"];
+/// database, user, (node, cluster), state.
+type ClientLabels = (String, String, (String, String), &'static str);
+
+const POOL: &[&str] = &["database", "user", "node", "cluster"];
 
 impl Families {
     pub(super) fn register(r: &Registry) -> Families {
@@ -37,13 +40,13 @@ impl Families {
                 r,
                 "tidepool_clients",
                 "Logged-in clients by state.",
-                &["database", "user", "node", "state"],
+                &["database", "user", "node", "cluster", "state"],
             ),
             backends: gauge_vec(
                 r,
                 "tidepool_backends",
                 "Backend connections by state.",
-                &["database", "user", "node", "state"],
+                &["database", "user", "node", "cluster", "state"],
             ),
             pool_transactions: counter_vec(
                 r,
@@ -98,33 +101,38 @@ impl Families {
                 r,
                 "tidepool_node_up",
                 "1 when the node's health checks say up.",
-                &["node"],
+                &["node", "cluster"],
             ),
             node_role: gauge_vec(
                 r,
                 "tidepool_node_role",
                 "1 for the node's current role.",
-                &["node", "role"],
+                &["node", "cluster", "role"],
             ),
             node_fenced: gauge_vec(
                 r,
                 "tidepool_node_fenced",
                 "1 when the node claims primary but is fenced.",
-                &["node"],
+                &["node", "cluster"],
             ),
             node_lag_bytes: gauge_vec(
                 r,
                 "tidepool_node_lag_bytes",
                 "WAL bytes the node is behind the primary.",
-                &["node"],
+                &["node", "cluster"],
             ),
             node_lag_seconds: float_gauge_vec(
                 r,
                 "tidepool_node_lag_seconds",
                 "Replay delay of the node.",
-                &["node"],
+                &["node", "cluster"],
             ),
-            node_timeline: gauge_vec(r, "tidepool_node_timeline", "The node's timeline.", &["node"]),
+            node_timeline: gauge_vec(
+                r,
+                "tidepool_node_timeline",
+                "The node's timeline.",
+                &["node", "cluster"],
+            ),
         }
     }
 }
@@ -136,18 +144,23 @@ pub fn render(shared: &Shared) -> String {
     let _turn = metrics.scrape_lock.lock().unwrap_or_else(|p| p.into_inner());
     let f = &metrics.families;
     let snapshot = shared.snapshot();
-    let node_addr = |i: usize| {
-        snapshot
+    // A client's node index is one of its database's cluster's nodes.
+    let node_of = |database: &str, i: usize| {
+        let cluster = snapshot
             .config
-            .nodes
-            .get(i)
-            .map(|n| n.address())
+            .cluster_of(database)
             .unwrap_or_default()
+            .to_string();
+        let node = (snapshot.nodes_for(database))
+            .and_then(|nodes| nodes.get(i))
+            .map(|n| n.address())
+            .unwrap_or_default();
+        (node, cluster)
     };
 
     // Gauges are rebuilt from scratch so that pools and clients that are gone disappear.
     f.clients.reset();
-    let mut clients: HashMap<(String, String, String, &str), i64> = HashMap::new();
+    let mut clients: HashMap<ClientLabels, i64> = HashMap::new();
     for entry in shared.sessions.all() {
         if crate::admin::is_console(&entry.database) {
             continue;
@@ -155,21 +168,21 @@ pub fn render(shared: &Shared) -> String {
         let key = (
             entry.database.clone(),
             entry.user.clone(),
-            node_addr(entry.node()),
+            node_of(&entry.database, entry.node()),
             entry.state().as_str(),
         );
         *clients.entry(key).or_default() += 1;
     }
-    for ((database, user, node, state), n) in &clients {
+    for ((database, user, (node, cluster), state), n) in &clients {
         f.clients
-            .with_label_values(&[database.as_str(), user, node, state])
+            .with_label_values(&[database.as_str(), user, node, cluster, state])
             .set(*n);
     }
 
     f.backends.reset();
     for pool in shared.pools.all() {
         let key = &pool.key;
-        let labels = [key.database.as_str(), key.user.as_str(), &key.node];
+        let labels = [key.database.as_str(), key.user.as_str(), &key.node, &key.cluster];
         let (open, idle, _) = pool.counts();
         let connecting = pool.stats.connecting.load(Ordering::Relaxed);
         let active = open.saturating_sub(idle).saturating_sub(connecting);
@@ -207,34 +220,41 @@ pub fn render(shared: &Shared) -> String {
         checks.saturating_sub(resets),
     );
 
-    if let Some(health) = shared.health() {
-        f.node_role.reset();
-        for node in &health.view().nodes {
-            let addr: &str = &node.addr;
-            f.node_up.with_label_values(&[addr]).set(node.is_up() as i64);
-            let role = match node.role {
-                crate::health::Role::Primary => "primary",
-                crate::health::Role::Standby => "standby",
-                crate::health::Role::Unknown => "unknown",
-            };
-            f.node_role.with_label_values(&[addr, role]).set(1);
-            f.node_fenced.with_label_values(&[addr]).set(node.fenced as i64);
-            if let Some(bytes) = node.lag_bytes {
-                f.node_lag_bytes.with_label_values(&[addr]).set(bytes as i64);
-            }
-            if let Some(lag) = node.lag {
-                f.node_lag_seconds
-                    .with_label_values(&[addr])
-                    .set(lag.as_secs_f64());
-            }
-            if let Some(timeline) = node.timeline {
-                f.node_timeline.with_label_values(&[addr]).set(timeline as i64);
-            }
-        }
+    f.node_role.reset();
+    for (cluster, health) in shared.healths().iter() {
+        node_families(f, cluster, &health.view());
     }
 
     let mut out = Vec::new();
     // Encoding into a Vec only fails on invalid metric data, which registration rules out.
     let _ = TextEncoder::new().encode(&metrics.registry.gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// The health view's families for one cluster.
+fn node_families(f: &Families, cluster: &str, view: &crate::health::TopologyView) {
+    for node in &view.nodes {
+        let labels = [&*node.addr, cluster];
+        f.node_up.with_label_values(&labels).set(node.is_up() as i64);
+        let role = match node.role {
+            crate::health::Role::Primary => "primary",
+            crate::health::Role::Standby => "standby",
+            crate::health::Role::Unknown => "unknown",
+        };
+        f.node_role
+            .with_label_values(&[&*node.addr, cluster, role])
+            .set(1);
+        f.node_fenced.with_label_values(&labels).set(node.fenced as i64);
+        if let Some(bytes) = node.lag_bytes {
+            f.node_lag_bytes.with_label_values(&labels).set(bytes as i64);
+        }
+        if let Some(lag) = node.lag {
+            f.node_lag_seconds
+                .with_label_values(&labels)
+                .set(lag.as_secs_f64());
+        }
+        if let Some(timeline) = node.timeline {
+            f.node_timeline.with_label_values(&labels).set(timeline as i64);
+        }
+    }
 }

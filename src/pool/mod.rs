@@ -6,12 +6,17 @@
 //! hands it straight to the first waiter, so no task polls and nobody is woken for nothing. One
 //! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
 
+mod autodb;
+mod caps;
 mod control;
 mod core;
+mod login_retry;
 mod registry;
 mod servers;
 
 pub use self::core::{Limits, Pooled, Want};
+pub use autodb::{AutoDatabases, TooManyDatabases};
+pub use caps::{CapPermit, ConnCap, ConnCaps};
 pub use control::{DbControl, DbControls};
 pub use registry::{PoolKey, Pools};
 pub use servers::{ServerEntry, ServerRegistry, ServerState, ServerTicket};
@@ -52,6 +57,8 @@ pub struct PoolSettings {
     pub reset_query: String,
     pub check_query: String,
     pub check_delay: Duration,
+    /// `server_login_retry`: how long a refused login is answered from cache (0 = off).
+    pub login_retry: Duration,
 }
 
 /// Why a checkout failed.
@@ -110,10 +117,15 @@ pub struct Pool {
     /// Connections opened at or before this instant are closed when released: their node's
     /// role changed since (see [`Pool::retire_connections`]).
     retired_before: Mutex<Option<Instant>>,
+    /// `max_db_connections` and `max_user_connections`: every connection holds a place in both.
+    pub caps: [Arc<ConnCap>; 2],
+    /// The last refused login, answered again for `server_login_retry`.
+    login_failure: login_retry::LoginFailure,
 }
 
 /// What a pool shares with the others of its process.
 pub(crate) struct PoolContext {
+    pub caps: [Arc<ConnCap>; 2],
     pub conn_ids: Arc<AtomicU64>,
     pub controls: Arc<DbControls>,
     pub servers: Arc<ServerRegistry>,
@@ -155,6 +167,8 @@ impl Pool {
             stats: PoolStats::default(),
             retired: AtomicBool::new(false),
             retired_before: Mutex::new(None),
+            caps: context.caps,
+            login_failure: Default::default(),
         }
     }
 
@@ -179,9 +193,10 @@ impl Pool {
     }
 
     /// Gives a new connection its registry entry (SHOW SERVERS).
-    fn register(&self, conn: &mut BackendConn) {
+    fn register(&self, conn: &mut BackendConn, permits: Vec<CapPermit>) {
         let settings = self.settings.load();
         conn.ticket = Some(self.servers.register(servers::NewServer {
+            permits,
             id: conn.id,
             pool: &self.key,
             user: &settings.login.user,
@@ -290,10 +305,10 @@ impl Pool {
                         return Ok(conn);
                     }
                 }
-                Acquire::Connect => return self.open_in_slot(&settings, wish).await,
+                Acquire::Connect => return self.open_in_slot(&settings, wish, started).await,
                 Acquire::Replace(old) => {
                     tokio::spawn(old.terminate());
-                    return self.open_in_slot(&settings, wish).await;
+                    return self.open_in_slot(&settings, wish, started).await;
                 }
                 Acquire::Wait { waiter, grant } => {
                     self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
@@ -305,7 +320,7 @@ impl Pool {
                                 return Ok(conn);
                             }
                         }
-                        Ok(Grant::Slot) => return self.open_in_slot(&settings, wish).await,
+                        Ok(Grant::Slot) => return self.open_in_slot(&settings, wish, started).await,
                         Err(e) => return Err(e),
                     }
                 }
@@ -365,11 +380,17 @@ impl Pool {
         &self,
         settings: &PoolSettings,
         wish: StartupWish<'_>,
+        started: Instant,
     ) -> Result<Server, PoolError> {
         let mut guard = SlotGuard {
             pool: self,
             armed: true,
         };
+        if let Some(refused) = self.login_failure.cached(settings.login_retry) {
+            return Err(refused.into());
+        }
+        let deadline = settings.query_wait_timeout.map(|t| started + t);
+        let permits = self.cap_permits(deadline).await?;
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
@@ -383,11 +404,12 @@ impl Pool {
         )
         .await;
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
+        self.login_failure.record(result.as_ref().map(|_| ()));
         match result {
             Ok(conn) => {
                 guard.armed = false;
                 let mut conn = Box::new(conn);
-                self.register(&mut conn);
+                self.register(&mut conn, permits);
                 Ok(conn)
             }
             Err(e) => {
@@ -478,6 +500,11 @@ impl Pool {
         for _ in 0..missing {
             let pool = self.clone();
             let settings = settings.clone();
+            // Prewarming never waits for a cap: a full one means the slot is not used.
+            let Some(permits) = self.cap_permits_now() else {
+                self.lock().forget();
+                continue;
+            };
             tokio::spawn(async move {
                 let id = pool.conn_ids.fetch_add(1, Ordering::Relaxed);
                 let result = backend::connect(
@@ -492,7 +519,7 @@ impl Pool {
                 match result {
                     Ok(conn) => {
                         let mut conn = Box::new(conn);
-                        pool.register(&mut conn);
+                        pool.register(&mut conn, permits);
                         pool.release(conn)
                     }
                     Err(e) => {
@@ -501,6 +528,46 @@ impl Pool {
                     }
                 }
             });
+        }
+    }
+
+    /// A place under each cap, waiting (counted as a waiting client) until `deadline`.
+    async fn cap_permits(&self, deadline: Option<Instant>) -> Result<Vec<CapPermit>, PoolError> {
+        let mut permits = Vec::with_capacity(self.caps.len());
+        for cap in &self.caps {
+            if let Some(permit) = cap.try_acquire() {
+                permits.push(permit);
+                continue;
+            }
+            self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
+            let permit = cap.acquire(deadline).await;
+            self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
+            match permit {
+                Some(permit) => permits.push(permit),
+                None => {
+                    self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(PoolError::WaitTimeout);
+                }
+            }
+        }
+        Ok(permits)
+    }
+
+    /// A place under each cap right now, or `None`.
+    fn cap_permits_now(&self) -> Option<Vec<CapPermit>> {
+        self.caps.iter().map(|cap| cap.try_acquire()).collect()
+    }
+
+    /// Closes one idle connection when a cap this pool counts against has waiters (of other
+    /// pools: this pool's own clients would have taken it). Called by the janitor.
+    pub fn yield_to_cap_waiters(&self) {
+        if !self.caps.iter().any(|cap| cap.has_waiters()) {
+            return;
+        }
+        let first = std::cell::Cell::new(true);
+        let one = self.lock().drain_idle_where(|_| first.replace(false));
+        for conn in one {
+            tokio::spawn(conn.terminate());
         }
     }
 

@@ -1,18 +1,20 @@
 //! The set of pools, created on first use from the configuration snapshot.
 
-use super::{DbControls, Pool, PoolContext, PoolSettings, ServerRegistry};
+use super::{AutoDatabases, ConnCaps, DbControls, Pool, PoolContext, PoolSettings, ServerRegistry};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-/// Identifies a pool: client-visible database, client user, and node address.
+/// Identifies a pool: client-visible database, client user, node address, and the cluster the
+/// node belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub database: String,
     pub user: String,
     pub node: Arc<str>,
+    pub cluster: Arc<str>,
 }
 
 impl fmt::Display for PoolKey {
@@ -30,6 +32,10 @@ pub struct Pools {
     pub controls: Arc<DbControls>,
     pub servers: Arc<ServerRegistry>,
     pub metrics: Arc<Metrics>,
+    /// Databases currently served through `*`.
+    pub auto: AutoDatabases,
+    /// `max_db_connections` / `max_user_connections` across pools.
+    pub caps: ConnCaps,
 }
 
 impl Pools {
@@ -48,10 +54,13 @@ impl Pools {
             return pool.clone();
         }
         let context = PoolContext {
+            caps: [self.caps.database(&key.database), self.caps.user(&key.user)],
             conn_ids: self.conn_ids.clone(),
             controls: self.controls.clone(),
             servers: self.servers.clone(),
-            metrics: self.metrics.pool(&key.database, &key.user, &key.node),
+            metrics: self
+                .metrics
+                .pool(&key.database, &key.user, &key.node, &key.cluster),
         };
         let pool = Arc::new(Pool::new(key.clone(), settings(), context));
         map.insert(key.clone(), pool.clone());

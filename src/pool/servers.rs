@@ -81,10 +81,13 @@ pub struct ServerRegistry {
 pub struct ServerTicket {
     entry: Arc<ServerEntry>,
     registry: Arc<ServerRegistry>,
+    /// Its places under `max_db_connections` / `max_user_connections`, freed with it.
+    _permits: Vec<super::CapPermit>,
 }
 
 /// What a new entry is made of.
 pub(crate) struct NewServer<'a> {
+    pub permits: Vec<super::CapPermit>,
     pub id: u64,
     pub pool: &'a PoolKey,
     pub user: &'a str,
@@ -112,6 +115,7 @@ impl ServerRegistry {
         ServerTicket {
             entry,
             registry: self.clone(),
+            _permits: new.permits,
         }
     }
 

@@ -288,7 +288,8 @@ fn pools(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW DATABASES. `max_connections` is 0 (no limit): tidepool has no `max_db_connections`.
+/// SHOW DATABASES: each configured database, and each one `*` serves now, with the address of
+/// its cluster's first node.
 fn databases(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
@@ -318,8 +319,13 @@ fn databases(shared: &Shared) -> Table {
     }
     let pools = shared.pools.all();
     let clients = pool_clients(shared);
-    let node = config.nodes.first();
-    for (name, db) in &config.databases {
+    let configured = (config.databases.keys()).filter(|name| *name != crate::config::WILDCARD_DATABASE);
+    let auto = shared.pools.auto.names();
+    for name in configured.chain(auto.iter()) {
+        let Some(db) = config.database(name) else {
+            continue;
+        };
+        let node = snapshot.nodes_for(name).and_then(|nodes| nodes.first());
         let control = shared.pools.controls.get(name);
         let current: usize = pools
             .iter()
@@ -331,15 +337,15 @@ fn databases(shared: &Shared) -> Table {
             s(name),
             node.map(|n| n.host.clone()),
             node.map(|n| n.port.to_string()),
-            s(db.dbname.as_deref().unwrap_or(name)),
-            None,
+            config.server_dbname(name),
+            db.user.clone(),
             s(db.pool_size.unwrap_or(config.pool.default_pool_size)),
             s(config.pool.min_pool_size),
             s(config.pool.reserve_pool_size),
             s(config.pool.server_lifetime.0.as_secs()),
             s(config.pool_mode_for(name).as_str()),
             None,
-            s(0),
+            s(db.max_db_connections.unwrap_or(config.pool.max_db_connections)),
             s(current),
             s(0),
             s(current_clients),
@@ -354,9 +360,9 @@ fn databases(shared: &Shared) -> Table {
     t
 }
 
-/// SHOW USERS. `max_user_connections` and `max_user_client_connections` are 0 (no limit):
-/// tidepool has no such settings. `pool_size` and `reserve_pool_size` are text, as in
-/// PgBouncer, empty when the user does not set them.
+/// SHOW USERS; `max_user_connections` is the user's cap (0 = none), `max_user_client_connections`
+/// is 0 (no such setting). `pool_size` and `reserve_pool_size` are text, as in PgBouncer, empty
+/// when the user does not set them.
 fn users(shared: &Shared) -> Table {
     let snapshot = shared.snapshot();
     let mut t = Table::new(&[
@@ -382,7 +388,9 @@ fn users(shared: &Shared) -> Table {
             s(user.pool_size.map(|n| n.to_string()).unwrap_or_default()),
             s(""),
             None,
-            s(0),
+            s(user
+                .max_user_connections
+                .unwrap_or(snapshot.config.pool.max_user_connections)),
             s(current),
             s(0),
             s(clients.iter().filter(|c| c.user == user.name).count()),

@@ -88,6 +88,7 @@ pub fn unlisted_user(name: &str) -> UserConfig {
         backend_user: None,
         backend_password: None,
         pool_size: None,
+        max_user_connections: None,
     }
 }
 

@@ -150,14 +150,16 @@ async fn query_user(
     };
     // The lookup needs a database to run in: auth_dbname, else the one the client asked for,
     // if configured (an unknown one fails after authentication with 3D000, as in PostgreSQL).
-    let dbname = config.auth.auth_dbname.clone().or_else(|| {
-        let db = config.databases.get(database)?;
-        Some(db.dbname.clone().unwrap_or_else(|| database.to_string()))
-    });
+    let dbname = (config.auth.auth_dbname.clone()).or_else(|| config.server_dbname(database));
     let Some(dbname) = dbname else {
         return Ok(listed);
     };
-    let Some(found) = query.lookup(name, &dbname).await.map_err(AuthError::Lookup)? else {
+    // It runs on the cluster of the database asked for (an unknown one: the default cluster).
+    let cluster = config
+        .cluster_of(database)
+        .unwrap_or(crate::config::DEFAULT_CLUSTER);
+    let lookup = query.lookup(name, &dbname, cluster);
+    let Some(found) = lookup.await.map_err(AuthError::Lookup)? else {
         return Ok(listed);
     };
     Ok(Some(match listed {

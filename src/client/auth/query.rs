@@ -30,7 +30,8 @@ struct Cached {
 
 /// The auth_query source of one snapshot.
 pub struct AuthQuery {
-    node: Arc<str>,
+    /// Where lookups run, per cluster: its first node (the primary in a plain setup).
+    nodes: std::collections::BTreeMap<String, Arc<str>>,
     login_user: String,
     secret: BackendSecret,
     sql: String,
@@ -54,8 +55,13 @@ impl AuthQuery {
     ) -> AuthQuery {
         AuthQuery {
             tls,
-            // Validation guarantees a node; the first one is the primary in a plain setup.
-            node: Arc::from(config.nodes.first().map(|n| n.address()).unwrap_or_default()),
+            // Validation guarantees a node per cluster; the first is the primary in a plain setup.
+            nodes: (config.cluster_names().into_iter())
+                .filter_map(|name| {
+                    let node = config.cluster_nodes(name)?.first()?;
+                    Some((name.to_string(), Arc::from(node.address())))
+                })
+                .collect(),
             login_user,
             secret,
             sql: config.auth.auth_query.clone(),
@@ -68,14 +74,23 @@ impl AuthQuery {
         }
     }
 
-    /// The user called `name`, from the cache or from PostgreSQL (run in `database` unless
-    /// `auth_dbname` is set).
-    pub async fn lookup(&self, name: &str, database: &str) -> Result<Option<Arc<UserAuth>>, BackendError> {
-        if let Some(hit) = self.cached(name) {
+    /// The user called `name`, from the cache or from PostgreSQL (run in `database` of
+    /// `cluster` unless `auth_dbname` is set). Each cluster has its own users.
+    pub async fn lookup(
+        &self,
+        name: &str,
+        database: &str,
+        cluster: &str,
+    ) -> Result<Option<Arc<UserAuth>>, BackendError> {
+        let Some(node) = self.nodes.get(cluster).or_else(|| self.nodes.values().next()) else {
+            return Ok(None);
+        };
+        let key = format!("{cluster}\0{name}");
+        if let Some(hit) = self.cached(&key) {
             return Ok(hit);
         }
-        let user = self.fetch(name, database).await?;
-        self.store(name, user.clone());
+        let user = self.fetch(node, name, database).await?;
+        self.store(&key, user.clone());
         Ok(user)
     }
 
@@ -108,7 +123,12 @@ impl AuthQuery {
         );
     }
 
-    async fn fetch(&self, name: &str, database: &str) -> Result<Option<Arc<UserAuth>>, BackendError> {
+    async fn fetch(
+        &self,
+        node: &Arc<str>,
+        name: &str,
+        database: &str,
+    ) -> Result<Option<Arc<UserAuth>>, BackendError> {
         let login = BackendLogin {
             user: self.login_user.clone(),
             database: self.dbname.clone().unwrap_or_else(|| database.to_string()),
@@ -116,7 +136,7 @@ impl AuthQuery {
             tls: self.tls.clone(),
         };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let mut conn = backend::connect(&self.node, &login, &[], 0, id, self.connect_timeout).await?;
+        let mut conn = backend::connect(node, &login, &[], 0, id, self.connect_timeout).await?;
         let row = conn.query_first_row(&self.sql, &[name]).await;
         tokio::spawn(conn.terminate());
         let Some(stored) = row?.and_then(|r| r.into_iter().nth(1).flatten()) else {
@@ -135,7 +155,7 @@ impl AuthQuery {
             tokio::task::spawn_blocking(move || UserAuth::new(config, Some(secret), SecretSource::AuthQuery))
                 .await
                 .map_err(|e| BackendError::Io {
-                    addr: self.node.to_string(),
+                    addr: node.to_string(),
                     source: std::io::Error::other(e.to_string()),
                 })?
         } else {
