@@ -45,7 +45,7 @@ impl<'a> Lexer<'a> {
     /// Skips whitespace and comments; `false` if a block comment never ends.
     fn skip_blank(&mut self) -> bool {
         loop {
-            let rest = &self.sql[self.pos..];
+            let rest = self.sql.get(self.pos..).unwrap_or(&[]);
             self.pos += rest
                 .iter()
                 .position(|&b| CLASSES[b as usize] & SPACE == 0)
@@ -101,6 +101,8 @@ impl<'a> Lexer<'a> {
                 _ => self.pos += 1,
             }
             if self.pos > self.sql.len() {
+                // A backslash as the last byte: never ends.
+                self.pos = self.sql.len();
                 return None;
             }
         }
@@ -320,6 +322,7 @@ mod tests {
         assert!(tokens("SELECT 'a\\'; DO $$ $$; --'").contains(&Token::Unsure));
         assert!(tokens("SELECT 'unterminated").contains(&Token::Unsure));
         assert!(tokens("SELECT $x$ unterminated").contains(&Token::Unsure));
+        assert_eq!(tokens("SELECT e'\\"), vec![Token::Word(b"SELECT"), Token::Unsure]);
         assert_eq!(
             tokens("SELECT 1\0; DO"),
             vec![Token::Word(b"SELECT"), Token::Other(b'0')]
