@@ -83,6 +83,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on the Unix socket: {0}")]
+    UnixSocket(#[from] crate::client::unix_socket::UnixSocketError),
     #[error("preparing user secrets failed: {0}")]
     Users(String),
     /// auth_file or auth_hba_file is unreadable or malformed.
@@ -178,6 +180,7 @@ pub(crate) fn pool_settings(
                 .unwrap_or_else(|| database.to_string()),
             secret: backend_secret(user),
             tls: snapshot.backend_tls.clone(),
+            keepalive: config.proxy.keepalive(),
         },
         mode: config.pool_mode_for(database),
         limits: Limits {
@@ -200,6 +203,9 @@ pub(crate) fn pool_settings(
 pub struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// Every bound `listen` address (port 0 resolved), in config order.
+    addrs: Vec<SocketAddr>,
+    unix_socket: Option<std::path::PathBuf>,
     metrics_addr: Option<SocketAddr>,
     tasks: TaskTracker,
     accept: JoinHandle<()>,
@@ -209,16 +215,20 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `proxy.listen` (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, AppError> {
-        let listen = config.proxy.listen;
         // Deriving SCRAM verifiers costs thousands of hash rounds per user: keep it off the
         // async workers.
         let snapshot = tokio::task::spawn_blocking(move || build_snapshot(config))
             .await
             .map_err(|e| AppError::Users(e.to_string()))??;
-        let listener = bind(listen).map_err(|source| AppError::Listen { addr: listen, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| AppError::Listen { addr: listen, source })?;
+        let (listeners, addr) = bind_all(&snapshot.config.proxy)?;
+        let mut addrs = Vec::new();
+        let mut unix_socket = None;
+        for one in &listeners {
+            match one {
+                listener::Listener::Tcp(tcp) => addrs.extend(tcp.local_addr().ok()),
+                listener::Listener::Unix { file, .. } => unix_socket = Some(file.path.clone()),
+            }
+        }
         let metrics_listener = match snapshot.config.metrics.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -249,11 +259,12 @@ impl Proxy {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let tasks = TaskTracker::new();
-        let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
+        let names: Vec<String> = listeners.iter().map(listener::Listener::describe).collect();
+        let accept = tokio::spawn(listener::accept_all(shared.clone(), listeners, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
         tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
         watch_role_changes(&shared);
-        tracing::info!(%addr, "tidepool listening");
+        tracing::info!(%addr, listeners = ?names, "tidepool listening");
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let metrics_addr = listener.local_addr().ok();
@@ -266,6 +277,8 @@ impl Proxy {
         Ok(Proxy {
             shared,
             addr,
+            addrs,
+            unix_socket,
             metrics_addr,
             tasks,
             accept,
@@ -273,8 +286,19 @@ impl Proxy {
         })
     }
 
+    /// The first `listen` address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every `listen` address, in config order.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The Unix socket file (`<unix_socket_dir>/.s.PGSQL.<port>`), when configured.
+    pub fn unix_socket_path(&self) -> Option<&std::path::Path> {
+        self.unix_socket.as_deref()
     }
 
     /// Where `/metrics` is served, when `[metrics] listen` is set.
@@ -379,6 +403,7 @@ pub(crate) fn health_plan(config: &Config, tls: &BackendTls) -> Option<(Vec<Arc<
         database,
         secret: backend_secret(user),
         tls: tls.clone(),
+        keepalive: config.proxy.keepalive(),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
     Some((nodes, login))
@@ -395,13 +420,53 @@ fn backend_secret(user: &UserConfig) -> BackendSecret {
     crate::client::auth::backend_secret(user, secret.as_ref())
 }
 
+/// Binds every `listen` address, then the Unix socket named after the first one's port (port
+/// 0 resolved); returns the listeners and the first address.
+fn bind_all(proxy: &crate::config::ProxyConfig) -> Result<(Vec<listener::Listener>, SocketAddr), AppError> {
+    let mut listeners = Vec::new();
+    let mut first = None;
+    for &addr in proxy.listen.all() {
+        // `[::]:p` is dual-stack unless `0.0.0.0:p` (or another IPv4 address on p) is listed too.
+        let only_v6 =
+            (proxy.listen.all().iter()).any(|a| a.is_ipv4() && a.port() == addr.port() && addr.port() != 0);
+        let tcp = bind(addr, only_v6).map_err(|source| AppError::Listen { addr, source })?;
+        let local = tcp
+            .local_addr()
+            .map_err(|source| AppError::Listen { addr, source })?;
+        first.get_or_insert(local);
+        listeners.push(listener::Listener::Tcp(tcp));
+    }
+    let first = first.expect("listen is never empty");
+    if let Some(unix) = proxy.unix_socket() {
+        let (std_listener, file) = crate::client::unix_socket::bind(&unix, first.port())?;
+        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
+            crate::client::unix_socket::UnixSocketError::Io {
+                path: file.path.clone(),
+                source,
+            }
+        })?;
+        listeners.push(listener::Listener::Unix {
+            listener,
+            file,
+            port: first.port(),
+        });
+    }
+    Ok((listeners, first))
+}
+
 /// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
 /// so a new tidepool can listen beside an old one that is draining (binary upgrade; the kernel
 /// spreads new connections over both until the old one closes its listener).
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr, only_v6: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            if only_v6 {
+                socket2::SockRef::from(&socket).set_only_v6(true)?;
+            }
+            socket
+        }
     };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;

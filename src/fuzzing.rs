@@ -282,7 +282,7 @@ pub fn hba_file(data: &[u8]) {
         let addr = addr.parse().expect("literal address");
         for tls in [false, true] {
             for (db, user) in [("app", "app"), ("all", "x"), ("postgres", "postgres")] {
-                if let Some(rule) = rules.decide(tls, db, user, addr) {
+                if let Some(rule) = rules.decide(tls, db, user, Some(addr)) {
                     let n: usize = rule
                         .origin
                         .strip_prefix("line ")

@@ -141,6 +141,14 @@ fn fixed_key_notes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     fixed("proxy.listen", old.proxy.listen != new.proxy.listen);
+    fixed(
+        "proxy.unix_socket_dir",
+        old.proxy.unix_socket_dir != new.proxy.unix_socket_dir,
+    );
+    fixed(
+        "proxy.unix_socket_mode",
+        old.proxy.unix_socket_mode != new.proxy.unix_socket_mode,
+    );
     fixed("proxy.log_format", old.proxy.log_format != new.proxy.log_format);
     fixed("proxy.log_level", old.proxy.log_level != new.proxy.log_level);
     notes
@@ -200,5 +208,5 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
 
 /// Settings that existing connections embody: they cannot be changed on an open connection.
 fn backend_changed(wanted: &PoolSettings, current: &PoolSettings) -> bool {
-    wanted.addr != current.addr || wanted.login != current.login || wanted.mode != current.mode
+    wanted.addr != current.addr || !wanted.login.same_session(&current.login) || wanted.mode != current.mode
 }

@@ -27,6 +27,7 @@ pub mod session_state;
 pub mod sql_prepared;
 pub mod startup;
 pub mod statements;
+pub mod unix_socket;
 
 pub use listener::ClientCounter;
 

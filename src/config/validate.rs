@@ -136,6 +136,23 @@ impl Config {
                 "must be between 8kB and 1GB",
             ));
         }
+        let listen = proxy.listen.all();
+        for (i, addr) in listen.iter().enumerate() {
+            if addr.port() != 0 && listen[..i].contains(addr) {
+                return Err(ConfigError::invalid(
+                    "proxy.listen",
+                    format!("{addr} is listed twice"),
+                ));
+            }
+        }
+        if let Some(dir) = &proxy.unix_socket_dir {
+            if dir.as_os_str().is_empty() || !dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "proxy.unix_socket_dir",
+                    "must be an absolute directory path",
+                ));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&proxy.log_level).is_err() {
             return Err(ConfigError::invalid(
                 "proxy.log_level",
@@ -280,7 +297,7 @@ impl Config {
             }
         }
         if let Some(addr) = self.metrics.listen {
-            if addr.port() != 0 && addr == self.proxy.listen {
+            if addr.port() != 0 && self.proxy.listen.contains(&addr) {
                 return Err(ConfigError::invalid(
                     "metrics.listen",
                     "must differ from proxy.listen",

@@ -42,6 +42,7 @@ pub struct AuthQuery {
     ids: AtomicU64,
     /// `server_tls_mode` toward the node, as for pools.
     tls: crate::tls::BackendTls,
+    keepalive: crate::config::Keepalive,
 }
 
 impl AuthQuery {
@@ -54,6 +55,7 @@ impl AuthQuery {
     ) -> AuthQuery {
         AuthQuery {
             tls,
+            keepalive: config.proxy.keepalive(),
             // Validation guarantees a node; the first one is the primary in a plain setup.
             node: Arc::from(config.nodes.first().map(|n| n.address()).unwrap_or_default()),
             login_user,
@@ -114,6 +116,7 @@ impl AuthQuery {
             database: self.dbname.clone().unwrap_or_else(|| database.to_string()),
             secret: self.secret.clone(),
             tls: self.tls.clone(),
+            keepalive: self.keepalive,
         };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut conn = backend::connect(&self.node, &login, &[], 0, id, self.connect_timeout).await?;
