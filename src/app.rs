@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub client_tls: Option<Arc<ClientTls>>,
     /// TLS toward PostgreSQL.
     pub backend_tls: BackendTls,
+    /// How Patroni's REST API is reached (`routing.patroni_*`), certificates read at build time.
+    pub patroni: Arc<crate::health::PatroniAccess>,
 }
 
 /// Everything tasks share, passed down explicitly (no globals).
@@ -229,6 +231,8 @@ impl Proxy {
                 listener::Listener::Unix { file, .. } => unix_socket = Some(file.path.clone()),
             }
         }
+        // Certificates read now: a bad file stops the start, like the client TLS files.
+        let web = Arc::new(crate::metrics::http::Web::build(&snapshot.config.metrics)?);
         let metrics_listener = match snapshot.config.metrics.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -238,7 +242,7 @@ impl Proxy {
             None => None,
         };
         let shutdown = Shutdown::default();
-        let health = start_health(&snapshot.config, &snapshot.backend_tls, &shutdown);
+        let health = start_health(&snapshot, &shutdown);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let instance_id = snapshot.config.peers.instance_id;
         let shared = Arc::new(Shared {
@@ -269,7 +273,7 @@ impl Proxy {
             Some(listener) => {
                 let metrics_addr = listener.local_addr().ok();
                 tracing::info!(addr = ?metrics_addr, "metrics listening");
-                tokio::spawn(crate::metrics::http::serve(shared.clone(), listener));
+                tokio::spawn(crate::metrics::http::serve(shared.clone(), listener, web.clone()));
                 metrics_addr
             }
             None => None,
@@ -349,7 +353,9 @@ pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
         Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?;
     let weights = config.nodes.iter().map(|n| n.weight).collect();
     let client_tls = ClientTls::build(&config.tls)?;
+    let patroni = Arc::new(crate::health::PatroniAccess::build(&config.routing)?);
     Ok(Snapshot {
+        patroni,
         config,
         users,
         classifier,
@@ -361,11 +367,13 @@ pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
 
 /// With several nodes, a checker per node finds the primary and measures lag. It logs in as the
 /// first configured user that has a password usable toward PostgreSQL.
-pub(crate) fn start_health(config: &Config, tls: &BackendTls, shutdown: &Shutdown) -> Option<Health> {
+pub(crate) fn start_health(snapshot: &Snapshot, shutdown: &Shutdown) -> Option<Health> {
+    let (config, tls) = (&snapshot.config, &snapshot.backend_tls);
     let (nodes, login) = health_plan(config, tls)?;
     // Validated with the config, so nothing is dropped here.
     let patroni = (config.routing.patroni_api.iter())
         .filter_map(|url| crate::health::PatroniUrl::parse(url).ok())
+        .map(|url| url.with_access(snapshot.patroni.clone()))
         .collect();
     let stop = shutdown.subscribe();
     let stopped = async move {

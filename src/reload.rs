@@ -109,7 +109,7 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
     let restart_health = app::health_plan(&old.config, &old.backend_tls)
         != app::health_plan(&new.config, &new.backend_tls)
         || old.config.health != new.config.health;
-    let health = restart_health.then(|| app::start_health(&new.config, &new.backend_tls, &shared.shutdown));
+    let health = restart_health.then(|| app::start_health(&new, &shared.shutdown));
 
     // 3. Swap the snapshot.
     shared.store_snapshot(new);
@@ -149,6 +149,8 @@ fn fixed_key_notes(old: &Config, new: &Config) -> Vec<String> {
         "proxy.unix_socket_mode",
         old.proxy.unix_socket_mode != new.proxy.unix_socket_mode,
     );
+    // The metrics listener's address, TLS and basic auth are read once at start.
+    fixed("metrics", old.metrics != new.metrics);
     fixed("proxy.log_format", old.proxy.log_format != new.proxy.log_format);
     fixed("proxy.log_level", old.proxy.log_level != new.proxy.log_level);
     notes

@@ -12,7 +12,7 @@ mod validate;
 
 pub use auth::{AuthConfig, HbaEntry, DEFAULT_AUTH_QUERY};
 pub use listen::{Keepalive, ListenAddrs, ListenError, SocketMode, UnixSocket};
-pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
+pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration, HiddenString};
 pub use validate::ConfigError;
 
 use serde::Deserialize;
@@ -46,6 +46,12 @@ pub struct MetricsConfig {
     /// Address of the HTTP listener serving /metrics, /healthz and /readyz; absent = off.
     /// Not reloadable.
     pub listen: Option<SocketAddr>,
+    /// HTTPS: certificate chain and key (PEM); both or neither. Not reloadable.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// HTTP basic authentication required on every path; both or neither. Not reloadable.
+    pub basic_auth_user: Option<String>,
+    pub basic_auth_password: Option<HiddenString>,
 }
 
 /// How long a client keeps its backend.

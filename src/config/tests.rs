@@ -319,6 +319,15 @@ fn example_file_documents_every_key() {
         "read_your_writes",
         "ryw_wait",
         "unix_socket_dir",
+        "patroni_ca_file",
+        "patroni_cert_file",
+        "patroni_key_file",
+        "patroni_user",
+        "patroni_password",
+        "tls_cert_file",
+        "tls_key_file",
+        "basic_auth_user",
+        "basic_auth_password",
         "unix_socket_mode",
         "tcp_keepalive",
         "tcp_keepidle",
@@ -527,4 +536,35 @@ fn listeners_unix_socket_and_keepalive_keys() {
         let key = line.split(' ').next().unwrap();
         assert!(message.contains(key), "{line} must name its key: {message}");
     }
+}
+
+#[test]
+fn http_credentials_and_certificates_come_in_pairs() {
+    let base = Parts::default().render();
+    for (extra, expected) in [
+        (
+            "[metrics]\ntls_cert_file = \"m.crt\"\n",
+            "metrics.tls_key_file: required with metrics.tls_cert_file",
+        ),
+        (
+            "[metrics]\nbasic_auth_password = \"x\"\n",
+            "metrics.basic_auth_user: required with metrics.basic_auth_password",
+        ),
+        (
+            "[routing]\npatroni_user = \"p\"\n",
+            "routing.patroni_password: required with routing.patroni_user",
+        ),
+        (
+            "[routing]\npatroni_key_file = \"k\"\n",
+            "routing.patroni_cert_file: required with routing.patroni_key_file",
+        ),
+    ] {
+        assert_eq!(refused(&format!("{base}\n{extra}")), expected);
+    }
+    // Passwords stay out of Debug output (configs are logged with it).
+    let config = Config::from_toml(&format!(
+        "{base}\n[metrics]\nbasic_auth_user = \"u\"\nbasic_auth_password = \"hunter2\"\n"
+    ))
+    .expect("valid");
+    assert!(!format!("{config:?}").contains("hunter2"));
 }

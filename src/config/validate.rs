@@ -304,10 +304,48 @@ impl Config {
                 ));
             }
         }
+        let pairs = [
+            (
+                "metrics.tls_cert_file",
+                self.metrics.tls_cert_file.is_some(),
+                "metrics.tls_key_file",
+                self.metrics.tls_key_file.is_some(),
+            ),
+            (
+                "metrics.basic_auth_user",
+                self.metrics.basic_auth_user.is_some(),
+                "metrics.basic_auth_password",
+                self.metrics.basic_auth_password.is_some(),
+            ),
+            (
+                "routing.patroni_cert_file",
+                self.routing.patroni_cert_file.is_some(),
+                "routing.patroni_key_file",
+                self.routing.patroni_key_file.is_some(),
+            ),
+            (
+                "routing.patroni_user",
+                self.routing.patroni_user.is_some(),
+                "routing.patroni_password",
+                self.routing.patroni_password.is_some(),
+            ),
+        ];
+        for (a, has_a, b, has_b) in pairs {
+            if has_a != has_b {
+                let (missing, set) = if has_a { (b, a) } else { (a, b) };
+                return Err(ConfigError::invalid(missing, format!("required with {set}")));
+            }
+        }
         for (i, url) in self.routing.patroni_api.iter().enumerate() {
-            crate::health::PatroniUrl::parse(url).map_err(|reason| {
+            let parsed = crate::health::PatroniUrl::parse(url).map_err(|reason| {
                 ConfigError::invalid(format!("routing.patroni_api[{i}]"), format!("{url:?} {reason}"))
             })?;
+            if parsed.https && self.routing.patroni_ca_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "routing.patroni_ca_file",
+                    format!("required for {url:?} (https)"),
+                ));
+            }
         }
         self.peers
             .validate()
