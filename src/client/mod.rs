@@ -30,6 +30,7 @@ pub mod sql_prepared;
 pub mod startup;
 pub mod statements;
 mod timeouts;
+pub mod unix_socket;
 
 pub use listener::ClientCounter;
 
