@@ -334,10 +334,10 @@ mod tests {
             client_tls_key_file: Some("b".into()),
             ..TlsConfig::default()
         };
-        assert_eq!(config.validate().unwrap_err().key, "tls.client_tls_ca_file");
+        assert_eq!(config.validate().unwrap_err().key, "client_tls_ca_file");
         config.client_tls_mode = ClientTlsMode::Disable;
         config.server_tls_mode = ServerTlsMode::VerifyCa;
-        assert_eq!(config.validate().unwrap_err().key, "tls.server_tls_ca_file");
+        assert_eq!(config.validate().unwrap_err().key, "server_tls_ca_file");
         config.server_tls_mode = ServerTlsMode::Require;
         config.server_tls_server_name = Some("not a name".into());
         assert_eq!(config.validate().unwrap_err().key, "server_tls_server_name");
