@@ -2,6 +2,7 @@
 //! optionally over TLS and behind basic authentication, like the Prometheus exporters' web
 //! config. One request per connection, bounded request heads, read and write timeouts.
 
+use super::readiness::{self, Answer};
 use crate::app::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -140,7 +141,8 @@ async fn answer<B>(shared: &Arc<Shared>, web: &Web, request: Request<B>) -> Resp
             return response;
         }
     }
-    let (status, content_type, body) = route(shared, request.uri().path()).await;
+    let uri = request.uri();
+    let (status, content_type, body) = route(shared, uri.path(), uri.query()).await;
     respond(status, content_type, body)
 }
 
@@ -154,7 +156,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     response
 }
 
-async fn route(shared: &Arc<Shared>, path: &str) -> (StatusCode, &'static str, String) {
+async fn route(shared: &Arc<Shared>, path: &str, query: Option<&str>) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/metrics" => {
@@ -166,38 +168,13 @@ async fn route(shared: &Arc<Shared>, path: &str) -> (StatusCode, &'static str, S
             (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
         }
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" => match not_ready(shared).await {
-            None => (StatusCode::OK, TEXT, "ready\n".into()),
-            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+        "/readyz" => match readiness::check(shared, readiness::question(query)).await {
+            Answer::Ready(body) => (StatusCode::OK, TEXT, body),
+            Answer::NotReady(body) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, body),
+            Answer::UnknownCluster(body) => (StatusCode::NOT_FOUND, TEXT, body),
         },
         _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
-}
-
-/// Why the proxy should not get traffic now, if it should not.
-async fn not_ready(shared: &Shared) -> Option<&'static str> {
-    if shared.shutdown.is_triggered() {
-        return Some("shutting down");
-    }
-    // Ready when every cluster has a primary.
-    let snapshot = shared.snapshot();
-    for (cluster, view) in snapshot.views() {
-        if let Some(health) = shared.health_of(cluster) {
-            if health.view().primary().is_none() {
-                return Some("no primary known");
-            }
-            continue;
-        }
-        // One node and no health checker: it is the primary if it accepts connections.
-        let Some(node) = view.config.nodes.first().map(|n| n.address()) else {
-            continue;
-        };
-        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(node.as_str())).await {
-            Ok(Ok(_)) => {}
-            _ => return Some("the node does not accept connections"),
-        }
-    }
-    None
 }
 
 #[cfg(test)]
