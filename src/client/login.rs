@@ -218,6 +218,7 @@ async fn serve_inner(
         ha: Default::default(),
         listens: None,
         tx_clock: Default::default(),
+        database_holds: Vec::new(),
     };
     let reason = tokio::select! {
         reason = session.run() => reason,

@@ -64,6 +64,10 @@ pub struct Exchange {
     /// frame's length, when the session scanned it already (one scan per request, not one per
     /// consumer); the relay takes it for the frame at offset 0.
     pub(super) head_words: Option<(usize, Words)>,
+    /// The databases the request at the head of the client's input needs to itself, found
+    /// when the relay stopped before it; then `database_ddl_freed` once the session freed them.
+    database_ddl_ahead: Vec<String>,
+    pub(super) database_ddl_freed: bool,
     /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
     /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
     copy: CopyTracking,
@@ -109,6 +113,8 @@ impl Default for Exchange {
             isolation: Default::default(),
             track_settings: false,
             head_words: None,
+            database_ddl_ahead: Vec::new(),
+            database_ddl_freed: false,
             pins_may_have_changed: false,
             pinned: false,
             sql_prepared_may_have_changed: false,
@@ -185,6 +191,9 @@ pub enum RelayEvent {
     /// The batch failed with 0A000 (this error, held back) because a schema change altered a
     /// prepared statement's result; nothing reached the client and the server is idle again.
     SchemaChanged(bytes::Bytes),
+    /// The client's next request needs these databases to itself (`database_ddl.rs`); it is
+    /// not forwarded until the session sets `database_ddl_freed`.
+    DatabaseDdl(Vec<String>),
 }
 
 /// Statement renaming for transaction mode (see `statements`).
@@ -271,6 +280,11 @@ pub(super) fn poll_relay(
                 Ok(false) => {}
                 Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
             }
+            if !ex.database_ddl_ahead.is_empty() {
+                return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
+                    &mut ex.database_ddl_ahead,
+                )));
+            }
             super::conn::make_read_room(&mut client.rbuf, READ_RESERVE);
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
@@ -280,6 +294,11 @@ pub(super) fn poll_relay(
                         Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
                         Ok(false) => {}
                         Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
+                    }
+                    if !ex.database_ddl_ahead.is_empty() {
+                        return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
+                            &mut ex.database_ddl_ahead,
+                        )));
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
@@ -340,6 +359,15 @@ fn scan_client(
     while let Some((tag, total)) = peek_header(&buf[pos..], limit)? {
         if buf.len() - pos < total {
             break;
+        }
+        if matches!(tag, tag::QUERY | tag::PARSE) && !(pos == 0 && std::mem::take(&mut ex.database_ddl_freed))
+        {
+            let databases = super::database_ddl::databases_needing_exclusive_use(&buf[pos..pos + total]);
+            if !databases.is_empty() {
+                // Not forwarded before the session freed them (frames ahead of it go now).
+                ex.database_ddl_ahead = databases;
+                break;
+            }
         }
         let ignored_by_server = ex.copy.in_copy_in && matches!(tag, tag::SYNC | tag::FLUSH);
         if ex.track_settings && tag != tag::TERMINATE {

@@ -3,7 +3,7 @@
 
 use super::cancel::{CancelSlot, CancelTarget, Registration};
 use super::conn::{ClientConn, ClientIoError};
-use super::keywords::{Word, Words};
+use super::keywords::Words;
 use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
 use super::relay::{Exchange, RelayEvent, Rewrite};
@@ -19,14 +19,6 @@ use bytes::{Buf, Bytes};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
-
-/// The length of the whole frame at the head of the client's input, if its header is there.
-fn peek_total(client: &ClientConn) -> Option<usize> {
-    crate::protocol::frame::peek_header(&client.rbuf, client.decoder.max_len())
-        .ok()
-        .flatten()
-        .map(|(_, total)| total)
-}
 
 /// How much of a pipelining client's input routing waits for, to see its frames whole.
 const ROUTING_LOOKAHEAD: usize = 64 * 1024;
@@ -81,6 +73,8 @@ pub(super) struct Session {
     pub(super) listens: Option<super::notify::Subscription>,
     /// When the current transaction began (`transaction_timeout`, see `timeouts.rs`).
     pub(super) tx_clock: super::timeouts::TransactionClock,
+    /// Pools held while a statement that needs their database to itself runs (`database_ddl.rs`).
+    pub(super) database_holds: Vec<crate::pool::CheckoutHold>,
 }
 
 impl Session {
@@ -373,17 +367,6 @@ impl Session {
                     Ok(None) => false,
                     Err(_) => true,
                 };
-            if request_at_hand && self.exchange.is_quiet() {
-                // CREATE/DROP/ALTER DATABASE: tidepool's idle connections must not be in the way.
-                // The request's trigger words, when scanned already, say whether to look.
-                let says_database = match (self.exchange.head_words, peek_total(&self.client)) {
-                    (Some((len, words)), Some(total)) if len == total => words.has(Word::Database),
-                    _ => true,
-                };
-                if says_database {
-                    super::database_ddl::free_databases(&self.shared, &self.client.rbuf);
-                }
-            }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
             let in_transaction = self.exchange.status != TransactionStatus::Idle;
             let tx_deadline = self
@@ -436,7 +419,16 @@ impl Session {
                 _ = super::routing::role_changed(role_change.as_mut()), if quiet => continue,
             };
             self.account_relay(&event);
+            if !matches!(event, RelayEvent::DatabaseDdl(_) | RelayEvent::SchemaChanged(_)) {
+                // The statement that needed a database to itself was answered (or never will be).
+                self.database_holds.clear();
+            }
             match event {
+                RelayEvent::DatabaseDdl(databases) => {
+                    let holds = super::database_ddl::free_databases(&self.shared, &databases);
+                    self.database_holds.extend(holds);
+                    self.exchange.database_ddl_freed = true;
+                }
                 RelayEvent::Idle => {
                     self.awaiting_first_request = false;
                     self.follow_settings();
