@@ -22,6 +22,7 @@ pub enum Word {
     Execute,
     Hold,
     Listen,
+    Notify,
     Prepare,
     Reset,
     Rollback,
@@ -69,6 +70,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
     const E: &[Spelling] = &[spelling(b"execute", Word::Execute)];
     const H: &[Spelling] = &[spelling(b"hold", Word::Hold)];
     const L: &[Spelling] = &[spelling(b"listen", Word::Listen)];
+    const N: &[Spelling] = &[spelling(b"notify", Word::Notify)];
     const P: &[Spelling] = &[spelling(b"prepare", Word::Prepare)];
     const R: &[Spelling] = &[
         spelling(b"reset", Word::Reset),
@@ -88,6 +90,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
         b'e' => E,
         b'h' => H,
         b'l' => L,
+        b'n' => N,
         b'p' => P,
         b'r' => R,
         b's' => S,
@@ -100,7 +103,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
 /// First letters of the trigger words, as bits a..z.
 const FIRST_LETTERS: u32 = {
     let mut bits = 0u32;
-    let letters = b"abcdehlprstu";
+    let letters = b"abcdehlnprstu";
     let mut i = 0;
     while i < letters.len() {
         bits |= 1 << (letters[i] - b'a');
@@ -194,6 +197,11 @@ mod tests {
             "a prefix"
         );
         assert!(Words::scan(b"SHOW tidepool.lsn").has(Word::Tidepool));
+        assert!(Words::scan(b"NOTIFY c, 'x'").has(Word::Notify));
+        assert!(
+            Words::scan(b"SELECT pg_notify('c', 'x')").has(Word::Notify),
+            "after _"
+        );
         assert!(
             !Words::scan(b"SELECT 1 OFFSET 2").has(Word::Set),
             "inside a word: no"

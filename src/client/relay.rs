@@ -58,6 +58,9 @@ pub struct Exchange {
     pub pinned: bool,
     /// A statement may have prepared or deallocated SQL-level prepared statements.
     pub sql_prepared_may_have_changed: bool,
+    /// Set when a statement mentioning NOTIFY (or pg_notify) is forwarded: notifications the
+    /// backend sends are then this client's (`notify_senders.rs`; transaction mode).
+    pub notify_mark: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The client's current batch, kept for a retry after a schema change (transaction mode).
     pub(super) batch: super::schema_retry::BatchCopy,
     /// Trigger words of the Query/Parse frame at the head of the client's input, with that
@@ -118,6 +121,7 @@ impl Default for Exchange {
             pins_may_have_changed: false,
             pinned: false,
             sql_prepared_may_have_changed: false,
+            notify_mark: None,
             batch: Default::default(),
             copy: CopyTracking::default(),
             requests: 0,
@@ -543,6 +547,13 @@ fn note_setting_changes(tag: u8, body: &[u8], words: Words, ex: &mut Exchange) {
     let _ = (tag, body);
     ex.pins_may_have_changed |= super::pinning::may_change_pins(words, ex.pinned);
     ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(words);
+    if let Some(mark) = ex
+        .notify_mark
+        .as_ref()
+        .filter(|_| words.has(super::keywords::Word::Notify))
+    {
+        mark.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Where the SQL text of a Query or Parse body starts (after a Parse's statement name), up to

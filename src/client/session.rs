@@ -391,6 +391,10 @@ impl Session {
                 addr: backend.addr.clone(),
                 key: backend.key,
             }));
+            if self.exchange.track_settings && self.exchange.notify_mark.is_none() {
+                // Notifications this backend sends from now on may be this client's.
+                self.exchange.notify_mark = registration.slot.notify_mark();
+            }
             let rewrite = (per_transaction && self.max_prepared > 0).then(|| Rewrite {
                 cache: &shared.statements,
                 client: &mut self.statements,
