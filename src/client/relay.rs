@@ -462,7 +462,12 @@ fn scan_client(
                 &mut client.wbuf,
             );
             if client.wbuf.len() != answers_before {
-                ex.batch.mark_answered();
+                if tag == tag::PARSE && client.wbuf[answers_before..] == *b"1\0\0\0\x04" {
+                    // Its ParseComplete, made up for a statement the backend has already.
+                    ex.batch.parse_answered_locally(total);
+                } else {
+                    ex.batch.mark_answered();
+                }
             }
             copied = pos + total;
         }
