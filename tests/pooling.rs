@@ -233,6 +233,15 @@ async fn leave_idle_connections(addr: std::net::SocketAddr, db: &str, n: usize) 
     }
 }
 
+/// Lets `app` create databases, once per binary (two tests altering the role at the same time
+/// get "tuple concurrently updated").
+fn allow_createdb() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        pg().psql("postgres", "ALTER ROLE app CREATEDB").unwrap();
+    });
+}
+
 /// Issue 15, item 3: CREATE DATABASE … TEMPLATE, ALTER DATABASE … RENAME and DROP DATABASE of
 /// databases tidepool keeps idle connections to succeed, as they do on a direct connection
 /// where those sessions are gone (PostgreSQL answers 55006 while other sessions are connected),
@@ -242,7 +251,7 @@ async fn leave_idle_connections(addr: std::net::SocketAddr, db: &str, n: usize) 
 async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
     // A template only this test uses: other tests of this binary keep sessions on `app`.
     tokio::task::block_in_place(|| {
-        pg().psql("postgres", "ALTER ROLE app CREATEDB")?;
+        allow_createdb();
         pg_cluster().create_database("ddl_src", APP_USER)
     })
     .unwrap();
@@ -295,7 +304,7 @@ async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_ddl_holds_the_databases_pools_until_it_is_answered() {
     tokio::task::block_in_place(|| {
-        pg().psql("postgres", "ALTER ROLE app CREATEDB")?;
+        allow_createdb();
         pg_cluster().create_database("ddl_tpl", APP_USER)
     })
     .unwrap();
