@@ -13,6 +13,7 @@ use crate::backend::BackendError;
 use crate::config::PoolMode;
 use crate::pool::{Pool, PoolError, StartupWish};
 use crate::protocol::error::BackendError as ServerError;
+use crate::protocol::tracker::{Direction, Step, Tracker};
 use crate::protocol::{backend_msg, tag, ErrorFields, Severity, SqlState, TransactionStatus};
 use crate::shutdown::Stage;
 use bytes::{Buf, Bytes};
@@ -301,7 +302,7 @@ impl Session {
         }
         self.exchange.restart();
         if replayed {
-            self.exchange.status = TransactionStatus::InTransaction;
+            self.exchange.tracker = Tracker::at(TransactionStatus::InTransaction);
         }
         self.exchange.track_settings = self.routes_per_transaction();
         if self.exchange.track_settings {
@@ -385,20 +386,20 @@ impl Session {
                 }
             }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
-            let in_transaction = self.exchange.status != TransactionStatus::Idle;
+            let in_transaction = !self.exchange.tracker.is_idle();
             let tx_deadline = self
                 .tx_clock
                 .observe(quiet, in_transaction, self.transaction_timeout());
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
             let mut role_change = self.health().filter(|_| quiet).map(|h| h.subscribe());
-            let idle_deadline = match self.exchange.status {
+            let idle_deadline = match self.exchange.tracker.status() {
                 _ if !quiet => None,
                 TransactionStatus::Idle => self.idle_timeout(),
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
             // Graceful: close between transactions. Fast: also idle inside one (rolled back).
-            let between_transactions = self.exchange.status == TransactionStatus::Idle;
+            let between_transactions = self.exchange.tracker.is_idle();
             let graceful_due = self.shutdown_due(Stage::Graceful);
             let fast_due = self.shutdown_due(Stage::Fast);
             let per_transaction = self.routes_per_transaction();
@@ -494,13 +495,18 @@ impl Session {
                     // Close the batch on the backend ourselves; a lone Sync from the client later
                     // is answered without a backend.
                     let backend = self.backend.as_mut().expect("attached");
+                    let tracker = &mut self.exchange.tracker;
                     let mut out = bytes::BytesMut::with_capacity(5);
                     crate::protocol::frontend_msg::sync(&mut out);
+                    tracker.step(Direction::Frontend, tag::SYNC, &[]);
                     let closed = async {
                         backend.write_all(&out).await?;
                         loop {
                             let frame = backend.read_frame().await?;
-                            if backend.observe(&frame) {
+                            backend.observe(&frame);
+                            if let Step::Ready { quiet: true, .. } =
+                                tracker.step(Direction::Backend, frame.tag, &frame.body)
+                            {
                                 break;
                             }
                         }
@@ -519,7 +525,6 @@ impl Session {
                         Ok(()) => self.backend = Some(backend),
                         Err(_) => self.pool.discard(backend),
                     }
-                    self.exchange.unsynced = false;
                 }
                 RelayEvent::SchemaChanged(error) => {
                     if let Err(e) = self.retry_after_schema_change(error).await {
@@ -676,7 +681,7 @@ impl Session {
     }
 
     async fn idle_timeout_hit(&mut self) -> CloseReason {
-        let in_transaction = self.backend.is_some() && self.exchange.status != TransactionStatus::Idle;
+        let in_transaction = self.backend.is_some() && !self.exchange.tracker.is_idle();
         let (code, message, reason) = if in_transaction {
             (
                 SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -741,12 +746,12 @@ impl Session {
             )
             .with_detail("The server connection was lost; any open transaction was rolled back."),
         };
-        if ex.pending > 0 || ex.unsynced {
+        if ex.tracker.pending() > 0 || ex.tracker.batch_open() {
             self.client.queue_error(&error);
-            for _ in 0..ex.pending {
+            for _ in 0..ex.tracker.pending() {
                 backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
             }
-            self.discard_until_sync = ex.unsynced;
+            self.discard_until_sync = ex.tracker.batch_open();
         } else {
             self.pending_error = Some(error);
         }
