@@ -218,7 +218,9 @@ async fn serve_inner(
         ha: Default::default(),
         listens: None,
         tx_clock: Default::default(),
+        followed: Default::default(),
     };
+    session.take_snapshot();
     let reason = tokio::select! {
         reason = session.run() => reason,
         _ = entry.killed() => {

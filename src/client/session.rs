@@ -82,6 +82,8 @@ pub(super) struct Session {
     pub(super) listens: Option<super::notify::Subscription>,
     /// When the current transaction began (`transaction_timeout`, see `timeouts.rs`).
     pub(super) tx_clock: super::timeouts::TransactionClock,
+    /// Snapshot and health checkers as last taken (`reloaded.rs`).
+    pub(super) followed: super::reloaded::Followed,
 }
 
 impl Session {
@@ -120,8 +122,8 @@ impl Session {
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
         self.take_snapshot();
-        let decision = (!login && self.routes_per_transaction() && self.health().is_some())
-            .then(|| self.classify_request());
+        let decision =
+            (!login && self.routes_per_transaction() && self.has_health()).then(|| self.classify_request());
         let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
@@ -129,7 +131,7 @@ impl Session {
         let mut failover_deadline = None;
         let mut node = 0;
         let mut backend = loop {
-            if self.health().is_some() {
+            if self.has_health() {
                 // Sessions (and logins) start on the primary; transactions go where they may.
                 match self.choose_node(decision).await {
                     Ok((index, standby)) => match self.node_pool(index) {
@@ -391,7 +393,7 @@ impl Session {
                 .tx_clock
                 .observe(quiet, in_transaction, self.transaction_timeout());
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
-            let mut role_change = self.health().filter(|_| quiet).map(|h| h.subscribe());
+            let mut role_change = quiet.then(|| self.health()).flatten().map(|h| h.subscribe());
             let idle_deadline = match self.exchange.tracker.status() {
                 _ if !quiet => None,
                 TransactionStatus::Idle => self.idle_timeout(),
@@ -400,8 +402,9 @@ impl Session {
             .map(|t| Instant::now() + t);
             // Graceful: close between transactions. Fast: also idle inside one (rolled back).
             let between_transactions = self.exchange.tracker.is_idle();
-            let graceful_due = self.shutdown_due(Stage::Graceful);
-            let fast_due = self.shutdown_due(Stage::Fast);
+            // Built only when the client may idle here: a forwarded request never waits on them.
+            let graceful_due = (quiet && between_transactions).then(|| self.shutdown_due(Stage::Graceful));
+            let fast_due = quiet.then(|| self.shutdown_due(Stage::Fast));
             let per_transaction = self.routes_per_transaction();
             let query_timeout = self.snapshot.config.proxy.query_timeout.non_zero();
             let backend = self.backend.as_mut().expect("attached above");
@@ -423,10 +426,10 @@ impl Session {
                     return self.idle_timeout_hit().await;
                 }
                 _ = sleep_or_never(tx_deadline) => return self.transaction_timeout_hit().await,
-                _ = graceful_due, if quiet && between_transactions => {
+                _ = maybe(graceful_due) => {
                     return self.close_for_shutdown().await;
                 }
-                _ = fast_due, if quiet => {
+                _ = maybe(fast_due) => {
                     return self.close_for_shutdown().await;
                 }
                 _ = super::listen::notified(&self.listens), if quiet && between_transactions => {
@@ -774,6 +777,14 @@ fn server_going_down(fatal_frame: Option<&Bytes>) -> bool {
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
+/// Waits for `future` if there is one, else forever.
+pub(super) async fn maybe<F: std::future::Future<Output = ()>>(future: Option<F>) {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(super) async fn sleep_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep_until(at).await,
