@@ -32,7 +32,7 @@ const READ_RESERVE: usize = 16 * 1024;
 const SERVER_FRAME_LIMIT: u32 = 1 << 30;
 
 /// Where the current request/response exchange stands. Lives in the session, not the future.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Exchange {
     /// Requests outstanding, batch open, COPY, transaction status: the protocol's state.
     pub tracker: Tracker,
@@ -74,32 +74,6 @@ pub struct Exchange {
     pub bytes_out: u64,
     /// SQLSTATE classes of the ErrorResponses relayed (allocates only when errors happen).
     pub error_classes: Vec<[u8; 2]>,
-}
-
-impl Default for Exchange {
-    fn default() -> Self {
-        Exchange {
-            tracker: Tracker::default(),
-            passthrough: 0,
-            quiet_reported: false,
-            reported: Vec::new(),
-            isolation: Default::default(),
-            track_settings: false,
-            head_words: None,
-            pins_may_have_changed: false,
-            pinned: false,
-            sql_prepared_may_have_changed: false,
-            batch: Default::default(),
-            requests: 0,
-            parses: 0,
-            binds: 0,
-            forwarded_parses: 0,
-            busy_since: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            error_classes: Vec::new(),
-        }
-    }
 }
 
 impl Exchange {
@@ -544,10 +518,8 @@ fn scan_server(
         }
         let body = &buf[pos + 5..pos + total];
         match ex.tracker.step(Direction::Backend, tag, body) {
-            Step::Ready { status, quiet } => {
-                if quiet && backend.state != BackendState::Broken {
-                    backend.state = BackendState::Ready(status);
-                }
+            Step::Ready { status, quiet: true } if backend.state != BackendState::Broken => {
+                backend.state = BackendState::Ready(status);
             }
             Step::BadReady => backend.state = BackendState::Broken,
             Step::CopyIn { swallowed } => {
