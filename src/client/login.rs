@@ -219,7 +219,9 @@ async fn serve_inner(
         listens: None,
         tx_clock: Default::default(),
         database_holds: Vec::new(),
+        followed: Default::default(),
     };
+    session.take_snapshot();
     let reason = tokio::select! {
         reason = session.run() => reason,
         _ = entry.killed() => {
