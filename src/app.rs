@@ -150,6 +150,16 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// Identifies the current snapshot (its address): equal ids, same snapshot, nothing reloaded.
+    pub fn snapshot_id(&self) -> usize {
+        Arc::as_ptr(&*self.snapshot.load()) as usize
+    }
+
+    /// Identifies the current health map the same way.
+    pub fn health_map_id(&self) -> usize {
+        Arc::as_ptr(&*self.health.load()) as usize
+    }
+
     /// Installs a new snapshot (reload); tasks see it at their next `snapshot()`.
     pub(crate) fn store_snapshot(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));

@@ -231,7 +231,10 @@ async fn serve_inner(
         ha: Default::default(),
         listens: None,
         tx_clock: Default::default(),
+        database_holds: Vec::new(),
+        followed: Default::default(),
     };
+    session.take_snapshot();
     let reason = tokio::select! {
         reason = session.run() => reason,
         _ = entry.killed() => {

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod local_commands;
 pub mod login;
 pub mod notify;
+mod notify_senders;
 pub mod params;
 pub mod peers;
 pub mod pinning;
