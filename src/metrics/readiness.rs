@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn one_cluster_keeps_the_single_cluster_rule() {
         let up = states(&[("default", Primary)]);
-        assert_eq!(decide(false, &up, Question::Proxy), Answer::Ready("ready\n".into()));
+        assert_eq!(
+            decide(false, &up, Question::Proxy),
+            Answer::Ready("ready\n".into())
+        );
         let down = states(&[("default", NoPrimary)]);
         assert_eq!(
             decide(false, &down, Question::Proxy),
@@ -166,8 +169,14 @@ mod tests {
             Answer::Ready("ready\ncluster b: no primary known\n".into())
         );
         let none = states(&[("a", Unreachable), ("b", NoPrimary)]);
-        assert!(matches!(decide(false, &none, Question::Proxy), Answer::NotReady(_)));
-        assert_eq!(decide(false, &[], Question::Proxy), Answer::Ready("ready\n".into()));
+        assert!(matches!(
+            decide(false, &none, Question::Proxy),
+            Answer::NotReady(_)
+        ));
+        assert_eq!(
+            decide(false, &[], Question::Proxy),
+            Answer::Ready("ready\n".into())
+        );
     }
 
     #[test]
@@ -177,12 +186,18 @@ mod tests {
             decide(false, &mixed, Question::Cluster("a")),
             Answer::Ready("ready\n".into())
         );
-        assert!(matches!(decide(false, &mixed, Question::Cluster("b")), Answer::NotReady(_)));
+        assert!(matches!(
+            decide(false, &mixed, Question::Cluster("b")),
+            Answer::NotReady(_)
+        ));
         assert!(matches!(
             decide(false, &mixed, Question::Cluster("c")),
             Answer::UnknownCluster(_)
         ));
-        assert!(matches!(decide(true, &mixed, Question::Cluster("a")), Answer::NotReady(_)));
+        assert!(matches!(
+            decide(true, &mixed, Question::Cluster("a")),
+            Answer::NotReady(_)
+        ));
     }
 
     #[test]
