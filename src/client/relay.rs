@@ -172,22 +172,39 @@ pub(super) fn poll_relay(
     ex: &mut Exchange,
     mut rewrite: Option<&mut Rewrite<'_>>,
 ) -> Poll<RelayEvent> {
+    // Every socket poll costs (readiness check, waker registration): the loop goes round again
+    // only when a read brought bytes or a write left some behind, not for a write that finished
+    // (the reads below it in the same round already saw what it may have caused).
     loop {
-        let mut progress = false;
+        let mut again = false;
 
         // Client-bound bytes first: they free the server to send more.
         if !client.wbuf.is_empty() {
             match poll_write_buf(Pin::new(&mut client.stream), cx, &mut client.wbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(_)) => again |= !client.wbuf.is_empty(),
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
                 Poll::Pending => {}
+            }
+        }
+        // Frames already buffered (read before the backend was attached, or held back by a
+        // full server buffer) join the server-bound bytes before the write below.
+        if backend.wbuf.len() < HIGH_WATER {
+            match scan_client(client, backend, ex, rewrite.as_deref_mut()) {
+                Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
+                Ok(false) => {}
+                Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
+            }
+            if !ex.database_ddl_ahead.is_empty() {
+                return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
+                    &mut ex.database_ddl_ahead,
+                )));
             }
         }
         if !backend.wbuf.is_empty() {
             match poll_write_buf(Pin::new(&mut backend.stream), cx, &mut backend.wbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::BackendFailed(closed(backend))),
-                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Ok(_)) => again |= !backend.wbuf.is_empty(),
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::BackendFailed(io(backend, e))),
                 Poll::Pending => {}
             }
@@ -211,7 +228,7 @@ pub(super) fn poll_relay(
             match poll_read_buf(Pin::new(&mut backend.stream), cx, &mut backend.rbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::BackendFailed(closed(backend))),
                 Poll::Ready(Ok(_)) => {
-                    progress = true;
+                    again = true;
                     if let Some(event) = scan_server(backend, client, ex, rewrite.as_deref_mut()) {
                         return Poll::Ready(event);
                     }
@@ -221,26 +238,15 @@ pub(super) fn poll_relay(
             }
         }
 
-        if backend.wbuf.len() < HIGH_WATER {
-            // Frames may already be buffered (read before the backend was attached).
-            let before = backend.wbuf.len();
-            let scanned = scan_client(client, backend, ex, rewrite.as_deref_mut());
-            progress |= backend.wbuf.len() != before;
-            match scanned {
-                Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
-            }
-            if !ex.database_ddl_ahead.is_empty() {
-                return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
-                    &mut ex.database_ddl_ahead,
-                )));
-            }
+        // The answer is complete and the client sent nothing more: the session takes over
+        // (it reads the client itself); no poll of the client socket here.
+        let answered = ex.is_quiet() && backend.wbuf.is_empty() && client.rbuf.is_empty();
+        if backend.wbuf.len() < HIGH_WATER && !(answered && !ex.quiet_reported) {
             super::conn::make_read_room(&mut client.rbuf, READ_RESERVE);
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
                 Poll::Ready(Ok(_)) => {
-                    progress = true;
+                    again = true;
                     match scan_client(client, backend, ex, rewrite.as_deref_mut()) {
                         Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
                         Ok(false) => {}
@@ -271,7 +277,7 @@ pub(super) fn poll_relay(
                 _ => RelayEvent::IdleInTransaction,
             });
         }
-        if !progress {
+        if !again {
             return Poll::Pending;
         }
     }
