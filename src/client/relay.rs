@@ -240,8 +240,9 @@ pub(super) fn poll_relay(
 
         // The answer is complete and the client sent nothing more: the session takes over
         // (it reads the client itself); no poll of the client socket here.
-        let answered = ex.is_quiet() && backend.wbuf.is_empty() && client.rbuf.is_empty();
-        if backend.wbuf.len() < HIGH_WATER && !(answered && !ex.quiet_reported) {
+        let hand_over =
+            !ex.quiet_reported && ex.is_quiet() && backend.wbuf.is_empty() && client.rbuf.is_empty();
+        if backend.wbuf.len() < HIGH_WATER && !hand_over {
             super::conn::make_read_room(&mut client.rbuf, READ_RESERVE);
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
