@@ -60,6 +60,8 @@ pub struct BackendConn {
     pub id: u64,
     /// Its entry in the pool's server registry (SHOW SERVERS); leaves with the connection.
     pub ticket: Option<crate::pool::ServerTicket>,
+    /// Who uses it, for the notification listener (registered at the first checkout).
+    pub users: Option<Arc<super::Users>>,
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -94,6 +96,7 @@ impl BackendConn {
             last_used: now,
             id,
             ticket: None,
+            users: None,
         }
     }
 

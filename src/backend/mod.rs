@@ -9,6 +9,7 @@ mod lookup;
 mod reset;
 mod scram;
 mod tls;
+mod users;
 
 pub(crate) use conn::record_parameter;
 pub use conn::{BackendConn, BackendKey, BackendState, READ_BUFFER};
@@ -17,3 +18,4 @@ pub use error::BackendError;
 pub(crate) use reset::parse_data_row;
 pub use reset::{QueryOutcome, BASELINE_SQL, LEFTOVERS_SQL};
 pub use scram::{PassThroughError, ScramKeys};
+pub use users::{Millis, Users};

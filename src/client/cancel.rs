@@ -9,7 +9,7 @@ use crate::protocol::startup::encode_cancel;
 use bytes::BytesMut;
 use rand::RngExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -65,12 +65,9 @@ pub struct CancelSlot {
     wake: tokio::sync::Notify,
     /// The counters of the client's pool.
     counts: Arc<CancelCounts>,
-    /// The client's pid, the backend pid last recorded for it, and where it is recorded.
-    client_pid: i32,
-    last_backend_pid: AtomicI32,
-    users: Arc<BackendUsers>,
-    /// The mark of the use recorded last (see `notify_senders`).
-    notify_mark: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+    /// The backend key in `target` (pid and secret in one word; 0: none), so that setting the
+    /// same backend again (every request) takes no lock.
+    current: AtomicU64,
 }
 
 impl CancelSlot {
@@ -99,26 +96,12 @@ impl CancelSlot {
         false
     }
 
-    /// The mark of the client's current use of its backend, for the relay to set when it
-    /// forwards a NOTIFY (see `notify_senders`).
-    pub fn notify_mark(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
-        self.notify_mark.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
     pub fn set(&self, target: Option<CancelTarget>) {
-        match &target {
-            // Once per checkout, not per request.
-            Some(t) if self.last_backend_pid.swap(t.key.pid, Ordering::Relaxed) != t.key.pid => {
-                let mark = self.users.record(t.key.pid, self.client_pid);
-                *self.notify_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(mark);
-            }
-            Some(_) => {}
-            None => {
-                let last = self.last_backend_pid.swap(0, Ordering::Relaxed);
-                if last != 0 {
-                    self.users.end(last, self.client_pid);
-                }
-            }
+        let key = target.as_ref().map_or(0, |t| {
+            (u64::from(t.key.pid as u32) << 32) | u64::from(t.key.secret as u32)
+        });
+        if self.current.swap(key, Ordering::Relaxed) == key {
+            return;
         }
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
@@ -182,8 +165,6 @@ impl CancelRegistry {
         };
         let slot = Arc::new(CancelSlot {
             counts,
-            client_pid: key.pid,
-            users: self.users.clone(),
             ..CancelSlot::default()
         });
         clients.insert(key, slot.clone());

@@ -53,9 +53,10 @@ pub struct Exchange {
     pub pinned: bool,
     /// A statement may have prepared or deallocated SQL-level prepared statements.
     pub sql_prepared_may_have_changed: bool,
-    /// Set when a statement mentioning NOTIFY (or pg_notify) is forwarded: notifications the
-    /// backend sends are then this client's (`notify_senders.rs`; transaction mode).
-    pub notify_mark: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The client's pid (its BackendKeyData's) to mark the backend's notifier with when a
+    /// statement mentioning NOTIFY (or pg_notify) is forwarded: notifications the backend sends
+    /// are then this client's (`notify_senders.rs`; transaction mode). 0: no marking.
+    pub notify_as: i32,
     /// The client's current batch, kept for a retry after a schema change (transaction mode).
     pub(super) batch: super::schema_retry::BatchCopy,
     /// Trigger words of the Query/Parse frame at the head of the client's input, with that
@@ -369,7 +370,7 @@ fn scan_client(
             );
         }
         if let Some(scanned) = words {
-            note_setting_changes(tag, &buf[pos + 5..pos + total], scanned, ex);
+            note_setting_changes(scanned, ex, backend);
         }
         if let Some(rw) = rewrite.as_deref_mut().filter(|_| !ignored_by_server) {
             // Statement names are per client: rename, inject or answer (transaction mode).
@@ -473,19 +474,16 @@ fn judge_frame(tag: u8, body: &[u8], rewrite: Option<&Rewrite<'_>>, effects: &mu
 
 /// Records whether a Query or Parse may pin the client to its backend or change its SQL-level
 /// prepared statements.
-fn note_setting_changes(tag: u8, body: &[u8], words: Words, ex: &mut Exchange) {
+fn note_setting_changes(words: Words, ex: &mut Exchange, backend: &BackendConn) {
     if words.is_empty() {
         return;
     }
-    let _ = (tag, body);
     ex.pins_may_have_changed |= super::pinning::may_change_pins(words, ex.pinned);
     ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(words);
-    if let Some(mark) = ex
-        .notify_mark
-        .as_ref()
-        .filter(|_| words.has(super::keywords::Word::Notify))
-    {
-        mark.store(true, std::sync::atomic::Ordering::Relaxed);
+    if ex.notify_as != 0 && words.has(super::keywords::Word::Notify) {
+        if let Some(users) = &backend.users {
+            users.mark_notifier(ex.notify_as);
+        }
     }
 }
 

@@ -418,9 +418,13 @@ impl Session {
                 addr: backend.addr.clone(),
                 key: backend.key,
             }));
-            if self.exchange.track_settings && self.exchange.notify_mark.is_none() {
-                // Notifications this backend sends from now on may be this client's.
-                self.exchange.notify_mark = registration.slot.notify_mark();
+            // Notifications this backend sends from now on may be this client's (a lock only
+            // at the backend's first checkout; then one atomic swap).
+            let registry = &self.shared.cancels.users;
+            let users = (backend.users).get_or_insert_with(|| registry.register(backend.key.pid));
+            users.begin(registration.key.pid, || registry.now());
+            if self.exchange.track_settings {
+                self.exchange.notify_as = registration.key.pid;
             }
             let rewrite = (per_transaction && self.max_prepared > 0).then(|| Rewrite {
                 cache: &shared.statements,
