@@ -364,6 +364,7 @@ impl Proxy {
         let names: Vec<String> = listeners.iter().map(listener::Listener::describe).collect();
         let accept = tokio::spawn(listener::accept_all(shared.clone(), listeners, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
+        tokio::spawn(wake_clients_on_stop(&shared));
         tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
         for health in shared.healths().values() {
             watch_role_changes(&shared, health);
@@ -651,6 +652,24 @@ async fn retire_on_role_change(
 
 /// Once a second: idle and lifetime eviction, prewarming, and pools brought in line with the
 /// current snapshot (one created from an older snapshot while a reload ran).
+/// Wakes every logged-in client each time the stop moves on, so that idle sessions look at the
+/// stage (`client::drain::stop_due`) without each holding a subscription per wait. Holds the
+/// proxy weakly: the task ends with it.
+fn wake_clients_on_stop(shared: &Arc<Shared>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut stop = shared.shutdown.subscribe();
+    let shared = Arc::downgrade(shared);
+    async move {
+        while stop.changed().await.is_ok() {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            for client in shared.sessions.all() {
+                client.wake();
+            }
+        }
+    }
+}
+
 async fn janitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -3,9 +3,10 @@
 //! or queued for a full pool) is at such a point: its request was not sent anywhere.
 
 use super::login::CloseReason;
+use super::registry::ClientTicket;
 use super::session::Session;
 use crate::protocol::{ErrorFields, SqlState};
-use crate::shutdown::Stage;
+use crate::shutdown::{Shutdown, Stage};
 use std::future::Future;
 use std::time::Duration;
 
@@ -14,6 +15,19 @@ use std::time::Duration;
 /// whose connection sat in the listen backlog) is served rather than turned away; one that
 /// never sends anything is closed after this.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves when a shutdown of at least `stage` asks the session holding `ticket` to close at
+/// its next idle point: what the request loop's idle waits use. It subscribes to nothing: the
+/// app wakes every client when the stop moves on (`app::wake_clients_on_stop`) and this looks
+/// at the stage then. `first`: the client was not answered yet (see `FIRST_REQUEST_GRACE`).
+pub(super) async fn stop_due(ticket: &ClientTicket, shutdown: &Shutdown, stage: Stage, first: bool) {
+    // Graceful or Fast; a drain (WAIT_FOR_CLIENTS) closes nobody.
+    let stage = stage.max(Stage::Graceful);
+    ticket.until(|| shutdown.stage() >= stage).await;
+    if first {
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    }
+}
 
 impl Session {
     /// Resolves when a shutdown of at least `stage` asks this session to close at its next idle

@@ -52,6 +52,9 @@ pub struct ClientEntry {
     server: AtomicU64,
     /// Cancelled by KILL_CLIENT / KILL: the session ends at once.
     kill: CancellationToken,
+    /// The session's task while it idles (`ClientTicket::until`): woken when the stop moves
+    /// on, so an idle wait holds a waker here instead of a subscription of its own.
+    attention: atomic_waker::AtomicWaker,
 }
 
 impl ClientEntry {
@@ -74,6 +77,11 @@ impl ClientEntry {
     /// Ends the client's session (KILL_CLIENT).
     pub fn kill(&self) {
         self.kill.cancel();
+    }
+
+    /// Wakes the session if it idles, to look at what changed (a shutdown stage).
+    pub fn wake(&self) {
+        self.attention.wake();
     }
 
     /// Resolves when the console kills this client.
@@ -135,6 +143,7 @@ impl ClientRegistry {
             waiting_since_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             kill: CancellationToken::new(),
+            attention: Default::default(),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(entry.id, entry.clone());
@@ -167,6 +176,23 @@ impl ClientRegistry {
 }
 
 impl ClientTicket {
+    /// Resolves once `due()` holds, looked at again whenever the entry is woken
+    /// ([`ClientEntry::wake`]). Costs one waker registration per wait, no lock.
+    pub fn until<'a>(&'a self, due: impl Fn() -> bool + 'a) -> impl std::future::Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            if due() {
+                return std::task::Poll::Ready(());
+            }
+            self.entry.attention.register(cx.waker());
+            // A wake between the first look and the registration is not lost.
+            if due() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
     pub fn entry(&self) -> &Arc<ClientEntry> {
         &self.entry
     }

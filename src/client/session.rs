@@ -409,8 +409,15 @@ impl Session {
             // Graceful: close between transactions. Fast: also idle inside one (rolled back).
             let between_transactions = self.exchange.tracker.is_idle();
             // Built only when the client may idle here: a forwarded request never waits on them.
-            let graceful_due = (quiet && between_transactions).then(|| self.shutdown_due(Stage::Graceful));
-            let fast_due = quiet.then(|| self.shutdown_due(Stage::Fast));
+            let stop_stage = if between_transactions {
+                Stage::Graceful
+            } else {
+                Stage::Fast
+            };
+            let stop_due = quiet.then(|| {
+                let first = self.awaiting_first_request;
+                super::drain::stop_due(&self.ticket, &self.shared.shutdown, stop_stage, first)
+            });
             let per_transaction = self.routes_per_transaction();
             let query_timeout = self.snapshot.config.proxy.query_timeout.non_zero();
             let backend = self.backend.as_mut().expect("attached above");
@@ -440,12 +447,7 @@ impl Session {
                     return self.idle_timeout_hit().await;
                 }
                 _ = sleep_or_never(tx_deadline) => return self.transaction_timeout_hit().await,
-                _ = maybe(graceful_due) => {
-                    return self.close_for_shutdown().await;
-                }
-                _ = maybe(fast_due) => {
-                    return self.close_for_shutdown().await;
-                }
+                _ = maybe(stop_due) => return self.close_for_shutdown().await,
                 _ = super::listen::notified(&self.listens), if quiet && between_transactions => {
                     // A pinned client between transactions gets its notifications now.
                     self.deliver_notifications();
@@ -600,7 +602,9 @@ impl Session {
             self.client.flush().await?;
             if self.client.rbuf.is_empty() {
                 let deadline = self.idle_timeout().map(|t| Instant::now() + t);
-                let shutdown_due = self.shutdown_due(Stage::Graceful);
+                let first = self.awaiting_first_request;
+                let shutdown_due =
+                    super::drain::stop_due(&self.ticket, &self.shared.shutdown, Stage::Graceful, first);
                 tokio::select! {
                     biased;
                     ready = self.client.wait_readable() => ready?,
