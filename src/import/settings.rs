@@ -475,7 +475,7 @@ fn unix_socket_dir(draft: &mut Draft, entry: Option<&Entry>) {
     }
 }
 
-/// PgBouncer's global `auth_type` → a catch-all `[[hba]]` rule (or the hba file).
+/// PgBouncer's global `auth_type` → catch-all `[[hba]]` rules (or the hba file).
 fn auth_method(draft: &mut Draft, auth_type: &str, line: usize) {
     let method = match auth_type {
         "hba" => return,
@@ -490,15 +490,22 @@ fn auth_method(draft: &mut Draft, auth_type: &str, line: usize) {
             return;
         }
     };
-    let mut rule = Table::new();
-    for (key, value) in [
-        ("type", "host"),
-        ("database", "all"),
-        ("user", "all"),
-        ("address", "all"),
-        ("method", method),
-    ] {
-        rule.insert(key.into(), Value::from(value));
+    // PgBouncer's auth_type covers its Unix socket too: one rule per transport. A certificate
+    // exists only on TLS connections (hostssl, as PostgreSQL requires for cert).
+    let types: &[&str] = if method == "cert" {
+        &["hostssl"]
+    } else {
+        &["host", "local"]
+    };
+    for conn_type in types {
+        let mut rule = Table::new();
+        rule.insert("type".into(), Value::from(*conn_type));
+        rule.insert("database".into(), Value::from("all"));
+        rule.insert("user".into(), Value::from("all"));
+        if *conn_type != "local" {
+            rule.insert("address".into(), Value::from("all"));
+        }
+        rule.insert("method".into(), Value::from(method));
+        draft.push("hba", rule);
     }
-    draft.push("hba", rule);
 }

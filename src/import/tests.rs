@@ -76,8 +76,11 @@ fn settings_map_to_their_tidepool_keys_and_units() {
     assert_eq!(config.proxy.stats_users, ["stats", "app"]);
     assert_eq!(config.tls.client_tls_mode.as_str(), "require");
     assert_eq!(config.tls.server_tls_mode.as_str(), "prefer");
-    assert_eq!(config.hba.len(), 1);
-    assert_eq!(config.hba[0].method, "scram-sha-256");
+    // auth_type covers TCP and the Unix socket, as in PgBouncer.
+    let rules: Vec<(&str, &str)> = (config.hba.iter())
+        .map(|r| (r.conn_type.as_str(), r.method.as_str()))
+        .collect();
+    assert_eq!(rules, [("host", "scram-sha-256"), ("local", "scram-sha-256")]);
     assert_eq!(config.peers.instance_id, 1);
     assert_eq!(config.peers.instances["2"], "10.0.0.12:6432");
 }
@@ -322,6 +325,13 @@ fn listen_addresses_and_the_unix_socket() {
     assert_eq!(socket.mode.0, 0o770);
     assert!(imported.toml.contains("unix_socket_mode = \"0770\""));
     assert!(reason(&imported, "pgbouncer.unix_socket_group").contains("Group="));
+    // A certificate exists on TLS connections only: `cert` is one hostssl rule.
+    let (_, config) = load("[databases]\nd = host=h\n[pgbouncer]\nauth_type = cert\n");
+    assert_eq!(config.hba.len(), 1);
+    assert_eq!(
+        (config.hba[0].conn_type.as_str(), config.hba[0].method.as_str()),
+        ("hostssl", "cert")
+    );
 
     // PgBouncer's defaults: the socket in /tmp; an empty value: no socket.
     let (imported, config) = load("[databases]\nd = host=h\n[pgbouncer]\nlisten_addr = 10.1.1.1\n");
