@@ -269,11 +269,38 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
         "server_check_query" => pool.server_check_query = value.to_string(),
         "server_check_delay" => pool.server_check_delay = duration(value)?,
         "max_prepared_statements" => pool.max_prepared_statements = number(value)?,
+        "query_timeout" => proxy.query_timeout = duration(value)?,
+        "transaction_timeout" => proxy.transaction_timeout = duration(value)?,
+        "tcp_keepalive" => proxy.tcp_keepalive = flag(value)?,
+        "tcp_keepidle" => proxy.tcp_keepidle = duration(value)?,
+        "tcp_keepintvl" => proxy.tcp_keepintvl = duration(value)?,
+        "tcp_keepcnt" => {
+            proxy.tcp_keepcnt = value
+                .parse()
+                .map_err(|e: std::num::ParseIntError| invalid(e.to_string()))?
+        }
+        "tcp_user_timeout" => proxy.tcp_user_timeout = duration(value)?,
+        "max_db_connections" => pool.max_db_connections = number(value)?,
+        "max_user_connections" => pool.max_user_connections = number(value)?,
+        "server_login_retry" => pool.server_login_retry = duration(value)?,
+        "autodb_idle_timeout" => pool.autodb_idle_timeout = duration(value)?,
+        "max_auto_databases" => pool.max_auto_databases = number(value)?,
         "max_lag" => routing.max_lag = duration(value)?,
         "failover_timeout" => routing.failover_timeout = duration(value)?,
         "read_your_writes" => routing.read_your_writes = flag(value)?,
         "ryw_wait" => routing.ryw_wait = duration(value)?,
-        "listen" | "health_check_interval" | "health_check_timeout" | "fall" | "rise" => {
+        "max_lag_bytes" => {
+            routing.max_lag_bytes = parse_size(value)
+                .map(crate::config::ByteSize)
+                .map_err(|e| invalid(e.to_string()))?
+        }
+        "listen"
+        | "unix_socket_dir"
+        | "unix_socket_mode"
+        | "health_check_interval"
+        | "health_check_timeout"
+        | "fall"
+        | "rise" => {
             return Err(ErrorFields::error(
                 SqlState::new("55P02"),
                 format!("parameter \"{key}\" cannot be changed without restarting tidepool"),
@@ -320,6 +347,14 @@ mod tests {
         );
         assert_eq!(code(set(&mut config, "listen", "127.0.0.1:1")), "55P02");
         assert_eq!(code(set(&mut config, "fall", "2")), "55P02");
+        assert_eq!(code(set(&mut config, "unix_socket_dir", "/tmp")), "55P02");
+        set(&mut config, "query_timeout", "30s").unwrap();
+        set(&mut config, "pool.max_db_connections", "12").unwrap();
+        set(&mut config, "tcp_keepcnt", "4").unwrap();
+        assert_eq!(config.proxy.query_timeout.0, Duration::from_secs(30));
+        assert_eq!(config.pool.max_db_connections, 12);
+        assert_eq!(config.proxy.tcp_keepcnt, 4);
+        assert_eq!(code(set(&mut config, "tcp_keepcnt", "-1")), "22023");
         assert_eq!(code(set(&mut config, "password", "x")), "42704");
     }
 }

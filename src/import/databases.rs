@@ -1,29 +1,84 @@
-//! `[databases]` → `[databases.NAME]` and `[[nodes]]`, `[users]` and the console users →
-//! `[[users]]`, `[peers]` → `[peers.instances]`.
+//! `[databases]` → `[databases.NAME]`, their servers → `[[nodes]]` and `[clusters.NAME]`,
+//! `[users]` and the console users → `[[users]]`, `[peers]` → `[peers.instances]`.
 //!
-//! tidepool serves every database from one set of `[[nodes]]` (roles discovered by health
-//! checks), so the servers of the first database become the nodes; a database pointing
-//! elsewhere is listed as not mapped.
+//! The servers of the first database become the global `[[nodes]]` (the cluster `default`);
+//! each other set of servers becomes a `[clusters.NAME]` table named after the first database
+//! that uses it, and the databases on it say `cluster = "NAME"`. A `host=a,b` list is one
+//! cluster of two nodes: tidepool finds the primary by health checks.
 
 use super::ini::{connection_string, Entry};
 use super::settings::{list, Settings};
 use super::Draft;
 use toml::{Table, Value};
 
-/// Maps the three sections; `settings` is what `[pgbouncer]` said.
-pub fn map(draft: &mut Draft, entries: &[Entry], settings: &Settings) {
-    let mut nodes: Option<(Vec<(String, u16)>, String)> = None;
-    for entry in entries.iter().filter(|e| e.section == "databases") {
-        if let Some(servers) = database(draft, entry, nodes.as_ref().map(|n| &n.0)) {
-            nodes.get_or_insert((servers, entry.key.clone()));
+/// One cluster's servers, in the order PgBouncer would try them.
+type Servers = Vec<(String, u16)>;
+
+/// The clusters found so far: the first is the default one (`[[nodes]]`).
+#[derive(Default)]
+struct Clusters(Vec<(String, Servers)>);
+
+impl Clusters {
+    /// The cluster serving `servers` (`None`: the default one), made for `database` if new.
+    fn find_or_add(&mut self, servers: Servers, database: &str) -> Option<String> {
+        let same = |a: &Servers, b: &Servers| {
+            let (mut a, mut b) = (a.clone(), b.clone());
+            a.sort();
+            b.sort();
+            a == b
+        };
+        if let Some(i) = self.0.iter().position(|(_, s)| same(s, &servers)) {
+            return (i > 0).then(|| self.0[i].0.clone());
+        }
+        if self.0.is_empty() {
+            self.0.push((crate::config::DEFAULT_CLUSTER.into(), servers));
+            return None;
+        }
+        // Named after the database; `*` and names already taken get another.
+        let base = if database == crate::config::WILDCARD_DATABASE {
+            "autodb"
+        } else {
+            database
+        };
+        let taken = |name: &str| self.0.iter().any(|(n, _)| n == name);
+        let name = std::iter::once(base.to_string())
+            .chain((2..).map(|i| format!("{base}_{i}")))
+            .find(|n| !taken(n))
+            .expect("an unbounded supply of names");
+        self.0.push((name.clone(), servers));
+        Some(name)
+    }
+
+    /// `[[nodes]]` for the first, `[clusters.NAME] nodes = [...]` for the others.
+    fn write(self, draft: &mut Draft) {
+        let node = |(host, port): (String, u16)| {
+            let mut node = Table::new();
+            node.insert("host".into(), Value::from(host));
+            node.insert("port".into(), Value::Integer(i64::from(port)));
+            node
+        };
+        for (i, (name, servers)) in self.0.into_iter().enumerate() {
+            if i == 0 {
+                for server in servers {
+                    draft.push("nodes", node(server));
+                }
+                continue;
+            }
+            let nodes = servers.into_iter().map(|s| Value::Table(node(s))).collect();
+            let mut cluster = Table::new();
+            cluster.insert("nodes".into(), Value::Array(nodes));
+            draft.set("clusters", &name, Value::Table(cluster));
         }
     }
-    for (host, port) in nodes.map(|n| n.0).unwrap_or_default() {
-        let mut node = Table::new();
-        node.insert("host".into(), Value::from(host));
-        node.insert("port".into(), Value::Integer(i64::from(port)));
-        draft.push("nodes", node);
+}
+
+/// Maps the three sections; `settings` is what `[pgbouncer]` said.
+pub fn map(draft: &mut Draft, entries: &[Entry], settings: &Settings) {
+    let mut clusters = Clusters::default();
+    for entry in entries.iter().filter(|e| e.section == "databases") {
+        database(draft, entry, &mut clusters);
     }
+    clusters.write(draft);
     let mut users: Vec<String> = Vec::new();
     for entry in entries.iter().filter(|e| e.section == "users") {
         if let Some(user) = user(draft, entry) {
@@ -52,74 +107,90 @@ pub fn map(draft: &mut Draft, entries: &[Entry], settings: &Settings) {
     }
 }
 
-/// One `[databases]` line; returns its servers when they may become the nodes (they are the
-/// first, or the same as `nodes`).
-fn database(
-    draft: &mut Draft,
-    entry: &Entry,
-    nodes: Option<&Vec<(String, u16)>>,
-) -> Option<Vec<(String, u16)>> {
-    if entry.key == "*" {
-        draft.skip(entry, "no `*` (fallback) database yet: list each database");
-        return None;
-    }
+/// One `[databases]` line (`*` included): its table, and its servers' cluster.
+fn database(draft: &mut Draft, entry: &Entry, clusters: &mut Clusters) {
     let pairs = match connection_string(&entry.value) {
         Ok(pairs) => pairs,
         Err(reason) => {
             draft.skip(entry, reason);
-            return None;
+            return;
         }
     };
+    let wildcard = entry.key == crate::config::WILDCARD_DATABASE;
     let mut db = Table::new();
     let (mut hosts, mut port) = (Vec::new(), 5432u16);
+    let (mut user, mut password) = (None, None);
     let mut left_out = Vec::new();
     for (key, value) in pairs {
         match key.as_str() {
             "host" => hosts = list(&value),
-            "port" => port = value.parse().unwrap_or(5432),
+            "port" => match value.parse() {
+                Ok(p) if p > 0 => port = p,
+                _ => left_out.push(format!("port={value} (not a port number: 5432 written)")),
+            },
+            "dbname" if wildcard => left_out.push(format!(
+                "dbname={value} (`*` forwards the name each client asks for)"
+            )),
             "dbname" if value != entry.key => {
                 db.insert("dbname".into(), Value::from(value));
             }
             "dbname" => {}
-            "pool_size" => match value.parse::<i64>() {
+            "pool_size" | "max_db_connections" => match count(&key, &value) {
                 Ok(n) => {
-                    db.insert("pool_size".into(), Value::Integer(n));
+                    db.insert(key, n);
                 }
-                Err(_) => left_out.push(format!("pool_size={value} (not a number)")),
+                Err(why) => left_out.push(why),
             },
             "pool_mode" if value == "session" || value == "transaction" => {
                 db.insert("pool_mode".into(), Value::from(value));
             }
-            "user" | "password" => left_out.push(format!(
-                "{key} (a forced server login: tidepool logs in as the client's user, or its [[users]] backend_user)"
-            )),
+            "user" if !value.is_empty() => user = Some(value),
+            "password" => password = Some(value),
             other => left_out.push(format!("{other}={value}")),
         }
+    }
+    match (user, password) {
+        (Some(user), password) => {
+            if password.is_none() {
+                left_out.push(format!(
+                    "user={user} has no password=: tidepool takes it from a [[users]] entry {user:?} (not from auth_file); add `password` to this database or that entry"
+                ));
+            }
+            db.insert("user".into(), Value::from(user));
+            if let Some(password) = password {
+                db.insert("password".into(), Value::from(password));
+            }
+        }
+        (None, Some(_)) => left_out.push("password without user (it only goes with a forced user=)".into()),
+        (None, None) => {}
     }
     if hosts.is_empty() {
         hosts.push("127.0.0.1".into());
         left_out.push("no host (PgBouncer's Unix socket): 127.0.0.1 written".into());
     }
-    if hosts.iter().any(|h| h.starts_with('/')) {
-        left_out.push("a Unix-socket host: tidepool connects over TCP".into());
-        hosts.retain(|h| !h.starts_with('/'));
+    if hosts.iter().any(|h| h.starts_with('/') || h.starts_with('@')) {
+        left_out.push("a Unix-socket host: tidepool connects to PostgreSQL over TCP".into());
+        hosts.retain(|h| !h.starts_with('/') && !h.starts_with('@'));
         if hosts.is_empty() {
             hosts.push("127.0.0.1".into());
         }
     }
-    let servers: Vec<(String, u16)> = hosts.into_iter().map(|h| (h, port)).collect();
-    if nodes.is_some_and(|n| n != &servers) {
-        draft.skip(
-            entry,
-            "points at other servers than the first database: tidepool serves every database from the same [[nodes]] (one cluster) for now",
-        );
-        return None;
+    let servers: Servers = hosts.into_iter().map(|h| (h, port)).collect();
+    if let Some(cluster) = clusters.find_or_add(servers, &entry.key) {
+        db.insert("cluster".into(), Value::from(cluster));
     }
     if !left_out.is_empty() {
         draft.skip(entry, format!("kept, without: {}", left_out.join("; ")));
     }
     draft.set("databases", &entry.key, Value::Table(db));
-    Some(servers)
+}
+
+/// A per-database or per-user number: `pool_size` must be > 0, a limit may be 0 (none).
+fn count(key: &str, value: &str) -> Result<Value, String> {
+    match value.parse::<i64>() {
+        Ok(n) if n > 0 || (n == 0 && key != "pool_size") => Ok(Value::Integer(n)),
+        _ => Err(format!("{key}={value} (not a number tidepool takes)")),
+    }
 }
 
 /// One `[users]` line: `name = pool_size=… pool_mode=… …`.
@@ -135,18 +206,18 @@ fn user(draft: &mut Draft, entry: &Entry) -> Option<Table> {
     user.insert("name".into(), Value::from(entry.key.as_str()));
     let mut left_out = Vec::new();
     for (key, value) in pairs {
-        match (key.as_str(), value.parse::<i64>()) {
-            ("pool_size", Ok(n)) => {
-                user.insert("pool_size".into(), Value::Integer(n));
-            }
-            _ => left_out.push(format!("{key}={value}")),
+        match key.as_str() {
+            "pool_size" | "max_user_connections" => match count(&key, &value) {
+                Ok(n) => {
+                    user.insert(key, n);
+                }
+                Err(why) => left_out.push(why),
+            },
+            _ => left_out.push(format!("{key}={value} (tidepool has no per-user {key})")),
         }
     }
     if !left_out.is_empty() {
-        draft.skip(
-            entry,
-            format!("kept, without (no per-user setting yet): {}", left_out.join("; ")),
-        );
+        draft.skip(entry, format!("kept, without: {}", left_out.join("; ")));
     }
     Some(user)
 }

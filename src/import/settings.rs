@@ -81,6 +81,34 @@ const DIRECT: &[(&str, &str, &str, Kind)] = &[
     ("client_tls_ca_file", "tls", "client_tls_ca_file", Kind::Path),
     ("server_tls_ca_file", "tls", "server_tls_ca_file", Kind::Path),
     ("peer_id", "peers", "instance_id", Kind::Count),
+    ("query_timeout", "proxy", "query_timeout", Kind::Seconds),
+    (
+        "transaction_timeout",
+        "proxy",
+        "transaction_timeout",
+        Kind::Seconds,
+    ),
+    ("tcp_keepalive", "proxy", "tcp_keepalive", Kind::Flag),
+    ("tcp_keepidle", "proxy", "tcp_keepidle", Kind::Seconds),
+    ("tcp_keepintvl", "proxy", "tcp_keepintvl", Kind::Seconds),
+    ("tcp_keepcnt", "proxy", "tcp_keepcnt", Kind::Count),
+    // PgBouncer takes this one in milliseconds.
+    ("tcp_user_timeout", "proxy", "tcp_user_timeout", Kind::Millis),
+    ("unix_socket_mode", "proxy", "unix_socket_mode", Kind::Mode),
+    ("server_login_retry", "pool", "server_login_retry", Kind::Seconds),
+    ("max_db_connections", "pool", "max_db_connections", Kind::Count),
+    (
+        "max_user_connections",
+        "pool",
+        "max_user_connections",
+        Kind::Count,
+    ),
+    (
+        "autodb_idle_timeout",
+        "pool",
+        "autodb_idle_timeout",
+        Kind::Seconds,
+    ),
 ];
 
 /// Settings with no tidepool key, and why. Anything neither here nor above is listed as
@@ -104,14 +132,9 @@ const WHY_NOT: &[(&str, &str)] = &[
         "user",
         "tidepool does not switch users: start it as the user it should run as",
     ),
-    ("unix_socket_dir", "no Unix-domain socket listener yet (TCP only)"),
-    (
-        "unix_socket_mode",
-        "no Unix-domain socket listener yet (TCP only)",
-    ),
     (
         "unix_socket_group",
-        "no Unix-domain socket listener yet (TCP only)",
+        "tidepool does not change the socket's group: run it with that group (systemd Group=) or make unix_socket_dir setgid",
     ),
     ("so_reuseport", "always on in tidepool"),
     (
@@ -129,28 +152,6 @@ const WHY_NOT: &[(&str, &str)] = &[
     (
         "server_reset_query_always",
         "tidepool resets session-mode backends only (server_reset_query)",
-    ),
-    ("max_db_connections", "no per-database connection limit yet"),
-    ("max_user_connections", "no per-user connection limit yet"),
-    (
-        "query_timeout",
-        "no query_timeout yet: use PostgreSQL's statement_timeout",
-    ),
-    (
-        "transaction_timeout",
-        "no transaction_timeout yet: use PostgreSQL's",
-    ),
-    (
-        "server_login_retry",
-        "tidepool retries a failed connect at the next request (and across nodes with health checks)",
-    ),
-    ("tcp_keepalive", "TCP keepalive settings are not configurable yet"),
-    ("tcp_keepidle", "TCP keepalive settings are not configurable yet"),
-    ("tcp_keepintvl", "TCP keepalive settings are not configurable yet"),
-    ("tcp_keepcnt", "TCP keepalive settings are not configurable yet"),
-    (
-        "tcp_user_timeout",
-        "TCP keepalive settings are not configurable yet",
     ),
     (
         "client_tls_protocols",
@@ -199,7 +200,10 @@ const WHY_NOT: &[(&str, &str)] = &[
         "no DNS cache: names are resolved at each connect",
     ),
     ("resolv_conf", "the system resolver is used"),
-    ("listen_backlog", "the system default backlog is used"),
+    (
+        "listen_backlog",
+        "tidepool's backlog is 1024 (capped by net.core.somaxconn)",
+    ),
     (
         "pkt_buf",
         "tidepool reads whole frames into buffers that grow as needed",
@@ -208,7 +212,6 @@ const WHY_NOT: &[(&str, &str)] = &[
     ("tcp_defer_accept", "not configurable"),
     ("tcp_socket_buffer", "not configurable"),
     ("suspend_timeout", "SUSPEND has no buffers to flush in tidepool"),
-    ("autodb_idle_timeout", "no `*` databases yet"),
     ("verbose", "use proxy.log_level (\"debug\") or TIDEPOOL_LOG"),
     ("log_stats", "use SHOW STATS or /metrics"),
     (
@@ -231,17 +234,23 @@ enum Kind {
     Flag,
     Text,
     Path,
+    /// Milliseconds (PgBouncer's `tcp_user_timeout`).
+    Millis,
+    /// File permission bits, octal as in C (`0777`), written as tidepool's octal text.
+    Mode,
 }
 
 /// Maps `[pgbouncer]`.
 pub fn map(draft: &mut Draft, entries: &[Entry]) -> Settings {
     let mut settings = Settings::default();
     let (mut listen_addr, mut listen_port) = (None, 6432u16);
+    let mut socket_dir = None;
     let mut auth_type = ("md5".to_string(), 0);
     for entry in entries.iter().filter(|e| e.section == "pgbouncer") {
         let value = entry.value.as_str();
         match entry.key.as_str() {
             "listen_addr" => listen_addr = Some(entry.clone()),
+            "unix_socket_dir" => socket_dir = Some(entry.clone()),
             "listen_port" => match value.parse() {
                 Ok(port) => listen_port = port,
                 Err(_) => draft.skip(entry, "not a port number"),
@@ -302,6 +311,7 @@ pub fn map(draft: &mut Draft, entries: &[Entry]) -> Settings {
         }
     }
     listen(draft, listen_addr.as_ref(), listen_port);
+    unix_socket_dir(draft, socket_dir.as_ref());
     auth_method(draft, &auth_type.0, auth_type.1);
     settings
 }
@@ -319,9 +329,17 @@ fn convert(draft: &Draft, value: &str, kind: Kind) -> Result<Value, String> {
     Ok(match kind {
         Kind::Count => Value::Integer(
             value
-                .parse::<i64>()
-                .map_err(|_| format!("{value:?} is not a whole number"))?,
+                .parse::<u32>()
+                .map_err(|_| format!("{value:?} is not a whole number >= 0"))?
+                .into(),
         ),
+        Kind::Millis => Value::String(format!(
+            "{}ms",
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{value:?} is not a whole number of milliseconds"))?
+        )),
+        Kind::Mode => Value::String(format!("{:04o}", mode(value)?)),
         Kind::Flag => Value::Boolean(match value {
             "1" | "yes" | "on" | "true" => true,
             "0" | "no" | "off" | "false" => false,
@@ -335,6 +353,21 @@ fn convert(draft: &Draft, value: &str, kind: Kind) -> Result<Value, String> {
         Kind::Text => Value::String(value.trim_matches('"').to_string()),
         Kind::Path => Value::String(draft.path(value)),
     })
+}
+
+/// A mode as C's `strtol(…, 0)` reads it (`0777` octal, `0x1ff` hex, `511` decimal).
+fn mode(value: &str) -> Result<u32, String> {
+    let parsed = if let Some(hex) = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else if value.len() > 1 && value.starts_with('0') {
+        u32::from_str_radix(&value[1..], 8)
+    } else {
+        value.parse()
+    };
+    match parsed {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{value:?} is not a permission mode (0 to 0777)")),
+    }
 }
 
 /// PgBouncer's seconds (fractions allowed) or a value with a unit → tidepool's duration text.
@@ -367,36 +400,82 @@ fn tls_mode(draft: &mut Draft, entry: &Entry, key: &str, modes: &[&str]) {
     }
 }
 
-/// `listen_addr` + `listen_port` → `proxy.listen` (the first address only).
+/// `listen_addr` + `listen_port` → `proxy.listen`: every address, `*` as IPv4 and IPv6 (as
+/// PgBouncer binds all of both).
 fn listen(draft: &mut Draft, addr: Option<&Entry>, port: u16) {
-    let addrs = addr.map(|e| list(&e.value)).unwrap_or_default();
-    let host = match addrs.first().map(String::as_str) {
-        None => {
-            draft.unmapped.push(super::Unmapped {
-                key: "pgbouncer.listen_addr".into(),
-                line: 0,
-                reason: "not set: PgBouncer then listens on its Unix socket only; tidepool needs TCP, 127.0.0.1 written".into(),
-            });
-            "127.0.0.1".to_string()
+    let mut addrs: Vec<String> = Vec::new();
+    let mut left_out = Vec::new();
+    for a in addr.map(|e| list(&e.value)).unwrap_or_default() {
+        let parsed = match a.as_str() {
+            "*" => vec![format!("0.0.0.0:{port}"), format!("[::]:{port}")],
+            "localhost" => vec![format!("127.0.0.1:{port}")],
+            a => match a.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(ip)) => vec![format!("[{ip}]:{port}")],
+                Ok(ip) => vec![format!("{ip}:{port}")],
+                Err(_) => {
+                    left_out.push(a.to_string());
+                    vec![]
+                }
+            },
+        };
+        for p in parsed {
+            if !addrs.contains(&p) {
+                addrs.push(p);
+            }
         }
-        Some("*") => "0.0.0.0".to_string(),
-        Some(a) if a.contains(':') => format!("[{a}]"),
-        Some(a) => a.to_string(),
-    };
-    if let (Some(entry), true) = (addr, addrs.len() > 1) {
-        draft.skip(
+    }
+    match addr {
+        Some(entry) if !left_out.is_empty() => draft.skip(
             entry,
             format!(
-                "one listen address only yet: {} kept, {} left out",
-                addrs[0],
-                addrs[1..].join(", ")
+                "host names are not resolved for listening: {} left out (write their IP addresses)",
+                left_out.join(", ")
             ),
-        );
+        ),
+        _ => {}
     }
-    draft.set("proxy", "listen", format!("{host}:{port}"));
+    if addrs.is_empty() {
+        draft.unmapped.push(super::Unmapped {
+            key: "pgbouncer.listen_addr".into(),
+            line: addr.map_or(0, |e| e.line),
+            reason: "no TCP address: PgBouncer then listens on its Unix socket only; tidepool needs one, 127.0.0.1 written".into(),
+        });
+        addrs.push(format!("127.0.0.1:{port}"));
+    }
+    let value = match addrs.len() {
+        1 => Value::from(addrs.remove(0)),
+        _ => Value::Array(addrs.into_iter().map(Value::from).collect()),
+    };
+    draft.set("proxy", "listen", value);
 }
 
-/// PgBouncer's global `auth_type` → a catch-all `[[hba]]` rule (or the hba file).
+/// `unix_socket_dir` → `proxy.unix_socket_dir`. PgBouncer's default is `/tmp` and an empty
+/// value turns the socket off; tidepool has no socket unless the key is set.
+fn unix_socket_dir(draft: &mut Draft, entry: Option<&Entry>) {
+    let Some(entry) = entry else {
+        draft.unmapped.push(super::Unmapped {
+            key: "pgbouncer.unix_socket_dir".into(),
+            line: 0,
+            reason: "not set: PgBouncer's default /tmp written".into(),
+        });
+        draft.set("proxy", "unix_socket_dir", "/tmp");
+        return;
+    };
+    match entry.value.trim_matches('"') {
+        // Off in PgBouncer, as tidepool's default.
+        "" => {}
+        abstract_name if abstract_name.starts_with('@') => draft.skip(
+            entry,
+            "abstract-namespace sockets are not offered: no socket (set a directory)",
+        ),
+        dir => {
+            let path = draft.path(dir);
+            draft.set_from(entry, "proxy", "unix_socket_dir", path);
+        }
+    }
+}
+
+/// PgBouncer's global `auth_type` → catch-all `[[hba]]` rules (or the hba file).
 fn auth_method(draft: &mut Draft, auth_type: &str, line: usize) {
     let method = match auth_type {
         "hba" => return,
@@ -411,15 +490,22 @@ fn auth_method(draft: &mut Draft, auth_type: &str, line: usize) {
             return;
         }
     };
-    let mut rule = Table::new();
-    for (key, value) in [
-        ("type", "host"),
-        ("database", "all"),
-        ("user", "all"),
-        ("address", "all"),
-        ("method", method),
-    ] {
-        rule.insert(key.into(), Value::from(value));
+    // PgBouncer's auth_type covers its Unix socket too: one rule per transport. A certificate
+    // exists only on TLS connections (hostssl, as PostgreSQL requires for cert).
+    let types: &[&str] = if method == "cert" {
+        &["hostssl"]
+    } else {
+        &["host", "local"]
+    };
+    for conn_type in types {
+        let mut rule = Table::new();
+        rule.insert("type".into(), Value::from(*conn_type));
+        rule.insert("database".into(), Value::from("all"));
+        rule.insert("user".into(), Value::from("all"));
+        if *conn_type != "local" {
+            rule.insert("address".into(), Value::from("all"));
+        }
+        rule.insert("method".into(), Value::from(method));
+        draft.push("hba", rule);
     }
-    draft.push("hba", rule);
 }

@@ -19,7 +19,22 @@ pub fn binary() -> PathBuf {
         "PgBouncer 1.25 not found at {} (set TIDEPOOL_PGBOUNCER to its binary)",
         path.display()
     );
+    // The launcher script checks its libraries with `ldconfig -p | grep -q` under pipefail:
+    // when grep quits early ldconfig may die of SIGPIPE, and the script then tries apt-get
+    // (as `postgres`: exit 127). With the libraries present, run the binary beside it.
+    let direct = path.with_file_name("pgbouncer-1.25.2");
+    if direct.exists() && libevent_installed() {
+        return direct;
+    }
     path
+}
+
+/// Whether the shared library PgBouncer 1.25 links against is installed.
+fn libevent_installed() -> bool {
+    Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("libevent-2.1.so.7"))
 }
 
 /// A free loopback port (bound, then released for the program that will listen on it).

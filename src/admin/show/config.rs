@@ -3,15 +3,33 @@
 
 use super::{s, Table, TEXT};
 use crate::app::Shared;
+use crate::config::Config;
 
 /// SHOW CONFIG: every scalar setting; secrets (user passwords) are never part of it.
 pub(super) fn config(shared: &Shared) -> Table {
-    let snapshot = shared.snapshot();
-    let c = &snapshot.config;
-    let d = crate::config::Config::default();
+    let mut t = Table::new(&[
+        ("key", TEXT),
+        ("value", TEXT),
+        ("default", TEXT),
+        ("changeable", TEXT),
+    ]);
+    for (key, value, default, changeable) in rows(&shared.snapshot().config) {
+        t.push(vec![
+            s(key),
+            s(value),
+            s(default),
+            s(if changeable { "yes" } else { "no" }),
+        ]);
+    }
+    t
+}
+
+/// (key, value, default, reloadable) for every scalar setting of `c`.
+fn rows(c: &Config) -> Vec<(&'static str, String, String, bool)> {
+    let d = Config::default();
     let dur = |v: &crate::config::ConfigDuration| format!("{}ms", v.0.as_millis());
     let list = |v: &[String]| v.join(",");
-    let rows: Vec<(&str, String, String, bool)> = vec![
+    let mut rows: Vec<(&'static str, String, String, bool)> = vec![
         (
             "listen",
             c.proxy.listen.to_string(),
@@ -184,19 +202,143 @@ pub(super) fn config(shared: &Shared) -> Table {
             false,
         ),
     ];
-    let mut t = Table::new(&[
-        ("key", TEXT),
-        ("value", TEXT),
-        ("default", TEXT),
-        ("changeable", TEXT),
-    ]);
-    for (key, value, default, changeable) in rows {
-        t.push(vec![
-            s(key),
-            s(value),
-            s(default),
-            s(if changeable { "yes" } else { "no" }),
-        ]);
+    rows.extend(listeners_and_limits(c, &d));
+    rows
+}
+
+/// The listener, keepalive, timeout and limit keys (PgBouncer's names).
+fn listeners_and_limits(c: &Config, d: &Config) -> Vec<(&'static str, String, String, bool)> {
+    let dur = |v: &crate::config::ConfigDuration| format!("{}ms", v.0.as_millis());
+    let socket_dir = |c: &Config| {
+        (c.proxy.unix_socket_dir.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let (p, dp, pool, dpool) = (&c.proxy, &d.proxy, &c.pool, &d.pool);
+    vec![
+        ("unix_socket_dir", socket_dir(c), socket_dir(d), false),
+        (
+            "unix_socket_mode",
+            p.unix_socket_mode.to_string(),
+            dp.unix_socket_mode.to_string(),
+            false,
+        ),
+        (
+            "tcp_keepalive",
+            p.tcp_keepalive.to_string(),
+            dp.tcp_keepalive.to_string(),
+            true,
+        ),
+        ("tcp_keepidle", dur(&p.tcp_keepidle), dur(&dp.tcp_keepidle), true),
+        (
+            "tcp_keepintvl",
+            dur(&p.tcp_keepintvl),
+            dur(&dp.tcp_keepintvl),
+            true,
+        ),
+        (
+            "tcp_keepcnt",
+            p.tcp_keepcnt.to_string(),
+            dp.tcp_keepcnt.to_string(),
+            true,
+        ),
+        (
+            "tcp_user_timeout",
+            dur(&p.tcp_user_timeout),
+            dur(&dp.tcp_user_timeout),
+            true,
+        ),
+        (
+            "query_timeout",
+            dur(&p.query_timeout),
+            dur(&dp.query_timeout),
+            true,
+        ),
+        (
+            "transaction_timeout",
+            dur(&p.transaction_timeout),
+            dur(&dp.transaction_timeout),
+            true,
+        ),
+        (
+            "max_db_connections",
+            pool.max_db_connections.to_string(),
+            dpool.max_db_connections.to_string(),
+            true,
+        ),
+        (
+            "max_user_connections",
+            pool.max_user_connections.to_string(),
+            dpool.max_user_connections.to_string(),
+            true,
+        ),
+        (
+            "server_login_retry",
+            dur(&pool.server_login_retry),
+            dur(&dpool.server_login_retry),
+            true,
+        ),
+        (
+            "autodb_idle_timeout",
+            dur(&pool.autodb_idle_timeout),
+            dur(&dpool.autodb_idle_timeout),
+            true,
+        ),
+        (
+            "max_auto_databases",
+            pool.max_auto_databases.to_string(),
+            dpool.max_auto_databases.to_string(),
+            true,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_keepalive_timeouts_and_limits_are_listed() {
+        let config = Config::from_toml(
+            "[proxy]\nlisten = [\"127.0.0.1:6432\", \"[::1]:6432\"]\n\
+             unix_socket_dir = \"/run/tp\"\nunix_socket_mode = \"0770\"\n\
+             tcp_keepidle = \"30s\"\ntcp_keepcnt = 3\ntcp_user_timeout = \"2500ms\"\n\
+             query_timeout = \"1m\"\ntransaction_timeout = \"5m\"\n\
+             [pool]\nmax_db_connections = 20\nmax_user_connections = 7\n\
+             server_login_retry = \"5s\"\n\
+             [[nodes]]\nhost = \"h\"\n[databases.d]\n",
+        )
+        .unwrap();
+        let rows = rows(&config);
+        let row = |key: &str| {
+            let (_, value, default, changeable) =
+                (rows.iter().find(|r| r.0 == key)).unwrap_or_else(|| panic!("{key} is not in SHOW CONFIG"));
+            (value.as_str(), default.as_str(), *changeable)
+        };
+        assert_eq!(row("listen").0, "127.0.0.1:6432,[::1]:6432");
+        assert_eq!(row("unix_socket_dir"), ("/run/tp", "", false));
+        assert_eq!(row("unix_socket_mode"), ("0770", "0777", false));
+        assert_eq!(row("tcp_keepalive"), ("true", "true", true));
+        assert_eq!(row("tcp_keepidle"), ("30000ms", "0ms", true));
+        assert_eq!(row("tcp_keepintvl"), ("0ms", "0ms", true));
+        assert_eq!(row("tcp_keepcnt"), ("3", "0", true));
+        assert_eq!(row("tcp_user_timeout"), ("2500ms", "0ms", true));
+        assert_eq!(row("query_timeout"), ("60000ms", "0ms", true));
+        assert_eq!(row("transaction_timeout"), ("300000ms", "0ms", true));
+        assert_eq!(row("max_db_connections"), ("20", "0", true));
+        assert_eq!(row("max_user_connections"), ("7", "0", true));
+        assert_eq!(row("server_login_retry"), ("5000ms", "15000ms", true));
+        assert_eq!(row("autodb_idle_timeout"), ("3600000ms", "3600000ms", true));
+        assert_eq!(row("max_auto_databases"), ("100", "100", true));
+        // Every key SHOW CONFIG calls changeable is one SET takes.
+        for (key, value, _, changeable) in &rows {
+            let mut copy = config.clone();
+            let set = crate::admin::actions::set(&mut copy, key, value);
+            if *changeable && !matches!(*key, "admin_users" | "stats_users") {
+                assert!(set.is_ok(), "SET {key} = {value:?}: {set:?}");
+            } else if !changeable {
+                assert!(set.is_err(), "SET {key} is accepted but SHOW CONFIG says no");
+            }
+        }
     }
-    t
 }
