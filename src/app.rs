@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub cluster: Arc<str>,
     /// Per cluster name, its view (empty in a view).
     views: BTreeMap<String, Arc<Snapshot>>,
+    /// How Patroni's REST API is reached (this `config.routing`'s `patroni_*`), certificates
+    /// read at build time.
+    pub patroni: Arc<crate::health::PatroniAccess>,
 }
 
 impl Snapshot {
@@ -124,6 +127,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on the Unix socket: {0}")]
+    UnixSocket(#[from] crate::client::unix_socket::UnixSocketError),
     #[error("preparing user secrets failed: {0}")]
     Users(String),
     /// auth_file or auth_hba_file is unreadable or malformed.
@@ -143,6 +148,16 @@ impl Shared {
     /// The current configuration snapshot. Take it once per transaction, not per message.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Identifies the current snapshot (its address): equal ids, same snapshot, nothing reloaded.
+    pub fn snapshot_id(&self) -> usize {
+        Arc::as_ptr(&*self.snapshot.load()) as usize
+    }
+
+    /// Identifies the current health map the same way.
+    pub fn health_map_id(&self) -> usize {
+        Arc::as_ptr(&*self.health.load()) as usize
     }
 
     /// Installs a new snapshot (reload); tasks see it at their next `snapshot()`.
@@ -234,6 +249,7 @@ pub(crate) fn pool_settings(
                 .unwrap_or_else(|| database.to_string()),
             secret,
             tls: snapshot.backend_tls.clone(),
+            keepalive: config.proxy.keepalive(),
         },
         mode: config.pool_mode_for(database),
         limits: Limits {
@@ -286,6 +302,9 @@ fn server_login(config: &Config, database: &str, user: &UserConfig) -> (String, 
 pub struct Proxy {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// Every bound `listen` address (port 0 resolved), in config order.
+    addrs: Vec<SocketAddr>,
+    unix_socket: Option<std::path::PathBuf>,
     metrics_addr: Option<SocketAddr>,
     tasks: TaskTracker,
     accept: JoinHandle<()>,
@@ -295,16 +314,22 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `proxy.listen` (port 0 picks a free port) and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, AppError> {
-        let listen = config.proxy.listen;
         // Deriving SCRAM verifiers costs thousands of hash rounds per user: keep it off the
         // async workers.
         let snapshot = tokio::task::spawn_blocking(move || build_snapshot(config))
             .await
             .map_err(|e| AppError::Users(e.to_string()))??;
-        let listener = bind(listen).map_err(|source| AppError::Listen { addr: listen, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| AppError::Listen { addr: listen, source })?;
+        let (listeners, addr) = bind_all(&snapshot.config.proxy)?;
+        let mut addrs = Vec::new();
+        let mut unix_socket = None;
+        for one in &listeners {
+            match one {
+                listener::Listener::Tcp(tcp) => addrs.extend(tcp.local_addr().ok()),
+                listener::Listener::Unix { file, .. } => unix_socket = Some(file.path.clone()),
+            }
+        }
+        // Certificates read now: a bad file stops the start, like the client TLS files.
+        let web = Arc::new(crate::metrics::http::Web::build(&snapshot.config.metrics)?);
         let metrics_listener = match snapshot.config.metrics.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -336,18 +361,19 @@ impl Proxy {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let tasks = TaskTracker::new();
-        let accept = tokio::spawn(listener::accept_loop(shared.clone(), listener, tasks.clone()));
+        let names: Vec<String> = listeners.iter().map(listener::Listener::describe).collect();
+        let accept = tokio::spawn(listener::accept_all(shared.clone(), listeners, tasks.clone()));
         let janitor = tokio::spawn(janitor(shared.clone()));
         tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
         for health in shared.healths().values() {
             watch_role_changes(&shared, health);
         }
-        tracing::info!(%addr, "tidepool listening");
+        tracing::info!(%addr, listeners = ?names, "tidepool listening");
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let metrics_addr = listener.local_addr().ok();
                 tracing::info!(addr = ?metrics_addr, "metrics listening");
-                tokio::spawn(crate::metrics::http::serve(shared.clone(), listener));
+                tokio::spawn(crate::metrics::http::serve(shared.clone(), listener, web.clone()));
                 metrics_addr
             }
             None => None,
@@ -355,6 +381,8 @@ impl Proxy {
         Ok(Proxy {
             shared,
             addr,
+            addrs,
+            unix_socket,
             metrics_addr,
             tasks,
             accept,
@@ -362,8 +390,19 @@ impl Proxy {
         })
     }
 
+    /// The first `listen` address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every `listen` address, in config order.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The Unix socket file (`<unix_socket_dir>/.s.PGSQL.<port>`), when configured.
+    pub fn unix_socket_path(&self) -> Option<&std::path::Path> {
+        self.unix_socket.as_deref()
     }
 
     /// Where `/metrics` is served, when `[metrics] listen` is set.
@@ -413,6 +452,7 @@ pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
     let classifier =
         Arc::new(Classifier::new(&config.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?);
     let client_tls = ClientTls::build(&config.tls)?;
+    let patroni = Arc::new(crate::health::PatroniAccess::build(&config.routing)?);
     let mut views = BTreeMap::new();
     for name in config.cluster_names() {
         let Some(view) = config.cluster_view(name) else {
@@ -424,7 +464,14 @@ pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
         } else {
             Arc::new(Classifier::new(&view.routing.classifier()).map_err(|e| AppError::Users(e.to_string()))?)
         };
+        // Likewise Patroni access: a cluster's own `[routing]` reads its own certificates.
+        let patroni = if view.routing.patroni_access() == config.routing.patroni_access() {
+            patroni.clone()
+        } else {
+            Arc::new(crate::health::PatroniAccess::build(&view.routing)?)
+        };
         let view = Snapshot {
+            patroni,
             weights: view.nodes.iter().map(|n| n.weight).collect(),
             config: view,
             users: users.clone(),
@@ -438,6 +485,7 @@ pub(crate) fn build_snapshot(config: Config) -> Result<Snapshot, AppError> {
     }
     Ok(Snapshot {
         weights: config.nodes.iter().map(|n| n.weight).collect(),
+        patroni,
         config,
         users,
         classifier,
@@ -464,6 +512,7 @@ pub(crate) fn start_health(view: &Snapshot, shutdown: &Shutdown) -> Option<Healt
     // Validated with the config, so nothing is dropped here.
     let patroni = (config.routing.patroni_api.iter())
         .filter_map(|url| crate::health::PatroniUrl::parse(url).ok())
+        .map(|url| url.with_access(view.patroni.clone()))
         .collect();
     let stop = shutdown.subscribe();
     let stopped = async move {
@@ -499,6 +548,7 @@ pub(crate) fn health_plan(view: &Snapshot) -> Option<(Vec<Arc<str>>, BackendLogi
         database,
         secret: backend_secret(user),
         tls: view.backend_tls.clone(),
+        keepalive: config.proxy.keepalive(),
     };
     let nodes = config.nodes.iter().map(|n| Arc::from(n.address())).collect();
     Some((nodes, login))
@@ -515,13 +565,53 @@ fn backend_secret(user: &UserConfig) -> BackendSecret {
     crate::client::auth::backend_secret(user, secret.as_ref())
 }
 
+/// Binds every `listen` address, then the Unix socket named after the first one's port (port
+/// 0 resolved); returns the listeners and the first address.
+fn bind_all(proxy: &crate::config::ProxyConfig) -> Result<(Vec<listener::Listener>, SocketAddr), AppError> {
+    let mut listeners = Vec::new();
+    let mut first = None;
+    for &addr in proxy.listen.all() {
+        // `[::]:p` is dual-stack unless `0.0.0.0:p` (or another IPv4 address on p) is listed too.
+        let only_v6 =
+            (proxy.listen.all().iter()).any(|a| a.is_ipv4() && a.port() == addr.port() && addr.port() != 0);
+        let tcp = bind(addr, only_v6).map_err(|source| AppError::Listen { addr, source })?;
+        let local = tcp
+            .local_addr()
+            .map_err(|source| AppError::Listen { addr, source })?;
+        first.get_or_insert(local);
+        listeners.push(listener::Listener::Tcp(tcp));
+    }
+    let first = first.expect("listen is never empty");
+    if let Some(unix) = proxy.unix_socket() {
+        let (std_listener, file) = crate::client::unix_socket::bind(&unix, first.port())?;
+        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
+            crate::client::unix_socket::UnixSocketError::Io {
+                path: file.path.clone(),
+                source,
+            }
+        })?;
+        listeners.push(listener::Listener::Unix {
+            listener,
+            file,
+            port: first.port(),
+        });
+    }
+    Ok((listeners, first))
+}
+
 /// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
 /// so a new tidepool can listen beside an old one that is draining (binary upgrade; the kernel
 /// spreads new connections over both until the old one closes its listener).
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr, only_v6: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            if only_v6 {
+                socket2::SockRef::from(&socket).set_only_v6(true)?;
+            }
+            socket
+        }
     };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;

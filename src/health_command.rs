@@ -41,15 +41,17 @@ pub enum HealthError {
 }
 
 impl Target {
-    /// `/readyz` of the metrics listener if there is one, else the client port. A wildcard
+    /// `/readyz` of the metrics listener if there is one served as plain HTTP without basic
+    /// auth (this probe speaks neither TLS nor auth), else the first client port. A wildcard
     /// listen address is probed on loopback.
     pub fn from_config(config: &Config) -> Target {
+        let plain = config.metrics.tls_cert_file.is_none() && config.metrics.basic_auth_user.is_none();
         match config.metrics.listen {
-            Some(addr) => Target::Http {
+            Some(addr) if plain => Target::Http {
                 addr: loopback_if_wildcard(addr),
                 path: "/readyz".into(),
             },
-            None => Target::Postgres(loopback_if_wildcard(config.proxy.listen)),
+            _ => Target::Postgres(loopback_if_wildcard(config.proxy.listen.first())),
         }
     }
 

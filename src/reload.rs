@@ -149,6 +149,7 @@ fn next_healths(shared: &Shared, old: &Snapshot, new: &Snapshot) -> (app::Health
             app::health_plan(before) == app::health_plan(view)
                 && before.config.health == view.config.health
                 && before.config.routing.patroni_api == view.config.routing.patroni_api
+                && before.config.routing.patroni_access() == view.config.routing.patroni_access()
         });
         match running.get(name) {
             Some(health) if same => {
@@ -174,6 +175,16 @@ fn fixed_key_notes(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     fixed("proxy.listen", old.proxy.listen != new.proxy.listen);
+    fixed(
+        "proxy.unix_socket_dir",
+        old.proxy.unix_socket_dir != new.proxy.unix_socket_dir,
+    );
+    fixed(
+        "proxy.unix_socket_mode",
+        old.proxy.unix_socket_mode != new.proxy.unix_socket_mode,
+    );
+    // The metrics listener's address, TLS and basic auth are read once at start.
+    fixed("metrics", old.metrics != new.metrics);
     fixed("proxy.log_format", old.proxy.log_format != new.proxy.log_format);
     fixed("proxy.log_level", old.proxy.log_level != new.proxy.log_level);
     notes
@@ -234,5 +245,5 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
 
 /// Settings that existing connections embody: they cannot be changed on an open connection.
 fn backend_changed(wanted: &PoolSettings, current: &PoolSettings) -> bool {
-    wanted.addr != current.addr || wanted.login != current.login || wanted.mode != current.mode
+    wanted.addr != current.addr || !wanted.login.same_session(&current.login) || wanted.mode != current.mode
 }

@@ -275,6 +275,11 @@ async fn refused(addr: SocketAddr, db: &str) -> tokio_postgres::Error {
 
 /// A plain HTTP/1.1 GET; the body.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_exchange(addr, path).await.1
+}
+
+/// GET `path`: the status code and the body.
+async fn http_exchange(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("metrics connect");
@@ -283,9 +288,50 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
-    text.split_once("\r\n\r\n")
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = (text.split_once("\r\n\r\n"))
         .map(|(_, body)| body.to_string())
-        .unwrap_or(text)
+        .unwrap_or(text);
+    (status, body)
+}
+
+/// /readyz with several clusters: one cluster without a reachable node does not take the
+/// whole tidepool out of a load balancer (the others still serve their databases); asked by
+/// name, that cluster is not ready, and a name no database uses is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_for_the_proxy_and_for_each_cluster() {
+    // A port nobody listens on: a cluster whose only node is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = tokio::task::block_in_place(|| two_cluster_toml("")).replace(
+        "[databases.\"*\"]",
+        &format!(
+            "[clusters.gone]\nnodes = [{{ host = \"127.0.0.1\", port = {dead} }}]\n\n\
+             [databases.gone_db]\ncluster = \"gone\"\n\n[databases.\"*\"]"
+        ),
+    );
+    let proxy = common::start_proxy(Config::from_toml(&toml).unwrap()).await;
+    let metrics = proxy.metrics_addr().expect("metrics");
+    let (status, body) = http_exchange(metrics, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ready\n") && body.contains("cluster gone: the node does not accept connections"),
+        "{body}"
+    );
+    let (status, body) = http_exchange(metrics, "/readyz?cluster=gone").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = http_exchange(metrics, "/readyz?cluster=second").await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, body) = http_exchange(metrics, "/readyz?cluster=nope").await;
+    assert_eq!(status, 404, "{body}");
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,7 @@ async fn roles_lag_down_up_failover_and_fencing() {
         database: "postgres".into(),
         secret: BackendSecret::Plain(MONITOR_PASSWORD.into()),
         tls: Default::default(),
+        keepalive: Default::default(),
     };
     let config = HealthConfig {
         health_check_interval: ConfigDuration(Duration::from_millis(100)),

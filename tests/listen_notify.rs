@@ -288,3 +288,48 @@ async fn a_pinned_listeners_own_notifications_carry_its_pid() {
     .unwrap();
     proxy.shutdown().await;
 }
+
+/// Item 4 when the notifying backend moves on at once: the client's transaction NOTIFYs and
+/// commits on the pool's only backend while another client is queued for it, so that backend
+/// already serves the other client when the notification reaches the listener. It still
+/// carries the notifying client's pid, as on a direct connection. Both pool modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_notifications_keep_their_pid_when_the_backend_serves_another_client_next() {
+    let direct = tokio::task::block_in_place(pg).addr();
+    for (mode, size) in [("transaction", 1), ("session", 2)] {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            .replace("default_pool_size = 10", &format!("default_pool_size = {size}"));
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        let addr = proxy.local_addr();
+        tokio::task::spawn_blocking(move || {
+            for target in [direct, addr] {
+                let tag = format!("{mode} {target}");
+                let (mut a, welcome) = RawClient::login(target, APP_USER, APP_PASSWORD, APP_DB);
+                let own = key_pid(&welcome);
+                let (mut b, _) = RawClient::login(target, APP_USER, APP_PASSWORD, APP_DB);
+                run(&mut a, "LISTEN moved_on");
+                for round in 0..5 {
+                    assert_eq!(tags(&run(&mut a, "BEGIN")), "CZ");
+                    // Queued for the backend a holds (transaction mode, a pool of one).
+                    b.send(&query("SELECT pg_sleep(0.05)"));
+                    std::thread::sleep(Duration::from_millis(20));
+                    let mut msgs = run(&mut a, &format!("NOTIFY moved_on, 'r{round}'; COMMIT"));
+                    let m = loop {
+                        if let Some(m) = msgs.iter().find(|m| m.tag == b'A') {
+                            break m.clone();
+                        }
+                        msgs = vec![a.recv().expect("a notification")];
+                    };
+                    assert_eq!(notification(&m), ("moved_on".to_string(), format!("r{round}")));
+                    let pid = i32::from_be_bytes(m.body[..4].try_into().unwrap());
+                    assert_eq!(pid, own, "{tag} round {round}");
+                    assert_eq!(tags(&b.until_ready()), "TDCZ", "{tag}");
+                }
+            }
+        })
+        .await
+        .unwrap();
+        proxy.shutdown().await;
+    }
+}

@@ -233,22 +233,30 @@ async fn leave_idle_connections(addr: std::net::SocketAddr, db: &str, n: usize) 
     }
 }
 
+/// Lets `app` create databases, once per binary (two tests altering the role at the same time
+/// get "tuple concurrently updated").
+fn allow_createdb() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        pg().psql("postgres", "ALTER ROLE app CREATEDB").unwrap();
+    });
+}
+
 /// Issue 15, item 3: CREATE DATABASE … TEMPLATE, ALTER DATABASE … RENAME and DROP DATABASE of
 /// databases tidepool keeps idle connections to succeed, as they do on a direct connection
-/// where those sessions are gone (PostgreSQL answers 55006 while other sessions are connected).
-/// Transaction mode only: in session mode the statement is relayed without the session loop
-/// seeing it (not handled yet).
+/// where those sessions are gone (PostgreSQL answers 55006 while other sessions are connected),
+/// in both pool modes (in session mode the issuing client's own backend is on another
+/// database's pool; the idle ones are closed all the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
     // A template only this test uses: other tests of this binary keep sessions on `app`.
     tokio::task::block_in_place(|| {
-        pg().psql("postgres", "ALTER ROLE app CREATEDB")?;
+        allow_createdb();
         pg_cluster().create_database("ddl_src", APP_USER)
     })
     .unwrap();
     let direct = tokio::task::block_in_place(pg).addr();
-    let mode = "transaction";
-    {
+    for mode in ["transaction", "session"] {
         let toml = base_config_toml(tokio::task::block_in_place(pg))
             .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
             .replace("default_pool_size = 10", "default_pool_size = 4")
@@ -284,6 +292,75 @@ async fn database_ddl_is_not_blocked_by_idle_pooled_connections() {
             c.batch_execute("DROP DATABASE ddl_copy")
                 .await
                 .unwrap_or_else(|e| panic!("{tag}: DROP DATABASE after the busy client left: {e}"));
+        }
+        proxy.shutdown().await;
+    }
+}
+
+/// Issue 15, item 3: while such a statement runs, the pools of its database open nothing, not
+/// even to keep `min_pool_size` (the janitor would otherwise reopen what was just closed), and
+/// a client that wants the database meanwhile waits and then gets in. Both pool modes, each
+/// compared with a direct connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_ddl_holds_the_databases_pools_until_it_is_answered() {
+    tokio::task::block_in_place(|| {
+        allow_createdb();
+        pg_cluster().create_database("ddl_tpl", APP_USER)
+    })
+    .unwrap();
+    let direct = tokio::task::block_in_place(pg).addr();
+    for mode in ["transaction", "session"] {
+        let toml = base_config_toml(tokio::task::block_in_place(pg))
+            .replace("pool_mode = \"transaction\"", &format!("pool_mode = \"{mode}\""))
+            .replace(
+                "default_pool_size = 10",
+                "default_pool_size = 4\nmin_pool_size = 2",
+            )
+            + "\n[databases.ddl_tpl]\n";
+        let proxy = start_proxy(Config::from_toml(&toml).unwrap()).await;
+        let addr = proxy.local_addr();
+        for target in [direct, addr] {
+            let tag = format!("{mode} {target}");
+            let first = connect(target, APP_USER, APP_PASSWORD, "ddl_tpl").await;
+            first.batch_execute("SELECT 1").await.unwrap();
+            drop(first);
+            if target == addr {
+                // The janitor keeps min_pool_size connections open to the template.
+                let pool = proxy
+                    .shared()
+                    .pools
+                    .all()
+                    .into_iter()
+                    .find(|p| p.settings().login.database == "ddl_tpl")
+                    .expect("the template's pool");
+                for _ in 0..100 {
+                    if pool.counts().1 >= 2 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(pool.counts().1 >= 2, "{tag}: prewarmed: {:?}", pool.counts());
+            }
+            let c = connect(target, APP_USER, APP_PASSWORD, APP_DB).await;
+            for round in 0..3 {
+                // A client wanting the template while the copy runs: in after it, as directly.
+                let late = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let late = connect(target, APP_USER, APP_PASSWORD, "ddl_tpl").await;
+                    late.batch_execute("SELECT 1").await.map(|_| ())
+                });
+                c.batch_execute("CREATE DATABASE ddl_tpl_copy TEMPLATE ddl_tpl")
+                    .await
+                    .unwrap_or_else(|e| panic!("{tag} round {round}: CREATE DATABASE: {e:?}"));
+                late.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{tag} round {round}: the late client: {e:?}"));
+                c.batch_execute("DROP DATABASE ddl_tpl_copy")
+                    .await
+                    .unwrap_or_else(|e| panic!("{tag} round {round}: DROP DATABASE: {e:?}"));
+                // Give the janitor time to prewarm again.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+            }
         }
         proxy.shutdown().await;
     }

@@ -409,3 +409,68 @@ async fn a_schema_change_under_a_prepared_statement_is_retried_transparently() {
     .unwrap();
     proxy.shutdown().await;
 }
+
+/// node-postgres' first execution of a named query: Parse(name) + Bind + Describe portal +
+/// Execute + Sync in one write (later ones drop the Parse).
+fn node_first_execution(name: &str, sql: &str) -> Vec<u8> {
+    let mut msg = parse(name, sql);
+    msg.extend(execute_described(name));
+    msg
+}
+
+/// Issue 15, item 6 (node-postgres): after a column's type changes, a client that prepares
+/// the query by name for the first time (a new connection, as node-postgres opens one per
+/// `Client`) gets its rows directly, its statement being new. Through tidepool the text
+/// matched a shared statement prepared before the change on the pool's only backend, and the
+/// ParseComplete tidepool answered for it counted as an answer, so the stale-plan error was not
+/// retried. Then the clients that prepared before the change run theirs again. Each step's
+/// messages are compared with a direct connection's (whose own old statements fail with
+/// 0A000, which tidepool retries: see above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_named_execution_after_a_column_type_change_gets_the_new_rows() {
+    let proxy = proxy(1).await;
+    let addr = proxy.local_addr();
+    let pg_addr = std::net::SocketAddr::from(([127, 0, 0, 1], tokio::task::block_in_place(pg).port));
+    let admin = connect(pg_addr, APP_USER, APP_PASSWORD, APP_DB).await;
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS nt_t; CREATE TABLE nt_t (id int, v int); INSERT INTO nt_t VALUES (1, 10)",
+        )
+        .await
+        .unwrap();
+    let select = "SELECT * FROM nt_t ORDER BY id";
+    let first = |addr| {
+        let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        c.send(&node_first_execution("all-rows", select));
+        let msgs = c.until_ready();
+        assert_eq!(tags(&msgs), "12TDCZ", "{msgs:?}");
+        (c, msgs)
+    };
+    let (mut old_direct, mut old_via) =
+        tokio::task::spawn_blocking(move || (first(pg_addr).0, first(addr).0))
+            .await
+            .unwrap();
+    admin
+        .batch_execute("ALTER TABLE nt_t ALTER COLUMN v TYPE text")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        for round in 0..2 {
+            // New clients, first execution: the new column type in RowDescription, as directly.
+            let (_, direct) = first(pg_addr);
+            let (_, via) = first(addr);
+            assert_eq!(via, direct, "round {round}");
+            // The old clients again: Bind + Describe + Execute + Sync.
+            old_direct.send(&execute_described("all-rows"));
+            let direct = old_direct.until_ready();
+            assert_eq!(tags(&direct), "EZ");
+            assert_eq!(direct[0].sqlstate().as_deref(), Some("0A000"));
+            old_via.send(&execute_described("all-rows"));
+            let via = old_via.until_ready();
+            assert_eq!(tags(&via), "2TDCZ", "round {round}: {via:?}");
+        }
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

@@ -669,6 +669,7 @@ async fn health_checks_connect_with_backend_tls() {
             database: "postgres".into(),
             secret: BackendSecret::Plain(TLS_ONLY_PASSWORD.into()),
             tls: backend_tls,
+            keepalive: Default::default(),
         };
         let health_config = HealthConfig {
             health_check_interval: tidepool::config::ConfigDuration(Duration::from_millis(100)),

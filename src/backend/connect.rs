@@ -44,6 +44,19 @@ pub struct BackendLogin {
     pub secret: BackendSecret,
     /// TLS toward the server (`server_tls_mode`).
     pub tls: crate::tls::BackendTls,
+    /// `tcp_keepalive` and friends, set on each new socket.
+    pub keepalive: crate::config::Keepalive,
+}
+
+impl BackendLogin {
+    /// Same server session (user, database, secret, TLS): socket options aside, which apply
+    /// to new connections without making existing ones wrong.
+    pub fn same_session(&self, other: &BackendLogin) -> bool {
+        self.user == other.user
+            && self.database == other.database
+            && self.secret == other.secret
+            && self.tls == other.tls
+    }
 }
 
 /// Connects to `addr` and logs in, sending `params` (beyond user and database) in the startup
@@ -79,6 +92,9 @@ async fn connect_inner(
         })?;
     // Small request/response messages: latency matters more than packet count.
     let _ = stream.set_nodelay(true);
+    if let Err(e) = login.keepalive.apply(socket2::SockRef::from(&stream)) {
+        tracing::warn!(%addr, error = %e, "cannot set TCP keepalive options");
+    }
     let stream = super::tls::negotiate(stream, addr, &login.tls).await?;
     let mut conn = BackendConn::new(stream, addr.clone(), id, startup_signature);
 

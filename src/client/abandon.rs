@@ -6,7 +6,8 @@ use super::relay::Exchange;
 use super::session::Session;
 use crate::backend::{BackendConn, BackendError};
 use crate::config::PoolMode;
-use crate::protocol::{backend_msg, tag, TransactionStatus};
+use crate::protocol::tracker::Direction;
+use crate::protocol::{backend_msg, tag};
 use std::time::Duration;
 
 impl Session {
@@ -35,7 +36,7 @@ impl Session {
                 // can serve someone else.
                 drain_abandoned(&mut backend, exchange).await?;
             }
-            if exchange.status != TransactionStatus::Idle {
+            if !exchange.tracker.is_idle() {
                 backend.run_simple("ROLLBACK").await?;
             }
             if mode == PoolMode::Session {
@@ -78,17 +79,18 @@ impl Session {
 async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result<(), BackendError> {
     use crate::protocol::frontend_msg;
     let mut out = std::mem::take(&mut backend.wbuf);
-    if ex.in_copy_in() {
+    if ex.tracker.in_copy_in() {
         let s = backend_msg::begin(&mut out, tag::COPY_FAIL);
         backend_msg::put_cstr(&mut out, "client disconnected");
         backend_msg::finish(&mut out, s);
+        ex.tracker.step(Direction::Frontend, tag::COPY_FAIL, &[]);
     }
-    if ex.unsynced {
+    if ex.tracker.batch_open() {
         frontend_msg::sync(&mut out);
-        ex.pending += 1;
+        ex.tracker.step(Direction::Frontend, tag::SYNC, &[]);
     }
     backend.write_all(&out).await?;
-    if ex.pending > 0 {
+    if ex.tracker.pending() > 0 {
         let target = CancelTarget {
             addr: backend.addr.clone(),
             key: backend.key,
@@ -97,14 +99,10 @@ async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result
         let counts = super::cancel::CancelCounts::default();
         tokio::spawn(async move { super::cancel::send_cancel_to(&target, &counts).await });
     }
-    while ex.pending > 0 {
+    while ex.tracker.pending() > 0 {
         let frame = backend.read_frame().await?;
-        if backend.observe(&frame) {
-            ex.pending -= 1;
-            if let Some(status) = frame.body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
-                ex.status = status;
-            }
-        }
+        backend.observe(&frame);
+        ex.tracker.step(Direction::Backend, frame.tag, &frame.body);
     }
     Ok(())
 }

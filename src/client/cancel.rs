@@ -54,32 +54,7 @@ impl Drop for Phase<'_> {
     }
 }
 
-/// Which client last ran on each backend, by backend pid: a notification a backend sent is
-/// shown as sent by that client (the pid of its BackendKeyData), as drivers that compare the
-/// pid with their own expect.
-#[derive(Debug, Default)]
-pub struct BackendUsers {
-    by_backend_pid: Mutex<HashMap<i32, i32>>,
-}
-
-/// Backends remembered at most; beyond, the map starts over (old backends are mostly gone).
-const BACKEND_USERS_LIMIT: usize = 65_536;
-
-impl BackendUsers {
-    fn record(&self, backend_pid: i32, client_pid: i32) {
-        let mut map = self.by_backend_pid.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= BACKEND_USERS_LIMIT && !map.contains_key(&backend_pid) {
-            map.clear();
-        }
-        map.insert(backend_pid, client_pid);
-    }
-
-    /// The pid tidepool gave the client that last ran on the backend `backend_pid`.
-    pub fn client_of(&self, backend_pid: i32) -> Option<i32> {
-        let map = self.by_backend_pid.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&backend_pid).copied()
-    }
-}
+pub use super::notify_senders::BackendUsers;
 
 /// Shared between a session (which updates it at every checkout and release) and the registry.
 #[derive(Debug, Default)]
@@ -94,6 +69,8 @@ pub struct CancelSlot {
     client_pid: i32,
     last_backend_pid: AtomicI32,
     users: Arc<BackendUsers>,
+    /// The mark of the use recorded last (see `notify_senders`).
+    notify_mark: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 impl CancelSlot {
@@ -122,14 +99,26 @@ impl CancelSlot {
         false
     }
 
+    /// The mark of the client's current use of its backend, for the relay to set when it
+    /// forwards a NOTIFY (see `notify_senders`).
+    pub fn notify_mark(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        self.notify_mark.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn set(&self, target: Option<CancelTarget>) {
         match &target {
             // Once per checkout, not per request.
             Some(t) if self.last_backend_pid.swap(t.key.pid, Ordering::Relaxed) != t.key.pid => {
-                self.users.record(t.key.pid, self.client_pid);
+                let mark = self.users.record(t.key.pid, self.client_pid);
+                *self.notify_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(mark);
             }
             Some(_) => {}
-            None => self.last_backend_pid.store(0, Ordering::Relaxed),
+            None => {
+                let last = self.last_backend_pid.swap(0, Ordering::Relaxed);
+                if last != 0 {
+                    self.users.end(last, self.client_pid);
+                }
+            }
         }
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }

@@ -7,7 +7,6 @@ use crate::tls::Stream;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Read size once a client sends more than small requests; buffers are dropped while it idles.
 const READ_CHUNK: usize = 8192;
@@ -71,9 +70,10 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, max_message_size: u32) -> Self {
+    /// `peer` of a Unix-socket client is `0.0.0.0:<socket port>` (it has no address).
+    pub fn new(stream: Stream, peer: SocketAddr, max_message_size: u32) -> Self {
         ClientConn {
-            stream: Stream::Plain(stream),
+            stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             peer,
@@ -128,19 +128,20 @@ impl ClientConn {
         if !self.rbuf.is_empty() {
             return Ok(());
         }
-        match &self.stream {
-            Stream::Plain(tcp) => {
-                if self.wbuf.is_empty() {
-                    // An idle client costs its socket and task only.
-                    self.rbuf = BytesMut::new();
-                    self.wbuf = BytesMut::new();
-                }
-                tcp.readable().await?;
-            }
+        if !matches!(self.stream, Stream::Plain(_) | Stream::Unix(_)) {
             // rustls may hold decrypted bytes the socket no longer signals: read them.
-            _ => {
-                self.fill().await?;
-            }
+            self.fill().await?;
+            return Ok(());
+        }
+        if self.wbuf.is_empty() {
+            // An idle client costs its socket and task only.
+            self.rbuf = BytesMut::new();
+            self.wbuf = BytesMut::new();
+        }
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.readable().await?,
+            Stream::Unix(unix) => unix.readable().await?,
+            _ => {}
         }
         Ok(())
     }

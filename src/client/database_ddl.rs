@@ -3,20 +3,30 @@
 //! [WITH (FORCE)]`, `ALTER DATABASE x RENAME TO …` / `SET TABLESPACE …`. On a direct
 //! connection nobody else is connected; through tidepool, its own idle pooled connections are
 //! (55006 `source database "template1" is being accessed by other users`). Before such a
-//! statement is forwarded, tidepool closes its connections to that database in every pool (any
-//! user, any node): idle ones at once, the others when released (never mid-transaction);
-//! PostgreSQL waits up to 5 s for other sessions to go, so the statement then runs as it would
-//! directly. A connection serving another client stays until that client is done with it: on a
-//! direct connection that session would be there too.
+//! statement is forwarded (the relay stops before it, in either pool mode), tidepool holds
+//! every pool of that database (any user, any node) until the statement is answered: idle
+//! connections close at once, busy ones when released (never mid-transaction), and none opens
+//! in between (`pool/hold.rs`). PostgreSQL waits up to 5 s for other sessions to go, so the
+//! statement then runs as it would directly. A connection serving another client stays until
+//! that client is done with it: on a direct connection that session would be there too.
 
 use crate::app::Shared;
+use crate::pool::CheckoutHold;
 use crate::protocol::tag;
 
 /// The databases the first frame of `input` (a Query or Parse) needs free of other sessions.
+///
+/// Only a text that opens with CREATE, DROP or ALTER (or a comment) is parsed: this runs on
+/// every request. A DATABASE statement behind another one in the same Query is not seen;
+/// CREATE and DROP DATABASE refuse to run there anyway (25001).
 pub fn databases_needing_exclusive_use(input: &[u8]) -> Vec<String> {
     let Some(text) = request_text(input) else {
         return Vec::new();
     };
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if !matches!(first, Some(b'c' | b'C' | b'd' | b'D' | b'a' | b'A' | b'/' | b'-')) {
+        return Vec::new();
+    }
     // Cheap filter first: every statement we look for says DATABASE.
     if !text.windows(8).any(|w| w.eq_ignore_ascii_case(b"database")) {
         return Vec::new();
@@ -80,24 +90,20 @@ fn target(tokens: &Tokens) -> Option<String> {
     None
 }
 
-/// Closes tidepool's connections to each database the request at the head of `input` needs
-/// to itself: idle ones now, the others (being cleaned after a session-mode client left, or
-/// serving a client) when they are released, so that none goes back to the pool. Returns how
-/// many pools were told.
-pub fn free_databases(shared: &Shared, input: &[u8]) -> usize {
-    let databases = databases_needing_exclusive_use(input);
-    if databases.is_empty() {
-        return 0;
-    }
-    let mut told = 0;
-    for pool in shared.pools.all() {
-        if databases.contains(&pool.settings().login.database) {
-            pool.retire_connections();
-            told += 1;
-        }
-    }
-    tracing::info!(databases = ?databases, pools = told, "closing pooled connections before a statement that needs the database to itself");
-    told
+/// Holds every pool connected to one of `databases` (see `pool/hold.rs`): its idle
+/// connections close now, the others (being cleaned after a session-mode client left, or
+/// serving a client) when released, and none opens until the holds are dropped, which the
+/// session does once the statement is answered.
+pub fn free_databases(shared: &Shared, databases: &[String]) -> Vec<CheckoutHold> {
+    let holds: Vec<CheckoutHold> = shared
+        .pools
+        .all()
+        .iter()
+        .filter(|pool| databases.contains(&pool.settings().login.database))
+        .map(|pool| pool.hold_for_exclusive_use())
+        .collect();
+    tracing::info!(databases = ?databases, pools = holds.len(), "closing pooled connections before a statement that needs the database to itself");
+    holds
 }
 
 #[cfg(test)]
@@ -131,5 +137,7 @@ mod tests {
         assert!(targets("ALTER DATABASE x SET work_mem = '1MB'").is_empty());
         assert!(targets("SELECT 'CREATE DATABASE d'").is_empty());
         assert!(targets("SELECT current_database()").is_empty());
+        assert_eq!(targets("  /* x */ DROP DATABASE x"), ["x"]);
+        assert!(targets("COMMIT").is_empty());
     }
 }

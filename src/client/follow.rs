@@ -19,9 +19,7 @@ impl Session {
     }
 
     pub(super) fn read_your_writes(&self) -> bool {
-        self.routes_per_transaction()
-            && self.health().is_some()
-            && self.snapshot.config.routing.read_your_writes
+        self.routes_per_transaction() && self.has_health() && self.snapshot.config.routing.read_your_writes
     }
 
     /// After a write transaction: where the primary's WAL is now, so that this client's reads

@@ -22,6 +22,7 @@ pub enum Word {
     Execute,
     Hold,
     Listen,
+    Notify,
     Prepare,
     Reset,
     Rollback,
@@ -69,6 +70,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
     const E: &[Spelling] = &[spelling(b"execute", Word::Execute)];
     const H: &[Spelling] = &[spelling(b"hold", Word::Hold)];
     const L: &[Spelling] = &[spelling(b"listen", Word::Listen)];
+    const N: &[Spelling] = &[spelling(b"notify", Word::Notify)];
     const P: &[Spelling] = &[spelling(b"prepare", Word::Prepare)];
     const R: &[Spelling] = &[
         spelling(b"reset", Word::Reset),
@@ -88,6 +90,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
         b'e' => E,
         b'h' => H,
         b'l' => L,
+        b'n' => N,
         b'p' => P,
         b'r' => R,
         b's' => S,
@@ -100,7 +103,7 @@ fn candidates(first_lower: u8) -> &'static [Spelling] {
 /// First letters of the trigger words, as bits a..z.
 const FIRST_LETTERS: u32 = {
     let mut bits = 0u32;
-    let letters = b"abcdehlprstu";
+    let letters = b"abcdehlnprstu";
     let mut i = 0;
     while i < letters.len() {
         bits |= 1 << (letters[i] - b'a');
@@ -116,20 +119,45 @@ pub struct Words(u32);
 impl Words {
     /// Every trigger word that starts a letter run of `sql`, up to its first NUL (where
     /// PostgreSQL's reading of a Query or Parse text ends).
+    ///
+    /// Eight bytes at a time (this runs on every request): a bit mask of the ASCII letters in
+    /// the chunk, the letters not preceded by one (word starts), and a closer look only at
+    /// those starts whose first letter begins some trigger word.
     pub fn scan(sql: &[u8]) -> Words {
         let mut found = 0u32;
-        let mut after_letter = false;
-        for (i, &byte) in sql.iter().enumerate() {
-            if byte == 0 {
+        // The last byte of the previous chunk was a letter (as the chunk's top bit).
+        let mut carry = 0u64;
+        let mut base = 0;
+        while base < sql.len() {
+            let chunk = match sql.get(base..base + 8) {
+                Some(eight) => u64::from_le_bytes(eight.try_into().expect("8 bytes")),
+                None => {
+                    // Zero padding reads as the NUL that ends the text.
+                    let mut padded = [0u8; 8];
+                    padded[..sql.len() - base].copy_from_slice(&sql[base..]);
+                    u64::from_le_bytes(padded)
+                }
+            };
+            let mut letters = ascii_letters(chunk);
+            let nul = zero_bytes(chunk);
+            if nul != 0 {
+                // Keep only the bytes before the first NUL.
+                letters &= (nul & nul.wrapping_neg()).wrapping_sub(1);
+            }
+            let mut starts = letters & !((letters << 8) | carry);
+            while starts != 0 {
+                let i = base + (starts.trailing_zeros() / 8) as usize;
+                let first = sql[i] | 0x20;
+                if FIRST_LETTERS & (1 << (first - b'a')) != 0 {
+                    found |= words_at(&sql[i..], first);
+                }
+                starts &= starts - 1;
+            }
+            if nul != 0 {
                 break;
             }
-            // `| 0x20` lower-cases ASCII letters and maps nothing else into a..=z.
-            let from_a = (byte | 0x20).wrapping_sub(b'a');
-            let letter = from_a < 26;
-            if letter && !after_letter && FIRST_LETTERS & (1 << from_a) != 0 {
-                found |= words_at(&sql[i..], byte | 0x20);
-            }
-            after_letter = letter;
+            carry = letters >> 56;
+            base += 8;
         }
         Words(found)
     }
@@ -146,6 +174,25 @@ impl Words {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+}
+
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// 0x80 in every byte of `chunk` that is an ASCII letter, 0 elsewhere. `| 0x20` lower-cases
+/// letters and maps nothing else into a..=z; a byte's 7 low bits plus (0x80 - c) carries into
+/// its high bit exactly when they are ≥ c, and never into the next byte.
+fn ascii_letters(chunk: u64) -> u64 {
+    let low = (chunk | 0x2020_2020_2020_2020) & LOW7;
+    let at_least_a = (low + ONES * (0x80 - b'a' as u64)) & HIGH;
+    let beyond_z = (low + ONES * (0x80 - (b'z' as u64 + 1))) & HIGH;
+    at_least_a & !beyond_z & !chunk
+}
+
+/// 0x80 in the first zero byte of `chunk` and possibly in later ones (never in earlier ones).
+fn zero_bytes(chunk: u64) -> u64 {
+    chunk.wrapping_sub(ONES) & !chunk & HIGH
 }
 
 /// Bits of the trigger words `rest` starts with (`first_lower` is its first byte, lower-cased).
@@ -171,7 +218,76 @@ fn words_at(rest: &[u8], first_lower: u8) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Word, Words};
+    use super::{Word, Words, FIRST_LETTERS};
+
+    /// The byte-at-a-time definition `Words::scan` must agree with.
+    fn scan_bytewise(sql: &[u8]) -> Words {
+        let mut found = 0u32;
+        let mut after_letter = false;
+        for (i, &byte) in sql.iter().enumerate() {
+            if byte == 0 {
+                break;
+            }
+            let from_a = (byte | 0x20).wrapping_sub(b'a');
+            let letter = from_a < 26;
+            if letter && !after_letter && FIRST_LETTERS & (1 << from_a) != 0 {
+                found |= super::words_at(&sql[i..], byte | 0x20);
+            }
+            after_letter = letter;
+        }
+        Words(found)
+    }
+
+    #[test]
+    fn eight_at_a_time_agrees_with_byte_at_a_time() {
+        // Texts built from pieces that straddle chunk boundaries in every position.
+        let pieces: &[&[u8]] = &[
+            b"set",
+            b"SET",
+            b"reset",
+            b"x",
+            b"_",
+            b" ",
+            b"1",
+            b"\0",
+            b"\xc3\x89",
+            b"temp",
+            b"tidepool",
+            b"deallocate",
+            b"unlisten",
+            b"listen",
+            b"begin",
+            b"@",
+            b"[",
+            b"`",
+            b"{",
+            b"Z",
+            b"\x80",
+            b"\xff",
+            b"advisory",
+            b"a",
+            b"se",
+            b"s",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut text = Vec::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut r = state;
+            for _ in 0..(r % 9) {
+                r = r.rotate_left(7) ^ 0x9e37_79b9_7f4a_7c15;
+                text.extend_from_slice(pieces[(r % pieces.len() as u64) as usize]);
+            }
+            assert_eq!(
+                Words::scan(&text),
+                scan_bytewise(&text),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
 
     #[test]
     fn finds_words_starting_letter_runs_in_any_case() {
@@ -194,6 +310,11 @@ mod tests {
             "a prefix"
         );
         assert!(Words::scan(b"SHOW tidepool.lsn").has(Word::Tidepool));
+        assert!(Words::scan(b"NOTIFY c, 'x'").has(Word::Notify));
+        assert!(
+            Words::scan(b"SELECT pg_notify('c', 'x')").has(Word::Notify),
+            "after _"
+        );
         assert!(
             !Words::scan(b"SELECT 1 OFFSET 2").has(Word::Set),
             "inside a word: no"

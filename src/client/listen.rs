@@ -227,7 +227,7 @@ impl Session {
     /// Returns true when it did.
     /// `words` are the trigger words of that request's text.
     pub(super) async fn answer_listen(&mut self, words: Words) -> bool {
-        if !words.any(&[Word::Listen, Word::Unlisten, Word::Discard]) || self.health().is_some() {
+        if !words.any(&[Word::Listen, Word::Unlisten, Word::Discard]) || self.has_health() {
             return false;
         }
         if is_discard_all(&self.client.rbuf) {

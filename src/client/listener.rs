@@ -1,10 +1,14 @@
-//! The accept loop: one task per client connection, until shutdown.
+//! The accept loops (one per listen address and Unix socket): one task per client
+//! connection, until shutdown.
 
+use super::unix_socket::SocketFile;
 use crate::app::Shared;
 use crate::shutdown::Stage;
+use crate::tls::Stream;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 
 /// Counts client connections: against `max_client_conn`, and for `SHUTDOWN WAIT_FOR_CLIENTS`,
@@ -102,13 +106,44 @@ impl ClientCounter {
     }
 }
 
+/// One socket clients connect to: a `listen` address or the Unix-domain socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix {
+        listener: UnixListener,
+        file: SocketFile,
+        /// The port in the socket's name; Unix clients' `peer` is `0.0.0.0:<port>`.
+        port: u16,
+    },
+}
+
+impl Listener {
+    /// A name for logs: the address or the socket path.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(tcp) => tcp.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            Listener::Unix { file, .. } => file.path.display().to_string(),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Stream, SocketAddr)> {
+        match self {
+            Listener::Tcp(tcp) => tcp.accept().await.map(|(s, peer)| (Stream::Plain(s), peer)),
+            Listener::Unix { listener, port, .. } => {
+                let (stream, _) = listener.accept().await?;
+                Ok((Stream::Unix(stream), unix_peer(*port)))
+            }
+        }
+    }
+}
+
+/// What a Unix-socket client is shown as where an address is expected (it has none).
+fn unix_peer(port: u16) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port))
+}
+
 /// Counts a connection and serves it on a task tracked by `tasks`.
-fn spawn_client(
-    shared: &Arc<Shared>,
-    tasks: &TaskTracker,
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-) {
+fn spawn_client(shared: &Arc<Shared>, tasks: &TaskTracker, stream: Stream, peer: SocketAddr) {
     shared.clients.connections.fetch_add(1, Ordering::AcqRel);
     let guard = ConnectionGuard {
         shared: shared.clone(),
@@ -117,16 +152,29 @@ fn spawn_client(
     tasks.spawn(super::login::serve(shared.clone(), stream, peer, guard));
 }
 
-/// Accepts clients until shutdown starts (any stage, draining included); each gets a task
-/// tracked by `tasks`.
+/// Serves every listener until shutdown starts; marks the listeners closed (for
+/// `SHUTDOWN WAIT_FOR_CLIENTS`) once each has drained its backlog and closed.
+pub async fn accept_all(shared: Arc<Shared>, listeners: Vec<Listener>, tasks: TaskTracker) {
+    let loops: Vec<_> = (listeners.into_iter())
+        .map(|listener| tokio::spawn(accept_loop(shared.clone(), listener, tasks.clone())))
+        .collect();
+    for one in loops {
+        let _ = one.await;
+    }
+    shared.clients.close_listener();
+}
+
+/// Accepts clients on one listener until shutdown starts (any stage, draining included); each
+/// gets a task tracked by `tasks`.
 ///
 /// At shutdown the listener is not simply dropped: with SO_REUSEPORT the kernel has already
 /// queued connections on it (completed handshakes in its backlog), and closing it would reset
 /// them, which a client sees as a refused connection during a binary upgrade. So the backlog is
 /// accepted to the end first (those clients are served their first request, see `drain.rs`),
 /// and only then is the listener closed; from that moment the kernel sends every new connection
-/// to the other listener on the port.
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tasks: TaskTracker) {
+/// to the other listener on the port. A Unix socket's path has already moved to the successor
+/// (see `unix_socket.rs`); its backlog is drained the same way.
+async fn accept_loop(shared: Arc<Shared>, listener: Listener, tasks: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -141,28 +189,49 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tasks: Task
             }
         }
     }
+    let name = listener.describe();
     // Straight to the socket: the reactor may not have seen the latest arrivals yet.
-    let drained = match listener.into_std() {
-        Ok(listener) => drain_backlog(&shared, &listener, &tasks),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot drain the listen backlog");
-            0
+    let drained = match listener {
+        Listener::Tcp(tcp) => match tcp.into_std() {
+            Ok(tcp) => drain_backlog(&shared, &tasks, || {
+                let (stream, peer) = tcp.accept()?;
+                stream.set_nonblocking(true)?;
+                Ok((Stream::Plain(tokio::net::TcpStream::from_std(stream)?), peer))
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot drain the listen backlog");
+                0
+            }
+        },
+        Listener::Unix { listener, file, port } => {
+            // The path goes first: nobody should connect to a socket about to close.
+            file.remove();
+            match listener.into_std() {
+                Ok(unix) => drain_backlog(&shared, &tasks, || {
+                    let (stream, _) = unix.accept()?;
+                    stream.set_nonblocking(true)?;
+                    Ok((Stream::Unix(UnixStream::from_std(stream)?), unix_peer(port)))
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot drain the Unix socket backlog");
+                    0
+                }
+            }
         }
     };
-    shared.clients.close_listener();
-    tracing::info!(backlog = drained, "listener closed");
+    tracing::info!(listener = %name, backlog = drained, "listener closed");
 }
 
-/// Accepts whatever the kernel has queued, without waiting for more, then closes the listener;
-/// returns how many were accepted.
-fn drain_backlog(shared: &Arc<Shared>, listener: &std::net::TcpListener, tasks: &TaskTracker) -> usize {
+/// Accepts whatever the kernel has queued (`accept` on the non-blocking socket), without
+/// waiting for more; returns how many were accepted. The socket closes when the caller drops it.
+fn drain_backlog(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    mut accept: impl FnMut() -> std::io::Result<(Stream, SocketAddr)>,
+) -> usize {
     let mut drained = 0;
     loop {
-        let accepted = listener.accept().and_then(|(stream, peer)| {
-            stream.set_nonblocking(true)?;
-            Ok((tokio::net::TcpStream::from_std(stream)?, peer))
-        });
-        match accepted {
+        match accept() {
             Ok((stream, peer)) => {
                 drained += 1;
                 spawn_client(shared, tasks, stream, peer);

@@ -130,7 +130,7 @@ impl Session {
     fn defers_begin(&self, sql: &str) -> bool {
         self.snapshot.config.routing.transaction_routing == TransactionRouting::FirstStatement
             && self.routes_per_transaction()
-            && self.health().is_some()
+            && self.has_health()
             && self.ha.deferred_begin.is_none()
             && !self.pins.any()
             && self.snapshot.classifier.classify(sql).control == Some(Control::Begin)

@@ -11,9 +11,9 @@ use super::startup::{negotiate, Opening, StartupFailure};
 use super::statements::{ClientStatements, Pipeline};
 use crate::app::{Shared, Snapshot};
 use crate::protocol::{ErrorFields, SqlState};
+use crate::tls::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Why a client connection ended; logged with every disconnection.
@@ -74,9 +74,19 @@ fn database_pool(
 }
 
 /// Serves one accepted connection to the end; `guard` counts it until then.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, mut guard: ConnectionGuard) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(shared: Arc<Shared>, stream: Stream, peer: SocketAddr, mut guard: ConnectionGuard) {
     let snapshot = shared.snapshot();
+    if let Some(tcp) = stream.tcp() {
+        let _ = tcp.set_nodelay(true);
+        if let Err(e) = snapshot
+            .config
+            .proxy
+            .keepalive()
+            .apply(socket2::SockRef::from(tcp))
+        {
+            tracing::warn!(%peer, error = %e, "cannot set TCP keepalive options");
+        }
+    }
     let over_limit = !shared.clients.try_enter(snapshot.config.proxy.max_client_conn);
     let reason = serve_inner(&shared, snapshot, stream, peer, over_limit, &mut guard).await;
     if !over_limit {
@@ -94,18 +104,21 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, mut
 async fn serve_inner(
     shared: &Arc<Shared>,
     snapshot: Arc<Snapshot>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     over_limit: bool,
     guard: &mut ConnectionGuard,
 ) -> CloseReason {
     let proxy = &snapshot.config.proxy;
+    let unix = stream.is_unix();
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
     let login_deadline = Instant::now() + proxy.client_login_timeout.0;
 
     let params = match tokio::time::timeout_at(
         login_deadline,
-        negotiate(&mut client, snapshot.client_tls.as_deref()),
+        // No TLS on a Unix socket, as in PostgreSQL: SSLRequest is answered `N` and
+        // `client_tls_mode` does not apply (the connection never leaves the host).
+        negotiate(&mut client, snapshot.client_tls.as_deref().filter(|_| !unix)),
     )
     .await
     {
@@ -218,7 +231,10 @@ async fn serve_inner(
         ha: Default::default(),
         listens: None,
         tx_clock: Default::default(),
+        database_holds: Vec::new(),
+        followed: Default::default(),
     };
+    session.take_snapshot();
     let reason = tokio::select! {
         reason = session.run() => reason,
         _ = entry.killed() => {

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod local_commands;
 pub mod login;
 pub mod notify;
+mod notify_senders;
 pub mod params;
 pub mod peers;
 pub mod pinning;
@@ -30,6 +31,7 @@ pub mod sql_prepared;
 pub mod startup;
 pub mod statements;
 mod timeouts;
+pub mod unix_socket;
 
 pub use listener::ClientCounter;
 

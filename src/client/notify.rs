@@ -76,8 +76,9 @@ enum Command {
 /// The listener of one pool.
 pub struct Hub {
     subscribers: Mutex<HashMap<String, HashMap<u64, Arc<Inbox>>>>,
-    /// Which client last ran on each backend: a notification sent from one of tidepool's
-    /// backends carries that client's pid (its BackendKeyData), not the backend's.
+    /// Which clients ran on each backend lately: a notification sent from one of tidepool's
+    /// backends carries the pid (its BackendKeyData) of the client that sent it
+    /// (`notify_senders.rs`), not the backend's.
     users: Arc<super::cancel::BackendUsers>,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
@@ -164,7 +165,7 @@ pub struct NotifyHubs {
 
 impl NotifyHubs {
     /// The hub of `pool`, starting its listener task on first use.
-    /// `users` says which client last ran on each backend (the cancel registry's).
+    /// `users` says which clients ran on each backend lately (the cancel registry's).
     pub fn hub(
         &self,
         pool: &Arc<Pool>,

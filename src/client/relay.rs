@@ -10,6 +10,7 @@
 use crate::backend::{record_parameter, BackendConn, BackendError, BackendState};
 use crate::protocol::error::BackendError as ServerError;
 use crate::protocol::frame::peek_header;
+use crate::protocol::tracker::{Direction, Step, Tracker};
 use crate::protocol::{tag, FrameError, TransactionStatus};
 use bytes::{Buf, BytesMut};
 use std::future::poll_fn;
@@ -19,7 +20,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use super::conn::{ClientConn, ClientIoError};
-use super::keywords::Words;
+use super::keywords::{Word, Words};
 use super::schema_retry::Retry;
 use super::statements::{self, ClientStatements, Disposition, Pipeline, RewriteContext, StatementCache};
 
@@ -31,16 +32,10 @@ const READ_RESERVE: usize = 16 * 1024;
 const SERVER_FRAME_LIMIT: u32 = 1 << 30;
 
 /// Where the current request/response exchange stands. Lives in the session, not the future.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Exchange {
-    /// Sync, Query and FunctionCall messages forwarded whose ReadyForQuery has not come back.
-    pub pending: u32,
-    /// Extended-protocol messages forwarded since the last Sync (the batch is open).
-    pub unsynced: bool,
-    /// A Bind or Execute since the last Sync: the open batch has portals tied to this backend.
-    binds_since_sync: bool,
-    /// Status of the last ReadyForQuery.
-    pub status: TransactionStatus,
+    /// Requests outstanding, batch open, COPY, transaction status: the protocol's state.
+    pub tracker: Tracker,
     /// Bytes of a server frame still to be streamed to the client.
     passthrough: usize,
     /// The quiet state was already reported to the session; cleared by client activity.
@@ -58,15 +53,19 @@ pub struct Exchange {
     pub pinned: bool,
     /// A statement may have prepared or deallocated SQL-level prepared statements.
     pub sql_prepared_may_have_changed: bool,
+    /// Set when a statement mentioning NOTIFY (or pg_notify) is forwarded: notifications the
+    /// backend sends are then this client's (`notify_senders.rs`; transaction mode).
+    pub notify_mark: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The client's current batch, kept for a retry after a schema change (transaction mode).
     pub(super) batch: super::schema_retry::BatchCopy,
     /// Trigger words of the Query/Parse frame at the head of the client's input, with that
     /// frame's length, when the session scanned it already (one scan per request, not one per
     /// consumer); the relay takes it for the frame at offset 0.
     pub(super) head_words: Option<(usize, Words)>,
-    /// COPY FROM STDIN bookkeeping: PostgreSQL ignores Sync and Flush while it reads COPY data,
-    /// and a driver may send a Sync right after the Execute that turns out to start a COPY.
-    copy: CopyTracking,
+    /// The databases the request at the head of the client's input needs to itself, found
+    /// when the relay stopped before it; then `database_ddl_freed` once the session freed them.
+    database_ddl_ahead: Vec<String>,
+    pub(super) database_ddl_freed: bool,
     /// Accounting the session moves to the metrics at each event (plain fields: no atomics
     /// in the poll loop). Requests forwarded (Query, Sync, FunctionCall):
     pub requests: u32,
@@ -84,57 +83,15 @@ pub struct Exchange {
     pub error_classes: Vec<[u8; 2]>,
 }
 
-#[derive(Debug, Default)]
-struct CopyTracking {
-    /// The last request was an extended-protocol Execute (not a simple Query).
-    after_execute: bool,
-    /// Syncs sent since that Execute and before any CopyDone/CopyFail.
-    syncs_since_execute: u32,
-    /// CopyDone or CopyFail was sent since that Execute.
-    ended_since_execute: bool,
-    /// The server is reading COPY data: Syncs now get no answer.
-    in_copy_in: bool,
-}
-
-impl Default for Exchange {
-    fn default() -> Self {
-        Exchange {
-            pending: 0,
-            unsynced: false,
-            binds_since_sync: false,
-            status: TransactionStatus::Idle,
-            passthrough: 0,
-            quiet_reported: false,
-            reported: Vec::new(),
-            isolation: Default::default(),
-            track_settings: false,
-            head_words: None,
-            pins_may_have_changed: false,
-            pinned: false,
-            sql_prepared_may_have_changed: false,
-            batch: Default::default(),
-            copy: CopyTracking::default(),
-            requests: 0,
-            parses: 0,
-            binds: 0,
-            forwarded_parses: 0,
-            busy_since: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            error_classes: Vec::new(),
-        }
-    }
-}
-
 impl Exchange {
     /// True when every request was answered and no batch is open.
     pub fn is_quiet(&self) -> bool {
-        self.pending == 0 && !self.unsynced && self.passthrough == 0 && !self.copy.in_copy_in
+        self.tracker.is_quiet() && self.passthrough == 0
     }
 
-    /// True while the server reads COPY data from the client.
-    pub fn in_copy_in(&self) -> bool {
-        self.copy.in_copy_in
+    /// Status of the last ReadyForQuery.
+    pub fn status(&self) -> TransactionStatus {
+        self.tracker.status()
     }
 
     /// Marks the current quiet state as already seen by the session.
@@ -185,6 +142,9 @@ pub enum RelayEvent {
     /// The batch failed with 0A000 (this error, held back) because a schema change altered a
     /// prepared statement's result; nothing reached the client and the server is idle again.
     SchemaChanged(bytes::Bytes),
+    /// The client's next request needs these databases to itself (`database_ddl.rs`); it is
+    /// not forwarded until the session sets `database_ddl_freed`.
+    DatabaseDdl(Vec<String>),
 }
 
 /// Statement renaming for transaction mode (see `statements`).
@@ -271,6 +231,11 @@ pub(super) fn poll_relay(
                 Ok(false) => {}
                 Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
             }
+            if !ex.database_ddl_ahead.is_empty() {
+                return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
+                    &mut ex.database_ddl_ahead,
+                )));
+            }
             super::conn::make_read_room(&mut client.rbuf, READ_RESERVE);
             match poll_read_buf(Pin::new(&mut client.stream), cx, &mut client.rbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
@@ -281,6 +246,11 @@ pub(super) fn poll_relay(
                         Ok(false) => {}
                         Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
                     }
+                    if !ex.database_ddl_ahead.is_empty() {
+                        return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
+                            &mut ex.database_ddl_ahead,
+                        )));
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
                 Poll::Pending => {}
@@ -288,19 +258,15 @@ pub(super) fn poll_relay(
         }
 
         let statement_only_batch = rewrite.as_deref().is_some_and(|rw| rw.pipe.queue.is_empty())
-            && ex.pending == 0
-            && ex.unsynced
-            && !ex.binds_since_sync
-            && ex.passthrough == 0
-            && !ex.copy.in_copy_in
-            && ex.status == TransactionStatus::Idle;
+            && ex.tracker.statement_only_batch()
+            && ex.passthrough == 0;
         if statement_only_batch && backend.wbuf.is_empty() && !ex.quiet_reported {
             ex.quiet_reported = true;
             return Poll::Ready(RelayEvent::IdleUnsynced);
         }
         if ex.is_quiet() && backend.wbuf.is_empty() && !ex.quiet_reported {
             ex.quiet_reported = true;
-            return Poll::Ready(match ex.status {
+            return Poll::Ready(match ex.tracker.status() {
                 TransactionStatus::Idle => RelayEvent::Idle,
                 _ => RelayEvent::IdleInTransaction,
             });
@@ -341,58 +307,51 @@ fn scan_client(
         if buf.len() - pos < total {
             break;
         }
-        let ignored_by_server = ex.copy.in_copy_in && matches!(tag, tag::SYNC | tag::FLUSH);
+        let sql_request = matches!(tag, tag::QUERY | tag::PARSE);
+        // The trigger words of this Query/Parse (transaction mode scans them for the isolation
+        // checks anyway); the session's scan of the head request serves when it is this frame.
+        let mut words = None;
+        if ex.track_settings && sql_request {
+            words = Some(match ex.head_words.take() {
+                Some((len, words)) if pos == 0 && len == total => words,
+                _ => Words::scan(sql_start(tag, &buf[pos + 5..pos + total])),
+            });
+        }
+        // Without the word DATABASE it cannot be CREATE/DROP/ALTER DATABASE: no second look.
+        let may_be_database_ddl = sql_request && words.is_none_or(|w| w.has(Word::Database));
+        if may_be_database_ddl && !(pos == 0 && std::mem::take(&mut ex.database_ddl_freed)) {
+            let databases = super::database_ddl::databases_needing_exclusive_use(&buf[pos..pos + total]);
+            if !databases.is_empty() {
+                // Not forwarded before the session freed them (frames ahead of it go now).
+                ex.database_ddl_ahead = databases;
+                break;
+            }
+        }
         if ex.track_settings && tag != tag::TERMINATE {
             // Transaction mode keeps small batches for a retry after a schema change.
-            let starts = ex.pending == 0 && !ex.unsynced && !ex.copy.in_copy_in;
-            let idle = ex.status == TransactionStatus::Idle;
+            let starts = ex.tracker.between_requests();
+            let idle = ex.tracker.is_idle();
             ex.batch.client_frame(&buf[pos..pos + total], starts, idle);
         }
-        match tag {
-            tag::TERMINATE => {
+        let step = ex.tracker.step(Direction::Frontend, tag, &[]);
+        let ignored_by_server = step == Step::IgnoredByServer;
+        match step {
+            Step::Terminate => {
                 terminated = true;
                 break;
             }
+            Step::Request => ex.note_request(),
             _ if ignored_by_server => {}
-            tag::SYNC => {
-                ex.pending += 1;
-                ex.note_request();
-                ex.unsynced = false;
-                ex.binds_since_sync = false;
-                if !ex.copy.ended_since_execute {
-                    ex.copy.syncs_since_execute += 1;
+            _ => match tag {
+                tag::BIND => ex.binds += 1,
+                tag::PARSE => {
+                    ex.parses += 1;
+                    if rewrite.is_none() {
+                        ex.forwarded_parses += 1;
+                    }
                 }
-            }
-            tag::QUERY | tag::FUNCTION_CALL => {
-                ex.pending += 1;
-                ex.note_request();
-                ex.copy.after_execute = false;
-            }
-            tag::EXECUTE => {
-                ex.unsynced = true;
-                ex.binds_since_sync = true;
-                ex.copy.after_execute = true;
-                ex.copy.syncs_since_execute = 0;
-                ex.copy.ended_since_execute = false;
-            }
-            tag::BIND => {
-                ex.unsynced = true;
-                ex.binds_since_sync = true;
-                ex.binds += 1;
-            }
-            tag::PARSE => {
-                ex.unsynced = true;
-                ex.parses += 1;
-                if rewrite.is_none() {
-                    ex.forwarded_parses += 1;
-                }
-            }
-            tag::DESCRIBE | tag::CLOSE | tag::FLUSH => ex.unsynced = true,
-            tag::COPY_DONE | tag::COPY_FAIL => {
-                ex.copy.in_copy_in = false;
-                ex.copy.ended_since_execute = true;
-            }
-            _ => {}
+                _ => {}
+            },
         }
         if ex.track_settings && ex.isolation.verdict != super::isolation::Verdict::Opaque {
             judge_frame(
@@ -402,14 +361,8 @@ fn scan_client(
                 &mut ex.isolation,
             );
         }
-        let mut words = None;
-        if ex.track_settings && matches!(tag, tag::QUERY | tag::PARSE) {
-            let scanned = match ex.head_words.take() {
-                Some((len, words)) if pos == 0 && len == total => words,
-                _ => Words::scan(sql_start(tag, &buf[pos + 5..pos + total])),
-            };
+        if let Some(scanned) = words {
             note_setting_changes(tag, &buf[pos + 5..pos + total], scanned, ex);
-            words = Some(scanned);
         }
         if let Some(rw) = rewrite.as_deref_mut().filter(|_| !ignored_by_server) {
             // Statement names are per client: rename, inject or answer (transaction mode).
@@ -430,7 +383,12 @@ fn scan_client(
                 &mut client.wbuf,
             );
             if client.wbuf.len() != answers_before {
-                ex.batch.mark_answered();
+                if tag == tag::PARSE && client.wbuf[answers_before..] == *b"1\0\0\0\x04" {
+                    // Its ParseComplete, made up for a statement the backend has already.
+                    ex.batch.parse_answered_locally(total);
+                } else {
+                    ex.batch.mark_answered();
+                }
             }
             copied = pos + total;
         }
@@ -515,6 +473,13 @@ fn note_setting_changes(tag: u8, body: &[u8], words: Words, ex: &mut Exchange) {
     let _ = (tag, body);
     ex.pins_may_have_changed |= super::pinning::may_change_pins(words, ex.pinned);
     ex.sql_prepared_may_have_changed |= super::sql_prepared::may_change(words);
+    if let Some(mark) = ex
+        .notify_mark
+        .as_ref()
+        .filter(|_| words.has(super::keywords::Word::Notify))
+    {
+        mark.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Where the SQL text of a Query or Parse body starts (after a Parse's statement name), up to
@@ -576,7 +541,13 @@ fn scan_server(
         };
         let watched = matches!(
             tag,
-            tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE | tag::COPY_IN_RESPONSE
+            tag::READY_FOR_QUERY
+                | tag::PARAMETER_STATUS
+                | tag::ERROR_RESPONSE
+                | tag::COPY_IN_RESPONSE
+                | tag::COPY_OUT_RESPONSE
+                | tag::COPY_BOTH_RESPONSE
+                | tag::COPY_DONE
         ) || (rewrite.is_some()
             && (total == 5 || matches!(tag, tag::COMMAND_COMPLETE | tag::ROW_DESCRIPTION | b't')))
             || (own_pids && tag == tag::NOTIFICATION_RESPONSE);
@@ -592,40 +563,23 @@ fn scan_server(
             break;
         }
         let body = &buf[pos + 5..pos + total];
-        match tag {
-            tag::READY_FOR_QUERY => {
-                ex.pending = ex.pending.saturating_sub(1);
-                match body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
-                    Some(status) => {
-                        ex.status = status;
-                        if ex.pending == 0 && backend.state != BackendState::Broken {
-                            backend.state = BackendState::Ready(status);
-                        }
-                    }
-                    None => backend.state = BackendState::Broken,
+        match ex.tracker.step(Direction::Backend, tag, body) {
+            Step::Ready { status, quiet: true } if backend.state != BackendState::Broken => {
+                backend.state = BackendState::Ready(status);
+            }
+            Step::BadReady => backend.state = BackendState::Broken,
+            Step::CopyIn { swallowed } => {
+                // Syncs sent between the Execute and its COPY data went into the COPY.
+                if let Some(rw) = rewrite.as_deref_mut().filter(|_| swallowed > 0) {
+                    rw.pipe.forget_ready_after_head(swallowed as usize);
                 }
             }
-            tag::COPY_IN_RESPONSE => {
-                if ex.copy.after_execute {
-                    // Syncs sent between the Execute and its COPY data were swallowed by the COPY.
-                    let ignored = std::mem::take(&mut ex.copy.syncs_since_execute);
-                    ex.pending = ex.pending.saturating_sub(ignored);
-                    // The batch is open again until a Sync after the COPY data.
-                    ex.unsynced |= ignored > 0;
-                    if let Some(rw) = rewrite.as_deref_mut() {
-                        rw.pipe.forget_ready_after_head(ignored as usize);
-                    }
-                }
-                ex.copy.in_copy_in = !ex.copy.ended_since_execute || !ex.copy.after_execute;
-            }
-            tag::PARAMETER_STATUS => {
+            _ if tag == tag::PARAMETER_STATUS => {
                 if let Some((name, value)) = record_parameter(&mut backend.reported, body) {
                     ex.reported.push((name.to_string(), value.to_string()));
                 }
             }
-            tag::ERROR_RESPONSE => {
-                // A failed COPY stops reading COPY data: Syncs are answered again.
-                ex.copy.in_copy_in = false;
+            Step::Error => {
                 if let Some(class) = crate::metrics::class_of(body) {
                     ex.error_classes.push(class);
                 }
@@ -646,7 +600,7 @@ fn scan_server(
             _ => {}
         }
         let retry = if ex.track_settings {
-            ex.batch.server_frame(&buf[pos..pos + total], ex.status)
+            ex.batch.server_frame(&buf[pos..pos + total], ex.tracker.status())
         } else {
             Retry::Pass
         };

@@ -10,6 +10,21 @@ impl Session {
     /// (its pool size, backend password), and new pools in place of retired ones. A client whose
     /// user was removed keeps its session under the entry it logged in with.
     pub(super) fn take_snapshot(&mut self) {
+        // Nothing reloaded since the last transaction (the common case): no lookup at all.
+        let global = self.shared.snapshot_id();
+        let healths = self.shared.health_map_id();
+        if self.followed.global == global && self.followed.healths == healths {
+            return;
+        }
+        self.follow_snapshot();
+        self.followed = Followed {
+            global,
+            healths,
+            health: self.shared.health_of(&self.snapshot.cluster),
+        };
+    }
+
+    fn follow_snapshot(&mut self) {
         // A database no longer configured keeps the view it had: its client stays on its pool.
         let Some(current) = self.shared.snapshot().view_for(&self.params.database) else {
             return;
@@ -53,8 +68,24 @@ impl Session {
 impl Session {
     /// The health checkers of this session's cluster (`None` with a single node).
     pub(super) fn health(&self) -> Option<Arc<crate::health::Health>> {
-        self.shared.health_of(&self.snapshot.cluster)
+        self.followed.health.clone()
     }
+
+    /// Whether this session's cluster has health checking (several nodes).
+    pub(super) fn has_health(&self) -> bool {
+        self.followed.health.is_some()
+    }
+}
+
+/// What the session last took from `Shared`, and which versions it took it from.
+#[derive(Default)]
+pub(super) struct Followed {
+    /// `Shared::snapshot_id` when the session last looked (0: never).
+    global: usize,
+    /// `Shared::health_map_id` then.
+    healths: usize,
+    /// The health checkers of the session's cluster, as of then.
+    health: Option<Arc<crate::health::Health>>,
 }
 
 /// `host:port` of each node, in order: what node indexes refer to.

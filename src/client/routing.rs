@@ -372,7 +372,7 @@ impl Session {
     /// session-mode clients under `session_routing = "per_transaction"`.
     pub(super) fn routes_per_transaction(&self) -> bool {
         self.mode == PoolMode::Transaction
-            || (self.health().is_some()
+            || (self.has_health()
                 && self.snapshot.config.routing.session_routing == SessionRouting::PerTransaction)
     }
 

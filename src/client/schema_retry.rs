@@ -126,6 +126,20 @@ impl BatchCopy {
         self.answered = true;
     }
 
+    /// tidepool answered the named Parse just copied (`frame_len` bytes) with a ParseComplete of
+    /// its own, the backend having that statement: not the server's answer, so the batch may
+    /// still be replayed, without that Parse (the client has its ParseComplete, and the name).
+    /// A node-postgres client's first execution after a schema change is such a batch.
+    pub fn parse_answered_locally(&mut self, frame_len: usize) {
+        let start = self.frames.len().checked_sub(frame_len);
+        match start {
+            Some(at) if self.state == CopyState::Recording && self.frames[at] == tag::PARSE => {
+                self.frames.truncate(at)
+            }
+            _ => self.answered = true,
+        }
+    }
+
     /// A server message `frame` (whole) arrives; `status` is the transaction status after it.
     pub fn server_frame(&mut self, frame: &[u8], status: TransactionStatus) -> Retry {
         let tag = frame[0];
@@ -398,6 +412,35 @@ mod tests {
             copy.server_frame(&stale_plan_error(), TransactionStatus::Idle),
             Retry::Pass
         );
+    }
+
+    #[test]
+    fn a_parse_tidepool_answered_is_replayed_without_it() {
+        let mut copy = BatchCopy::default();
+        let parse = msg(tag::PARSE, b"s1\0SELECT 1\0\0\0");
+        copy.client_frame(&parse, true, true);
+        copy.parse_answered_locally(parse.len());
+        copy.client_frame(&msg(tag::BIND, b"\0s1\0\0\0\0\0\0\0"), false, true);
+        copy.client_frame(&msg(b'D', b"P\0"), false, true);
+        copy.client_frame(&msg(tag::EXECUTE, b"\0\0\0\0\0"), false, true);
+        copy.client_frame(&msg(tag::SYNC, b""), false, true);
+        assert_eq!(
+            copy.server_frame(&stale_plan_error(), TransactionStatus::Idle),
+            Retry::Hold
+        );
+        let ready = msg(tag::READY_FOR_QUERY, b"I");
+        assert!(matches!(
+            copy.server_frame(&ready, TransactionStatus::Idle),
+            Retry::Replay(_)
+        ));
+        assert_eq!(copy.frames[0], tag::BIND, "the Parse is not sent again");
+        let used = names_used(&copy.frames);
+        assert_eq!((used.protocol, used.describes), (vec!["s1".to_string()], true));
+        // Not the Parse just copied (the copy is off): an answer like any other.
+        let mut copy = BatchCopy::default();
+        copy.client_frame(&msg(tag::QUERY, &vec![b'x'; MAX_BATCH + 1]), true, true);
+        copy.parse_answered_locally(parse.len());
+        assert!(copy.answered);
     }
 
     #[test]

@@ -3,30 +3,23 @@
 
 use super::cancel::{CancelSlot, CancelTarget, Registration};
 use super::conn::{ClientConn, ClientIoError};
-use super::keywords::{Word, Words};
+use super::keywords::Words;
 use super::login::CloseReason;
 use super::params::{settings_diff_sql, ClientParams};
 use super::relay::{Exchange, RelayEvent, Rewrite};
 use super::statements::{ClientStatements, Pipeline};
 use crate::app::{Shared, Snapshot};
-use crate::backend::BackendError;
+use crate::backend::{BackendConn, BackendError};
 use crate::config::PoolMode;
 use crate::pool::{Pool, PoolError, StartupWish};
 use crate::protocol::error::BackendError as ServerError;
+use crate::protocol::tracker::{Direction, Step, Tracker};
 use crate::protocol::{backend_msg, tag, ErrorFields, Severity, SqlState, TransactionStatus};
 use crate::shutdown::Stage;
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
-
-/// The length of the whole frame at the head of the client's input, if its header is there.
-fn peek_total(client: &ClientConn) -> Option<usize> {
-    crate::protocol::frame::peek_header(&client.rbuf, client.decoder.max_len())
-        .ok()
-        .flatten()
-        .map(|(_, total)| total)
-}
 
 /// How much of a pipelining client's input routing waits for, to see its frames whole.
 const ROUTING_LOOKAHEAD: usize = 64 * 1024;
@@ -81,6 +74,10 @@ pub(super) struct Session {
     pub(super) listens: Option<super::notify::Subscription>,
     /// When the current transaction began (`transaction_timeout`, see `timeouts.rs`).
     pub(super) tx_clock: super::timeouts::TransactionClock,
+    /// Pools held while a statement that needs their database to itself runs (`database_ddl.rs`).
+    pub(super) database_holds: Vec<crate::pool::CheckoutHold>,
+    /// Snapshot and health checkers as last taken (`reloaded.rs`).
+    pub(super) followed: super::reloaded::Followed,
 }
 
 impl Session {
@@ -119,124 +116,155 @@ impl Session {
         cancel: Option<&CancelSlot>,
     ) -> Result<bool, CloseReason> {
         self.take_snapshot();
-        let decision = (!login && self.routes_per_transaction() && self.health().is_some())
-            .then(|| self.classify_request());
+        let decision =
+            (!login && self.routes_per_transaction() && self.has_health()).then(|| self.classify_request());
         let read_only = decision.as_ref().is_some_and(super::routing::wants_standby);
         self.routed_write = decision.is_none_or(|d| d.access == crate::router::Access::Write);
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout after the first refusal.
         let mut failover_deadline = None;
         let mut node = 0;
+        // An idle backend may have died since it was checked in (its server went down): one
+        // that fails before any of the client's request was sent is replaced, a couple of times.
+        let mut replaced = 0;
         let mut backend = loop {
-            if self.health().is_some() {
-                // Sessions (and logins) start on the primary; transactions go where they may.
-                match self.choose_node(decision).await {
-                    Ok((index, standby)) => match self.node_pool(index) {
-                        Some(pool) => {
-                            self.pool = pool;
-                            self.on_standby = standby;
-                            node = index;
-                            self.note_node(index);
-                            if let Some(parked) = self.take_parked(index) {
-                                break parked;
+            let mut backend = loop {
+                if self.has_health() {
+                    // Sessions (and logins) start on the primary; transactions go where they may.
+                    match self.choose_node(decision).await {
+                        Ok((index, standby)) => match self.node_pool(index) {
+                            Some(pool) => {
+                                self.pool = pool;
+                                self.on_standby = standby;
+                                node = index;
+                                self.note_node(index);
+                                if let Some(parked) = self.take_parked(index) {
+                                    break parked;
+                                }
+                            }
+                            None => {
+                                return Err(CloseReason::Refused(
+                                    "database disappeared from the configuration".into(),
+                                ))
+                            }
+                        },
+                        Err(mut error) if login => {
+                            error.severity = Severity::Fatal;
+                            let message = error.message.clone();
+                            self.client.send_fatal(error).await;
+                            return Err(CloseReason::Refused(message));
+                        }
+                        Err(error) => {
+                            self.pending_error = Some(error);
+                            return Ok(false);
+                        }
+                    }
+                }
+                let wish = match self.mode {
+                    PoolMode::Session => StartupWish {
+                        want: Some(self.params.signature()),
+                        params: &self.params.settings,
+                    },
+                    PoolMode::Transaction => StartupWish {
+                        want: None,
+                        params: &[],
+                    },
+                };
+                // An idle connection at hand needs no future (the checkout future is large to build),
+                // no clock and no watch on the topology: nothing can fail or wait.
+                let mut changed = None;
+                let (checked_out, waited) = match self.pool.checkout_idle_now(wish.want) {
+                    Some(conn) => (Some(Ok(conn)), Duration::ZERO),
+                    None => {
+                        let wait_started = Instant::now();
+                        self.ticket.waiting(node, wait_started);
+                        changed = self.health().map(|h| h.changed());
+                        let checkout = self.pool.checkout(wish);
+                        let waiting = async {
+                            match cancel {
+                                Some(slot) => slot.cancellable(checkout).await,
+                                None => Some(checkout.await),
+                            }
+                        };
+                        // A shutdown does not hold a waiting client to the end (drain.rs); a server
+                        // at hand is still used (biased).
+                        let shutdown_due = self.shutdown_due(self.shutdown_stage_for_waiting());
+                        let checked_out = tokio::select! {
+                            biased;
+                            checked_out = waiting => Some(checked_out),
+                            _ = shutdown_due => None,
+                        };
+                        let Some(checked_out) = checked_out else {
+                            return Err(self.close_waiting_for_shutdown().await);
+                        };
+                        (checked_out, wait_started.elapsed())
+                    }
+                };
+                let Some(checked_out) = checked_out else {
+                    self.pending_error = Some(ErrorFields::error(
+                        SqlState::QUERY_CANCELED,
+                        "canceling statement due to user request",
+                    ));
+                    return Ok(false);
+                };
+                match checked_out {
+                    Ok(b) => {
+                        self.account_checkout(waited);
+                        self.ticket.active(node, b.id);
+                        if let Some(server) = &b.ticket {
+                            server.link(self.ticket.id());
+                        }
+                        break b;
+                    }
+                    Err(PoolError::WaitTimeout) => {
+                        let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
+                            .with_detail("No server connection became available within query_wait_timeout.");
+                        self.client.send_fatal(error).await;
+                        return Err(CloseReason::WaitTimeout);
+                    }
+                    Err(PoolError::Backend(e)) => {
+                        // Nothing of the client's request was sent yet. The node may be restarting
+                        // or failing over: choose again when the health view changes, or after one
+                        // check interval (a quick restart may never show as a change).
+                        if let Some(changed) = changed.filter(|_| e.is_transient()) {
+                            let failover_deadline = *failover_deadline.get_or_insert_with(|| {
+                                Instant::now() + self.snapshot.config.routing.failover_timeout.0
+                            });
+                            let retry_at = Instant::now() + self.snapshot.config.health.interval();
+                            tokio::select! {
+                                _ = changed => {}
+                                _ = sleep_until(retry_at.min(failover_deadline)) => {}
+                            }
+                            if Instant::now() < failover_deadline {
+                                continue;
                             }
                         }
-                        None => {
-                            return Err(CloseReason::Refused(
-                                "database disappeared from the configuration".into(),
-                            ))
+                        if login || self.mode == PoolMode::Session {
+                            self.client
+                                .send_fatal(backend_error_for_client(&e, Severity::Fatal))
+                                .await;
+                            return Err(CloseReason::BackendLost(e.to_string()));
                         }
-                    },
-                    Err(mut error) if login => {
-                        error.severity = Severity::Fatal;
-                        let message = error.message.clone();
-                        self.client.send_fatal(error).await;
-                        return Err(CloseReason::Refused(message));
-                    }
-                    Err(error) => {
-                        self.pending_error = Some(error);
+                        // Transaction mode: this request fails, the client stays.
+                        self.pending_error = Some(backend_error_for_client(&e, Severity::Error));
                         return Ok(false);
                     }
                 }
-            }
-            let wish = match self.mode {
-                PoolMode::Session => StartupWish {
-                    want: Some(self.params.signature()),
-                    params: &self.params.settings,
-                },
-                PoolMode::Transaction => StartupWish {
-                    want: None,
-                    params: &[],
-                },
             };
-            // An idle connection at hand needs no future (the checkout future is large to build),
-            // no clock and no watch on the topology: nothing can fail or wait.
-            let mut changed = None;
-            let (checked_out, waited) = match self.pool.checkout_idle_now(wish.want) {
-                Some(conn) => (Some(Ok(conn)), Duration::ZERO),
-                None => {
-                    let wait_started = Instant::now();
-                    self.ticket.waiting(node, wait_started);
-                    changed = self.health().map(|h| h.changed());
-                    let checkout = self.pool.checkout(wish);
-                    let waiting = async {
-                        match cancel {
-                            Some(slot) => slot.cancellable(checkout).await,
-                            None => Some(checkout.await),
-                        }
-                    };
-                    // A shutdown does not hold a waiting client to the end (drain.rs); a server
-                    // at hand is still used (biased).
-                    let shutdown_due = self.shutdown_due(self.shutdown_stage_for_waiting());
-                    let checked_out = tokio::select! {
-                        biased;
-                        checked_out = waiting => Some(checked_out),
-                        _ = shutdown_due => None,
-                    };
-                    let Some(checked_out) = checked_out else {
-                        return Err(self.close_waiting_for_shutdown().await);
-                    };
-                    (checked_out, wait_started.elapsed())
+            match self.prepare_backend(&mut backend, login).await {
+                Ok(()) => break backend,
+                Err(Preamble::Refused(reason)) => {
+                    self.pool.release(backend);
+                    return Err(reason);
                 }
-            };
-            let Some(checked_out) = checked_out else {
-                self.pending_error = Some(ErrorFields::error(
-                    SqlState::QUERY_CANCELED,
-                    "canceling statement due to user request",
-                ));
-                return Ok(false);
-            };
-            match checked_out {
-                Ok(b) => {
-                    self.account_checkout(waited);
-                    self.ticket.active(node, b.id);
-                    if let Some(server) = &b.ticket {
-                        server.link(self.ticket.id());
-                    }
-                    break b;
-                }
-                Err(PoolError::WaitTimeout) => {
-                    let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
-                        .with_detail("No server connection became available within query_wait_timeout.");
-                    self.client.send_fatal(error).await;
-                    return Err(CloseReason::WaitTimeout);
-                }
-                Err(PoolError::Backend(e)) => {
-                    // Nothing of the client's request was sent yet. The node may be restarting
-                    // or failing over: choose again when the health view changes, or after one
-                    // check interval (a quick restart may never show as a change).
-                    if let Some(changed) = changed.filter(|_| e.is_transient()) {
-                        let failover_deadline = *failover_deadline.get_or_insert_with(|| {
-                            Instant::now() + self.snapshot.config.routing.failover_timeout.0
-                        });
-                        let retry_at = Instant::now() + self.snapshot.config.health.interval();
-                        tokio::select! {
-                            _ = changed => {}
-                            _ = sleep_until(retry_at.min(failover_deadline)) => {}
-                        }
-                        if Instant::now() < failover_deadline {
-                            continue;
-                        }
+                Err(Preamble::Lost(e)) => {
+                    self.pool.discard(backend);
+                    if e.is_transient() && replaced < 2 {
+                        replaced += 1;
+                        tracing::info!(pool = %self.pool.key, "server connection lost before the request was sent; using another: {e}");
+                        // Its idle siblings are likely dead too: open fresh connections instead.
+                        self.pool.close_idle();
+                        continue;
                     }
                     if login || self.mode == PoolMode::Session {
                         self.client
@@ -250,49 +278,6 @@ impl Session {
                 }
             }
         };
-        if self.mode == PoolMode::Session && !login && backend.applied.is_empty() {
-            // Opened (or reset) with the client's startup parameters: that is what it carries.
-            backend.applied = self.params.startup_settings.clone();
-        }
-        if self.mode == PoolMode::Transaction || (!login && self.routes_per_transaction()) {
-            if let Some(sql) = settings_diff_sql(&backend.applied, &self.params.settings) {
-                let outcome = backend.run_simple(&sql).await;
-                match outcome {
-                    Ok(o) if o.error.is_none() => backend.applied = self.params.settings.clone(),
-                    Ok(o) => {
-                        // A value the server refuses: PostgreSQL would refuse the login.
-                        let e = o.parsed_error().unwrap_or_default();
-                        self.pool.release(backend);
-                        let mut error = ErrorFields::fatal(SqlState::new("22023"), e.message.clone());
-                        if let Some(code) = SqlState::parse(&e.code) {
-                            error.code = code;
-                        }
-                        if !login {
-                            error.severity = Severity::Error;
-                        }
-                        self.client.send_fatal(error).await;
-                        return Err(CloseReason::Refused(e.message));
-                    }
-                    Err(e) => {
-                        self.pool.discard(backend);
-                        self.client
-                            .send_fatal(backend_error_for_client(&e, Severity::Fatal))
-                            .await;
-                        return Err(CloseReason::BackendLost(e.to_string()));
-                    }
-                }
-            }
-        }
-        if self.mode == PoolMode::Transaction {
-            // The backend's SQL-level prepared statements become the client's (sql_prepared.rs).
-            if let Err(e) = super::sql_prepared::sync(&mut backend, &self.statements.sql).await {
-                self.pool.discard(backend);
-                self.client
-                    .send_fatal(backend_error_for_client(&e, Severity::Fatal))
-                    .await;
-                return Err(CloseReason::BackendLost(e.to_string()));
-            }
-        }
         let replayed = self.ha.deferred_begin.is_some();
         if let Err(error) = self.replay_begin(&mut backend, read_only).await {
             self.pool.discard(backend);
@@ -301,7 +286,7 @@ impl Session {
         }
         self.exchange.restart();
         if replayed {
-            self.exchange.status = TransactionStatus::InTransaction;
+            self.exchange.tracker = Tracker::at(TransactionStatus::InTransaction);
         }
         self.exchange.track_settings = self.routes_per_transaction();
         if self.exchange.track_settings {
@@ -314,6 +299,41 @@ impl Session {
         self.pipeline.reset();
         self.backend = Some(backend);
         Ok(true)
+    }
+
+    /// Brings a backend just taken from the pool to the client's settings and SQL-level prepared
+    /// statements, before any of the client's request goes to it.
+    async fn prepare_backend(&mut self, backend: &mut BackendConn, login: bool) -> Result<(), Preamble> {
+        if self.mode == PoolMode::Session && !login && backend.applied.is_empty() {
+            // Opened (or reset) with the client's startup parameters: that is what it carries.
+            backend.applied = self.params.startup_settings.clone();
+        }
+        if self.mode == PoolMode::Transaction || (!login && self.routes_per_transaction()) {
+            if let Some(sql) = settings_diff_sql(&backend.applied, &self.params.settings) {
+                let outcome = backend.run_simple(&sql).await.map_err(Preamble::Lost)?;
+                if outcome.error.is_some() {
+                    // A value the server refuses: PostgreSQL would refuse the login.
+                    let e = outcome.parsed_error().unwrap_or_default();
+                    let mut error = ErrorFields::fatal(SqlState::new("22023"), e.message.clone());
+                    if let Some(code) = SqlState::parse(&e.code) {
+                        error.code = code;
+                    }
+                    if !login {
+                        error.severity = Severity::Error;
+                    }
+                    self.client.send_fatal(error).await;
+                    return Err(Preamble::Refused(CloseReason::Refused(e.message)));
+                }
+                backend.applied = self.params.settings.clone();
+            }
+        }
+        if self.mode == PoolMode::Transaction {
+            // The backend's SQL-level prepared statements become the client's (sql_prepared.rs).
+            super::sql_prepared::sync(backend, &self.statements.sql)
+                .await
+                .map_err(Preamble::Lost)?;
+        }
+        Ok(())
     }
 
     /// AuthenticationOk was sent by auth; now ParameterStatus, BackendKeyData, ReadyForQuery.
@@ -373,34 +393,24 @@ impl Session {
                     Ok(None) => false,
                     Err(_) => true,
                 };
-            if request_at_hand && self.exchange.is_quiet() {
-                // CREATE/DROP/ALTER DATABASE: tidepool's idle connections must not be in the way.
-                // The request's trigger words, when scanned already, say whether to look.
-                let says_database = match (self.exchange.head_words, peek_total(&self.client)) {
-                    (Some((len, words)), Some(total)) if len == total => words.has(Word::Database),
-                    _ => true,
-                };
-                if says_database {
-                    super::database_ddl::free_databases(&self.shared, &self.client.rbuf);
-                }
-            }
             let quiet = self.exchange.is_quiet() && !request_at_hand;
-            let in_transaction = self.exchange.status != TransactionStatus::Idle;
+            let in_transaction = !self.exchange.tracker.is_idle();
             let tx_deadline = self
                 .tx_clock
                 .observe(quiet, in_transaction, self.transaction_timeout());
             // Wakes a quiet client's loop when roles change, so a demotion is seen at once.
-            let mut role_change = self.health().filter(|_| quiet).map(|h| h.subscribe());
-            let idle_deadline = match self.exchange.status {
+            let mut role_change = quiet.then(|| self.health()).flatten().map(|h| h.subscribe());
+            let idle_deadline = match self.exchange.tracker.status() {
                 _ if !quiet => None,
                 TransactionStatus::Idle => self.idle_timeout(),
                 _ => self.snapshot.config.proxy.idle_transaction_timeout.non_zero(),
             }
             .map(|t| Instant::now() + t);
             // Graceful: close between transactions. Fast: also idle inside one (rolled back).
-            let between_transactions = self.exchange.status == TransactionStatus::Idle;
-            let graceful_due = self.shutdown_due(Stage::Graceful);
-            let fast_due = self.shutdown_due(Stage::Fast);
+            let between_transactions = self.exchange.tracker.is_idle();
+            // Built only when the client may idle here: a forwarded request never waits on them.
+            let graceful_due = (quiet && between_transactions).then(|| self.shutdown_due(Stage::Graceful));
+            let fast_due = quiet.then(|| self.shutdown_due(Stage::Fast));
             let per_transaction = self.routes_per_transaction();
             let query_timeout = self.snapshot.config.proxy.query_timeout.non_zero();
             let backend = self.backend.as_mut().expect("attached above");
@@ -408,6 +418,10 @@ impl Session {
                 addr: backend.addr.clone(),
                 key: backend.key,
             }));
+            if self.exchange.track_settings && self.exchange.notify_mark.is_none() {
+                // Notifications this backend sends from now on may be this client's.
+                self.exchange.notify_mark = registration.slot.notify_mark();
+            }
             let rewrite = (per_transaction && self.max_prepared > 0).then(|| Rewrite {
                 cache: &shared.statements,
                 client: &mut self.statements,
@@ -422,10 +436,10 @@ impl Session {
                     return self.idle_timeout_hit().await;
                 }
                 _ = sleep_or_never(tx_deadline) => return self.transaction_timeout_hit().await,
-                _ = graceful_due, if quiet && between_transactions => {
+                _ = maybe(graceful_due) => {
                     return self.close_for_shutdown().await;
                 }
-                _ = fast_due, if quiet => {
+                _ = maybe(fast_due) => {
                     return self.close_for_shutdown().await;
                 }
                 _ = super::listen::notified(&self.listens), if quiet && between_transactions => {
@@ -436,7 +450,16 @@ impl Session {
                 _ = super::routing::role_changed(role_change.as_mut()), if quiet => continue,
             };
             self.account_relay(&event);
+            if !matches!(event, RelayEvent::DatabaseDdl(_) | RelayEvent::SchemaChanged(_)) {
+                // The statement that needed a database to itself was answered (or never will be).
+                self.database_holds.clear();
+            }
             match event {
+                RelayEvent::DatabaseDdl(databases) => {
+                    let holds = super::database_ddl::free_databases(&self.shared, &databases);
+                    self.database_holds.extend(holds);
+                    self.exchange.database_ddl_freed = true;
+                }
                 RelayEvent::Idle => {
                     self.awaiting_first_request = false;
                     self.follow_settings();
@@ -494,13 +517,18 @@ impl Session {
                     // Close the batch on the backend ourselves; a lone Sync from the client later
                     // is answered without a backend.
                     let backend = self.backend.as_mut().expect("attached");
+                    let tracker = &mut self.exchange.tracker;
                     let mut out = bytes::BytesMut::with_capacity(5);
                     crate::protocol::frontend_msg::sync(&mut out);
+                    tracker.step(Direction::Frontend, tag::SYNC, &[]);
                     let closed = async {
                         backend.write_all(&out).await?;
                         loop {
                             let frame = backend.read_frame().await?;
-                            if backend.observe(&frame) {
+                            backend.observe(&frame);
+                            if let Step::Ready { quiet: true, .. } =
+                                tracker.step(Direction::Backend, frame.tag, &frame.body)
+                            {
                                 break;
                             }
                         }
@@ -519,7 +547,6 @@ impl Session {
                         Ok(()) => self.backend = Some(backend),
                         Err(_) => self.pool.discard(backend),
                     }
-                    self.exchange.unsynced = false;
                 }
                 RelayEvent::SchemaChanged(error) => {
                     if let Err(e) = self.retry_after_schema_change(error).await {
@@ -676,7 +703,7 @@ impl Session {
     }
 
     async fn idle_timeout_hit(&mut self) -> CloseReason {
-        let in_transaction = self.backend.is_some() && self.exchange.status != TransactionStatus::Idle;
+        let in_transaction = self.backend.is_some() && !self.exchange.tracker.is_idle();
         let (code, message, reason) = if in_transaction {
             (
                 SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -741,17 +768,25 @@ impl Session {
             )
             .with_detail("The server connection was lost; any open transaction was rolled back."),
         };
-        if ex.pending > 0 || ex.unsynced {
+        if ex.tracker.pending() > 0 || ex.tracker.batch_open() {
             self.client.queue_error(&error);
-            for _ in 0..ex.pending {
+            for _ in 0..ex.tracker.pending() {
                 backend_msg::ready_for_query(&mut self.client.wbuf, b'I');
             }
-            self.discard_until_sync = ex.unsynced;
+            self.discard_until_sync = ex.tracker.batch_open();
         } else {
             self.pending_error = Some(error);
         }
         None
     }
+}
+
+/// Why a backend could not be prepared for the client.
+enum Preamble {
+    /// The server refused the client's settings; the client was told.
+    Refused(CloseReason),
+    /// The connection failed.
+    Lost(BackendError),
 }
 
 /// Whether a lost backend suggests its whole server is going down: the connection just dropped,
@@ -769,6 +804,14 @@ fn server_going_down(fatal_frame: Option<&Bytes>) -> bool {
 }
 
 /// Sleeps until `deadline`, or forever when there is none.
+/// Waits for `future` if there is one, else forever.
+pub(super) async fn maybe<F: std::future::Future<Output = ()>>(future: Option<F>) {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(super) async fn sleep_or_never(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep_until(at).await,

@@ -58,14 +58,16 @@ impl AuthConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HbaEntry {
-    /// `host` (TLS or not), `hostssl` (TLS only) or `hostnossl` (plain TCP only).
+    /// `local` (Unix socket), `host` (TLS or not), `hostssl` (TLS only) or `hostnossl` (plain
+    /// TCP only).
     #[serde(rename = "type")]
     pub conn_type: String,
     /// `all`, `sameuser`, or database names.
     pub database: String,
     /// `all` or user names.
     pub user: String,
-    /// `all` or a CIDR block (`10.0.0.0/8`, `::1/128`).
+    /// `all` or a CIDR block (`10.0.0.0/8`, `::1/128`); absent for `local`.
+    #[serde(default)]
     pub address: String,
     /// scram-sha-256, md5, password, cert, trust or reject.
     pub method: String,

@@ -5,6 +5,7 @@
 
 mod auth;
 mod cluster;
+mod listen;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -12,7 +13,8 @@ mod validate;
 
 pub use auth::{AuthConfig, HbaEntry, DEFAULT_AUTH_QUERY};
 pub use cluster::{ClusterConfig, DEFAULT_CLUSTER, WILDCARD_DATABASE};
-pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration};
+pub use listen::{Keepalive, ListenAddrs, ListenError, SocketMode, UnixSocket};
+pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration, HiddenString};
 pub use validate::ConfigError;
 
 use serde::Deserialize;
@@ -49,6 +51,12 @@ pub struct MetricsConfig {
     /// Address of the HTTP listener serving /metrics, /healthz and /readyz; absent = off.
     /// Not reloadable.
     pub listen: Option<SocketAddr>,
+    /// HTTPS: certificate chain and key (PEM); both or neither. Not reloadable.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// HTTP basic authentication required on every path; both or neither. Not reloadable.
+    pub basic_auth_user: Option<String>,
+    pub basic_auth_password: Option<HiddenString>,
 }
 
 /// How long a client keeps its backend.
@@ -75,8 +83,24 @@ impl PoolMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    /// Address to accept clients on. Not reloadable.
-    pub listen: SocketAddr,
+    /// Addresses to accept clients on (one or a list, IPv4 and IPv6). Not reloadable.
+    pub listen: ListenAddrs,
+    /// Directory of the Unix-domain socket `.s.PGSQL.<port of the first listen address>`;
+    /// absent = no socket. Not reloadable.
+    pub unix_socket_dir: Option<std::path::PathBuf>,
+    /// Permission bits of the socket file. Default 0777. Not reloadable.
+    pub unix_socket_mode: SocketMode,
+    /// TCP keepalive on client and server sockets (PgBouncer's names). Reloadable (new sockets).
+    pub tcp_keepalive: bool,
+    /// Idle time before the first keepalive probe; 0 = the system's. Reloadable (new sockets).
+    pub tcp_keepidle: ConfigDuration,
+    /// Time between keepalive probes; 0 = the system's. Reloadable (new sockets).
+    pub tcp_keepintvl: ConfigDuration,
+    /// Unanswered probes before the connection is dropped; 0 = the system's. Reloadable.
+    pub tcp_keepcnt: u32,
+    /// TCP_USER_TIMEOUT: unacknowledged data older than this drops the connection; 0 = the
+    /// system's. Reloadable (new sockets).
+    pub tcp_user_timeout: ConfigDuration,
     /// Default pool mode for databases that do not set their own.
     pub pool_mode: PoolMode,
     /// Client connections allowed at once; the next one gets 53300.
@@ -124,6 +148,27 @@ pub struct ProxyConfig {
     pub log_level: String,
 }
 
+impl ProxyConfig {
+    /// The keepalive options every new client and server socket gets.
+    pub fn keepalive(&self) -> Keepalive {
+        Keepalive {
+            enabled: self.tcp_keepalive,
+            idle: self.tcp_keepidle,
+            interval: self.tcp_keepintvl,
+            count: self.tcp_keepcnt,
+            user_timeout: self.tcp_user_timeout,
+        }
+    }
+
+    /// The Unix-domain socket to listen on, if any.
+    pub fn unix_socket(&self) -> Option<UnixSocket> {
+        self.unix_socket_dir.as_ref().map(|dir| UnixSocket {
+            dir: dir.clone(),
+            mode: self.unix_socket_mode,
+        })
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +184,13 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: "127.0.0.1:6432".parse().expect("valid literal"),
+            unix_socket_dir: None,
+            unix_socket_mode: SocketMode::default(),
+            tcp_keepalive: true,
+            tcp_keepidle: ConfigDuration::secs(0),
+            tcp_keepintvl: ConfigDuration::secs(0),
+            tcp_keepcnt: 0,
+            tcp_user_timeout: ConfigDuration::secs(0),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
             client_login_timeout: ConfigDuration::secs(60),

@@ -337,6 +337,22 @@ fn example_file_documents_every_key() {
         "read_only_functions",
         "read_your_writes",
         "ryw_wait",
+        "unix_socket_dir",
+        "patroni_ca_file",
+        "patroni_cert_file",
+        "patroni_key_file",
+        "patroni_user",
+        "patroni_password",
+        "tls_cert_file",
+        "tls_key_file",
+        "basic_auth_user",
+        "basic_auth_password",
+        "unix_socket_mode",
+        "tcp_keepalive",
+        "tcp_keepidle",
+        "tcp_keepintvl",
+        "tcp_keepcnt",
+        "tcp_user_timeout",
         "instance_id",
         "instances",
         "host",
@@ -448,7 +464,7 @@ fn auth_rules_name_their_key() {
     };
     #[rustfmt::skip]
     let cases = [
-        (rule("hots", "all", "md5"), "hba[0].type: unknown connection type \"hots\" (use host, hostssl or hostnossl)"),
+        (rule("hots", "all", "md5"), "hba[0].type: unknown connection type \"hots\" (use local, host, hostssl or hostnossl)"),
         (rule("host", "10.0.0.0/40", "md5"), "hba[0].address: invalid address \"10.0.0.0/40\" (use all, a CIDR block like 10.0.0.0/8, or an address and a netmask)"),
         (rule("host", "all", "gss"), "hba[0].method: authentication method \"gss\" is not supported by tidepool"),
         (rule("host", "all", "cert"), "hba[0].method: cert authentication is only supported on hostssl connections"),
@@ -528,4 +544,80 @@ fn readme_authentication_example_is_valid() {
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("README example: {e}"));
     assert_eq!(config.hba.len(), 2);
     assert!(config.auth.auth_user.is_some() && config.auth.auth_file.is_some());
+}
+
+#[test]
+fn listeners_unix_socket_and_keepalive_keys() {
+    let defaults = Parts::default().parse().expect("valid");
+    let proxy = &defaults.proxy;
+    assert_eq!(proxy.listen.all(), ["127.0.0.1:6432".parse().unwrap()]);
+    assert_eq!(proxy.unix_socket(), None);
+    assert_eq!(proxy.keepalive(), super::Keepalive::default());
+    assert!(proxy.keepalive().enabled, "PgBouncer's default: keepalive on");
+
+    let text = "listen = [\"0.0.0.0:6432\", \"[::]:6432\"]\nunix_socket_dir = \"/run/tp\"\n\
+                unix_socket_mode = \"0770\"\ntcp_keepidle = \"30s\"\ntcp_keepcnt = 3\n";
+    let config = Parts::with(Proxy, text).parse().expect("valid");
+    let proxy = &config.proxy;
+    assert_eq!(proxy.listen.all().len(), 2);
+    assert_eq!(proxy.listen.to_string(), "0.0.0.0:6432,[::]:6432");
+    let unix = proxy.unix_socket().expect("a socket");
+    assert_eq!(unix.path(6432), std::path::Path::new("/run/tp/.s.PGSQL.6432"));
+    assert_eq!(unix.mode.0, 0o770);
+    assert_eq!(proxy.keepalive().idle.0, Duration::from_secs(30));
+    assert_eq!(proxy.keepalive().count, 3);
+    // An integer mode is taken as written (TOML octal).
+    let config = Parts::with(Proxy, "unix_socket_mode = 0o700")
+        .parse()
+        .expect("valid");
+    assert_eq!(config.proxy.unix_socket_mode.0, 0o700);
+
+    for (line, why) in [
+        ("listen = []", "at least one address"),
+        ("listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]", "listed twice"),
+        (
+            "listen = [\"127.0.0.1:1\", \"nope\"]",
+            "invalid socket address \"nope\"",
+        ),
+        ("unix_socket_dir = \"relative/dir\"", "absolute"),
+        ("unix_socket_mode = \"0999\"", "octal"),
+        ("unix_socket_mode = \"01777\"", "at most 0777"),
+        ("tcp_keepidle = 5", "expected a string"),
+    ] {
+        let message = refused(&Parts::with(Proxy, line).render());
+        assert!(message.contains(why), "{line}: {message}");
+        let key = line.split(' ').next().unwrap();
+        assert!(message.contains(key), "{line} must name its key: {message}");
+    }
+}
+
+#[test]
+fn http_credentials_and_certificates_come_in_pairs() {
+    let base = Parts::default().render();
+    for (extra, expected) in [
+        (
+            "[metrics]\ntls_cert_file = \"m.crt\"\n",
+            "metrics.tls_key_file: required with metrics.tls_cert_file",
+        ),
+        (
+            "[metrics]\nbasic_auth_password = \"x\"\n",
+            "metrics.basic_auth_user: required with metrics.basic_auth_password",
+        ),
+        (
+            "[routing]\npatroni_user = \"p\"\n",
+            "routing.patroni_password: required with routing.patroni_user",
+        ),
+        (
+            "[routing]\npatroni_key_file = \"k\"\n",
+            "routing.patroni_cert_file: required with routing.patroni_key_file",
+        ),
+    ] {
+        assert_eq!(refused(&format!("{base}\n{extra}")), expected);
+    }
+    // Passwords stay out of Debug output (configs are logged with it).
+    let config = Config::from_toml(&format!(
+        "{base}\n[metrics]\nbasic_auth_user = \"u\"\nbasic_auth_password = \"hunter2\"\n"
+    ))
+    .expect("valid");
+    assert!(!format!("{config:?}").contains("hunter2"));
 }

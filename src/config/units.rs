@@ -152,3 +152,15 @@ mod tests {
         }
     }
 }
+
+/// A password in the configuration: read like a string, never shown by `{:?}` (configs are
+/// logged with Debug).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct HiddenString(pub String);
+
+impl std::fmt::Debug for HiddenString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}

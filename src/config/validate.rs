@@ -136,6 +136,23 @@ impl Config {
                 "must be between 8kB and 1GB",
             ));
         }
+        let listen = proxy.listen.all();
+        for (i, addr) in listen.iter().enumerate() {
+            if addr.port() != 0 && listen[..i].contains(addr) {
+                return Err(ConfigError::invalid(
+                    "proxy.listen",
+                    format!("{addr} is listed twice"),
+                ));
+            }
+        }
+        if let Some(dir) = &proxy.unix_socket_dir {
+            if dir.as_os_str().is_empty() || !dir.is_absolute() {
+                return Err(ConfigError::invalid(
+                    "proxy.unix_socket_dir",
+                    "must be an absolute directory path",
+                ));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&proxy.log_level).is_err() {
             return Err(ConfigError::invalid(
                 "proxy.log_level",
@@ -244,18 +261,31 @@ impl Config {
             }
         }
         if let Some(addr) = self.metrics.listen {
-            if addr.port() != 0 && addr == self.proxy.listen {
+            if addr.port() != 0 && self.proxy.listen.contains(&addr) {
                 return Err(ConfigError::invalid(
                     "metrics.listen",
                     "must differ from proxy.listen",
                 ));
             }
         }
-        for (i, url) in self.routing.patroni_api.iter().enumerate() {
-            crate::health::PatroniUrl::parse(url).map_err(|reason| {
-                ConfigError::invalid(format!("routing.patroni_api[{i}]"), format!("{url:?} {reason}"))
-            })?;
+        let pairs = [
+            (
+                "metrics.tls_cert_file",
+                self.metrics.tls_cert_file.is_some(),
+                "metrics.tls_key_file",
+                self.metrics.tls_key_file.is_some(),
+            ),
+            (
+                "metrics.basic_auth_user",
+                self.metrics.basic_auth_user.is_some(),
+                "metrics.basic_auth_password",
+                self.metrics.basic_auth_password.is_some(),
+            ),
+        ];
+        for (a, has_a, b, has_b) in pairs {
+            required_together(a, has_a, b, has_b)?;
         }
+        validate_patroni("routing.", &self.routing)?;
         self.peers
             .validate()
             .map_err(|e| ConfigError::invalid(format!("peers.{}", e.key), e.reason))?;
@@ -307,14 +337,7 @@ impl Config {
                         e.to_string(),
                     ));
                 }
-                for (i, url) in routing.patroni_api.iter().enumerate() {
-                    crate::health::PatroniUrl::parse(url).map_err(|reason| {
-                        ConfigError::invalid(
-                            key(&format!("routing.patroni_api[{i}]")),
-                            format!("{url:?} {reason}"),
-                        )
-                    })?;
-                }
+                validate_patroni(&key("routing."), routing)?;
             }
         }
         Ok(())
@@ -366,6 +389,45 @@ impl Config {
 }
 
 /// Every node of one list has a host and a port.
+/// Two keys that only make sense together.
+fn required_together(a: &str, has_a: bool, b: &str, has_b: bool) -> Result<(), ConfigError> {
+    if has_a == has_b {
+        return Ok(());
+    }
+    let (missing, set) = if has_a { (b, a) } else { (a, b) };
+    Err(ConfigError::invalid(missing, format!("required with {set}")))
+}
+
+/// The `patroni_*` keys of one `[routing]` table, named under `prefix` (`routing.` or
+/// `clusters.NAME.routing.`).
+fn validate_patroni(prefix: &str, routing: &crate::router::RoutingConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("{prefix}{field}");
+    required_together(
+        &key("patroni_cert_file"),
+        routing.patroni_cert_file.is_some(),
+        &key("patroni_key_file"),
+        routing.patroni_key_file.is_some(),
+    )?;
+    required_together(
+        &key("patroni_user"),
+        routing.patroni_user.is_some(),
+        &key("patroni_password"),
+        routing.patroni_password.is_some(),
+    )?;
+    for (i, url) in routing.patroni_api.iter().enumerate() {
+        let parsed = crate::health::PatroniUrl::parse(url).map_err(|reason| {
+            ConfigError::invalid(key(&format!("patroni_api[{i}]")), format!("{url:?} {reason}"))
+        })?;
+        if parsed.https && routing.patroni_ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                key("patroni_ca_file"),
+                format!("required for {url:?} (https)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_nodes(list: &str, nodes: &[NodeConfig]) -> Result<(), ConfigError> {
     for (i, node) in nodes.iter().enumerate() {
         if node.host.trim().is_empty() {

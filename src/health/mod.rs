@@ -27,7 +27,7 @@ mod tests;
 mod topology;
 
 pub use config::{HealthConfig, InvalidHealthConfig};
-pub use patroni::PatroniUrl;
+pub use patroni::{PatroniAccess, PatroniUrl};
 pub use probe::CheckError;
 pub use status::{HealthState, Lsn, NodeStatus, PatroniStatus, Role, TopologyView};
 pub use topology::{lag_bytes, replay_lag};

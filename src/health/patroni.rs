@@ -1,37 +1,109 @@
-//! Asking Patroni who the leader is: a minimal HTTP/1.1 `GET /cluster` over a plain TCP stream and
-//! the part of its JSON answer that matters (which member holds the leader key, and where its
-//! PostgreSQL listens).
+//! Asking Patroni who the leader is: `GET /cluster` over http or https (hyper, tokio-rustls),
+//! with optional basic authentication or client certificate, and the part of its JSON answer
+//! that matters (which member holds the leader key, and where its PostgreSQL listens).
 //!
-//! Why not an HTTP client crate: one GET on loopback or a private network, answered by Patroni's
-//! small built-in server, needs none of pooling, TLS or redirects.
+//! One connection per request (`Connection: close`): one GET per `health_check_interval` needs
+//! no pooling, and a fresh connection cannot be a stale one.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header;
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// The answer of a healthy Patroni is a few hundred bytes per member; anything past this is not
 /// Patroni.
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// One Patroni REST endpoint, from `routing.patroni_api` (`http://host:port`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How tidepool reaches Patroni: the TLS client (CA, client certificate) and basic auth; built
+/// once per configuration snapshot.
+#[derive(Default)]
+pub struct PatroniAccess {
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// `Basic …` for the Authorization header.
+    authorization: Option<String>,
+}
+
+impl std::fmt::Debug for PatroniAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatroniAccess")
+            .field("tls", &self.tls.is_some())
+            .field("basic_auth", &self.authorization.is_some())
+            .finish()
+    }
+}
+
+impl PatroniAccess {
+    /// Reads the CA and client certificate files of `[routing]`.
+    pub fn build(routing: &crate::router::RoutingConfig) -> Result<PatroniAccess, crate::tls::TlsError> {
+        let authorization = match (&routing.patroni_user, &routing.patroni_password) {
+            (Some(user), Some(password)) => Some(basic_authorization(user, &password.0)),
+            _ => None,
+        };
+        let Some(ca) = &routing.patroni_ca_file else {
+            return Ok(PatroniAccess {
+                tls: None,
+                authorization,
+            });
+        };
+        let client_cert = match (&routing.patroni_cert_file, &routing.patroni_key_file) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            _ => None,
+        };
+        let config = crate::tls::http_client_config(("routing.patroni_ca_file", ca), client_cert)?;
+        Ok(PatroniAccess {
+            tls: Some(tokio_rustls::TlsConnector::from(config)),
+            authorization,
+        })
+    }
+}
+
+/// `Basic base64(user:password)` (RFC 7617).
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// One Patroni REST endpoint, from `routing.patroni_api` (`http://host:port` or
+/// `https://host:port`), with the access settings of the snapshot it came from.
+#[derive(Debug, Clone)]
 pub struct PatroniUrl {
     /// `host:port` to connect to (and to send as `Host`).
     pub authority: Arc<str>,
+    /// The host alone: the name the server certificate must carry.
+    pub host: Arc<str>,
+    pub https: bool,
+    pub access: Arc<PatroniAccess>,
 }
 
+impl PartialEq for PatroniUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority == other.authority && self.https == other.https
+    }
+}
+
+impl Eq for PatroniUrl {}
+
 impl PatroniUrl {
-    /// Accepts `http://host:port` with an optional trailing `/`; the port is required (Patroni's
-    /// default is 8008, but guessing hides typos). No TLS, no user info, no path.
+    /// Accepts `http://host:port` or `https://host:port` with an optional trailing `/`; the
+    /// port is required (Patroni's default is 8008, but guessing hides typos). No user info
+    /// (see `patroni_user`), no path.
     pub fn parse(url: &str) -> Result<PatroniUrl, &'static str> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or("must start with http:// (https is not supported)")?;
+        let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err("must start with http:// or https://"),
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() || authority.contains(['/', '@', '?', '#', ' ']) {
-            return Err("must be http://host:port with no path");
+            return Err("must be http(s)://host:port with no path");
         }
         let (host, port) = authority
             .rsplit_once(':')
@@ -39,9 +111,19 @@ impl PatroniUrl {
         if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
             return Err("needs a host and a port between 1 and 65535");
         }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         Ok(PatroniUrl {
             authority: Arc::from(authority),
+            host: Arc::from(host),
+            https,
+            access: Arc::default(),
         })
+    }
+
+    /// The same endpoint reached with `access`.
+    pub fn with_access(mut self, access: Arc<PatroniAccess>) -> PatroniUrl {
+        self.access = access;
+        self
     }
 }
 
@@ -66,7 +148,7 @@ pub enum PatroniError {
 /// `None` when no member holds the leader key (a failover is under way).
 pub async fn leader(url: &PatroniUrl, timeout: Duration) -> Result<Option<String>, PatroniError> {
     let at = url.authority.clone();
-    let response = tokio::time::timeout(timeout, get(&url.authority, "/cluster"))
+    let (status, body) = tokio::time::timeout(timeout, get(url, "/cluster"))
         .await
         .map_err(|_| PatroniError::Timeout {
             at: at.clone(),
@@ -76,91 +158,59 @@ pub async fn leader(url: &PatroniUrl, timeout: Duration) -> Result<Option<String
             at: at.clone(),
             source,
         })?;
-    let malformed = |reason: String| PatroniError::Malformed {
-        at: at.clone(),
-        reason,
-    };
-    let (status, body) = parse_response(&response).map_err(|r| malformed(r.to_string()))?;
     if status != 200 {
         return Err(PatroniError::Status { at, status });
     }
-    cluster_leader(body).map_err(malformed)
+    cluster_leader(&body).map_err(|reason| PatroniError::Malformed { at, reason })
 }
 
-/// Sends the request and reads until the server closes (we ask it to), at most `MAX_RESPONSE`.
-async fn get(authority: &str, path: &str) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(authority).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\n\
-         User-Agent: tidepool\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    (&mut stream)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut response)
-        .await?;
-    if response.len() > MAX_RESPONSE {
-        return Err(std::io::Error::other("response larger than 1 MiB"));
+/// Connects (TLS for https), sends the request and reads the whole answer, at most
+/// `MAX_RESPONSE` bytes of body.
+async fn get(url: &PatroniUrl, path: &str) -> std::io::Result<(u16, Bytes)> {
+    let tcp = TcpStream::connect(&*url.authority).await?;
+    if !url.https {
+        return exchange(tcp, url, path).await;
     }
-    Ok(response)
+    let connector = (url.access.tls.as_ref())
+        .ok_or_else(|| std::io::Error::other("https needs routing.patroni_ca_file"))?;
+    let name = ServerName::try_from(url.host.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tls = connector.connect(name, tcp).await?;
+    exchange(tls, url, path).await
 }
 
-/// Splits an HTTP/1.x response into its status code and body (de-chunked if need be).
-pub fn parse_response(bytes: &[u8]) -> Result<(u16, Vec<u8>), &'static str> {
-    let end = find(bytes, b"\r\n\r\n").ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut words = status_line.split(' ');
-    if !words.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return Err("not an HTTP/1.x response");
+/// One HTTP/1.1 request on `io`. The connection task is aborted with this future (a timeout
+/// drops it), so a server that stops answering holds nothing.
+async fn exchange<S>(io: S, url: &PatroniUrl, path: &str) -> std::io::Result<(u16, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
+    let _connection = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(connection));
+    let mut request = hyper::Request::get(path)
+        .header(header::HOST, &*url.authority)
+        .header(header::ACCEPT, "application/json")
+        .header(header::USER_AGENT, "tidepool")
+        .header(header::CONNECTION, "close");
+    if let Some(authorization) = &url.access.authorization {
+        request = request.header(header::AUTHORIZATION, authorization);
     }
-    let status = words
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or("no status code")?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err("malformed header line");
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
-        }
-    }
-    let body = &bytes[end + 4..];
-    let body = match (chunked, length) {
-        (true, _) => dechunk(body)?,
-        (false, Some(n)) => body.get(..n).ok_or("body shorter than Content-Length")?.to_vec(),
-        (false, None) => body.to_vec(),
-    };
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| std::io::Error::other(format!("reading the body: {e}")))?
+        .to_bytes();
     Ok((status, body))
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, &'static str> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(body, b"\r\n").ok_or("unterminated chunk size")?;
-        let size = std::str::from_utf8(&body[..line_end]).map_err(|_| "bad chunk size")?;
-        let size = size.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| "bad chunk size")?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = body.get(..size).ok_or("truncated chunk")?;
-        out.extend_from_slice(chunk);
-        body = body.get(size + 2..).ok_or("truncated chunk")?;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The fields of `/cluster` we read; everything else is ignored.
@@ -178,8 +228,8 @@ struct Member {
 
 /// The leader's `host:port` from a `/cluster` body. Patroni 3 says `leader`, older versions
 /// `master`; a standby cluster's `standby_leader` is not writable and does not count.
-pub fn cluster_leader(body: Vec<u8>) -> Result<Option<String>, String> {
-    let cluster: Cluster = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+pub fn cluster_leader(body: &[u8]) -> Result<Option<String>, String> {
+    let cluster: Cluster = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut leaders = cluster
         .members
         .into_iter()
@@ -197,11 +247,9 @@ pub fn cluster_leader(body: Vec<u8>) -> Result<Option<String>, String> {
     }
 }
 
-/// Fuzz entry point: an arbitrary HTTP response through the parsers never panics.
+/// Fuzz entry point: an arbitrary `/cluster` body through the parser never panics.
 pub fn fuzz_response(data: &[u8]) {
-    if let Ok((_, body)) = parse_response(data) {
-        let _ = cluster_leader(body);
-    }
+    let _ = cluster_leader(data);
 }
 
 #[cfg(test)]
@@ -216,13 +264,18 @@ mod tests {
     #[test]
     fn urls() {
         let url = PatroniUrl::parse("http://127.0.0.1:8008/").unwrap();
-        assert_eq!(&*url.authority, "127.0.0.1:8008");
         assert_eq!(
-            &*PatroniUrl::parse("http://db1:8008").unwrap().authority,
-            "db1:8008"
+            (&*url.authority, &*url.host, url.https),
+            ("127.0.0.1:8008", "127.0.0.1", false)
         );
+        let url = PatroniUrl::parse("https://db1:8008").unwrap();
+        assert_eq!(
+            (&*url.authority, &*url.host, url.https),
+            ("db1:8008", "db1", true)
+        );
+        assert_eq!(&*PatroniUrl::parse("https://[::1]:8008").unwrap().host, "::1");
         for bad in [
-            "https://db1:8008",
+            "ftp://db1:8008",
             "db1:8008",
             "http://db1",
             "http://db1:0",
@@ -235,30 +288,20 @@ mod tests {
     }
 
     #[test]
-    fn responses_plain_sized_and_chunked() {
-        let plain = format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{CLUSTER}");
-        let (status, body) = parse_response(plain.as_bytes()).unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(cluster_leader(body).unwrap().as_deref(), Some("10.0.0.2:5432"));
-
-        let sized = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}trailing";
-        assert_eq!(parse_response(sized.as_bytes()).unwrap(), (503, b"{}".to_vec()));
-
-        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                       4\r\n{\"me\r\na;x=1\r\nmbers\": []\r\n1\r\n}\r\n0\r\n\r\n";
-        let (_, body) = parse_response(chunked.as_bytes()).unwrap();
-        assert_eq!(body, br#"{"members": []}"#);
-        assert_eq!(cluster_leader(body).unwrap(), None, "no leader during a failover");
-
-        for bad in [
-            "HTTP/1.1 200 OK\r\n",
-            "SSH-2.0\r\n\r\n",
-            "HTTP/1.1 OK\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        ] {
-            assert!(parse_response(bad.as_bytes()).is_err(), "{bad:?}");
-        }
+    fn cluster_bodies() {
+        assert_eq!(
+            cluster_leader(CLUSTER.as_bytes()).unwrap().as_deref(),
+            Some("10.0.0.2:5432")
+        );
+        assert_eq!(
+            cluster_leader(br#"{"members": []}"#).unwrap(),
+            None,
+            "no leader during a failover"
+        );
+        assert_eq!(
+            basic_authorization("patroni", "secret"),
+            "Basic cGF0cm9uaTpzZWNyZXQ="
+        );
     }
 
     #[test]
@@ -271,13 +314,15 @@ mod tests {
             )
         };
         assert!(crate::config::Config::from_toml(&toml("\"http://a:8008\"")).is_ok());
-        let error = crate::config::Config::from_toml(&toml("\"http://a:8008\", \"https://b:8008\""))
+        let error = crate::config::Config::from_toml(&toml("\"http://a:8008\", \"ftp://b:8008\""))
             .unwrap_err()
             .to_string();
-        assert!(
-            error.contains("routing.patroni_api[1]") && error.contains("https"),
-            "{error}"
-        );
+        assert!(error.contains("routing.patroni_api[1]"), "{error}");
+        // https needs a CA file.
+        let error = crate::config::Config::from_toml(&toml("\"https://a:8008\""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("routing.patroni_ca_file"), "{error}");
         let error =
             crate::config::Config::from_toml(&toml("\"http://a:8008\"").replace("first_statement", "first"))
                 .unwrap_err()
@@ -289,11 +334,14 @@ mod tests {
     fn leaders() {
         let two = r#"{"members": [{"role": "leader", "host": "a", "port": 1},
                      {"role": "master", "host": "b", "port": 2}]}"#;
-        assert!(cluster_leader(two.into()).is_err());
+        assert!(cluster_leader(two.as_bytes()).is_err());
         let v6 = r#"{"members": [{"role": "leader", "host": "::1", "port": 5432}]}"#;
-        assert_eq!(cluster_leader(v6.into()).unwrap().as_deref(), Some("[::1]:5432"));
+        assert_eq!(
+            cluster_leader(v6.as_bytes()).unwrap().as_deref(),
+            Some("[::1]:5432")
+        );
         let standby = r#"{"members": [{"role": "standby_leader", "host": "a", "port": 1}]}"#;
-        assert_eq!(cluster_leader(standby.into()).unwrap(), None);
-        assert!(cluster_leader(b"not json".to_vec()).is_err());
+        assert_eq!(cluster_leader(standby.as_bytes()).unwrap(), None);
+        assert!(cluster_leader(b"not json").is_err());
     }
 }

@@ -1,91 +1,67 @@
-//! A deliberately tiny HTTP/1.1 server for the metrics endpoint: one request per connection,
-//! a bounded request head, a read timeout, `Connection: close`. Serves `/metrics`, `/healthz`
-//! and `/readyz`; nothing else.
+//! The metrics endpoint's HTTP server (hyper, HTTP/1.1): `/metrics`, `/healthz` and `/readyz`,
+//! optionally over TLS and behind basic authentication, like the Prometheus exporters' web
+//! config. One request per connection, bounded request heads, read and write timeouts.
 
+use super::readiness::{self, Answer};
 use crate::app::Shared;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Method, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-/// Largest request head accepted (request line and headers).
+/// Largest request head accepted (request line and headers); larger gets 431.
 pub const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request head.
+/// Time a client has to complete TLS and send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed to write a response.
+/// Time allowed to serve one connection once its request arrived.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for a client to close after the response.
-const LINGER: Duration = Duration::from_secs(1);
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 32;
 
-/// A request line we understood.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Request<'a> {
-    /// `GET` or `HEAD`.
-    pub head_only: bool,
-    /// The path, without any query string.
-    pub path: &'a str,
+/// `[metrics]` TLS and basic auth, built once at start.
+#[derive(Default)]
+pub struct Web {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The `Authorization` header value a request must carry.
+    authorization: Option<String>,
 }
 
-/// Why a request was refused, with its HTTP status.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    #[error("the request head is not complete yet")]
-    Incomplete,
-    #[error("request head too large")]
-    TooLarge,
-    #[error("malformed request")]
-    Malformed,
-    #[error("method not allowed")]
-    Method,
-}
-
-impl RequestError {
-    fn status(&self) -> &'static str {
-        match self {
-            RequestError::Incomplete | RequestError::Malformed => "400 Bad Request",
-            RequestError::TooLarge => "431 Request Header Fields Too Large",
-            RequestError::Method => "405 Method Not Allowed",
-        }
+impl Web {
+    /// Reads the certificate files of `[metrics]`.
+    pub fn build(config: &crate::config::MetricsConfig) -> Result<Web, crate::tls::TlsError> {
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::http_server_config(
+                ("metrics.tls_cert_file", cert),
+                ("metrics.tls_key_file", key),
+            )?)),
+            _ => None,
+        };
+        let authorization = match (&config.basic_auth_user, &config.basic_auth_password) {
+            (Some(user), Some(password)) => {
+                Some(crate::health::patroni::basic_authorization(user, &password.0))
+            }
+            _ => None,
+        };
+        Ok(Web { tls, authorization })
     }
 }
 
-/// Parses a request head from the bytes received so far.
-pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, RequestError> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(if buf.len() >= MAX_REQUEST {
-            RequestError::TooLarge
-        } else {
-            RequestError::Incomplete
-        });
+/// Whether an `Authorization` header value grants access: compared whole, in constant time.
+pub fn authorized(expected: &str, given: Option<&[u8]>) -> bool {
+    let Some(given) = given else {
+        return false;
     };
-    if end + 4 > MAX_REQUEST {
-        return Err(RequestError::TooLarge);
-    }
-    let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(end);
-    let line = std::str::from_utf8(&buf[..line_end]).map_err(|_| RequestError::Malformed)?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::Malformed);
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Err(RequestError::Malformed);
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Err(RequestError::Method),
-    };
-    let path = target.split('?').next().unwrap_or(target);
-    Ok(Request { head_only, path })
+    let expected = expected.as_bytes();
+    // Length is not secret (it follows from the user name and a password length).
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// Serves until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, web: Arc<Web>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -97,9 +73,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, _)) => {
-                let shared = shared.clone();
+                let (shared, web) = (shared.clone(), web.clone());
                 tokio::spawn(async move {
-                    let _ = answer(&shared, stream).await;
+                    connection(shared, web, stream).await;
                     drop(permit);
                 });
             }
@@ -111,66 +87,76 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn answer(shared: &Arc<Shared>, mut stream: TcpStream) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let parsed = tokio::time::timeout(READ_TIMEOUT, async {
-        loop {
-            match parse_request(&buf) {
-                Err(RequestError::Incomplete) => {}
-                other => return other.map(|r| (r.head_only, r.path.to_string())),
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|_| RequestError::Malformed)?;
-            if n == 0 {
-                return Err(RequestError::Incomplete);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            // Past the limit the parser refuses; keep no more than that.
-            buf.truncate(MAX_REQUEST);
-        }
-    })
-    .await;
-    let (status, content_type, body, head_only) = match parsed {
-        Err(_) => return Ok(()),
-        Ok(Err(RequestError::Incomplete)) => return Ok(()),
-        Ok(Err(e)) => (e.status(), "text/plain", format!("{e}\n"), false),
-        Ok(Ok((head_only, path))) => {
-            let (status, content_type, body) = route(shared, &path).await;
-            (status, content_type, body, head_only)
-        }
+/// One connection: TLS if configured, then one request.
+async fn connection(shared: Arc<Shared>, web: Arc<Web>, stream: TcpStream) {
+    let Some(acceptor) = web.tls.clone() else {
+        return http(shared, web, stream).await;
     };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        response.extend_from_slice(body.as_bytes());
+    match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => http(shared, web, tls).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "metrics TLS handshake failed"),
+        Err(_) => tracing::debug!("metrics TLS handshake timed out"),
     }
-    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&response))
-        .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)??;
-    let _ = stream.shutdown().await;
-    // Closing with unread input makes the kernel send a reset, which can destroy the response
-    // before the client reads it: read what is left (bounded) until the client closes.
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 4096];
-        let mut left = 64 * 1024;
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left -= n.min(left),
-            }
-        }
-    })
-    .await;
-    Ok(())
 }
 
-async fn route(shared: &Arc<Shared>, path: &str) -> (&'static str, &'static str, String) {
+async fn http<S>(shared: Arc<Shared>, web: Arc<Web>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let (shared, web) = (shared.clone(), web.clone());
+        async move { Ok::<_, std::convert::Infallible>(answer(&shared, &web, request).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST)
+        .keep_alive(false)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    match tokio::time::timeout(READ_TIMEOUT + WRITE_TIMEOUT, served).await {
+        Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
+        Err(_) => tracing::debug!("metrics connection timed out"),
+        Ok(Ok(())) => {}
+    }
+}
+
+/// The response to one request: method, then credentials, then the path.
+async fn answer<B>(shared: &Arc<Shared>, web: &Web, request: Request<B>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed\n".into(),
+        );
+    }
+    if let Some(expected) = &web.authorization {
+        let given = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if !authorized(expected, given) {
+            let mut response = respond(StatusCode::UNAUTHORIZED, TEXT, "unauthorized\n".into());
+            (response.headers_mut()).insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"tidepool\""),
+            );
+            return response;
+        }
+    }
+    let uri = request.uri();
+    let (status, content_type, body) = route(shared, uri.path(), uri.query()).await;
+    respond(status, content_type, body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    (response.headers_mut()).insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+async fn route(shared: &Arc<Shared>, path: &str, query: Option<&str>) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/metrics" => {
@@ -179,41 +165,16 @@ async fn route(shared: &Arc<Shared>, path: &str) -> (&'static str, &'static str,
             let body = tokio::task::spawn_blocking(move || super::render(&shared))
                 .await
                 .unwrap_or_default();
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
         }
-        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
-        "/readyz" => match not_ready(shared).await {
-            None => ("200 OK", TEXT, "ready\n".into()),
-            Some(why) => ("503 Service Unavailable", TEXT, format!("{why}\n")),
+        "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" => match readiness::check(shared, readiness::question(query)).await {
+            Answer::Ready(body) => (StatusCode::OK, TEXT, body),
+            Answer::NotReady(body) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, body),
+            Answer::UnknownCluster(body) => (StatusCode::NOT_FOUND, TEXT, body),
         },
-        _ => ("404 Not Found", TEXT, "not found\n".into()),
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
-}
-
-/// Why the proxy should not get traffic now, if it should not.
-async fn not_ready(shared: &Shared) -> Option<&'static str> {
-    if shared.shutdown.is_triggered() {
-        return Some("shutting down");
-    }
-    // Ready when every cluster has a primary.
-    let snapshot = shared.snapshot();
-    for (cluster, view) in snapshot.views() {
-        if let Some(health) = shared.health_of(cluster) {
-            if health.view().primary().is_none() {
-                return Some("no primary known");
-            }
-            continue;
-        }
-        // One node and no health checker: it is the primary if it accepts connections.
-        let Some(node) = view.config.nodes.first().map(|n| n.address()) else {
-            continue;
-        };
-        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(node.as_str())).await {
-            Ok(Ok(_)) => {}
-            _ => return Some("the node does not accept connections"),
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -221,38 +182,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_heads() {
-        let ok = parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(
-            ok,
-            Ok(Request {
-                head_only: false,
-                path: "/metrics"
-            })
-        );
-        assert_eq!(
-            parse_request(b"HEAD /healthz HTTP/1.0\r\n\r\n").map(|r| r.head_only),
-            Ok(true)
-        );
-        assert_eq!(
-            parse_request(b"GET /metrics HTTP/1.1\r\n"),
-            Err(RequestError::Incomplete)
-        );
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\n\r\n"),
-            Err(RequestError::Method)
-        );
-        assert_eq!(
-            parse_request(b"GET /  HTTP/1.1\r\n\r\n"),
-            Err(RequestError::Malformed)
-        );
-        assert_eq!(
-            parse_request(b"GET metrics HTTP/1.1\r\n\r\n"),
-            Err(RequestError::Malformed)
-        );
-        assert_eq!(
-            parse_request(&vec![b'a'; MAX_REQUEST]),
-            Err(RequestError::TooLarge)
-        );
+    fn basic_auth_is_compared_whole() {
+        let expected = crate::health::patroni::basic_authorization("prom", "s3cret");
+        assert!(authorized(&expected, Some(expected.as_bytes())));
+        assert!(!authorized(&expected, None));
+        let wrong = crate::health::patroni::basic_authorization("prom", "s3creT");
+        assert!(!authorized(&expected, Some(wrong.as_bytes())));
+        assert!(!authorized(
+            &expected,
+            Some(&expected.as_bytes()[..expected.len() - 1])
+        ));
     }
 }

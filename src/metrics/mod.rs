@@ -9,6 +9,7 @@
 
 mod errors;
 pub mod http;
+pub mod readiness;
 mod scrape;
 
 pub use scrape::render;

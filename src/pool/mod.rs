@@ -10,6 +10,7 @@ mod autodb;
 mod caps;
 mod control;
 mod core;
+mod hold;
 mod login_retry;
 mod registry;
 mod servers;
@@ -18,6 +19,7 @@ pub use self::core::{Limits, Pooled, Want};
 pub use autodb::{AutoDatabases, TooManyDatabases};
 pub use caps::{CapPermit, ConnCap, ConnCaps};
 pub use control::{DbControl, DbControls};
+pub use hold::CheckoutHold;
 pub use registry::{PoolKey, Pools};
 pub use servers::{ServerEntry, ServerRegistry, ServerState, ServerTicket};
 
@@ -121,6 +123,8 @@ pub struct Pool {
     pub caps: [Arc<ConnCap>; 2],
     /// The last refused login, answered again for `server_login_retry`.
     login_failure: login_retry::LoginFailure,
+    /// Held while a client's statement needs the database to itself (`hold.rs`).
+    hold: hold::Hold,
 }
 
 /// What a pool shares with the others of its process.
@@ -169,6 +173,7 @@ impl Pool {
             retired_before: Mutex::new(None),
             caps: context.caps,
             login_failure: Default::default(),
+            hold: Default::default(),
         }
     }
 
@@ -390,6 +395,15 @@ impl Pool {
             return Err(refused.into());
         }
         let deadline = settings.query_wait_timeout.map(|t| started + t);
+        if self.hold.is_held() {
+            self.stats.waiting_clients.fetch_add(1, Ordering::Relaxed);
+            let released = self.hold.wait_released(deadline).await;
+            self.stats.waiting_clients.fetch_sub(1, Ordering::Relaxed);
+            if !released {
+                self.stats.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::WaitTimeout);
+            }
+        }
         let permits = self.cap_permits(deadline).await?;
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -460,6 +474,7 @@ impl Pool {
         if !conn.is_reusable()
             || close_needed
             || self.is_retired()
+            || self.hold.is_held()
             || retired.is_some_and(|at| conn.created <= at)
         {
             self.discard(conn);
@@ -495,6 +510,9 @@ impl Pool {
             .expire(Instant::now(), settings.idle_timeout, settings.lifetime);
         for conn in expired {
             tokio::spawn(conn.terminate());
+        }
+        if self.hold.is_held() {
+            return;
         }
         let missing = self.lock().prewarm();
         for _ in 0..missing {
@@ -586,6 +604,14 @@ impl Pool {
     pub fn retire_connections(&self) {
         *self.retired_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.close_idle();
+    }
+
+    /// Holds the pool for a statement that needs its database to itself: no connection opens
+    /// and every one released closes until the hold is dropped; idle ones close now.
+    pub fn hold_for_exclusive_use(self: &Arc<Self>) -> CheckoutHold {
+        let hold = CheckoutHold::new(self.clone());
+        self.close_idle();
+        hold
     }
 
     /// Closes every idle connection (shutdown, RECONNECT); returns how many.

@@ -6,6 +6,7 @@ pub mod error;
 pub mod frame;
 pub mod frontend_msg;
 pub mod startup;
+pub mod tracker;
 
 pub use error::{ErrorFields, Severity, SqlState};
 pub use frame::{Frame, FrameDecoder, FrameError};

@@ -69,9 +69,18 @@ pub struct RoutingConfig {
     pub ryw_wait: ConfigDuration,
     pub transaction_routing: TransactionRouting,
     pub session_routing: SessionRouting,
-    /// Patroni REST endpoints (`http://host:port`); when set, the primary must also be
-    /// Patroni's leader, and writes wait while they disagree.
+    /// Patroni REST endpoints (`http://host:port` or `https://host:port`); when set, the
+    /// primary must also be Patroni's leader, and writes wait while they disagree.
     pub patroni_api: Vec<String>,
+    /// CA certificates (PEM) that sign the HTTPS endpoints' certificates; required for https.
+    pub patroni_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) shown to Patroni (its `restapi.verify_client`).
+    pub patroni_cert_file: Option<std::path::PathBuf>,
+    /// The key of `patroni_cert_file`.
+    pub patroni_key_file: Option<std::path::PathBuf>,
+    /// HTTP basic authentication toward Patroni (`restapi.authentication`).
+    pub patroni_user: Option<String>,
+    pub patroni_password: Option<crate::config::HiddenString>,
 }
 
 impl Default for RoutingConfig {
@@ -88,6 +97,11 @@ impl Default for RoutingConfig {
             transaction_routing: TransactionRouting::Whole,
             session_routing: SessionRouting::PerSession,
             patroni_api: Vec::new(),
+            patroni_ca_file: None,
+            patroni_cert_file: None,
+            patroni_key_file: None,
+            patroni_user: None,
+            patroni_password: None,
         }
     }
 }
@@ -102,7 +116,27 @@ impl RoutingConfig {
         config.read_only_functions = self.read_only_functions.clone();
         config
     }
+
+    /// The keys `PatroniAccess` is built from: views whose values are equal share one.
+    pub fn patroni_access(&self) -> PatroniAccessKeys<'_> {
+        (
+            &self.patroni_ca_file,
+            &self.patroni_cert_file,
+            &self.patroni_key_file,
+            &self.patroni_user,
+            &self.patroni_password,
+        )
+    }
 }
+
+/// See [`RoutingConfig::patroni_access`].
+pub type PatroniAccessKeys<'a> = (
+    &'a Option<std::path::PathBuf>,
+    &'a Option<std::path::PathBuf>,
+    &'a Option<std::path::PathBuf>,
+    &'a Option<String>,
+    &'a Option<crate::config::HiddenString>,
+);
 
 /// Where a transaction goes, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,20 +20,20 @@ pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// Why the TLS settings could not be turned into a working configuration; names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("tls.{key}: cannot read {path}: {source}")]
+    #[error("{key}: cannot read {path}: {source}")]
     Read {
         key: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("tls.{key}: {path}: {reason}")]
+    #[error("{key}: {path}: {reason}")]
     Invalid {
         key: &'static str,
         path: PathBuf,
         reason: String,
     },
-    #[error("tls.{key}: {source}")]
+    #[error("{key}: {source}")]
     Rustls {
         key: &'static str,
         #[source]
@@ -46,6 +46,51 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The rustls client of an HTTPS request (Patroni's REST API): servers checked against the CA
+/// file `ca` (`(key, path)`, the key naming it in errors), optionally with a client certificate
+/// (`(cert, key)` PEM files).
+pub fn http_client_config(
+    ca: (&'static str, &Path),
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = cert::load_roots(ca.0, ca.1)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|source| TlsError::Rustls { key: ca.0, source })?
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert_path, key_path)) => {
+            let certs = cert::load_certs("routing.patroni_cert_file", cert_path)?;
+            let key = cert::load_key("routing.patroni_key_file", key_path)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|source| TlsError::Rustls {
+                    key: "routing.patroni_key_file",
+                    source,
+                })?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// The rustls server of an HTTPS listener (the metrics endpoint), with ALPN `http/1.1`.
+pub fn http_server_config(
+    cert: (&'static str, &Path),
+    key: (&'static str, &Path),
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = cert::load_certs(cert.0, cert.1)?;
+    let private = cert::load_key(key.0, key.1)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|source| TlsError::Rustls { key: cert.0, source })?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|source| TlsError::Rustls { key: key.0, source })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
 
 /// Accepting TLS from clients: the rustls configuration and what channel binding needs.
 pub struct ClientTls {
@@ -76,35 +121,35 @@ impl ClientTls {
         let cert_path = config
             .client_tls_cert_file
             .as_deref()
-            .ok_or_else(|| missing("client_tls_cert_file"))?;
+            .ok_or_else(|| missing("tls.client_tls_cert_file"))?;
         let key_path = config
             .client_tls_key_file
             .as_deref()
-            .ok_or_else(|| missing("client_tls_key_file"))?;
-        let certs = cert::load_certs("client_tls_cert_file", cert_path)?;
-        let key = cert::load_key("client_tls_key_file", key_path)?;
+            .ok_or_else(|| missing("tls.client_tls_key_file"))?;
+        let certs = cert::load_certs("tls.client_tls_cert_file", cert_path)?;
+        let key = cert::load_key("tls.client_tls_key_file", key_path)?;
         let server_end_point = cert::server_end_point(&certs[0]);
 
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|source| TlsError::Rustls {
-                key: "client_tls_mode",
+                key: "tls.client_tls_mode",
                 source,
             })?;
         let builder = match (mode.verifies_client(), config.client_tls_ca_file.as_deref()) {
             (true, Some(ca)) => {
-                let roots = Arc::new(cert::load_roots("client_tls_ca_file", ca)?);
+                let roots = Arc::new(cert::load_roots("tls.client_tls_ca_file", ca)?);
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
                     .build()
-                    .map_err(|e| invalid_file("client_tls_ca_file", ca, e))?;
+                    .map_err(|e| invalid_file("tls.client_tls_ca_file", ca, e))?;
                 builder.with_client_cert_verifier(verifier)
             }
-            (true, None) => return Err(missing("client_tls_ca_file")),
+            (true, None) => return Err(missing("tls.client_tls_ca_file")),
             (false, _) => builder.with_no_client_auth(),
         };
         let mut server = builder
             .with_single_cert(certs, key)
-            .map_err(|e| invalid_file("client_tls_key_file", key_path, e))?;
+            .map_err(|e| invalid_file("tls.client_tls_key_file", key_path, e))?;
         server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         Ok(Some(Arc::new(ClientTls {
             mode,
@@ -167,10 +212,10 @@ impl BackendTls {
             mode >= ServerTlsMode::VerifyCa,
             config.server_tls_ca_file.as_deref(),
         ) {
-            (true, Some(ca)) => Some(Arc::new(cert::load_roots("server_tls_ca_file", ca)?)),
+            (true, Some(ca)) => Some(Arc::new(cert::load_roots("tls.server_tls_ca_file", ca)?)),
             (true, None) => {
                 return Err(TlsError::Invalid {
-                    key: "server_tls_ca_file",
+                    key: "tls.server_tls_ca_file",
                     path: PathBuf::new(),
                     reason: "not set".into(),
                 })
@@ -179,7 +224,7 @@ impl BackendTls {
         };
         let verifier = verify::ServerVerifier::new(mode, roots, provider()).map_err(|e| {
             invalid_file(
-                "server_tls_ca_file",
+                "tls.server_tls_ca_file",
                 config.server_tls_ca_file.as_deref().unwrap_or(Path::new("")),
                 e,
             )
@@ -187,7 +232,7 @@ impl BackendTls {
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|source| TlsError::Rustls {
-                key: "server_tls_mode",
+                key: "tls.server_tls_mode",
                 source,
             })?
             .dangerous()

@@ -1,5 +1,5 @@
-//! A socket that is plain TCP or TLS (either side), so client and backend connections keep one
-//! type and the relay one code path.
+//! A socket that is plain TCP, TLS (either side) or a Unix-domain socket (clients only), so
+//! client and backend connections keep one type and the relay one code path.
 //!
 //! Plain TCP costs one extra match per call. With TLS, rustls may keep encrypted bytes after
 //! `poll_write` returned (the socket was full): callers that stop writing must `poll_flush`.
@@ -8,12 +8,14 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
-/// Plain TCP, TLS, or nothing while a handshake owns the socket.
+/// Plain TCP, TLS, a Unix-domain socket, or nothing while a handshake owns the socket.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// A client on `unix_socket_dir` (never TLS, as in PostgreSQL).
+    Unix(UnixStream),
     /// The socket was handed to a TLS handshake that failed; every operation errors.
     Detached,
 }
@@ -23,6 +25,7 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Plain(_) => "Plain",
             Stream::Tls(_) => "Tls",
+            Stream::Unix(_) => "Unix",
             Stream::Detached => "Detached",
         })
     }
@@ -36,13 +39,27 @@ fn detached() -> io::Error {
 }
 
 impl Stream {
-    /// Our end of the connection (SHOW CLIENTS' local address).
+    /// Our end of the connection (SHOW CLIENTS' local address); an error on a Unix socket.
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         match self {
             Stream::Plain(tcp) => tcp.local_addr(),
             Stream::Tls(tls) => tls.get_ref().0.local_addr(),
+            Stream::Unix(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "unix socket")),
             Stream::Detached => Err(detached()),
         }
+    }
+
+    /// The TCP socket underneath (plain or TLS), for socket options.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(tcp) => Some(tcp),
+            Stream::Tls(tls) => Some(tls.get_ref().0),
+            _ => None,
+        }
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
     }
 
     /// True when the peer sent something or closed the connection, without consuming anything
@@ -52,6 +69,7 @@ impl Stream {
         let tcp = match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => tls.get_ref().0,
+            Stream::Unix(unix) => return unix_has_input_or_eof(unix),
             Stream::Detached => return true,
         };
         let mut probe = [0u8; 1];
@@ -87,12 +105,23 @@ impl Stream {
     }
 }
 
+/// `has_input_or_eof` for a Unix socket (tokio has no `poll_peek` for it): a peek only when
+/// the reactor saw the socket readable.
+fn unix_has_input_or_eof(unix: &UnixStream) -> bool {
+    let peeked = unix.try_io(tokio::io::Interest::READABLE, || {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+        socket2::SockRef::from(unix).peek(&mut probe)
+    });
+    !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 impl AsyncRead for Stream {
     #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            Stream::Unix(unix) => Pin::new(unix).poll_read(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -104,6 +133,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            Stream::Unix(unix) => Pin::new(unix).poll_write(cx, buf),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
@@ -111,7 +141,7 @@ impl AsyncWrite for Stream {
     #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Plain(_) | Stream::Unix(_) => Poll::Ready(Ok(())),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
             Stream::Detached => Poll::Ready(Err(detached())),
         }
@@ -121,6 +151,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+            Stream::Unix(unix) => Pin::new(unix).poll_shutdown(cx),
             Stream::Detached => Poll::Ready(Ok(())),
         }
     }

@@ -1,6 +1,6 @@
 // node-postgres named statements when a column's type changes under them (issue 15, item 6).
 // Each client prepares `SELECT * FROM item6_t` by name on its connection; a column's type then
-// changes. Prints one line per execution: the rows, or the SQLSTATE of the error, so that the
+// changes, and a new client prepares it too. Prints one line per execution: the rows, or the SQLSTATE of the error, so that the
 // test compares the output through tidepool with a direct connection's.
 const { Client } = require('pg');
 
@@ -29,6 +29,12 @@ async function main() {
   const out = [];
   for (const c of clients) out.push(await run(c, 'all-rows'));
   await admin.query("ALTER TABLE item6_t ALTER COLUMN v TYPE text");
+  // A new client's first execution: Parse + Bind + Describe + Execute + Sync of a text whose
+  // statement tidepool's backends hold from before the change.
+  const fresh = new Client({ connectionString: dsn });
+  await fresh.connect();
+  out.push(await run(fresh, 'all-rows'));
+  await fresh.end();
   for (let round = 0; round < 2; round++) {
     for (const c of clients) out.push(await run(c, 'all-rows'));
   }

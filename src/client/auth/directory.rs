@@ -231,7 +231,7 @@ fn load_hba(config: &Config) -> Result<Option<HbaRules>, DirectoryError> {
             source,
         })?;
         if !skipped.is_empty() {
-            tracing::info!(file = %path, lines = ?skipped, "hba: skipped `local` lines (tidepool accepts TCP only)");
+            tracing::info!(file = %path, lines = ?skipped, "hba: skipped `local` lines with a method tidepool does not implement (peer, ident)");
         }
         return Ok(Some(rules));
     }

@@ -5,8 +5,10 @@
 //! matches since tidepool refuses GSS encryption, and `hostnogssenc`, which is `host`);
 //! databases `all`, `sameuser`, `replication` (never matches) and name lists; users `all` and
 //! name lists; addresses `all`, CIDR blocks, or an address followed by a netmask (file only).
-//! `local` lines are skipped (tidepool has no Unix socket). Everything else is refused with
-//! the line and the reason, never silently ignored.
+//! `local` lines match clients of the Unix-domain socket (`unix_socket_dir`); a `local` line
+//! with a method tidepool lacks (`peer`, `ident`) is skipped and logged, so a PgBouncer or
+//! PostgreSQL hba file loads. Everything else is refused with the line and the reason, never
+//! silently ignored.
 
 use crate::config::{AuthMethod, HbaEntry};
 use std::fmt;
@@ -15,6 +17,8 @@ use std::net::IpAddr;
 /// Which transports a rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnType {
+    /// Unix-domain socket clients.
+    Local,
     /// TLS or not.
     Host,
     HostSsl,
@@ -64,7 +68,7 @@ pub struct HbaRules {
 pub enum HbaProblem {
     #[error("expected: type database user address method")]
     MissingFields,
-    #[error("unknown connection type {0:?} (use host, hostssl or hostnossl)")]
+    #[error("unknown connection type {0:?} (use local, host, hostssl or hostnossl)")]
     ConnType(String),
     #[error("unterminated quoted string")]
     Quote,
@@ -90,6 +94,8 @@ pub enum HbaProblem {
     List(String),
     #[error("include directives are not supported")]
     Include,
+    #[error("a local rule has no address")]
+    LocalAddress,
 }
 
 /// A problem in an hba file, with its line (1-based).
@@ -116,13 +122,13 @@ impl HbaRules {
         self.rules.len()
     }
 
-    /// The first rule matching the connection, if any.
-    pub fn decide(&self, tls: bool, database: &str, user: &str, addr: IpAddr) -> Option<&HbaRule> {
+    /// The first rule matching the connection, if any; `addr` is `None` on the Unix socket.
+    pub fn decide(&self, tls: bool, database: &str, user: &str, addr: Option<IpAddr>) -> Option<&HbaRule> {
         self.rules.iter().find(|r| r.matches(tls, database, user, addr))
     }
 
     /// Parses a pg_hba.conf-format file; returns the rules and the numbers of the `local` lines
-    /// that were skipped.
+    /// that were skipped (a method tidepool lacks, such as `peer`).
     pub fn parse_file(text: &str) -> Result<(HbaRules, Vec<usize>), HbaFileError> {
         let mut rules = Vec::new();
         let mut skipped = Vec::new();
@@ -140,8 +146,11 @@ impl HbaRules {
                 return Err(at(HbaProblem::Include));
             }
             if first.len() == 1 && !first[0].quoted && first[0].text == "local" {
-                skipped.push(number);
-                continue;
+                let method = fields.get(3).and_then(|f| f.first()).map(|t| t.text.as_str());
+                if method.is_some_and(|m| UNSUPPORTED_METHODS.contains(&m)) {
+                    skipped.push(number);
+                    continue;
+                }
             }
             rules.push(rule_from_fields(&fields, format!("line {number}")).map_err(at)?);
         }
@@ -167,7 +176,11 @@ impl HbaRule {
         let users = single(&entry.user)
             .and_then(|f| parse_names(&f[0], false))
             .map_err(|p| ("user", p))?;
-        let address = parse_address(entry.address.trim(), None).map_err(|p| ("address", p))?;
+        let address = match (conn, entry.address.trim()) {
+            (ConnType::Local, "") => AddressMatch::All,
+            (ConnType::Local, _) => return Err(("address", HbaProblem::LocalAddress)),
+            (_, text) => parse_address(text, None).map_err(|p| ("address", p))?,
+        };
         let method = parse_method(entry.method.trim(), conn).map_err(|p| ("method", p))?;
         Ok(HbaRule {
             conn,
@@ -179,12 +192,14 @@ impl HbaRule {
         })
     }
 
-    fn matches(&self, tls: bool, database: &str, user: &str, addr: IpAddr) -> bool {
-        let conn = match self.conn {
-            ConnType::Host => true,
-            ConnType::HostSsl => tls,
-            ConnType::HostNoSsl => !tls,
-            ConnType::HostGssEnc => false,
+    fn matches(&self, tls: bool, database: &str, user: &str, addr: Option<IpAddr>) -> bool {
+        let conn = match (self.conn, addr) {
+            (ConnType::Local, None) => true,
+            (ConnType::Local, Some(_)) | (_, None) => false,
+            (ConnType::Host, _) => true,
+            (ConnType::HostSsl, _) => tls,
+            (ConnType::HostNoSsl, _) => !tls,
+            (ConnType::HostGssEnc, _) => false,
         };
         conn && self.databases.iter().any(|d| match d {
             NameMatch::All => true,
@@ -195,13 +210,14 @@ impl HbaRule {
             NameMatch::All => true,
             NameMatch::Name(name) => name == user,
             NameMatch::SameUser | NameMatch::Replication => false,
-        }) && address_matches(self.address, addr)
+        }) && addr.is_none_or(|addr| address_matches(self.address, addr))
     }
 }
 
 impl fmt::Display for ConnType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            ConnType::Local => "local",
             ConnType::Host => "host",
             ConnType::HostSsl => "hostssl",
             ConnType::HostNoSsl => "hostnossl",
@@ -304,10 +320,13 @@ fn rule_from_fields(fields: &[Vec<Token>], origin: String) -> Result<HbaRule, Hb
             None => Err(HbaProblem::MissingFields),
         }
     };
+    let conn = parse_conn_type(&word(0)?.text)?;
+    if conn == ConnType::Local {
+        return local_rule(fields, origin);
+    }
     if fields.len() < 5 {
         return Err(HbaProblem::MissingFields);
     }
-    let conn = parse_conn_type(&word(0)?.text)?;
     let databases = parse_names(&fields[1], true)?;
     let users = parse_names(&fields[2], false)?;
     let address_text = &word(3)?.text;
@@ -336,6 +355,26 @@ fn rule_from_fields(fields: &[Vec<Token>], origin: String) -> Result<HbaRule, Hb
     })
 }
 
+/// `local database user method`, from a file line.
+fn local_rule(fields: &[Vec<Token>], origin: String) -> Result<HbaRule, HbaProblem> {
+    let method = match fields.get(3).map(Vec::as_slice) {
+        Some([one]) => parse_method(&one.text, ConnType::Local)?,
+        Some(_) => return Err(HbaProblem::List(join(&fields[3]))),
+        None => return Err(HbaProblem::MissingFields),
+    };
+    if let Some(extra) = fields.get(4) {
+        return Err(HbaProblem::Options(join(extra)));
+    }
+    Ok(HbaRule {
+        conn: ConnType::Local,
+        databases: parse_names(&fields[1], true)?,
+        users: parse_names(&fields[2], false)?,
+        address: AddressMatch::All,
+        method,
+        origin,
+    })
+}
+
 fn join(tokens: &[Token]) -> String {
     tokens
         .iter()
@@ -346,6 +385,7 @@ fn join(tokens: &[Token]) -> String {
 
 fn parse_conn_type(text: &str) -> Result<ConnType, HbaProblem> {
     Ok(match text.trim() {
+        "local" => ConnType::Local,
         "host" | "hostnogssenc" => ConnType::Host,
         "hostssl" => ConnType::HostSsl,
         "hostnossl" => ConnType::HostNoSsl,

@@ -113,7 +113,7 @@ pub async fn login(
     let listed = directory.lookup(name);
     let conn = Connection {
         tls: client.tls.is_some(),
-        addr: client.peer.ip(),
+        addr: (!client.stream.is_unix()).then(|| client.peer.ip()),
         database: &params.database,
         user: name,
     };

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, Copy)]
 pub struct Connection<'a> {
     pub tls: bool,
-    pub addr: IpAddr,
+    /// `None` for a Unix-socket client.
+    pub addr: Option<IpAddr>,
     pub database: &'a str,
     pub user: &'a str,
 }
@@ -37,8 +38,9 @@ pub fn choose_method(
     match method {
         AuthMethod::Reject => Err(AuthError::Rejected(refused_at(conn))),
         AuthMethod::Cert if !conn.tls => Err(AuthError::CertRequired),
-        // Refused before the client is asked, so the password never crosses the wire in clear.
-        AuthMethod::Password if !conn.tls && !allow_cleartext_without_tls => {
+        // Refused before the client is asked, so the password never crosses the wire in clear
+        // (a Unix socket never leaves the host).
+        AuthMethod::Password if !conn.tls && conn.addr.is_some() && !allow_cleartext_without_tls => {
             Err(AuthError::CleartextWithoutTls)
         }
         method => Ok(method),
@@ -57,7 +59,8 @@ pub fn check_cert(tls: Option<&TlsInfo>, user: &str) -> Result<(), AuthError> {
 /// Where a refused connection came from, for PostgreSQL's hba messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusedAt {
-    pub host: IpAddr,
+    /// `None`: the Unix socket (PostgreSQL writes `[local]`).
+    pub host: Option<IpAddr>,
     pub user: String,
     pub database: String,
     pub tls: bool,
@@ -71,9 +74,12 @@ impl RefusedAt {
         } else {
             "no encryption"
         };
+        let host = self
+            .host
+            .map_or_else(|| "[local]".to_string(), |ip| ip.to_string());
         format!(
-            "host \"{}\", user \"{}\", database \"{}\", {encryption}",
-            self.host, self.user, self.database
+            "host \"{host}\", user \"{}\", database \"{}\", {encryption}",
+            self.user, self.database
         )
     }
 }
@@ -96,7 +102,7 @@ mod tests {
     fn conn(tls: bool, user: &'static str) -> Connection<'static> {
         Connection {
             tls,
-            addr: "10.1.2.3".parse().unwrap(),
+            addr: Some("10.1.2.3".parse().unwrap()),
             database: "app",
             user,
         }

@@ -43,6 +43,7 @@ pub struct AuthQuery {
     ids: AtomicU64,
     /// `server_tls_mode` toward the node, as for pools.
     tls: crate::tls::BackendTls,
+    keepalive: crate::config::Keepalive,
 }
 
 impl AuthQuery {
@@ -55,6 +56,7 @@ impl AuthQuery {
     ) -> AuthQuery {
         AuthQuery {
             tls,
+            keepalive: config.proxy.keepalive(),
             // Validation guarantees a node per cluster; the first is the primary in a plain setup.
             nodes: (config.cluster_names().into_iter())
                 .filter_map(|name| {
@@ -134,6 +136,7 @@ impl AuthQuery {
             database: self.dbname.clone().unwrap_or_else(|| database.to_string()),
             secret: self.secret.clone(),
             tls: self.tls.clone(),
+            keepalive: self.keepalive,
         };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut conn = backend::connect(node, &login, &[], 0, id, self.connect_timeout).await?;

@@ -7,13 +7,13 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn method(rules: &HbaRules, tls: bool, db: &str, user: &str, addr: &str) -> Option<AuthMethod> {
-    rules.decide(tls, db, user, ip(addr)).map(|r| r.method)
+    rules.decide(tls, db, user, Some(ip(addr))).map(|r| r.method)
 }
 
 #[test]
 fn first_match_wins_like_pg_hba() {
     let text = "# comment\n\
-        local all all trust\n\
+        local all all peer\n\
         \n\
         host app alice 10.0.0.0/8 trust   # inline comment\n\
         host app,other all 10.0.0.0/8 md5\n\
@@ -60,7 +60,10 @@ fn first_match_wins_like_pg_hba() {
         Some(AuthMethod::Md5)
     );
     assert_eq!(
-        rules.decide(false, "app", "bob", ip("10.1.1.1")).unwrap().origin,
+        rules
+            .decide(false, "app", "bob", Some(ip("10.1.1.1")))
+            .unwrap()
+            .origin,
         "line 5"
     );
 }
@@ -172,4 +175,22 @@ fn netmasks_and_prefixes() {
         prefix: 0,
     };
     assert!(address_matches(v6, ip("::2")));
+}
+
+#[test]
+fn local_rules_match_only_unix_socket_clients() {
+    let text = "local app all md5\nlocal all all trust\nhost all all 0.0.0.0/0 scram-sha-256\n";
+    let (rules, skipped) = HbaRules::parse_file(text).expect("valid");
+    assert!(skipped.is_empty());
+    let unix = |db| rules.decide(false, db, "u", None).map(|r| r.method);
+    assert_eq!(unix("app"), Some(AuthMethod::Md5));
+    assert_eq!(unix("other"), Some(AuthMethod::Trust));
+    // TCP clients never match a local line, and Unix clients never a host line.
+    assert_eq!(
+        method(&rules, false, "app", "u", "127.0.0.1"),
+        Some(AuthMethod::ScramSha256)
+    );
+    let host_only = HbaRules::parse_file("host all all 0.0.0.0/0 trust\n").unwrap().0;
+    assert!(host_only.decide(false, "app", "u", None).is_none());
+    assert!(HbaRules::parse_file("local all all trust extra\n").is_err());
 }
