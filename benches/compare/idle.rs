@@ -8,7 +8,30 @@ use std::time::Duration;
 /// RSS growth per idle connection, per proxy.
 pub struct IdleResult {
     pub clients: usize,
-    pub per_client_bytes: Vec<(Target, f64)>,
+    pub rows: Vec<IdleRow>,
+}
+
+/// One proxy's resident set size before and after the idle clients logged in.
+pub struct IdleRow {
+    pub target: Target,
+    pub before: u64,
+    pub after: u64,
+    pub clients: usize,
+}
+
+impl IdleRow {
+    pub fn per_client(&self) -> f64 {
+        self.after.saturating_sub(self.before) as f64 / self.clients as f64
+    }
+}
+
+impl IdleResult {
+    pub fn per_client(&self, target: Target) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.target == target)
+            .map(IdleRow::per_client)
+    }
 }
 
 pub fn measure(bench: &Bench, clients: usize) -> Result<IdleResult, String> {
@@ -17,32 +40,37 @@ pub fn measure(bench: &Bench, clients: usize) -> Result<IdleResult, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut per_client_bytes = Vec::new();
+    let mut rows = Vec::new();
     for target in [Target::PgBouncer, Target::Tidepool] {
         let pid = bench
             .proxy_pid(target)
             .ok_or_else(|| format!("no pid for {}", target.name()))?;
         let before = rss_bytes(pid)?;
+        let started = std::time::Instant::now();
         let connections = runtime.block_on(open_idle(bench, target, clients))?;
+        let took = started.elapsed();
         // Let both settle (buffers returned, timers armed) before reading.
         std::thread::sleep(Duration::from_secs(2));
-        let after = rss_bytes(pid)?;
-        let per_client = after.saturating_sub(before) as f64 / clients as f64;
+        let row = IdleRow {
+            target,
+            before,
+            after: rss_bytes(pid)?,
+            clients,
+        };
         eprintln!(
-            "compare: {} idle clients on {}: RSS {} KiB -> {} KiB ({per_client:.0} B each)",
+            "compare: {} idle clients on {} (logged in in {:.1} s): RSS {} KiB -> {} KiB ({:.0} B each)",
             clients,
             target.name(),
-            before / 1024,
-            after / 1024
+            took.as_secs_f64(),
+            row.before / 1024,
+            row.after / 1024,
+            row.per_client()
         );
-        per_client_bytes.push((target, per_client));
+        rows.push(row);
         runtime.block_on(async move { drop(connections) });
         std::thread::sleep(Duration::from_secs(1));
     }
-    Ok(IdleResult {
-        clients,
-        per_client_bytes,
-    })
+    Ok(IdleResult { clients, rows })
 }
 
 async fn open_idle(

@@ -1,18 +1,32 @@
 //! Instructions per forwarded query, counted by valgrind's callgrind (repeatable on a noisy
-//! machine, unlike time). Each proxy runs twice under callgrind, forwarding N and then 2N
-//! select-only transactions from the same pgbench clients; the difference divided by N leaves
-//! out start-up, logins and shutdown.
+//! machine, unlike time). Each proxy runs twice under callgrind per protocol, forwarding N and
+//! then 2N select-only transactions from the same pgbench clients; the difference divided by N
+//! leaves out start-up, logins and shutdown.
 
+use super::pgbench::Protocol;
 use super::targets::{start_pgbouncer, start_tidepool, Bench, Process, Target, DATABASE, PASSWORD, USER};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 4;
 
+/// The protocols measured: `-M prepared` adds little over extended for the proxy.
+pub const PROTOCOLS: [Protocol; 2] = [Protocol::Simple, Protocol::Extended];
+
 pub struct InstructionsResult {
     pub transactions: usize,
-    pub per_query: Vec<(Target, f64)>,
+    /// Per protocol, per proxy: instructions per query.
+    pub per_query: Vec<(Protocol, Target, f64)>,
+}
+
+impl InstructionsResult {
+    pub fn get(&self, protocol: Protocol, target: Target) -> Option<f64> {
+        self.per_query
+            .iter()
+            .find(|(p, t, _)| *p == protocol && *t == target)
+            .map(|(_, _, v)| *v)
+    }
 }
 
 pub fn measure(bench: &Bench, transactions: usize) -> Result<InstructionsResult, String> {
@@ -21,15 +35,18 @@ pub fn measure(bench: &Bench, transactions: usize) -> Result<InstructionsResult,
     }
     let transactions = transactions.max(CLIENTS);
     let mut per_query = Vec::new();
-    for target in [Target::PgBouncer, Target::Tidepool] {
-        let once = count(bench, target, transactions, "n")?;
-        let twice = count(bench, target, 2 * transactions, "2n")?;
-        let per = (twice as f64 - once as f64) / transactions as f64;
-        eprintln!(
-            "compare: {} instructions per select-only query: {per:.0}",
-            target.name()
-        );
-        per_query.push((target, per));
+    for protocol in PROTOCOLS {
+        for target in [Target::PgBouncer, Target::Tidepool] {
+            let once = count(bench, target, protocol, transactions, "n")?;
+            let twice = count(bench, target, protocol, 2 * transactions, "2n")?;
+            let per = (twice as f64 - once as f64) / transactions as f64;
+            eprintln!(
+                "compare: {} instructions per select-only query, {} protocol: {per:.0}",
+                target.name(),
+                protocol.name()
+            );
+            per_query.push((protocol, target, per));
+        }
     }
     Ok(InstructionsResult {
         transactions,
@@ -38,29 +55,46 @@ pub fn measure(bench: &Bench, transactions: usize) -> Result<InstructionsResult,
 }
 
 /// Total instructions the proxy executed over its life while forwarding `transactions`.
-fn count(bench: &Bench, target: Target, transactions: usize, label: &str) -> Result<u64, String> {
-    let name = format!("callgrind-{}-{label}", target.name());
+fn count(
+    bench: &Bench,
+    target: Target,
+    protocol: Protocol,
+    transactions: usize,
+    label: &str,
+) -> Result<u64, String> {
+    let name = format!("callgrind-{}-{}-{label}", target.name(), protocol.name());
     let dir = bench.dir.path().join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     // PgBouncer runs as postgres when we are root: let it write its profile here.
     let _ = Command::new("chmod").arg("0777").arg(&dir).status();
-    let out = dir.join("callgrind.out");
     let wrapper = vec![
         "valgrind".to_string(),
         "--tool=callgrind".to_string(),
-        format!("--callgrind-out-file={}", out.display()),
+        format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
     ];
+    // The PgBouncer binary itself, not a wrapper script (callgrind would profile the shell).
+    let mut proxies = bench.proxies.clone();
+    proxies.pgbouncer = bench.pgbouncer_exe.clone();
     let primary = bench.cluster.primary.addr();
     let (process, addr) = match target {
-        Target::PgBouncer => start_pgbouncer(bench.dir.path(), &name, primary, bench.pool_size, &wrapper)?,
-        _ => start_tidepool(bench.dir.path(), &name, &[primary], bench.pool_size, &wrapper)?,
+        Target::PgBouncer => start_pgbouncer(bench.dir.path(), &name, primary, &proxies, &wrapper)?,
+        _ => start_tidepool(bench.dir.path(), &name, &[primary], &proxies, &wrapper)?,
     };
     let pid = match target {
         Target::PgBouncer => read_pid(&bench.dir.path().join(&name).join("pgbouncer.pid"))?,
         _ => process.pid(),
     };
     let status = Command::new(bench.pgbench())
-        .args(["-n", "-S", "-M", "simple", "-c", &CLIENTS.to_string(), "-j", "1"])
+        .args([
+            "-n",
+            "-S",
+            "-M",
+            protocol.name(),
+            "-c",
+            &CLIENTS.to_string(),
+            "-j",
+            "1",
+        ])
         .args(["-t", &(transactions / CLIENTS).to_string()])
         .args([
             "-h",
@@ -83,23 +117,19 @@ fn count(bench: &Bench, target: Target, transactions: usize, label: &str) -> Res
         ));
     }
     stop(process, pid)?;
+    // The proxy's own profile (valgrind keeps the proxy's pid).
+    let out = dir.join(format!("callgrind.out.{pid}"));
     let total = read_total(&out)?;
-    keep_profiles(&dir, &name);
+    keep_profile(&out, &name);
     Ok(total)
 }
 
-/// Copies the profiles next to the report, for `callgrind_annotate`.
-fn keep_profiles(dir: &Path, name: &str) {
-    let keep = Path::new("target/benchmarks");
-    let _ = std::fs::create_dir_all(keep);
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with("callgrind.out") {
-                let _ = std::fs::copy(entry.path(), keep.join(format!("{name}.{file}")));
-            }
-        }
-    }
+/// Copies the profile next to the report, for `callgrind_annotate`
+/// (`target/benchmarks/callgrind-tidepool-simple-2n.out`).
+fn keep_profile(out: &Path, name: &str) {
+    let keep = PathBuf::from("target/benchmarks");
+    let _ = std::fs::create_dir_all(&keep);
+    let _ = std::fs::copy(out, keep.join(format!("{name}.out")));
 }
 
 /// PgBouncer may write its pid file just after it starts listening.
@@ -133,33 +163,12 @@ fn stop(mut process: Process, pid: u32) -> Result<(), String> {
     }
 }
 
-/// callgrind's `totals:` (or `summary:`) line: instructions executed.
+/// callgrind's `totals:` (or `summary:`) line: instructions executed by the whole process (all
+/// its threads: without `--separate-threads` callgrind writes one file per process).
 fn read_total(out: &Path) -> Result<u64, String> {
-    // Threads may each get a file (`out-NN`); sum whatever is there.
-    let dir = out.parent().ok_or("no profile directory")?;
-    let mut total = 0;
-    let mut found = false;
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        if !path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("callgrind.out"))
-        {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-        if let Some(v) = value {
-            total += v;
-            found = true;
-        }
-    }
-    if found {
-        Ok(total)
-    } else {
-        Err(format!("no callgrind totals in {}", dir.display()))
-    }
+    let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .ok_or_else(|| format!("no callgrind totals in {}", out.display()))
 }

@@ -11,7 +11,7 @@ mod report;
 mod targets;
 
 use pgbench::{Protocol, RunResult, Workload};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use targets::{Bench, Target};
 
@@ -27,8 +27,37 @@ pub struct Options {
     pub scale: u32,
     pub idle_clients: usize,
     pub callgrind_transactions: usize,
+    /// The pgbench matrix (off with `--only` lists that leave it out).
+    pub matrix: bool,
     pub split: bool,
+    /// `--pgbouncer`; `None`: the 1.25 build in `../shared/tools/pgbouncer/`, else Debian's.
+    pub pgbouncer: Option<PathBuf>,
+    /// `--tidepool`; by default the release binary cargo built with this benchmark.
+    pub tidepool: PathBuf,
     pub out: PathBuf,
+}
+
+/// PgBouncer 1.25.2 built from its tag, next to the worktrees (see its README).
+const SHARED_PGBOUNCER: &str = "../shared/tools/pgbouncer/pgbouncer";
+const DEBIAN_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+
+impl Options {
+    /// The PgBouncer to compare with: `--pgbouncer`, else the shared 1.25 build, else Debian's.
+    pub fn pgbouncer_binary(&self) -> PathBuf {
+        if let Some(path) = &self.pgbouncer {
+            return path.clone();
+        }
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHARED_PGBOUNCER);
+        if shared.exists() {
+            return shared;
+        }
+        eprintln!(
+            "compare: note: no PgBouncer at {}; using {DEBIAN_PGBOUNCER} (Debian's, 1.18: no \
+             prepared statements in transaction mode, slower than 1.25)",
+            shared.display()
+        );
+        PathBuf::from(DEBIAN_PGBOUNCER)
+    }
 }
 
 impl Default for Options {
@@ -43,7 +72,10 @@ impl Default for Options {
             scale: 10,
             idle_clients: 10_000,
             callgrind_transactions: 20_000,
+            matrix: true,
             split: true,
+            pgbouncer: None,
+            tidepool: PathBuf::from(env!("CARGO_BIN_EXE_tidepool")),
             out: PathBuf::from("target/benchmarks/compare.md"),
         }
     }
@@ -60,14 +92,24 @@ compare: pgbench through direct / PgBouncer / tidepool, interleaved
   --pool-size N        server connections per pooler (default 20)
   --scale N            pgbench scale factor (default 10)
   --idle N             idle connections for the memory test, 0 = skip (default 10000)
-  --callgrind N        transactions for instructions per query, 0 = skip (default 20000)
+  --callgrind N        transactions for instructions per query (simple and extended
+                       protocol), 0 = skip (default 20000)
   --no-split           skip the read/write-split run
-  --quick              1 run of 5 s, 16 and 64 clients, 2000 idle, 5000 callgrind
+  --only LIST          run only these parts: matrix,split,idle,instructions; e.g.
+                       `--only instructions,idle` for the two deterministic measurements
+  --quick              1 run of 5 s, 16 and 64 clients, 5000 callgrind (idle stays 10000)
+  --pgbouncer PATH     PgBouncer binary or wrapper (default ../shared/tools/pgbouncer/pgbouncer
+                       from the repository root, PgBouncer 1.25.2; else /usr/sbin/pgbouncer)
+  --tidepool PATH      tidepool binary (default: the release build of this checkout)
   --out PATH           markdown report (default target/benchmarks/compare.md)
 ";
 
+/// The parts of a run `--only` can pick.
+const PARTS: [&str; 4] = ["matrix", "split", "idle", "instructions"];
+
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut options = Options::default();
+    let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     let list = |v: Option<&String>, name: &str| v.cloned().ok_or_else(|| format!("{name} needs a value"));
     while let Some(arg) = it.next() {
@@ -98,16 +140,38 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--idle" => options.idle_clients = number(&list(it.next(), arg)?)?,
             "--callgrind" => options.callgrind_transactions = number(&list(it.next(), arg)?)?,
             "--no-split" => options.split = false,
+            "--only" => {
+                let parts: Vec<String> = list(it.next(), arg)?
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .collect();
+                if let Some(bad) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    return Err(format!("--only: unknown part {bad} ({})", PARTS.join(", ")));
+                }
+                only = Some(parts);
+            }
             "--quick" => {
                 options.runs = 1;
                 options.duration = Duration::from_secs(5);
                 options.clients = vec![16, 64];
-                options.idle_clients = 2_000;
                 options.callgrind_transactions = 5_000;
             }
+            "--pgbouncer" => options.pgbouncer = Some(PathBuf::from(list(it.next(), arg)?)),
+            "--tidepool" => options.tidepool = PathBuf::from(list(it.next(), arg)?),
             "--out" => options.out = PathBuf::from(list(it.next(), arg)?),
             "--help" | "-h" => return Err(HELP.to_string()),
             other => return Err(format!("unknown argument {other}\n\n{HELP}")),
+        }
+    }
+    if let Some(parts) = only {
+        let wants = |part: &str| parts.iter().any(|p| p == part);
+        options.matrix = wants("matrix");
+        options.split = wants("split");
+        if !wants("idle") {
+            options.idle_clients = 0;
+        }
+        if !wants("instructions") {
+            options.callgrind_transactions = 0;
         }
     }
     if options.runs == 0 || options.clients.is_empty() {
@@ -141,16 +205,29 @@ fn main() {
 }
 
 fn run(options: &Options) -> Result<(), String> {
-    eprintln!("compare: starting a primary + 2 standbys, PgBouncer and tidepool");
+    eprintln!(
+        "compare: starting a primary{}, PgBouncer and tidepool",
+        if options.split { " + 2 standbys" } else { "" }
+    );
     let bench = Bench::start(options)?;
+    eprintln!(
+        "compare: {} against tidepool {}",
+        bench.pgbouncer_version,
+        options.tidepool.display()
+    );
     let mut cells = Vec::new();
-    for &workload in &options.workloads {
+    let workloads = if options.matrix {
+        &options.workloads[..]
+    } else {
+        &[]
+    };
+    for &workload in workloads {
         for &protocol in &options.protocols {
             for &clients in &options.clients {
                 let targets: Vec<Target> = Target::MAIN
                     .iter()
                     .copied()
-                    .filter(|t| t.supports(protocol))
+                    .filter(|t| bench.supports(*t, protocol))
                     .collect();
                 let cell = measure(&bench, options, workload, protocol, clients, &targets)?;
                 eprintln!("{}", report::cell_line(&cell));

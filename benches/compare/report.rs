@@ -1,7 +1,7 @@
 //! The markdown report: medians per cell, ratios, and the machine it ran on.
 
 use super::idle::IdleResult;
-use super::instructions::InstructionsResult;
+use super::instructions::{InstructionsResult, PROTOCOLS};
 use super::pgbench::{median, RunResult};
 use super::targets::{Bench, Target};
 use super::{Cell, Options};
@@ -89,26 +89,50 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "- PostgreSQL {} (primary + 2 streaming standbys, fsync off, on loopback); {}; tidepool {} ({})",
+        "- PostgreSQL {} ({}, fsync off, on loopback); {} ({}); tidepool {} ({}, {})",
         bench.postgres_version,
+        if bench.tidepool_split.is_some() {
+            "primary + 2 streaming standbys"
+        } else {
+            "primary only"
+        },
         bench.pgbouncer_version,
+        bench.proxies.pgbouncer.display(),
         env!("CARGO_PKG_VERSION"),
-        shell("git rev-parse --short HEAD 2>/dev/null || echo unknown")
+        shell("git rev-parse --short HEAD 2>/dev/null || echo unknown"),
+        bench.proxies.tidepool.display(),
     );
     let _ = writeln!(
         out,
-        "- pgbench -j 2, {} s per run, {} run(s) per cell, targets interleaved; medians quoted. \
-         Pool size {} for both poolers (transaction mode, md5 client auth, scram to PostgreSQL); \
-         pgbench scale {}.",
-        options.duration.as_secs(),
-        options.runs,
-        options.pool_size,
-        options.scale
+        "- Pool size {} for both poolers, transaction mode, SCRAM-SHA-256 client auth (and SCRAM to \
+         PostgreSQL); PgBouncer with max_prepared_statements = 200; pgbench scale {}.",
+        options.pool_size, options.scale
     );
-    let _ = writeln!(
-        out,
-        "- latency columns: mean / p99 in ms, from pgbench's per-transaction log.\n"
-    );
+    if !cells.is_empty() {
+        let _ = writeln!(
+            out,
+            "- pgbench -j 2, {} s per run, {} run(s) per cell, targets interleaved; medians quoted. \
+             Latency columns: mean / p99 in ms, from pgbench's per-transaction log.",
+            options.duration.as_secs(),
+            options.runs,
+        );
+    }
+    let _ = writeln!(out);
+    render_matrix(&mut out, cells);
+    render_split(&mut out, split);
+    if let Some(idle) = idle {
+        render_idle(&mut out, idle);
+    }
+    if let Some(instructions) = instructions {
+        render_instructions(&mut out, instructions);
+    }
+    out
+}
+
+fn render_matrix(out: &mut String, cells: &[Cell]) {
+    if cells.is_empty() {
+        return;
+    }
 
     let _ = writeln!(
         out,
@@ -147,7 +171,9 @@ pub fn render(
              cells compare tidepool with a direct connection only."
         );
     }
+}
 
+fn render_split(out: &mut String, split: &[Cell]) {
     if !split.is_empty() {
         let _ = writeln!(
             out,
@@ -176,33 +202,66 @@ pub fn render(
             );
         }
     }
+}
 
-    if let Some(idle) = idle {
+fn render_idle(out: &mut String, idle: &IdleResult) {
+    let _ = writeln!(
+        out,
+        "\n### Idle clients\n\n{} idle authenticated (SCRAM) connections; growth of the proxy's RSS \
+         divided by the number of connections.\n",
+        idle.clients
+    );
+    let _ = writeln!(
+        out,
+        "| proxy | RSS before (KiB) | RSS after (KiB) | bytes per idle client |\n|---|---:|---:|---:|"
+    );
+    for row in &idle.rows {
         let _ = writeln!(
             out,
-            "\n### Idle clients\n\n{} idle authenticated connections; growth of the proxy's RSS \
-             divided by the number of connections.\n",
-            idle.clients
+            "| {} | {} | {} | {:.0} |",
+            row.target.name(),
+            row.before / 1024,
+            row.after / 1024,
+            row.per_client()
         );
-        let _ = writeln!(out, "| proxy | bytes per idle client |\n|---|---:|");
-        for (target, bytes) in &idle.per_client_bytes {
-            let _ = writeln!(out, "| {} | {:.0} |", target.name(), bytes);
+    }
+    if let (Some(p), Some(t)) = (
+        idle.per_client(Target::PgBouncer),
+        idle.per_client(Target::Tidepool),
+    ) {
+        if p > 0.0 {
+            let _ = writeln!(out, "\ntidepool / PgBouncer: {:.1}×", t / p);
         }
     }
+}
 
-    if let Some(instructions) = instructions {
+fn render_instructions(out: &mut String, instructions: &InstructionsResult) {
+    let _ = writeln!(
+        out,
+        "\n### Instructions per forwarded query\n\nvalgrind --tool=callgrind, select-only, 4 clients; \
+         (instructions over 2N transactions − over N) / N, N = {}.\n",
+        instructions.transactions
+    );
+    let _ = writeln!(
+        out,
+        "| protocol | PgBouncer | tidepool | tidepool / PgBouncer |\n|---|---:|---:|---:|"
+    );
+    for protocol in PROTOCOLS {
+        let p = instructions.get(protocol, Target::PgBouncer);
+        let t = instructions.get(protocol, Target::Tidepool);
+        let show = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+        let ratio = match (t, p) {
+            (Some(t), Some(p)) if p > 0.0 => format!("{:.2}", t / p),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             out,
-            "\n### Instructions per forwarded query\n\nvalgrind --tool=callgrind, select-only, simple \
-             protocol, 4 clients; (instructions over 2N transactions − over N) / N, N = {}.\n",
-            instructions.transactions
+            "| {} | {} | {} | {ratio} |",
+            protocol.name(),
+            show(p),
+            show(t)
         );
-        let _ = writeln!(out, "| proxy | instructions per query |\n|---|---:|");
-        for (target, per) in &instructions.per_query {
-            let _ = writeln!(out, "| {} | {:.0} |", target.name(), per);
-        }
     }
-    out
 }
 
 fn shell(script: &str) -> String {

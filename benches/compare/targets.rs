@@ -35,11 +35,6 @@ impl Target {
             Target::TidepoolSplit => "tidepool (r/w split)",
         }
     }
-
-    /// PgBouncer before 1.21 cannot run named prepared statements in transaction mode.
-    pub fn supports(self, protocol: Protocol) -> bool {
-        !(self == Target::PgBouncer && protocol == Protocol::Prepared)
-    }
 }
 
 /// A child process killed when dropped.
@@ -67,17 +62,32 @@ impl Drop for Process {
     }
 }
 
+/// The binaries under test and the settings both poolers share.
+#[derive(Debug, Clone)]
+pub struct Proxies {
+    /// PgBouncer, or a wrapper script that `exec`s it (as `../shared/tools/pgbouncer/pgbouncer`).
+    pub pgbouncer: PathBuf,
+    pub tidepool: PathBuf,
+    pub pool_size: usize,
+    /// `max_client_conn` of both: above the idle-client count, so that test is never refused.
+    pub max_clients: usize,
+}
+
 /// Everything the benchmark started.
 pub struct Bench {
     // Fields drop in this order: the proxies, then PostgreSQL, then the directory.
     pub pgbouncer: Process,
     pub pgbouncer_addr: SocketAddr,
+    /// First line of `pgbouncer --version`, e.g. "PgBouncer 1.25.2".
     pub pgbouncer_version: String,
+    /// The program PgBouncer runs as (`/proc/PID/exe`): the binary behind a wrapper script, which
+    /// callgrind runs directly.
+    pub pgbouncer_exe: PathBuf,
     pub tidepool: Process,
     pub tidepool_addr: SocketAddr,
-    pub tidepool_split: Process,
-    pub tidepool_split_addr: SocketAddr,
-    pub pool_size: usize,
+    /// Started only when the read/write-split run is on (it needs the standbys).
+    pub tidepool_split: Option<(Process, SocketAddr)>,
+    pub proxies: Proxies,
     pub postgres_version: String,
     pub cluster: LocalCluster,
     pub dir: tempfile::TempDir,
@@ -109,8 +119,11 @@ impl Bench {
             return Err(format!("pgbench -i failed: {status}"));
         }
         // Standbys after the data load, so pg_basebackup copies it instead of streaming it.
-        cluster.add_standby().map_err(|e| e.to_string())?;
-        cluster.add_standby().map_err(|e| e.to_string())?;
+        let split = options.split;
+        if split {
+            cluster.add_standby().map_err(|e| e.to_string())?;
+            cluster.add_standby().map_err(|e| e.to_string())?;
+        }
         let postgres_version = cluster
             .primary
             .psql("postgres", "SHOW server_version")
@@ -118,32 +131,58 @@ impl Bench {
             .trim()
             .to_string();
 
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let nodes: Vec<SocketAddr> = cluster.nodes().map(|n| n.addr()).collect();
-        let (pgbouncer, pgbouncer_addr) =
-            start_pgbouncer(dir.path(), "pgbouncer", primary, options.pool_size, &[])?;
-        let pgbouncer_version = command_output("/usr/sbin/pgbouncer", &["--version"])
+        let proxies = Proxies {
+            pgbouncer: options.pgbouncer_binary(),
+            tidepool: options.tidepool.clone(),
+            pool_size: options.pool_size,
+            max_clients: options.idle_clients + 2_000,
+        };
+        // Our idle clients, and the proxies (which inherit the limit) each hold that many sockets.
+        raise_open_files(proxies.max_clients as u64 + 1_000)?;
+        // Run as we are: the wrapper installs PgBouncer's libraries if it can (as root).
+        let pgbouncer_version = command_output(&proxies.pgbouncer, &["--version"])
             .lines()
             .next()
             .unwrap_or("unknown")
+            .trim()
             .to_string();
-        let (tidepool, tidepool_addr) =
-            start_tidepool(dir.path(), "single", &nodes[..1], options.pool_size, &[])?;
-        let (tidepool_split, tidepool_split_addr) =
-            start_tidepool(dir.path(), "split", &nodes, options.pool_size, &[])?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let nodes: Vec<SocketAddr> = cluster.nodes().map(|n| n.addr()).collect();
+        let (pgbouncer, pgbouncer_addr) = start_pgbouncer(dir.path(), "pgbouncer", primary, &proxies, &[])?;
+        let pgbouncer_exe = pgbouncer
+            .own_pid
+            .and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .unwrap_or_else(|| proxies.pgbouncer.clone());
+        let (tidepool, tidepool_addr) = start_tidepool(dir.path(), "single", &nodes[..1], &proxies, &[])?;
+        let tidepool_split = if split {
+            Some(start_tidepool(dir.path(), "split", &nodes, &proxies, &[])?)
+        } else {
+            None
+        };
         Ok(Bench {
             cluster,
             dir,
             pgbouncer,
             pgbouncer_addr,
             pgbouncer_version,
+            pgbouncer_exe,
             tidepool,
             tidepool_addr,
             tidepool_split,
-            tidepool_split_addr,
-            pool_size: options.pool_size,
+            proxies,
             postgres_version,
         })
+    }
+
+    /// PgBouncer before 1.21 cannot run named prepared statements in transaction mode.
+    pub fn supports(&self, target: Target, protocol: Protocol) -> bool {
+        target != Target::PgBouncer || protocol != Protocol::Prepared || self.pgbouncer_has_prepared()
+    }
+
+    fn pgbouncer_has_prepared(&self) -> bool {
+        let version = self.pgbouncer_version.trim_start_matches("PgBouncer ");
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (1, 21)
     }
 
     pub fn addr(&self, target: Target) -> SocketAddr {
@@ -151,7 +190,10 @@ impl Bench {
             Target::Direct => self.cluster.primary.addr(),
             Target::PgBouncer => self.pgbouncer_addr,
             Target::Tidepool => self.tidepool_addr,
-            Target::TidepoolSplit => self.tidepool_split_addr,
+            Target::TidepoolSplit => self
+                .tidepool_split
+                .as_ref()
+                .map_or(self.tidepool_addr, |(_, a)| *a),
         }
     }
 
@@ -161,7 +203,7 @@ impl Bench {
             Target::Direct => None,
             Target::PgBouncer => self.pgbouncer.own_pid.or(Some(self.pgbouncer.pid())),
             Target::Tidepool => Some(self.tidepool.pid()),
-            Target::TidepoolSplit => Some(self.tidepool_split.pid()),
+            Target::TidepoolSplit => self.tidepool_split.as_ref().map(|(p, _)| p.pid()),
         }
     }
 
@@ -170,12 +212,48 @@ impl Bench {
     }
 }
 
+/// Raises this process's RLIMIT_NOFILE (which the proxies inherit) to at least `needed`: the soft
+/// limit to the hard one, and the hard one too when we may (root). Uses prlimit(1), so the
+/// benchmark needs no unsafe code.
+fn raise_open_files(needed: u64) -> Result<(), String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").map_err(|e| e.to_string())?;
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut fields = l
+                .split_whitespace()
+                .skip(3)
+                .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+            Some((fields.next()?, fields.next()?))
+        })
+        .ok_or("no open-files line in /proc/self/limits")?;
+    if soft >= needed {
+        return Ok(());
+    }
+    let target_hard = if running_as_root() { hard.max(needed) } else { hard };
+    let target_soft = target_hard.min(needed.max(soft));
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={target_soft}:{target_hard}"))
+        .status()
+        .map_err(|e| format!("prlimit: {e}"))?;
+    if !status.success() || target_soft < needed {
+        return Err(format!(
+            "cannot raise the open-files limit to {needed} (soft {soft}, hard {hard}): \
+             run `ulimit -n {needed}` first, or pass a smaller --idle"
+        ));
+    }
+    eprintln!("compare: open-files limit raised from {soft} to {target_soft}");
+    Ok(())
+}
+
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn command_output(program: &str, args: &[&str]) -> String {
+fn command_output(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
@@ -189,16 +267,21 @@ fn running_as_root() -> bool {
 
 /// PgBouncer refuses to run as root: run it as `postgres` then, in a directory it owns.
 /// `wrapper` runs in front of the binary (e.g. valgrind); the instance lives in `dir/name`.
+/// Clients log in with SCRAM-SHA-256, as tidepool's do; the plain password in the auth file
+/// lets PgBouncer log in to PostgreSQL with SCRAM too.
 pub fn start_pgbouncer(
     dir: &Path,
     name: &str,
     primary: SocketAddr,
-    pool_size: usize,
+    proxies: &Proxies,
     wrapper: &[String],
 ) -> Result<(Process, SocketAddr), String> {
-    let binary = "/usr/sbin/pgbouncer";
-    if !Path::new(binary).exists() {
-        return Err("PgBouncer is not installed (apt-get install pgbouncer)".into());
+    let binary = &proxies.pgbouncer;
+    if !binary.exists() {
+        return Err(format!(
+            "no PgBouncer at {} (apt-get install pgbouncer, or pass --pgbouncer PATH)",
+            binary.display()
+        ));
     }
     let home = dir.join(name);
     std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
@@ -212,11 +295,12 @@ pub fn start_pgbouncer(
          listen_addr = 127.0.0.1\n\
          listen_port = {port}\n\
          unix_socket_dir =\n\
-         auth_type = md5\n\
+         auth_type = scram-sha-256\n\
          auth_file = {home}/userlist.txt\n\
          pool_mode = transaction\n\
          default_pool_size = {pool_size}\n\
-         max_client_conn = 12000\n\
+         max_client_conn = {max_clients}\n\
+         max_prepared_statements = 200\n\
          listen_backlog = 4096\n\
          logfile = {home}/pgbouncer.log\n\
          pidfile = {home}/pgbouncer.pid\n\
@@ -226,6 +310,8 @@ pub fn start_pgbouncer(
         host = primary.ip(),
         pg_port = primary.port(),
         home = home.display(),
+        pool_size = proxies.pool_size,
+        max_clients = proxies.max_clients,
     );
     let ini_path = home.join("pgbouncer.ini");
     std::fs::write(&ini_path, ini).map_err(|e| e.to_string())?;
@@ -261,11 +347,13 @@ pub fn start_pgbouncer(
     } else {
         Command::new(binary)
     };
+    // Its stderr (the wrapper's, valgrind's) beside its log, for the error when it does not start.
+    let stderr = std::fs::File::create(home.join("stderr.log")).map_err(|e| e.to_string())?;
     let child = command
         .arg(&ini_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("pgbouncer: {e}"))?;
     let mut process = Process {
@@ -274,7 +362,11 @@ pub fn start_pgbouncer(
         own_pid: None,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr, &home.join("pgbouncer.log"), wrapper)?;
+    wait_listening(
+        addr,
+        &[home.join("pgbouncer.log"), home.join("stderr.log")],
+        wrapper,
+    )?;
     // Read now: the pid file goes with the temp dir, which may be deleted before we are.
     let pidfile = home.join("pgbouncer.pid");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -289,21 +381,24 @@ pub fn start_pgbouncer(
     Ok((process, addr))
 }
 
-/// The release binary built beside this benchmark, with a config written here; `wrapper` runs in
-/// front of it (e.g. valgrind).
+/// The tidepool binary (by default the release binary built beside this benchmark), with a
+/// config written here; `wrapper` runs in front of it (e.g. valgrind). Clients log in with
+/// SCRAM-SHA-256.
 pub fn start_tidepool(
     dir: &Path,
     name: &str,
     nodes: &[SocketAddr],
-    pool_size: usize,
+    proxies: &Proxies,
     wrapper: &[String],
 ) -> Result<(Process, SocketAddr), String> {
     let port = free_port()?;
     let mut config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\nmax_client_conn = 12000\n\n\
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\nmax_client_conn = {max_clients}\n\n\
          [pool]\ndefault_pool_size = {pool_size}\n\n\
          [databases.{DATABASE}]\n\n\
-         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nauth_method = \"md5\"\n"
+         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\nauth_method = \"scram-sha-256\"\n",
+        max_clients = proxies.max_clients,
+        pool_size = proxies.pool_size,
     );
     for node in nodes {
         config.push_str(&format!(
@@ -316,7 +411,7 @@ pub fn start_tidepool(
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
     let log = dir.join(format!("tidepool-{name}.log"));
     let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let binary = env!("CARGO_BIN_EXE_tidepool");
+    let binary = &proxies.tidepool;
     let mut command = match wrapper.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -340,7 +435,7 @@ pub fn start_tidepool(
         own_pid: None,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr, &log, wrapper)?;
+    wait_listening(addr, std::slice::from_ref(&log), wrapper)?;
     if nodes.len() > 1 {
         // Let the health checker find the primary and the standbys before measuring.
         std::thread::sleep(Duration::from_secs(3));
@@ -348,7 +443,7 @@ pub fn start_tidepool(
     Ok((process, addr))
 }
 
-fn wait_listening(addr: SocketAddr, log: &Path, wrapper: &[String]) -> Result<(), String> {
+fn wait_listening(addr: SocketAddr, logs: &[PathBuf], wrapper: &[String]) -> Result<(), String> {
     // Under valgrind, start-up takes many times longer.
     let patience = Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
     let deadline = Instant::now() + patience;
@@ -358,9 +453,19 @@ fn wait_listening(addr: SocketAddr, log: &Path, wrapper: &[String]) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let logs: Vec<String> = logs
+        .iter()
+        .map(|log| {
+            format!(
+                "{}: {}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .collect();
     Err(format!(
-        "nothing listens on {addr} after {} s; log: {}",
+        "nothing listens on {addr} after {} s; {}",
         patience.as_secs(),
-        std::fs::read_to_string(log).unwrap_or_default()
+        logs.join("\n")
     ))
 }
