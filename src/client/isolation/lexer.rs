@@ -255,11 +255,16 @@ const CLASSES: [u8; 256] = {
     table
 };
 
-fn is_ident_start(b: u8) -> bool {
+/// White space as PostgreSQL's scanner reads it (and a vertical tab, as 16+ does).
+pub(super) fn is_space(b: u8) -> bool {
+    CLASSES[b as usize] & SPACE != 0
+}
+
+pub(super) fn is_ident_start(b: u8) -> bool {
     CLASSES[b as usize] & START != 0
 }
 
-fn is_ident_continue(b: u8) -> bool {
+pub(super) fn is_ident_continue(b: u8) -> bool {
     CLASSES[b as usize] & CONTINUE != 0
 }
 

@@ -63,14 +63,20 @@ fn is_dangerous_builtin(lower: &[u8]) -> bool {
 
 /// Judges one Query or Parse text against what the catalog says of the database.
 pub fn judge(sql: &[u8], hazards: &Hazards) -> Verdict {
-    let mut lexer = Lexer::new(sql);
     if hazards.opaque_everywhere {
         // User-defined operators or casts run code that no word names (or nothing is known).
-        return match lexer.next() {
+        return match Lexer::new(sql).next() {
             None => Verdict::Clean,
             Some(_) => Verdict::Opaque,
         };
     }
+    // Plain text in one pass over the bytes; anything else through the tokens.
+    fast::judge(sql, hazards).unwrap_or_else(|| judge_tokens(sql, hazards))
+}
+
+/// The verdict by tokens: the definition (`fast::judge` only ever agrees with it).
+fn judge_tokens(sql: &[u8], hazards: &Hazards) -> Verdict {
+    let mut lexer = Lexer::new(sql);
     let mut verdict = Verdict::Clean;
     let mut statement_start = true;
     let mut lower = [0u8; 64];
@@ -128,6 +134,17 @@ fn statement_verdict(first: &[u8], lexer: &Lexer<'_>) -> Verdict {
         b"reset" | b"discard" => Verdict::Settings,
         _ => Verdict::Opaque,
     }
+}
+
+/// [`statement_verdict`] of a first word that needs no look at what follows it (`None`: SET,
+/// whose next word decides, or a word longer than an identifier).
+fn statement_verdict_without_lexer(first: &[u8]) -> Option<Verdict> {
+    let mut lower = [0u8; 64];
+    if first.len() >= lower.len() {
+        return None;
+    }
+    let first = lowercase(first, &mut lower);
+    (first != b"set").then(|| statement_verdict(first, &Lexer::new(b"")))
 }
 
 /// `set_config(name, value, true)`: transaction-scoped, so clean when its arguments are. The
@@ -263,6 +280,8 @@ fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 64]) -> &'b [u8] {
     }
     out
 }
+
+mod fast;
 
 #[cfg(test)]
 mod tests;

@@ -134,3 +134,106 @@ fn custom_setting_names_for_the_check() {
     setting_names(b"SELECT 'not a name', '1.5', 'x'", &mut names);
     assert!(names.is_empty(), "{names:?}");
 }
+
+/// The one-pass verdict takes the common statements, and wherever it answers it agrees with
+/// the token verdict (the definition), on generated text mixing every construct either reads.
+#[test]
+fn the_fast_path_agrees_with_the_tokens() {
+    let hazards = catalog();
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        "BEGIN; INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, now()); END;",
+        "select count(*) from t where a >= 1.5e3 and b < 2",
+    ] {
+        let fast = super::fast::judge(sql.as_bytes(), &hazards);
+        assert_eq!(fast, Some(Verdict::Clean), "{sql}");
+    }
+    const PIECES: &[&str] = &[
+        "select",
+        "SELECT",
+        "set",
+        "SET",
+        "reset",
+        "discard",
+        "local",
+        "insert",
+        "do",
+        "call",
+        "audited",
+        "tenant",
+        "set_config",
+        "nextval",
+        "pg_advisory_lock",
+        "orders",
+        "t1",
+        "x_y",
+        "now",
+        "e",
+        "E",
+        "u",
+        "U",
+        "b",
+        "x",
+        "é",
+        "1",
+        "12abc",
+        "1.5e3",
+        "$1",
+        "$12x$",
+        "$",
+        "$$",
+        "$a$",
+        " ",
+        "\n",
+        "\t",
+        "\u{b}",
+        ";",
+        "(",
+        ")",
+        ",",
+        "=",
+        "+",
+        "-",
+        "--",
+        "*",
+        "/",
+        "/*",
+        "*/",
+        "'",
+        "\"",
+        "&",
+        "\\",
+        "\0",
+        ".",
+        ":",
+        "::",
+        "[",
+        "]",
+    ];
+    let long = "a".repeat(70);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut answered = 0;
+    for _ in 0..200_000 {
+        let mut sql = String::new();
+        for _ in 0..(next() % 12 + 1) {
+            let pick = (next() % (PIECES.len() as u64 + 1)) as usize;
+            sql.push_str(PIECES.get(pick).copied().unwrap_or(&long));
+            if next() % 3 == 0 {
+                sql.push(' ');
+            }
+        }
+        let Some(fast) = super::fast::judge(sql.as_bytes(), &hazards) else {
+            continue;
+        };
+        answered += 1;
+        assert_eq!(fast, super::judge_tokens(sql.as_bytes(), &hazards), "{sql:?}");
+    }
+    assert!(answered > 10_000, "the fast path answered only {answered} texts");
+}
