@@ -164,6 +164,10 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, ErrorFields> {
 /// when they already agree. Uses set_config, which takes raw values exactly as a startup packet
 /// does (so list values like search_path keep their meaning), and RESET for settings to drop.
 pub fn settings_diff_sql(applied: &[(String, String)], wanted: &[(String, String)]) -> Option<String> {
+    // The common case at every checkout: the backend carries exactly the client's settings.
+    if applied == wanted {
+        return None;
+    }
     let value =
         |list: &[(String, String)], name: &str| list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     // Setting or resetting the session authorization also resets the role: apply the role again.
