@@ -118,7 +118,12 @@ async fn serve_inner(
         login_deadline,
         // No TLS on a Unix socket, as in PostgreSQL: SSLRequest is answered `N` and
         // `client_tls_mode` does not apply (the connection never leaves the host).
-        negotiate(&mut client, snapshot.client_tls.as_deref().filter(|_| !unix)),
+        // Boxed, as the other login steps: transient, and inline they would size the task of
+        // every client for its whole life (an idle client is that task).
+        Box::pin(negotiate(
+            &mut client,
+            snapshot.client_tls.as_deref().filter(|_| !unix),
+        )),
     )
     .await
     {
@@ -143,7 +148,12 @@ async fn serve_inner(
         return CloseReason::Refused("max_client_conn reached".into());
     }
 
-    let auth = auth::login(&mut client, &snapshot.config, &snapshot.users, &params);
+    let auth = Box::pin(auth::login(
+        &mut client,
+        &snapshot.config,
+        &snapshot.users,
+        &params,
+    ));
     let user = match tokio::time::timeout_at(login_deadline, auth).await {
         Err(_) => {
             client
@@ -167,7 +177,14 @@ async fn serve_inner(
     if crate::admin::is_console(&params.database) {
         // A console does not keep a process draining for WAIT_FOR_CLIENTS alive.
         guard.mark_console();
-        return crate::admin::serve(shared, &snapshot, client, &params, &user.config).await;
+        return Box::pin(crate::admin::serve(
+            shared,
+            &snapshot,
+            client,
+            &params,
+            &user.config,
+        ))
+        .await;
     }
     // From here on the session sees its database's cluster (its nodes, health, routing).
     let (snapshot, pool) = match database_pool(shared, &snapshot, &params.database, &user) {

@@ -179,7 +179,9 @@ impl Session {
                         let wait_started = Instant::now();
                         self.ticket.waiting(node, wait_started);
                         changed = self.health().map(|h| h.changed());
-                        let checkout = self.pool.checkout(wish);
+                        // Boxed: the wait is rare (an idle connection at hand needs none) and its future
+                        // large; inline, every client's task would carry it while idle.
+                        let checkout = Box::pin(self.pool.checkout(wish));
                         let waiting = async {
                             match cancel {
                                 Some(slot) => slot.cancellable(checkout).await,
