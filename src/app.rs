@@ -86,6 +86,8 @@ pub struct Shared {
     /// Node roles and lag per cluster with more than one node to choose from; a cluster's
     /// entry is replaced when a reload changes its nodes (read with [`Shared::health_of`]).
     pub(crate) health: ArcSwap<HealthMap>,
+    /// Bumped by `store_snapshot` and `swap_health` (see `generation`).
+    generation: std::sync::atomic::AtomicUsize,
     /// Read rotation position.
     pub round_robin: RoundRobin,
     pub shutdown: Shutdown,
@@ -150,19 +152,24 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// Identifies the current snapshot (its address): equal ids, same snapshot, nothing reloaded.
-    pub fn snapshot_id(&self) -> usize {
-        Arc::as_ptr(&*self.snapshot.load()) as usize
-    }
-
-    /// Identifies the current health map the same way.
-    pub fn health_map_id(&self) -> usize {
-        Arc::as_ptr(&*self.health.load()) as usize
+    /// Changes after every snapshot or health-map swap (one atomic load): a session that saw
+    /// this value before has nothing to look at again.
+    pub fn generation(&self) -> usize {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Installs a new snapshot (reload); tasks see it at their next `snapshot()`.
     pub(crate) fn store_snapshot(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+        // After the store: whoever sees the new generation loads the new snapshot.
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Installs new health checkers (reload); returns the previous ones.
+    pub(crate) fn swap_health(&self, healths: HealthMap) -> Arc<HealthMap> {
+        let previous = self.health.swap(Arc::new(healths));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        previous
     }
 
     /// The health checkers of the default cluster (`None` with a single node).
@@ -344,6 +351,7 @@ impl Proxy {
         let instance_id = snapshot.config.peers.instance_id;
         let shared = Arc::new(Shared {
             health: ArcSwap::from_pointee(health),
+            generation: std::sync::atomic::AtomicUsize::new(1),
             round_robin: RoundRobin::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             pools: Pools::new(metrics.clone()),

@@ -115,7 +115,7 @@ async fn apply_inner(shared: &Arc<Shared>, config: Config) -> Result<ReloadRepor
     // 4. Swap the checkers; stop those replaced or of clusters gone.
     if !started.is_empty() || healths.len() != shared.healths().len() {
         report.health_restarted = true;
-        let previous = shared.health.swap(Arc::new(healths));
+        let previous = shared.swap_health(healths);
         let kept = shared.healths();
         for (name, health) in previous.iter() {
             if !kept.get(name).is_some_and(|h| Arc::ptr_eq(h, health)) {

@@ -11,15 +11,13 @@ impl Session {
     /// user was removed keeps its session under the entry it logged in with.
     pub(super) fn take_snapshot(&mut self) {
         // Nothing reloaded since the last transaction (the common case): no lookup at all.
-        let global = self.shared.snapshot_id();
-        let healths = self.shared.health_map_id();
-        if self.followed.global == global && self.followed.healths == healths {
+        let generation = self.shared.generation();
+        if self.followed.generation == generation {
             return;
         }
         self.follow_snapshot();
         self.followed = Followed {
-            global,
-            healths,
+            generation,
             health: self.shared.health_of(&self.snapshot.cluster),
         };
     }
@@ -80,10 +78,8 @@ impl Session {
 /// What the session last took from `Shared`, and which versions it took it from.
 #[derive(Default)]
 pub(super) struct Followed {
-    /// `Shared::snapshot_id` when the session last looked (0: never).
-    global: usize,
-    /// `Shared::health_map_id` then.
-    healths: usize,
+    /// `Shared::generation` when the session last looked (0: never; it starts at 1).
+    generation: usize,
     /// The health checkers of the session's cluster, as of then.
     health: Option<Arc<crate::health::Health>>,
 }
