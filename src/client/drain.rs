@@ -7,7 +7,6 @@ use super::registry::ClientTicket;
 use super::session::Session;
 use crate::protocol::{ErrorFields, SqlState};
 use crate::shutdown::{Shutdown, Stage};
-use std::future::Future;
 use std::time::Duration;
 
 /// How long a client that has logged in but not yet been answered once may take to send its
@@ -17,7 +16,7 @@ use std::time::Duration;
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves when a shutdown of at least `stage` asks the session holding `ticket` to close at
-/// its next idle point: what the request loop's idle waits use. It subscribes to nothing: the
+/// its next idle point (an idle wait, or a wait for the pool). It subscribes to nothing: the
 /// app wakes every client when the stop moves on (`app::wake_clients_on_stop`) and this looks
 /// at the stage then. `first`: the client was not answered yet (see `FIRST_REQUEST_GRACE`).
 pub(super) async fn stop_due(ticket: &ClientTicket, shutdown: &Shutdown, stage: Stage, first: bool) {
@@ -30,21 +29,6 @@ pub(super) async fn stop_due(ticket: &ClientTicket, shutdown: &Shutdown, stage: 
 }
 
 impl Session {
-    /// Resolves when a shutdown of at least `stage` asks this session to close at its next idle
-    /// point (the caller checks that it is idle). Owns what it needs, so that it can sit in a
-    /// `select!` beside the relay's borrows.
-    pub(super) fn shutdown_due(&self, stage: Stage) -> impl Future<Output = ()> + Send + 'static {
-        let shared = self.shared.clone();
-        let first = self.awaiting_first_request;
-        async move {
-            // Graceful or Fast; a drain (WAIT_FOR_CLIENTS) closes nobody.
-            shared.shutdown.reached(stage.max(Stage::Graceful)).await;
-            if first {
-                tokio::time::sleep(FIRST_REQUEST_GRACE).await;
-            }
-        }
-    }
-
     /// How far a shutdown must be before a client waiting for a server is closed: graceful,
     /// unless a `BEGIN` was answered for it already (`first_statement`): then it is inside a
     /// transaction as far as it knows, which only a fast stop may cut short.

@@ -3,6 +3,7 @@
 
 mod abandon;
 mod accounting;
+mod attach;
 pub mod auth;
 pub mod cancel;
 pub mod conn;

@@ -191,15 +191,8 @@ pub(super) fn poll_relay(
         // Frames already buffered (read before the backend was attached, or held back by a
         // full server buffer) join the server-bound bytes before the write below.
         if backend.wbuf.len() < HIGH_WATER {
-            match scan_client(client, backend, ex, rewrite.as_deref_mut()) {
-                Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
-            }
-            if !ex.database_ddl_ahead.is_empty() {
-                return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
-                    &mut ex.database_ddl_ahead,
-                )));
+            if let Some(event) = forward_client(client, backend, ex, rewrite.as_deref_mut()) {
+                return Poll::Ready(event);
             }
         }
         if !backend.wbuf.is_empty() {
@@ -249,15 +242,8 @@ pub(super) fn poll_relay(
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEvent::ClientFailed(ClientIoError::Closed)),
                 Poll::Ready(Ok(_)) => {
                     again = true;
-                    match scan_client(client, backend, ex, rewrite.as_deref_mut()) {
-                        Ok(true) => return Poll::Ready(RelayEvent::ClientTerminated),
-                        Ok(false) => {}
-                        Err(e) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
-                    }
-                    if !ex.database_ddl_ahead.is_empty() {
-                        return Poll::Ready(RelayEvent::DatabaseDdl(std::mem::take(
-                            &mut ex.database_ddl_ahead,
-                        )));
+                    if let Some(event) = forward_client(client, backend, ex, rewrite.as_deref_mut()) {
+                        return Poll::Ready(event);
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEvent::ClientFailed(e.into())),
@@ -300,6 +286,23 @@ fn io(backend: &BackendConn, source: std::io::Error) -> BackendError {
 
 /// Moves every whole client frame to the server's output, counting requests. Returns true on
 /// Terminate (not forwarded: the server connection outlives the client).
+/// Forwards the whole client frames at hand; the event that stops the relay, if one does.
+fn forward_client(
+    client: &mut ClientConn,
+    backend: &mut BackendConn,
+    ex: &mut Exchange,
+    rewrite: Option<&mut Rewrite<'_>>,
+) -> Option<RelayEvent> {
+    match scan_client(client, backend, ex, rewrite) {
+        Ok(true) => return Some(RelayEvent::ClientTerminated),
+        Ok(false) => {}
+        Err(e) => return Some(RelayEvent::ClientFailed(e.into())),
+    }
+    // A statement that needs its database to itself waits for the session (database_ddl.rs).
+    (!ex.database_ddl_ahead.is_empty())
+        .then(|| RelayEvent::DatabaseDdl(std::mem::take(&mut ex.database_ddl_ahead)))
+}
+
 fn scan_client(
     client: &mut ClientConn,
     backend: &mut BackendConn,
