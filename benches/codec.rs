@@ -184,7 +184,7 @@ fn startup_decoding(c: &mut Criterion) {
 /// The per-request isolation verdict (transaction mode judges every Query text), next to the
 /// trigger-word scan it runs beside.
 fn isolation_verdict(c: &mut Criterion) {
-    use tidepool::client::isolation::{verdict::judge, Hazards};
+    use tidepool::client::features::isolation::{verdict::judge, Hazards};
     let hazards = Hazards::from_rows([("r", "audited"), ("f", "tenant")]);
     let mut group = c.benchmark_group("isolation");
     for (name, sql) in [
@@ -205,7 +205,7 @@ fn isolation_verdict(c: &mut Criterion) {
             b.iter(|| judge(std::hint::black_box(sql.as_bytes()), &hazards))
         });
         group.bench_function(format!("words_scan_{name}"), |b| {
-            b.iter(|| tidepool::client::keywords::Words::scan(std::hint::black_box(sql.as_bytes())))
+            b.iter(|| tidepool::client::features::keywords::Words::scan(std::hint::black_box(sql.as_bytes())))
         });
     }
     group.finish();

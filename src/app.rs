@@ -1,13 +1,13 @@
 //! Wiring: builds the shared state from a config, binds the listener, starts the background
 //! tasks, and stops them all on shutdown.
 
+use crate::auth::{DirectoryError, UserAuth, UserDirectory};
 use crate::backend::{BackendLogin, BackendSecret};
-use crate::client::auth::{DirectoryError, UserAuth, UserDirectory};
 use crate::client::cancel::CancelRegistry;
-use crate::client::statements::StatementCache;
-use crate::client::{listener, ClientCounter};
+use crate::client::features::statements::StatementCache;
 use crate::config::{Config, UserConfig};
 use crate::health::Health;
+use crate::listener::{self, ClientCounter};
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
 use crate::router::{Classifier, RoundRobin};
 use crate::shutdown::{Shutdown, Stage};
@@ -78,9 +78,9 @@ pub struct Shared {
     /// Named prepared statements interned across clients (transaction mode).
     pub statements: StatementCache,
     /// Per database: what can change session state behind a plain statement (isolation).
-    pub hazards: crate::client::isolation::HazardCatalogs,
+    pub hazards: crate::client::features::isolation::HazardCatalogs,
     /// LISTEN connections shared by the clients of each pool (transaction mode).
-    pub notify: crate::client::notify::NotifyHubs,
+    pub notify: crate::notify::NotifyHubs,
     pub clients: ClientCounter,
     pub stats: ProxyStats,
     /// Node roles and lag per cluster with more than one node to choose from; a cluster's
@@ -113,7 +113,7 @@ pub struct ProxyStats {
     pub isolation_checks: std::sync::atomic::AtomicU64,
     pub isolation_resets: std::sync::atomic::AtomicU64,
     /// Routing decisions by reason (SHOW ROUTES, metrics).
-    pub routes: crate::client::routing::RouteCounters,
+    pub routes: crate::client::session::routing::RouteCounters,
     /// SHOW STATS averages of the last completed `stats_period`.
     pub last_period: crate::admin::averages::LastPeriod,
     /// Cancel requests being forwarded to `[peers]` (SHOW PEER_POOLS).
@@ -130,7 +130,7 @@ pub enum AppError {
         source: std::io::Error,
     },
     #[error("cannot listen on the Unix socket: {0}")]
-    UnixSocket(#[from] crate::client::unix_socket::UnixSocketError),
+    UnixSocket(#[from] crate::listener::unix_socket::UnixSocketError),
     #[error("preparing user secrets failed: {0}")]
     Users(String),
     /// auth_file or auth_hba_file is unreadable or malformed.
@@ -570,8 +570,8 @@ fn backend_secret(user: &UserConfig) -> BackendSecret {
     let secret = user
         .password
         .as_deref()
-        .and_then(|p| crate::client::auth::Secret::parse(p).ok());
-    crate::client::auth::backend_secret(user, secret.as_ref())
+        .and_then(|p| crate::auth::Secret::parse(p).ok());
+    crate::auth::backend_secret(user, secret.as_ref())
 }
 
 /// Binds every `listen` address, then the Unix socket named after the first one's port (port
@@ -592,9 +592,9 @@ fn bind_all(proxy: &crate::config::ProxyConfig) -> Result<(Vec<listener::Listene
     }
     let first = first.expect("listen is never empty");
     if let Some(unix) = proxy.unix_socket() {
-        let (std_listener, file) = crate::client::unix_socket::bind(&unix, first.port())?;
+        let (std_listener, file) = crate::listener::unix_socket::bind(&unix, first.port())?;
         let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
-            crate::client::unix_socket::UnixSocketError::Io {
+            crate::listener::unix_socket::UnixSocketError::Io {
                 path: file.path.clone(),
                 source,
             }
@@ -681,7 +681,9 @@ fn wake_clients_on_stop(shared: &Arc<Shared>) -> impl std::future::Future<Output
 async fn janitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let hazards_every = crate::client::isolation::catalog::REFRESH_EVERY.as_secs().max(1);
+    let hazards_every = crate::client::features::isolation::catalog::REFRESH_EVERY
+        .as_secs()
+        .max(1);
     let mut ticks = 0u64;
     loop {
         tokio::select! {

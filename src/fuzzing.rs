@@ -5,15 +5,15 @@
 //! input, …): a failed assertion is a finding just like a crash. Nothing here does I/O, and
 //! nothing is slow per input (no PBKDF2), so a fuzzer runs thousands of inputs per second.
 
+use crate::auth::fuzz_scram_exchange;
 use crate::backend::record_parameter;
-use crate::client::auth::fuzz_scram_exchange;
-use crate::client::params::{follow_reported, settings_diff_sql, ClientParams};
-use crate::client::pinning::may_change_pins;
-use crate::client::session_state::{may_change_settings, SessionChanges};
-use crate::client::statements::{
+use crate::client::features::pinning::may_change_pins;
+use crate::client::features::session_state::{may_change_settings, SessionChanges};
+use crate::client::features::statements::{
     answer_without_backend, client_frame, deliver_made, server_message, BackendStatements, ClientStatements,
     Pipeline, RewriteContext, StatementCache,
 };
+use crate::client::params::{follow_reported, settings_diff_sql, ClientParams};
 use crate::config::Config;
 use crate::protocol::backend_msg::{parse_backend_key_data, parse_parameter_status};
 use crate::protocol::error::BackendError;
@@ -228,8 +228,8 @@ pub fn config(data: &[u8]) {
 
 /// An auth_file (PgBouncer userlist.txt): what parses re-encodes to text that parses the same.
 pub fn userlist(data: &[u8]) {
-    use crate::client::auth::userlist::parse_userlist;
-    use crate::client::auth::Secret;
+    use crate::auth::userlist::parse_userlist;
+    use crate::auth::Secret;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -249,7 +249,7 @@ pub fn userlist(data: &[u8]) {
         assert!(!entry.name.is_empty());
         let secret = match &entry.secret {
             Secret::Plain(p) => p.clone(),
-            Secret::Md5(hash) => format!("md5{}", crate::client::auth::md5::hex_lower(hash)),
+            Secret::Md5(hash) => format!("md5{}", crate::auth::md5::hex_lower(hash)),
             Secret::Scram(verifier) => verifier.to_string(),
         };
         again.push_str(&format!("{} {}\n", quote(&entry.name), quote(&secret)));
@@ -264,7 +264,7 @@ pub fn userlist(data: &[u8]) {
 
 /// An auth_hba_file: parse, then decide a few connections; errors name a real line.
 pub fn hba_file(data: &[u8]) {
-    use crate::client::auth::hba::HbaRules;
+    use crate::auth::hba::HbaRules;
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -420,7 +420,7 @@ fn assert_whole_frames(bytes: &[u8]) {
 /// whether it may pin the client. The text is cut at its first NUL, as the relay does.
 pub fn sql_scan(data: &[u8]) {
     let sql = &data[..data.iter().position(|&b| b == 0).unwrap_or(data.len())];
-    let words = crate::client::keywords::Words::scan(sql);
+    let words = crate::client::features::keywords::Words::scan(sql);
     let mut changes = SessionChanges::default();
     changes.scan(&String::from_utf8_lossy(sql));
     // The relay scans only what the cheap filter lets through: it must never hide a change.
@@ -430,29 +430,29 @@ pub fn sql_scan(data: &[u8]) {
     let _ = may_change_pins(words, false) | may_change_pins(words, true);
     // SHOW tidepool.lsn / SET tidepool.min_lsn, answered without a backend: a value accepted
     // reads back as itself.
-    if let Some(crate::client::local_commands::LsnCommand::SetMin(Ok(lsn))) =
-        crate::client::local_commands::parse_lsn_command(&String::from_utf8_lossy(sql))
+    if let Some(crate::client::session::local_commands::LsnCommand::SetMin(Ok(lsn))) =
+        crate::client::session::local_commands::parse_lsn_command(&String::from_utf8_lossy(sql))
     {
         assert_eq!(crate::health::Lsn::parse(&lsn.to_string()), Some(lsn));
     }
-    let _ = crate::client::sql_prepared::may_change(words);
+    let _ = crate::client::features::sql_prepared::may_change(words);
     // Statement spans are pieces of the text; SQL PREPAREs are cut out of them; LISTEN
     // statements give names PostgreSQL could store.
     let text = String::from_utf8_lossy(sql);
-    for (span, words) in crate::client::session_state::statement_spans(&text) {
+    for (span, words) in crate::client::features::session_state::statement_spans(&text) {
         assert!(text.contains(span) && !words.is_empty());
         if let Some(name) = words.get(1) {
             let row = vec![Some(name.clone()), Some(text.to_string())];
-            let set = crate::client::sql_prepared::from_rows(&[row]);
+            let set = crate::client::features::sql_prepared::from_rows(&[row]);
             assert!(set.text(name).is_some_and(|t| t.is_empty() || text.contains(t)));
         }
     }
     // Names of prepared statements that SQL mentions (kept from tidepool's own, see
     // `client/statements/guard.rs`).
-    crate::client::statements::fuzz_statement_refs(&text);
-    for command in crate::client::listen::parse_listen_sql(&text).unwrap_or_default() {
-        if let crate::client::listen::ListenCommand::Listen(name)
-        | crate::client::listen::ListenCommand::Unlisten(name) = command
+    crate::client::features::statements::fuzz_statement_refs(&text);
+    for command in crate::client::features::listen::parse_listen_sql(&text).unwrap_or_default() {
+        if let crate::client::features::listen::ListenCommand::Listen(name)
+        | crate::client::features::listen::ListenCommand::Unlisten(name) = command
         {
             assert!(!name.is_empty() && name.len() <= 63);
         }
@@ -463,9 +463,9 @@ pub fn sql_scan(data: &[u8]) {
 /// statement appended after any text it did not find opaque is always seen (nothing a client
 /// writes can hide a statement boundary from it); naming more hazards never makes a text cleaner.
 pub fn isolation_verdict(data: &[u8]) {
-    use crate::client::isolation::lexer::{Lexer, Token};
-    use crate::client::isolation::verdict::{judge, setting_names};
-    use crate::client::isolation::{Hazards, Verdict};
+    use crate::client::features::isolation::lexer::{Lexer, Token};
+    use crate::client::features::isolation::verdict::{judge, setting_names};
+    use crate::client::features::isolation::{Hazards, Verdict};
     let sql = &data[..data.iter().position(|&b| b == 0).unwrap_or(data.len())];
     let known = Hazards::from_rows([("f", "tenant")]);
     let verdict = judge(sql, &known);
@@ -497,12 +497,12 @@ pub fn isolation_verdict(data: &[u8]) {
 /// relay: the LISTEN-family recogniser (`client/listen.rs`) and the batch copy kept for a retry
 /// after a schema change (`client/schema_retry.rs`).
 pub fn client_batches(data: &[u8]) {
-    if let Some(request) = crate::client::listen::listen_request(data) {
+    if let Some(request) = crate::client::features::listen::listen_request(data) {
         assert!(request.len <= data.len() && !request.commands.is_empty());
     }
-    crate::client::schema_retry::fuzz_batch_copy(data);
+    crate::client::features::schema_retry::fuzz_batch_copy(data);
     // CREATE/DROP/ALTER DATABASE recognition (`client/database_ddl.rs`).
-    for name in crate::client::database_ddl::databases_needing_exclusive_use(data) {
+    for name in crate::client::features::database_ddl::databases_needing_exclusive_use(data) {
         assert!(name.len() <= 63);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod cluster;
@@ -17,7 +18,9 @@ pub mod fuzzing;
 pub mod health;
 pub mod health_command;
 pub mod import;
+pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod reload;

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             // The files [auth] and [tls] name are part of the configuration: a bad line or
             // certificate fails the check, as it would fail a start or reload.
             let checked = Config::load(&path).map_err(|e| e.to_string()).and_then(|config| {
-                tidepool::client::auth::UserDirectory::check_files(&config).map_err(|e| e.to_string())?;
+                tidepool::auth::UserDirectory::check_files(&config).map_err(|e| e.to_string())?;
                 tidepool::tls::check(&config.tls).map_err(|e| e.to_string())
             });
             match checked {

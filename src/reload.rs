@@ -209,7 +209,7 @@ pub fn reconcile_pools(shared: &Shared, snapshot: &Snapshot) -> (usize, usize) {
         let user = match listed {
             Some(user) => user,
             None => {
-                unlisted = crate::client::auth::unlisted_user(&key.user);
+                unlisted = crate::auth::unlisted_user(&key.user);
                 &unlisted
             }
         };

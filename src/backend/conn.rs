@@ -52,7 +52,7 @@ pub struct BackendConn {
     /// clients to connections opened with exactly their parameters).
     pub startup_signature: u64,
     /// Statements tidepool prepared here under its own names (transaction mode).
-    pub statements: crate::client::statements::BackendStatements,
+    pub statements: crate::client::features::statements::BackendStatements,
     pub(crate) state: BackendState,
     pub created: Instant,
     pub last_used: Instant,

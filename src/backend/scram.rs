@@ -7,7 +7,7 @@
 //! one* (same salt and iteration count, hence same keys): PostgreSQL announces its salt and
 //! iterations in server-first, and a mismatch is refused here before any proof is sent.
 
-use crate::client::auth::crypto::{ct_eq, hmac_sha256, sha256};
+use crate::auth::crypto::{ct_eq, hmac_sha256, sha256};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::fmt;
@@ -124,7 +124,7 @@ impl KeyClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::auth::{ChannelBinding, ScramServer, ScramVerifier, ServerNonce};
+    use crate::auth::{ChannelBinding, ScramServer, ScramVerifier, ServerNonce};
 
     /// Our own server checks the proof exactly as PostgreSQL does.
     fn run(keys: ScramKeys, verifier: ScramVerifier) -> Result<(), PassThroughError> {

@@ -54,7 +54,7 @@ impl Drop for Phase<'_> {
     }
 }
 
-pub use super::notify_senders::BackendUsers;
+pub use crate::notify::senders::BackendUsers;
 
 /// Shared between a session (which updates it at every checkout and release) and the registry.
 #[derive(Debug, Default)]
@@ -157,7 +157,7 @@ impl CancelRegistry {
         let key = loop {
             let key = ClientKey {
                 pid: pid.unwrap_or_else(|| rng.random_range(1..i32::MAX)),
-                secret: super::peers::mark_secret(rng.random(), self.instance_id),
+                secret: crate::client::peers::mark_secret(rng.random(), self.instance_id),
             };
             if !clients.contains_key(&key) {
                 break key;

@@ -3,7 +3,7 @@
 
 use crate::protocol::startup::StartupError;
 use crate::protocol::{ErrorFields, Frame, FrameDecoder, FrameError, StartupDecoder, StartupPacket};
-use crate::tls::Stream;
+use crate::tls::{Stream, TlsInfo};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +13,7 @@ const READ_CHUNK: usize = 8192;
 /// First buffer of a client that becomes active: most requests and answers fit, and an
 /// allocation this small is one of malloc's cheap per-thread cached sizes (a client that
 /// idles between requests gets its buffers back on every request).
-pub(super) const FIRST_BUFFER: usize = 1024;
+pub(crate) const FIRST_BUFFER: usize = 1024;
 
 /// Least room a read gets: a read much smaller than a request would split batches that
 /// routing wants to see whole.
@@ -21,7 +21,7 @@ const MIN_READ: usize = 512;
 
 /// Makes room in a read buffer before a read: a small first buffer; then, when less than
 /// `MIN_READ` is left, the consumed front back (little buffered) or a full chunk (a large frame).
-pub(super) fn make_read_room(buf: &mut BytesMut, chunk: usize) {
+pub(crate) fn make_read_room(buf: &mut BytesMut, chunk: usize) {
     if buf.capacity() == 0 {
         buf.reserve(FIRST_BUFFER);
     } else if buf.capacity() - buf.len() < MIN_READ {
@@ -43,15 +43,6 @@ pub enum ClientIoError {
     Startup(#[from] StartupError),
     #[error("TLS handshake failed: {0}")]
     Handshake(#[source] std::io::Error),
-}
-
-/// What the TLS layer learned about a client connection (`ClientConn::tls`, `None` on plain TCP).
-#[derive(Debug, Clone, Default)]
-pub struct TlsInfo {
-    /// `tls-server-end-point` channel-binding data (RFC 5929): the hash of our certificate.
-    pub server_end_point: Vec<u8>,
-    /// Common name of the client's verified certificate, when it sent one.
-    pub peer_common_name: Option<String>,
 }
 
 /// One application connection.

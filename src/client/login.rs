@@ -1,15 +1,15 @@
 //! From accepted socket to logged-in session: startup packet, max_client_conn, authentication,
 //! the database's pool, then the session; every disconnection is logged with its reason.
 
-use super::auth::{self, AuthError};
-use super::conn::{ClientConn, ClientIoError};
-use super::listener::ConnectionGuard;
-use super::relay::Exchange;
-use super::routing::startup_route;
-use super::session::Session;
-use super::startup::{negotiate, Opening, StartupFailure};
-use super::statements::{ClientStatements, Pipeline};
 use crate::app::{Shared, Snapshot};
+use crate::client::authenticate::{self, AuthError};
+use crate::client::conn::{ClientConn, ClientIoError};
+use crate::client::features::statements::{ClientStatements, Pipeline};
+use crate::client::session::relay::Exchange;
+use crate::client::session::routing::startup_route;
+use crate::client::session::Session;
+use crate::client::startup::{negotiate, Opening, StartupFailure};
+use crate::listener::ConnectionGuard;
 use crate::protocol::{ErrorFields, SqlState};
 use crate::tls::Stream;
 use std::net::SocketAddr;
@@ -55,7 +55,7 @@ fn database_pool(
     shared: &Shared,
     snapshot: &Snapshot,
     database: &str,
-    user: &crate::client::auth::UserAuth,
+    user: &crate::auth::UserAuth,
 ) -> Result<(Arc<Snapshot>, Arc<crate::pool::Pool>), ErrorFields> {
     let missing = || {
         ErrorFields::fatal(
@@ -130,9 +130,9 @@ async fn serve_inner(
         Err(_) => return CloseReason::LoginTimeout,
         Ok(Err(e)) => return e.into(),
         Ok(Ok(Opening::Cancel(key))) => {
-            let (key, forwarded) = super::peers::unwrap_forwarded(key);
+            let (key, forwarded) = crate::client::peers::unwrap_forwarded(key);
             if !shared.cancels.cancel(key).await && !forwarded {
-                super::peers::forward(&snapshot.config.peers, &shared.stats.peer_cancels, key).await;
+                crate::client::peers::forward(&snapshot.config.peers, &shared.stats.peer_cancels, key).await;
             }
             return CloseReason::CancelRequest;
         }
@@ -148,7 +148,7 @@ async fn serve_inner(
         return CloseReason::Refused("max_client_conn reached".into());
     }
 
-    let auth = Box::pin(auth::login(
+    let auth = Box::pin(authenticate::login(
         &mut client,
         &snapshot.config,
         &snapshot.users,
@@ -202,7 +202,7 @@ async fn serve_inner(
             .await;
         return CloseReason::Refused(message);
     }
-    let ticket = shared.sessions.register(super::registry::NewClient {
+    let ticket = shared.sessions.register(crate::client::registry::NewClient {
         user: &params.user,
         database: &params.database,
         addr: peer,

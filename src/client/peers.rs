@@ -5,8 +5,8 @@
 //! there. A forwarded request carries the pid with its sign bit set (real and tidepool pids are
 //! positive), and is never forwarded again, so misconfigured peers cannot bounce it forever.
 
-use super::cancel::{send_cancel_to, CancelTarget, ClientKey};
 use crate::backend::BackendKey;
+use crate::client::cancel::{send_cancel_to, CancelTarget, ClientKey};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,12 +98,12 @@ pub fn unwrap_forwarded(key: ClientKey) -> (ClientKey, bool) {
 /// first use and kept (one per peer id ever configured: at most 255).
 #[derive(Debug, Default)]
 pub struct PeerCancels {
-    by_peer: std::sync::Mutex<BTreeMap<u8, Arc<super::cancel::CancelCounts>>>,
+    by_peer: std::sync::Mutex<BTreeMap<u8, Arc<crate::client::cancel::CancelCounts>>>,
 }
 
 impl PeerCancels {
     /// The counters of peer `id`.
-    pub fn of(&self, id: u8) -> Arc<super::cancel::CancelCounts> {
+    pub fn of(&self, id: u8) -> Arc<crate::client::cancel::CancelCounts> {
         let mut map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id).or_default().clone()
     }

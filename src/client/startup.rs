@@ -1,9 +1,9 @@
 //! The startup phase: TLS (SSLRequest or PostgreSQL 17's direct TLS), GSSENCRequest refusal,
 //! CancelRequest hand-off, protocol version negotiation, and the StartupMessage's parameters.
 
-use super::cancel::ClientKey;
-use super::conn::{ClientConn, ClientIoError};
-use super::params::ClientParams;
+use crate::client::cancel::ClientKey;
+use crate::client::conn::{ClientConn, ClientIoError};
+use crate::client::params::ClientParams;
 use crate::protocol::startup::StartupError;
 use crate::protocol::{backend_msg, ErrorFields, SqlState, StartupPacket};
 use crate::tls::{ClientTls, ClientTlsMode, ALPN_POSTGRESQL};

@@ -103,7 +103,7 @@ impl Config {
             ));
         }
         for (i, entry) in self.hba.iter().enumerate() {
-            crate::client::auth::hba::HbaRule::from_entry(entry, format!("hba[{i}]")).map_err(
+            crate::auth::hba::HbaRule::from_entry(entry, format!("hba[{i}]")).map_err(
                 |(field, problem)| ConfigError::invalid(format!("hba[{i}].{field}"), problem.to_string()),
             )?;
         }
@@ -209,7 +209,7 @@ impl Config {
                     ));
                 }
                 (method, Some(secret)) => {
-                    let parsed = crate::client::auth::Secret::parse(secret)
+                    let parsed = crate::auth::Secret::parse(secret)
                         .map_err(|reason| ConfigError::invalid(key("password"), reason.to_string()))?;
                     if !parsed.supports(method) {
                         return Err(ConfigError::invalid(
@@ -380,7 +380,7 @@ impl Config {
                 return Err(ConfigError::invalid(key("password"), "needs databases.NAME.user"));
             }
             if let Some(password) = &db.password {
-                crate::client::auth::Secret::parse(password)
+                crate::auth::Secret::parse(password)
                     .map_err(|reason| ConfigError::invalid(key("password"), reason.to_string()))?;
             }
         }

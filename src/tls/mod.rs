@@ -14,6 +14,15 @@ use rustls::pki_types::ServerName;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// What the TLS layer learned about a client connection (`ClientConn::tls`, `None` on plain TCP).
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// `tls-server-end-point` channel-binding data (RFC 5929): the hash of our certificate.
+    pub server_end_point: Vec<u8>,
+    /// Common name of the client's verified certificate, when it sent one.
+    pub peer_common_name: Option<String>,
+}
+
 /// ALPN protocol name of PostgreSQL (required by PostgreSQL 17 for direct TLS).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 

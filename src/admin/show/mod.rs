@@ -456,7 +456,7 @@ fn mem(shared: &Shared) -> Table {
         ("pools", size_of::<crate::pool::Pool>(), shared.pools.all().len()),
         (
             "prepared_statements",
-            size_of::<crate::client::statements::Statement>(),
+            size_of::<crate::client::features::statements::Statement>(),
             shared.statements.len(),
         ),
     ] {

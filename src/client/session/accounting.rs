@@ -1,0 +1,93 @@
+//! What a session records for SHOW STATS and the metrics: wait for a backend, requests,
+//! transactions, query time, bytes, Parse/Bind messages and error classes. A few relaxed
+//! atomic adds and histogram observations per transaction; the relay itself only bumps plain
+//! fields in `Exchange`.
+
+use crate::client::session::relay::RelayEvent;
+use crate::client::session::Session;
+use crate::metrics::Role;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Moves a plain counter into a pool counter (nothing when it is zero, the usual case).
+fn add(total: &AtomicU64, count: &mut u32) {
+    if *count > 0 {
+        total.fetch_add(u64::from(std::mem::take(count)), Ordering::Relaxed);
+    }
+}
+
+impl Session {
+    /// Parses answered without a backend (statements PostgreSQL already accepted) count as the
+    /// client's too.
+    pub(crate) fn account_local_parses(&mut self) {
+        add(
+            &self.pool.stats.client_parses,
+            &mut self.statements.answered_parses,
+        );
+    }
+
+    /// The role of the node serving the client now.
+    fn role(&self) -> Role {
+        if self.on_standby {
+            Role::Standby
+        } else {
+            Role::Primary
+        }
+    }
+
+    /// A backend was checked out after `waited`.
+    pub(crate) fn account_checkout(&self, waited: Duration) {
+        let secs = waited.as_secs_f64();
+        self.pool.metrics.wait.observe(secs);
+        self.shared.metrics.role(self.role()).wait.observe(secs);
+        self.pool
+            .stats
+            .wait_time_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Moves what the relay noted into the pool's counters and the metrics.
+    pub(crate) fn account_relay(&mut self, event: &RelayEvent) {
+        let role = self.role();
+        let stats = &self.pool.stats;
+        let metrics = self.shared.metrics.role(role);
+        let ex = &mut self.exchange;
+        if ex.bytes_in > 0 {
+            stats
+                .received
+                .fetch_add(std::mem::take(&mut ex.bytes_in), Ordering::Relaxed);
+        }
+        if ex.bytes_out > 0 {
+            stats
+                .sent
+                .fetch_add(std::mem::take(&mut ex.bytes_out), Ordering::Relaxed);
+        }
+        for class in ex.error_classes.drain(..) {
+            self.shared.metrics.errors.record(class);
+        }
+        if ex.requests > 0 {
+            let n = std::mem::take(&mut ex.requests) as u64;
+            stats.queries.fetch_add(n, Ordering::Relaxed);
+            metrics.queries.inc_by(n);
+        }
+        // Extended protocol (SHOW STATS parse/bind columns): plain fields until here.
+        add(&stats.client_parses, &mut ex.parses);
+        add(&stats.binds, &mut ex.binds);
+        add(&stats.server_parses, &mut ex.forwarded_parses);
+        add(&stats.server_parses, &mut self.pipeline.server_parses);
+        if matches!(event, RelayEvent::Idle | RelayEvent::IdleInTransaction) {
+            if let Some(since) = ex.busy_since.take() {
+                let took = since.elapsed();
+                self.pool.metrics.query_duration.observe(took.as_secs_f64());
+                metrics.query_duration.observe(took.as_secs_f64());
+                stats
+                    .query_time_us
+                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            }
+        }
+        if matches!(event, RelayEvent::Idle) {
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            metrics.transactions.inc();
+        }
+    }
+}
