@@ -113,7 +113,7 @@ pub struct ProxyStats {
     pub isolation_checks: std::sync::atomic::AtomicU64,
     pub isolation_resets: std::sync::atomic::AtomicU64,
     /// Routing decisions by reason (SHOW ROUTES, metrics).
-    pub routes: crate::client::session::routing::RouteCounters,
+    pub routes: crate::router::reasons::RouteCounters,
     /// SHOW STATS averages of the last completed `stats_period`.
     pub last_period: crate::admin::averages::LastPeriod,
     /// Cancel requests being forwarded to `[peers]` (SHOW PEER_POOLS).

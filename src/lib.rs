@@ -13,6 +13,7 @@ pub mod backend;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub(crate) mod crypto;
 pub mod demo;
 pub mod fuzzing;
 pub mod health;

@@ -18,8 +18,7 @@ use crate::protocol::{backend_msg, tag, ErrorFields, SqlState};
 use command::{parse, split_statements};
 use std::sync::Arc;
 
-/// Database names that open the console.
-pub const CONSOLE_DATABASES: &[&str] = &["tidepool", "pgbouncer"];
+pub use crate::config::CONSOLE_DATABASES;
 
 /// 42501, as PostgreSQL names it.
 const INSUFFICIENT_PRIVILEGE: SqlState = SqlState::new("42501");

@@ -4,7 +4,7 @@
 //! the client answers `"md5" + hex(md5(hex(stored hash) + salt))`. The stored hash is therefore
 //! enough to check a client *and* to log in to PostgreSQL, which is why it must stay secret.
 
-use super::crypto::ct_eq;
+use crate::crypto::ct_eq;
 use md5::{Digest, Md5};
 
 /// Prefix of both a stored MD5 secret and a client's MD5 response.

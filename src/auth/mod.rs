@@ -4,7 +4,6 @@
 //! exchange with one client. A SCRAM login yields the client's key, which the user's pool uses
 //! to log in to PostgreSQL (pass-through, see `backend/scram.rs`).
 
-pub(crate) mod crypto;
 mod directory;
 pub mod hba;
 pub mod md5;

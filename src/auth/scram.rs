@@ -19,7 +19,7 @@ mod verifier;
 
 pub use verifier::{ScramVerifier, VerifierError, DEFAULT_ITERATIONS, SCRAM_PREFIX};
 
-use super::crypto::{ct_eq, hmac_sha256, sha256, xor_into};
+use crate::crypto::{ct_eq, hmac_sha256, sha256, xor_into};
 use crate::protocol::SqlState;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;

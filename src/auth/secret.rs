@@ -1,9 +1,9 @@
 //! A user's configured password in one of PostgreSQL's three stored forms, and which methods it can check.
 
-use super::crypto::{ct_eq, sha256};
 use super::md5::{md5_password_hash, parse_md5_secret, MD5_PREFIX};
 use super::scram::{ScramVerifier, VerifierError, SCRAM_PREFIX};
 use crate::config::AuthMethod;
+use crate::crypto::{ct_eq, sha256};
 use std::fmt;
 
 /// A configured password, classified the way PostgreSQL classifies `rolpassword`.

@@ -16,6 +16,6 @@ pub use conn::{BackendConn, BackendKey, BackendState, READ_BUFFER};
 pub use connect::{connect, BackendLogin, BackendSecret};
 pub use error::BackendError;
 pub(crate) use reset::parse_data_row;
-pub use reset::{QueryOutcome, BASELINE_SQL, LEFTOVERS_SQL};
+pub use reset::{quote_ident, QueryOutcome, BASELINE_SQL, LEFTOVERS_SQL};
 pub use scram::{PassThroughError, ScramKeys};
 pub use users::{Millis, Users};

@@ -166,3 +166,8 @@ pub(crate) fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
     }
     values
 }
+
+/// `name` as a quoted identifier, for the SQL tidepool writes itself.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -7,7 +7,7 @@
 //! one* (same salt and iteration count, hence same keys): PostgreSQL announces its salt and
 //! iterations in server-first, and a mismatch is refused here before any proof is sent.
 
-use crate::auth::crypto::{ct_eq, hmac_sha256, sha256};
+use crate::crypto::{ct_eq, hmac_sha256, sha256};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::fmt;

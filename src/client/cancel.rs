@@ -5,6 +5,7 @@
 //! closes it, which is when it has processed the request, as libpq waits for.
 
 use crate::backend::BackendKey;
+pub use crate::pool::CancelCounts;
 use crate::protocol::startup::encode_cancel;
 use bytes::BytesMut;
 use rand::RngExt;
@@ -26,16 +27,6 @@ pub struct ClientKey {
 pub struct CancelTarget {
     pub addr: Arc<str>,
     pub key: BackendKey,
-}
-
-/// Cancel requests for one pool's clients in flight (SHOW POOLS): a relaxed counter per phase.
-#[derive(Debug, Default)]
-pub struct CancelCounts {
-    /// Opening the connection to PostgreSQL: not forwarded yet (cl_waiting_cancel_req).
-    pub waiting: AtomicUsize,
-    /// Sent; PostgreSQL has not closed the connection yet (cl_active_cancel_req, and
-    /// sv_active_cancel: the connection carrying it).
-    pub active: AtomicUsize,
 }
 
 /// One phase of one cancel request, counted while it lasts (also when the future is dropped).

@@ -7,64 +7,9 @@
 
 use crate::backend::BackendKey;
 use crate::client::cancel::{send_cancel_to, CancelTarget, ClientKey};
-use serde::Deserialize;
+use crate::config::PeersConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// `[peers]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PeersConfig {
-    /// This instance's id in its cancel keys, 1 to 255; 0 (default) turns peering off. Not
-    /// reloadable (clients' keys carry it).
-    pub instance_id: u8,
-    /// The other instances: id → "host:port" of their client listener. Reloadable.
-    pub instances: BTreeMap<String, String>,
-}
-
-/// A `[peers]` value that makes no sense.
-#[derive(Debug, PartialEq, Eq)]
-pub struct PeersError {
-    pub key: String,
-    pub reason: String,
-}
-
-impl PeersConfig {
-    pub fn validate(&self) -> Result<(), PeersError> {
-        let error = |key: String, reason: &str| PeersError {
-            key,
-            reason: reason.to_string(),
-        };
-        if !self.instances.is_empty() && self.instance_id == 0 {
-            return Err(error(
-                "instance_id".into(),
-                "must be 1 to 255 when peers.instances is set",
-            ));
-        }
-        for (id, addr) in &self.instances {
-            let key = format!("instances.{id}");
-            match id.parse::<u8>() {
-                Ok(0) | Err(_) => return Err(error(key, "instance ids are 1 to 255")),
-                Ok(n) if n == self.instance_id => {
-                    return Err(error(key, "is this instance's own id (peers.instance_id)"))
-                }
-                Ok(_) => {}
-            }
-            let port = addr
-                .rsplit_once(':')
-                .map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
-                return Err(error(key, "expected \"host:port\""));
-            }
-        }
-        Ok(())
-    }
-
-    /// Where the instance `id` listens, if it is a peer.
-    fn address(&self, id: u8) -> Option<&str> {
-        self.instances.get(&id.to_string()).map(String::as_str)
-    }
-}
 
 /// A secret carrying `instance_id` in its top byte (unchanged when peering is off).
 pub fn mark_secret(secret: i32, instance_id: u8) -> i32 {
@@ -98,12 +43,12 @@ pub fn unwrap_forwarded(key: ClientKey) -> (ClientKey, bool) {
 /// first use and kept (one per peer id ever configured: at most 255).
 #[derive(Debug, Default)]
 pub struct PeerCancels {
-    by_peer: std::sync::Mutex<BTreeMap<u8, Arc<crate::client::cancel::CancelCounts>>>,
+    by_peer: std::sync::Mutex<BTreeMap<u8, Arc<crate::pool::CancelCounts>>>,
 }
 
 impl PeerCancels {
     /// The counters of peer `id`.
-    pub fn of(&self, id: u8) -> Arc<crate::client::cancel::CancelCounts> {
+    pub fn of(&self, id: u8) -> Arc<crate::pool::CancelCounts> {
         let mut map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(id).or_default().clone()
     }

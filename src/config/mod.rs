@@ -6,6 +6,7 @@
 mod auth;
 mod cluster;
 mod listen;
+mod peers;
 #[cfg(test)]
 mod tests;
 mod units;
@@ -14,6 +15,10 @@ mod validate;
 pub use auth::{AuthConfig, HbaEntry, DEFAULT_AUTH_QUERY};
 pub use cluster::{ClusterConfig, DEFAULT_CLUSTER, WILDCARD_DATABASE};
 pub use listen::{Keepalive, ListenAddrs, ListenError, SocketMode, UnixSocket};
+pub use peers::{PeersConfig, PeersError};
+
+/// Database names that reach the admin console instead of a pool.
+pub const CONSOLE_DATABASES: &[&str] = &["tidepool", "pgbouncer"];
 pub use units::{parse_duration, parse_size, ByteSize, ConfigDuration, HiddenString};
 pub use validate::ConfigError;
 
@@ -31,7 +36,7 @@ pub struct Config {
     pub health: crate::health::HealthConfig,
     pub routing: crate::router::RoutingConfig,
     /// `[peers]`: cancel forwarding between instances behind one address.
-    pub peers: crate::client::peers::PeersConfig,
+    pub peers: PeersConfig,
     /// The default cluster's nodes (legacy single-cluster form).
     pub nodes: Vec<NodeConfig>,
     /// `[clusters.NAME]`: further clusters, each with its own nodes, health and routing.

@@ -252,7 +252,7 @@ impl Config {
                 }
             }
         }
-        for name in crate::admin::CONSOLE_DATABASES {
+        for name in super::CONSOLE_DATABASES {
             if self.databases.contains_key(*name) {
                 return Err(ConfigError::invalid(
                     format!("databases.{name}"),

@@ -3,7 +3,7 @@
 
 use super::{catch_up, counter_vec, float_gauge_vec, gauge_vec};
 use crate::app::Shared;
-use crate::client::session::routing::RouteReason;
+use crate::router::reasons::RouteReason;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Registry, TextEncoder};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

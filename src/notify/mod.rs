@@ -81,7 +81,7 @@ pub struct Hub {
     /// Which clients ran on each backend lately: a notification sent from one of tidepool's
     /// backends carries the pid (its BackendKeyData) of the client that sent it
     /// (`notify_senders.rs`), not the backend's.
-    users: Arc<crate::client::cancel::BackendUsers>,
+    users: Arc<senders::BackendUsers>,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
 }
@@ -171,7 +171,7 @@ impl NotifyHubs {
     pub fn hub(
         &self,
         pool: &Arc<Pool>,
-        users: &Arc<crate::client::cancel::BackendUsers>,
+        users: &Arc<senders::BackendUsers>,
         shutdown: watch::Receiver<Stage>,
     ) -> Arc<Hub> {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
@@ -222,7 +222,7 @@ async fn run_listener(
                 _ = shutdown.wait_for(|stage| *stage == Stage::Fast) => Event::Stop,
                 command = commands.recv() => command.map_or(Event::Stop, Event::Command),
                 frame = read => Event::Frame(frame),
-                _ = crate::client::session::sleep_or_never(retry_at) => Event::Retry,
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => Event::Retry,
             }
         };
         match event {
@@ -267,10 +267,7 @@ async fn run_listener(
                     continue;
                 }
                 if let Some(c) = conn.as_mut() {
-                    let sql = format!(
-                        "UNLISTEN {}",
-                        crate::client::features::sql_prepared::quote_ident(&channel)
-                    );
+                    let sql = format!("UNLISTEN {}", crate::backend::quote_ident(&channel));
                     if run(&hub, c, &sql).await.is_err() {
                         conn = None;
                         active.clear();
@@ -316,10 +313,7 @@ async fn listen(
         }
     }
     let c = conn.as_mut().expect("opened above");
-    let sql = format!(
-        "LISTEN {}",
-        crate::client::features::sql_prepared::quote_ident(channel)
-    );
+    let sql = format!("LISTEN {}", crate::backend::quote_ident(channel));
     match run(hub, c, &sql).await {
         Ok(true) => {
             active.insert(channel.to_string());

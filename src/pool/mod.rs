@@ -7,6 +7,7 @@
 //! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
 
 mod autodb;
+mod cancel_counts;
 mod caps;
 mod control;
 mod core;
@@ -17,6 +18,7 @@ mod servers;
 
 pub use self::core::{Limits, Pooled, Want};
 pub use autodb::{AutoDatabases, TooManyDatabases};
+pub use cancel_counts::CancelCounts;
 pub use caps::{CapPermit, ConnCap, ConnCaps};
 pub use control::{DbControl, DbControls};
 pub use hold::CheckoutHold;
@@ -87,7 +89,7 @@ pub struct PoolStats {
     /// Requests answered (Query, Sync, FunctionCall).
     pub queries: AtomicU64,
     /// Cancel requests for this pool's clients being forwarded (SHOW POOLS).
-    pub cancels: Arc<crate::client::cancel::CancelCounts>,
+    pub cancels: Arc<CancelCounts>,
     /// Bytes received from clients and sent to them while attached to this pool's backends.
     pub received: AtomicU64,
     pub sent: AtomicU64,

@@ -34,6 +34,7 @@ mod cache;
 mod config;
 mod lexical;
 mod prescan;
+pub mod reasons;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use super::{s, Table, INT4, INT8, TEXT};
 use crate::app::Shared;
-use crate::client::session::routing::RouteReason;
+use crate::router::reasons::RouteReason;
 
 /// SHOW NODES: what the health checkers know, cluster by cluster (a cluster of one node has no
 /// checker: its address only).

@@ -2,7 +2,7 @@
 
 use super::verifier::salted_password;
 use super::*;
-use crate::auth::crypto::{hmac_sha256, sha256, xor_into};
+use crate::crypto::{hmac_sha256, sha256, xor_into};
 use crate::fuzzing::XorShift;
 use postgres_protocol::authentication::sasl::{self, ScramSha256};
 

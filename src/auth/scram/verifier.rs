@@ -1,6 +1,6 @@
 //! The stored SCRAM-SHA-256 secret: parsing and printing PostgreSQL's format, and deriving it from a password.
 
-use crate::auth::crypto::{ct_eq, hmac_sha256, pbkdf2_sha256, sha256};
+use crate::crypto::{ct_eq, hmac_sha256, pbkdf2_sha256, sha256};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::borrow::Cow;

@@ -279,7 +279,7 @@ impl Session {
             if let Some((name, text)) = sql_name(&self.statements.sql, word) {
                 frontend_msg::query(
                     &mut out,
-                    &format!("DEALLOCATE {}", sql_prepared::quote_ident(&name)),
+                    &format!("DEALLOCATE {}", crate::backend::quote_ident(&name)),
                 );
                 frontend_msg::query(&mut out, &text);
                 again.push((name, text));

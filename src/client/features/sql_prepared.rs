@@ -14,6 +14,7 @@
 //! recorded (the whole client Query, which may hold several statements). A statement whose text
 //! cannot be found unambiguously there pins the client instead, as before.
 
+use crate::backend::quote_ident;
 use crate::backend::{BackendConn, BackendError};
 use crate::protocol::{frontend_msg, tag};
 use bytes::BytesMut;
@@ -99,11 +100,6 @@ fn own_text<'a>(name: &str, source: &'a str) -> Option<&'a str> {
         }
     }
     found
-}
-
-/// `name` as a quoted identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// One statement run at attach.

@@ -98,7 +98,7 @@ async fn drain_abandoned(backend: &mut BackendConn, ex: &mut Exchange) -> Result
             key: backend.key,
         };
         // Not a client's request: counted nowhere.
-        let counts = crate::client::cancel::CancelCounts::default();
+        let counts = crate::pool::CancelCounts::default();
         tokio::spawn(async move { crate::client::cancel::send_cancel_to(&target, &counts).await });
     }
     while ex.tracker.pending() > 0 {

@@ -59,7 +59,7 @@ pub(crate) async fn relay_timed(
                 tracing::info!(node = %target.addr, "query_timeout: cancelling the request");
                 let target = target.clone();
                 // Not a client's cancel request: counted nowhere (SHOW POOLS' cancel columns).
-                let counts = crate::client::cancel::CancelCounts::default();
+                let counts = crate::pool::CancelCounts::default();
                 cancel = Some(tokio::spawn(async move {
                     crate::client::cancel::send_cancel_to(&target, &counts).await
                 }));
