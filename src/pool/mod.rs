@@ -4,7 +4,7 @@
 //! across an `.await`; all I/O (connect, check, close) happens outside the lock. A client that
 //! finds the pool exhausted parks on a oneshot in the core's FIFO; whoever releases a connection
 //! hands it straight to the first waiter, so no task polls and nobody is woken for nothing. One
-//! janitor task (`app.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
+//! janitor task (`app/janitor.rs`) calls `maintain` every second for idle/lifetime eviction and prewarming.
 
 mod autodb;
 mod caps;
