@@ -1,7 +1,7 @@
 //! Configuration: the TOML schema, defaults, validation, and the immutable snapshot shared by tasks.
 //!
 //! A `Config` is parsed and validated as a whole and then never mutated: reload builds a new one
-//! and swaps it in atomically (see `app.rs`). Every key is documented in `pool.toml.example`.
+//! and swaps it in atomically (see `app/shared.rs`). Every key is documented in `pool.toml.example`.
 
 mod auth;
 mod cluster;

@@ -12,6 +12,7 @@
 pub mod console;
 pub mod pgbouncer;
 pub mod process;
+pub mod tls;
 pub mod wire;
 
 use std::net::SocketAddr;

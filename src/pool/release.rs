@@ -1,0 +1,50 @@
+//! Checking a connection back in: a clean one goes to the first waiter or the idle list;
+//! anything else (broken, retired, held, past its lifetime) is closed and its slot freed.
+
+use super::core::Released;
+use super::{Pool, Server, ServerState};
+use tokio::time::Instant;
+
+impl Pool {
+    /// Returns a connection that is idle and clean; anything else is discarded.
+    pub fn release(&self, mut conn: Server) {
+        let retired = *self.retired_before.lock().unwrap_or_else(|p| p.into_inner());
+        let close_needed = match &conn.ticket {
+            Some(ticket) => {
+                ticket.set_state(ServerState::Idle);
+                ticket.link(0);
+                ticket.entry().close_needed()
+            }
+            None => false,
+        };
+        if !conn.is_reusable()
+            || close_needed
+            || self.is_retired()
+            || self.hold.is_held()
+            || retired.is_some_and(|at| conn.created <= at)
+        {
+            self.discard(conn);
+            return;
+        }
+        let settings = self.settings.load();
+        let now = Instant::now();
+        if settings
+            .lifetime
+            .is_some_and(|l| now.duration_since(conn.created) >= l)
+        {
+            self.discard(conn);
+            return;
+        }
+        conn.last_used = now;
+        let released = self.lock().release(conn, now);
+        if let Released::Close(conn) = released {
+            tokio::spawn(conn.terminate());
+        }
+    }
+
+    /// Closes a connection that must not be reused and frees its slot.
+    pub fn discard(&self, conn: Server) {
+        self.lock().forget();
+        tokio::spawn(conn.terminate());
+    }
+}

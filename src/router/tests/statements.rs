@@ -1,0 +1,221 @@
+//! The statement table: every classification rule, row by row, and the property that adding
+//! a write to any read in it makes a write.
+
+use super::*;
+
+#[rustfmt::skip]
+const STATEMENTS: &[(&str, Access, Reason)] = &[
+    // Plain reads.
+    ("SELECT 1", R, Reason::Read),
+    ("select * from users where id = $1", R, Reason::Read),
+    ("SELECT a, b FROM t JOIN u USING (id) WHERE x > 3 ORDER BY a LIMIT 10 OFFSET 5", R, Reason::Read),
+    ("VALUES (1, 'a'), (2, 'b')", R, Reason::Read),
+    ("SHOW search_path", R, Reason::Read),
+    ("SHOW ALL", R, Reason::Read),
+    ("show transaction_isolation", R, Reason::Read),
+    // sqlparser 0.63 rejects `TABLE name`: a read in truth, sent to the primary.
+    ("TABLE users", W, Reason::Unparsable),
+    ("EXPLAIN SELECT * FROM t", R, Reason::Read),
+    ("EXPLAIN ANALYZE SELECT * FROM t", R, Reason::Read),
+    ("EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t WHERE id = 1", R, Reason::Read),
+    ("EXPLAIN WITH x AS (SELECT 1) SELECT * FROM x", R, Reason::Read),
+    ("WITH x AS (SELECT 1 AS a) SELECT a FROM x", R, Reason::Read),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 10) SELECT sum(n) FROM r", R, Reason::Read),
+    ("WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x", R, Reason::Read),
+    ("SELECT count(*), max(price) FROM orders GROUP BY customer HAVING count(*) > 2", R, Reason::Read),
+    ("(SELECT 1) UNION (SELECT 2)", R, Reason::Read),
+    ("SELECT 1 UNION SELECT 2 INTERSECT SELECT 3 EXCEPT SELECT 4", R, Reason::Read),
+    ("SELECT now(), current_timestamp, pg_is_in_recovery()", R, Reason::Read),
+    ("SELECT * FROM t WHERE id IN (SELECT id FROM u)", R, Reason::Read),
+    ("SELECT CASE WHEN a THEN 1 ELSE 2 END FROM t", R, Reason::Read),
+    ("SELECT * FROM generate_series(1, 10) g", R, Reason::Read),
+    ("SELECT x::int, y::text FROM t", R, Reason::Read),
+    ("SELECT * FROM t WHERE a BETWEEN 1 AND 2", R, Reason::Read),
+    ("SELECT pg_catalog.now()", R, Reason::Read),
+    ("SELECT array_agg(x ORDER BY y) FROM t", R, Reason::Read),
+    ("SELECT row_number() OVER (PARTITION BY a ORDER BY b) FROM t", R, Reason::Read),
+    ("SELECT * FROM t WHERE j @> '{\"a\":1}'::jsonb", R, Reason::Read),
+    ("SELECT DISTINCT ON (a) a, b FROM t ORDER BY a, b DESC", R, Reason::Read),
+    ("SELECT lower(name) FROM users WHERE email ILIKE '%@example.com'", R, Reason::Read),
+    ("SELECT lo_get(42)", R, Reason::Read),
+    ("SELECT pg_sleep(0)", R, Reason::Read),
+    ("SELECT nextval_count, \"currval_total\" FROM stats", R, Reason::Read),
+    ("SELECT 1 AS \"for\", 2 AS \"update\", 3 AS \"into\"", R, Reason::Read),
+    // Words that only look dangerous: strings, dollar quotes, comments.
+    ("SELECT * FROM t WHERE note = 'nextval(''s'')'", R, Reason::Read),
+    ("SELECT $$nextval('s')$$, $tag$ FOR UPDATE $tag$", R, Reason::Read),
+    ("SELECT 'FOR UPDATE', 'INTO x', 'DELETE FROM t', E'it\\'s'", R, Reason::Read),
+    ("SELECT 1 -- nextval('s')", R, Reason::Read),
+    ("SELECT 1 /* FOR UPDATE /* nested */ INTO */", R, Reason::Read),
+    // Leading comments, whitespace and case.
+    ("/* hello */ SELECT 1", R, Reason::Read),
+    ("-- comment\nSELECT 1", R, Reason::Read),
+    ("/* a /* nested */ comment */ -- and a line\r\n  SELECT 1", R, Reason::Read),
+    ("  \n\t\x0c SeLeCt\n1", R, Reason::Read),
+    ("SELECT\t*\nFROM\r\nt", R, Reason::Read),
+    // Several reads, semicolons.
+    ("SELECT 1; SELECT 2", R, Reason::Read),
+    ("SELECT 1;", R, Reason::Read),
+    ("SELECT 1;;SELECT 2", R, Reason::Read),
+    ("", R, Reason::Empty),
+    ("  \n ", R, Reason::Empty),
+    ("/* only a comment */", R, Reason::Empty),
+    (";", R, Reason::Empty),
+    // First keyword settles a write.
+    ("INSERT INTO t VALUES (1)", W, Reason::Shortcut),
+    ("update t set a = 1", W, Reason::Shortcut),
+    ("DELETE FROM t", W, Reason::Shortcut),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", W, Reason::Shortcut),
+    ("CREATE TABLE t (id int)", W, Reason::Shortcut),
+    ("ALTER TABLE t ADD COLUMN x int", W, Reason::Shortcut),
+    ("DROP TABLE t", W, Reason::Shortcut),
+    ("TRUNCATE t", W, Reason::Shortcut),
+    ("GRANT SELECT ON t TO bob", W, Reason::Shortcut),
+    ("REVOKE ALL ON t FROM bob", W, Reason::Shortcut),
+    ("VACUUM (ANALYZE) t", W, Reason::Shortcut),
+    ("ANALYZE t", W, Reason::Shortcut),
+    ("COPY t TO STDOUT", W, Reason::Shortcut),
+    ("COPY (SELECT 1) TO STDOUT", W, Reason::Shortcut),
+    ("CALL proc()", W, Reason::Shortcut),
+    ("DO $$BEGIN PERFORM 1; END$$", W, Reason::Shortcut),
+    ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", W, Reason::Shortcut),
+    ("REFRESH MATERIALIZED VIEW mv", W, Reason::Shortcut),
+    ("CLUSTER t", W, Reason::Shortcut),
+    ("REINDEX TABLE t", W, Reason::Shortcut),
+    ("LISTEN chan", W, Reason::Shortcut),
+    ("NOTIFY chan, 'x'", W, Reason::Shortcut),
+    ("UNLISTEN *", W, Reason::Shortcut),
+    ("EXECUTE stmt(1)", W, Reason::Shortcut),
+    ("DEALLOCATE ALL", W, Reason::Shortcut),
+    ("DECLARE c CURSOR FOR SELECT 1", W, Reason::Shortcut),
+    ("FETCH 10 FROM c", W, Reason::Shortcut),
+    ("CHECKPOINT", W, Reason::Shortcut),
+    ("SAVEPOINT s", W, Reason::Shortcut),
+    ("COMMENT ON TABLE t IS 'x'", W, Reason::Shortcut),
+    ("INSERT INTO t VALUES (1); SELECT 1", W, Reason::Shortcut),
+    ("selectx 1", W, Reason::Shortcut),
+    ("select$1", W, Reason::Shortcut),
+    ("\"select\" 1", W, Reason::Shortcut),
+    ("123", W, Reason::Shortcut),
+    ("/* SELECT */ DELETE FROM t", W, Reason::Shortcut),
+    // Session and transaction statements (details in `control_statements`).
+    ("BEGIN", W, Reason::Control),
+    ("SET search_path = public", W, Reason::Control),
+    ("PREPARE q AS SELECT 1", W, Reason::Control),
+    ("BEGIN; SELECT 1; COMMIT", W, Reason::Control),
+    // Write functions, wherever they hide.
+    ("SELECT nextval('s')", W, Reason::WriteFunction),
+    ("SELECT NEXTVAL('s')", W, Reason::WriteFunction),
+    ("SELECT pg_catalog.nextval('s')", W, Reason::WriteFunction),
+    ("SELECT \"nextval\"('s')", W, Reason::WriteFunction),
+    ("SELECT \"pg_catalog\" . \"nextval\" ('s')", W, Reason::WriteFunction),
+    ("SELECT nextval /* c */ ('s')", W, Reason::WriteFunction),
+    ("SELECT * FROM t WHERE id = (SELECT nextval('s'))", W, Reason::WriteFunction),
+    ("SELECT CASE WHEN x THEN nextval('s') ELSE 0 END FROM t", W, Reason::WriteFunction),
+    ("SELECT * FROM t ORDER BY nextval('s')", W, Reason::WriteFunction),
+    ("SELECT * FROM nextval('s')", W, Reason::WriteFunction),
+    ("SELECT * FROM ROWS FROM (nextval('s'))", W, Reason::WriteFunction),
+    ("SELECT count(*) FILTER (WHERE nextval('s') > 0) FROM t", W, Reason::WriteFunction),
+    ("SELECT 1 WHERE EXISTS (SELECT 1 FROM t WHERE a = setval('s', 1))", W, Reason::WriteFunction),
+    ("SELECT max(x) OVER (ORDER BY nextval('s')) FROM t", W, Reason::WriteFunction),
+    ("SELECT ('s'::regclass).nextval", W, Reason::WriteFunction),
+    ("WITH x AS (SELECT nextval('s')) SELECT * FROM x", W, Reason::WriteFunction),
+    ("VALUES (nextval('s'))", W, Reason::WriteFunction),
+    ("EXPLAIN ANALYZE SELECT nextval('s')", W, Reason::WriteFunction),
+    ("SELECT 1; SELECT nextval('s')", W, Reason::WriteFunction),
+    ("SELECT currval('s')", W, Reason::WriteFunction),
+    ("SELECT lastval()", W, Reason::WriteFunction),
+    ("SELECT setval('s', 10, true)", W, Reason::WriteFunction),
+    ("SELECT pg_advisory_lock(1)", W, Reason::WriteFunction),
+    ("SELECT pg_try_advisory_xact_lock(1, 2)", W, Reason::WriteFunction),
+    ("SELECT pg_advisory_unlock_all()", W, Reason::WriteFunction),
+    ("SELECT set_config('search_path', 'x', false)", W, Reason::WriteFunction),
+    ("SELECT lo_create(0)", W, Reason::WriteFunction),
+    ("SELECT lo_import('/tmp/x')", W, Reason::WriteFunction),
+    ("SELECT lo_unlink(1)", W, Reason::WriteFunction),
+    ("SELECT lowrite(0, 'x')", W, Reason::WriteFunction),
+    ("SELECT lo_lseek64(0, 0, 0)", W, Reason::WriteFunction),
+    ("SELECT txid_current()", W, Reason::WriteFunction),
+    ("SELECT pg_current_xact_id()", W, Reason::WriteFunction),
+    ("SELECT pg_notify('c', 'x')", W, Reason::WriteFunction),
+    ("SELECT dblink_exec('dbname=x', 'DELETE FROM t')", W, Reason::WriteFunction),
+    ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'x'", W, Reason::WriteFunction),
+    ("SELECT pg_promote()", W, Reason::WriteFunction),
+    ("SELECT pg_reload_conf()", W, Reason::WriteFunction),
+    ("SELECT pg_switch_wal()", W, Reason::WriteFunction),
+    ("SELECT pg_create_physical_replication_slot('s')", W, Reason::WriteFunction),
+    ("SELECT pg_stat_reset()", W, Reason::WriteFunction),
+    // Row locks.
+    ("SELECT * FROM t FOR UPDATE", W, Reason::LockingRead),
+    ("SELECT * FROM t FOR UPDATE NOWAIT", W, Reason::LockingRead),
+    ("SELECT * FROM t FOR UPDATE SKIP LOCKED", W, Reason::LockingRead),
+    ("SELECT * FROM t FOR UPDATE OF t", W, Reason::LockingRead),
+    ("SELECT * FROM t FOR SHARE", W, Reason::LockingRead),
+    ("SELECT * FROM t FOR NO KEY UPDATE", W, Reason::LockingRead),
+    ("SELECT * FROM t FOR KEY SHARE", W, Reason::LockingRead),
+    ("select * from t for\nupdate", W, Reason::LockingRead),
+    ("SELECT * FROM t /* c */ FOR /* c */ UPDATE", W, Reason::LockingRead),
+    ("SELECT * FROM (SELECT * FROM t FOR UPDATE) s", W, Reason::LockingRead),
+    ("WITH x AS (SELECT * FROM t FOR UPDATE) SELECT * FROM x", W, Reason::LockingRead),
+    // SELECT INTO.
+    ("SELECT * INTO newt FROM t", W, Reason::SelectInto),
+    ("SELECT a INTO TEMP x FROM t", W, Reason::SelectInto),
+    ("WITH x AS (SELECT 1) SELECT * INTO y FROM x", W, Reason::SelectInto),
+    // Data-modifying CTEs.
+    ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", W, Reason::WritableCte),
+    ("WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM x", W, Reason::WritableCte),
+    ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT count(*) FROM x", W, Reason::WritableCte),
+    ("WITH a AS (SELECT 1), b AS (DELETE FROM t) SELECT * FROM a", W, Reason::WritableCte),
+    ("WITH x AS (SELECT 1) DELETE FROM t", W, Reason::WritableCte),
+    ("with x as (select 1) update t set a = 2", W, Reason::WritableCte),
+    // EXPLAIN of writes.
+    ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", W, Reason::Write),
+    ("EXPLAIN (ANALYZE) DELETE FROM t", W, Reason::Write),
+    ("EXPLAIN UPDATE t SET a = 1", W, Reason::Write),
+    ("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1", W, Reason::Write),
+    ("EXPLAIN EXECUTE q(1)", W, Reason::Write),
+    // A write anywhere in a multi-statement string.
+    ("SELECT 1; DELETE FROM t", W, Reason::Write),
+    ("SELECT 1; BEGIN", W, Reason::Write),
+    ("SELECT 1; COMMIT", W, Reason::Write),
+    ("SELECT 1; CREATE TABLE t (a int)", W, Reason::Write),
+    ("SHOW x; SET x = 1", W, Reason::Write),
+    // What sqlparser cannot parse, or we refuse to trust.
+    ("SELECT * FROM t WHERE a BETWEEN SYMMETRIC 2 AND 1", W, Reason::Unparsable),
+    ("SELECT xmlelement(name foo)", W, Reason::Unparsable),
+    ("SELECT (", W, Reason::Unparsable),
+    ("SELECT 'unterminated", W, Reason::Unparsable),
+    ("SELECT $$unterminated", W, Reason::Unparsable),
+    ("/* unterminated comment SELECT 1", W, Reason::Unparsable),
+    ("SELECT 1 /* unterminated", W, Reason::Unparsable),
+    ("SELECT U&\"\\006Eextval\"('s')", W, Reason::Unparsable),
+    ("select u&\"d\\0061ta\" from t", W, Reason::Unparsable),
+];
+
+#[test]
+fn statement_table() {
+    assert!(STATEMENTS.len() >= 100);
+    check_table(&classifier(), STATEMENTS);
+}
+
+/// Whatever read we start from, adding a write to it must make it a write.
+#[test]
+fn adding_a_write_to_any_read_makes_a_write() {
+    let classifier = classifier();
+    let tails = [
+        "\n FOR UPDATE",
+        "\n FOR NO KEY UPDATE",
+        "\n; SELECT nextval('s')",
+        "\n; SELECT 1 FROM t WHERE x = pg_catalog.setval('s', 1)",
+        "\n; DELETE FROM t",
+        "\n; CREATE TABLE t2 (a int)",
+        "\n; COMMIT",
+    ];
+    let reads = STATEMENTS.iter().filter(|(_, access, _)| *access == R);
+    for (sql, ..) in reads {
+        for tail in tails {
+            let longer = format!("{sql}{tail}");
+            assert_eq!(classifier.classify(&longer).access, W, "{longer:?}");
+        }
+    }
+}
