@@ -97,6 +97,20 @@ impl CancelSlot {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
+    /// Points the slot at the backend `addr` / `key`: one atomic swap when it points there
+    /// already (every request of a client keeping its backend); the address is copied only
+    /// when the backend changed.
+    pub fn arm(&self, addr: &Arc<str>, key: BackendKey) {
+        let word = (u64::from(key.pid as u32) << 32) | u64::from(key.secret as u32);
+        if self.current.swap(word, Ordering::Relaxed) == word {
+            return;
+        }
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(CancelTarget {
+            addr: addr.clone(),
+            key,
+        });
+    }
+
     fn get(&self) -> Option<CancelTarget> {
         self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

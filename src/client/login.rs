@@ -5,6 +5,8 @@ use crate::app::{Shared, Snapshot};
 use crate::client::authenticate::{self, AuthError};
 use crate::client::conn::{ClientConn, ClientIoError};
 use crate::client::features::statements::{ClientStatements, Pipeline};
+use crate::client::params::ClientParams;
+use crate::client::session::checkout::{Checkout, Event};
 use crate::client::session::relay::Exchange;
 use crate::client::session::routing::startup_route;
 use crate::client::session::Session;
@@ -113,30 +115,9 @@ async fn serve_inner(
     let unix = stream.is_unix();
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
     let login_deadline = Instant::now() + proxy.client_login_timeout.0;
-
-    let params = match tokio::time::timeout_at(
-        login_deadline,
-        // No TLS on a Unix socket, as in PostgreSQL: SSLRequest is answered `N` and
-        // `client_tls_mode` does not apply (the connection never leaves the host).
-        // Boxed, as the other login steps: transient, and inline they would size the task of
-        // every client for its whole life (an idle client is that task).
-        Box::pin(negotiate(
-            &mut client,
-            snapshot.client_tls.as_deref().filter(|_| !unix),
-        )),
-    )
-    .await
-    {
-        Err(_) => return CloseReason::LoginTimeout,
-        Ok(Err(e)) => return e.into(),
-        Ok(Ok(Opening::Cancel(key))) => {
-            let (key, forwarded) = crate::client::peers::unwrap_forwarded(key);
-            if !shared.cancels.cancel(key).await && !forwarded {
-                crate::client::peers::forward(&snapshot.config.peers, &shared.stats.peer_cancels, key).await;
-            }
-            return CloseReason::CancelRequest;
-        }
-        Ok(Ok(Opening::Login(params))) => params,
+    let params = match open(shared, &snapshot, &mut client, unix, login_deadline).await {
+        Ok(params) => params,
+        Err(reason) => return reason,
     };
     if over_limit {
         client
@@ -147,33 +128,10 @@ async fn serve_inner(
             .await;
         return CloseReason::Refused("max_client_conn reached".into());
     }
-
-    let auth = Box::pin(authenticate::login(
-        &mut client,
-        &snapshot.config,
-        &snapshot.users,
-        &params,
-    ));
-    let user = match tokio::time::timeout_at(login_deadline, auth).await {
-        Err(_) => {
-            client
-                .send_fatal(ErrorFields::fatal(
-                    SqlState::CANNOT_CONNECT_NOW,
-                    "canceling authentication due to timeout",
-                ))
-                .await;
-            return CloseReason::LoginTimeout;
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, user = %params.user, database = %params.database, "login failed: {e}");
-            if let Some(error) = e.client_error(&params.user) {
-                client.send_fatal(error).await;
-            }
-            return e.into();
-        }
-        Ok(Ok(user)) => user,
+    let user = match authenticate(&snapshot, &mut client, &params, login_deadline).await {
+        Ok(user) => user,
+        Err(reason) => return reason,
     };
-
     if crate::admin::is_console(&params.database) {
         // A console does not keep a process draining for WAIT_FOR_CLIENTS alive.
         guard.mark_console();
@@ -202,10 +160,109 @@ async fn serve_inner(
             .await;
         return CloseReason::Refused(message);
     }
+    let mut session = new_session(shared, snapshot, client, pool, user, params);
+    let entry = session.ticket.entry().clone();
+    let reason = tokio::select! {
+        reason = session.run() => reason,
+        _ = entry.killed() => {
+            // Killed mid-anything: its backend goes too (it may be mid-request).
+            session.checkout.handle(Event::Lost);
+            if session.pins.any() {
+                shared.stats.pinned_clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let error = ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
+            session.client.send_fatal(error).await;
+            return CloseReason::Killed;
+        }
+    };
+    session.finish().await;
+    session.release_parked().await;
+    reason
+}
+
+/// The opening exchange (TLS, startup packet) within the login deadline: the client's startup
+/// parameters, or the end of the connection (a cancel request ends it too, once forwarded).
+async fn open(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client: &mut ClientConn,
+    unix: bool,
+    login_deadline: Instant,
+) -> Result<ClientParams, CloseReason> {
+    let opened = tokio::time::timeout_at(
+        login_deadline,
+        // No TLS on a Unix socket, as in PostgreSQL: SSLRequest is answered `N` and
+        // `client_tls_mode` does not apply (the connection never leaves the host).
+        // Boxed, as the other login steps: transient, and inline they would size the task of
+        // every client for its whole life (an idle client is that task).
+        Box::pin(negotiate(
+            client,
+            snapshot.client_tls.as_deref().filter(|_| !unix),
+        )),
+    )
+    .await;
+    match opened {
+        Err(_) => Err(CloseReason::LoginTimeout),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(Opening::Cancel(key))) => {
+            let (key, forwarded) = crate::client::peers::unwrap_forwarded(key);
+            if !shared.cancels.cancel(key).await && !forwarded {
+                crate::client::peers::forward(&snapshot.config.peers, &shared.stats.peer_cancels, key).await;
+            }
+            Err(CloseReason::CancelRequest)
+        }
+        Ok(Ok(Opening::Login(params))) => Ok(params),
+    }
+}
+
+/// Authentication within the login deadline; a failure is logged and told to the client.
+async fn authenticate(
+    snapshot: &Snapshot,
+    client: &mut ClientConn,
+    params: &ClientParams,
+    login_deadline: Instant,
+) -> Result<Arc<crate::auth::UserAuth>, CloseReason> {
+    let auth = Box::pin(authenticate::login(
+        client,
+        &snapshot.config,
+        &snapshot.users,
+        params,
+    ));
+    match tokio::time::timeout_at(login_deadline, auth).await {
+        Err(_) => {
+            client
+                .send_fatal(ErrorFields::fatal(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    "canceling authentication due to timeout",
+                ))
+                .await;
+            Err(CloseReason::LoginTimeout)
+        }
+        Ok(Err(e)) => {
+            let peer = client.peer;
+            tracing::warn!(%peer, user = %params.user, database = %params.database, "login failed: {e}");
+            if let Some(error) = e.client_error(&params.user) {
+                client.send_fatal(error).await;
+            }
+            Err(e.into())
+        }
+        Ok(Ok(user)) => Ok(user),
+    }
+}
+
+/// A logged-in client of `pool`'s database, registered (SHOW CLIENTS) and not yet attached.
+fn new_session(
+    shared: &Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    client: ClientConn,
+    pool: Arc<crate::pool::Pool>,
+    user: Arc<crate::auth::UserAuth>,
+    params: ClientParams,
+) -> Session {
     let ticket = shared.sessions.register(crate::client::registry::NewClient {
         user: &params.user,
         database: &params.database,
-        addr: peer,
+        addr: client.peer,
         local_addr: client.stream.local_addr().ok(),
         application_name: params
             .settings
@@ -214,8 +271,8 @@ async fn serve_inner(
             .map_or("", |(_, value)| value.as_str()),
         tls: client.tls.is_some(),
     });
-    let entry = ticket.entry().clone();
-    if proxy.log_connections {
+    if snapshot.config.proxy.log_connections {
+        let peer = client.peer;
         tracing::info!(%peer, user = %params.user, database = %params.database, "client connected");
     }
     let mode = pool.settings().mode;
@@ -227,7 +284,7 @@ async fn serve_inner(
         snapshot: snapshot.clone(),
         client,
         node_pools: vec![None; node_count],
-        pool,
+        checkout: Checkout::new(pool),
         route: startup_route(&params),
         ryw_lsn: None,
         routed_write: false,
@@ -235,7 +292,6 @@ async fn serve_inner(
         mode,
         params,
         exchange: Exchange::default(),
-        backend: None,
         pending_error: None,
         discard_until_sync: false,
         statements: ClientStatements::default(),
@@ -252,22 +308,5 @@ async fn serve_inner(
         followed: Default::default(),
     };
     session.take_snapshot();
-    let reason = tokio::select! {
-        reason = session.run() => reason,
-        _ = entry.killed() => {
-            // Killed mid-anything: its backend goes too (it may be mid-request).
-            if let Some(backend) = session.backend.take() {
-                session.pool.discard(backend);
-            }
-            if session.pins.any() {
-                shared.stats.pinned_clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            let error = ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
-            session.client.send_fatal(error).await;
-            return CloseReason::Killed;
-        }
-    };
-    session.finish().await;
-    session.release_parked().await;
-    reason
+    session
 }

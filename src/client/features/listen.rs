@@ -246,7 +246,7 @@ impl Session {
                     let shutdown = self.shared.shutdown.subscribe();
                     let sub = self.listens.get_or_insert_with(|| {
                         Subscription::new(self.shared.notify.hub(
-                            &self.pool,
+                            self.checkout.pool(),
                             &self.shared.cancels.users,
                             shutdown,
                         ))

@@ -272,7 +272,7 @@ impl Session {
                 }
             }
         }
-        let backend = self.backend.as_mut().expect("attached");
+        let backend = self.checkout.attached();
         let mut out = BytesMut::new();
         let mut again = Vec::new();
         for word in &sql {

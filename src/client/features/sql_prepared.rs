@@ -245,7 +245,7 @@ impl crate::client::session::Session {
     /// is now what its backend holds. Statements that cannot move pin the client.
     pub(crate) async fn follow_sql_prepared(&mut self) -> Result<(), BackendError> {
         self.exchange.sql_prepared_may_have_changed = false;
-        let backend = self.backend.as_mut().expect("attached");
+        let backend = self.checkout.attached();
         let set = refresh(backend).await?.clone();
         let mut pins = self.pins;
         pins.sql_prepared = set.unmovable();

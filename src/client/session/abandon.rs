@@ -3,6 +3,7 @@
 
 use crate::backend::{BackendConn, BackendError};
 use crate::client::cancel::CancelTarget;
+use crate::client::session::checkout::Event;
 use crate::client::session::relay::Exchange;
 use crate::client::session::Session;
 use crate::config::PoolMode;
@@ -13,28 +14,30 @@ use std::time::Duration;
 impl Session {
     /// Returns or closes the backend when the client leaves.
     pub(crate) async fn finish(&mut self) {
-        let Some(mut backend) = self.backend.take() else {
+        let settings = self.checkout.pool().settings();
+        let Some(backend) = self.checkout.server() else {
+            self.checkout.handle(Event::Left { cleaned: false });
             return;
         };
-        let settings = self.pool.settings();
         if let Some(ticket) = &backend.ticket {
             // Being cleaned for the next client (SHOW POOLS sv_tested); release makes it idle.
             ticket.set_state(crate::pool::ServerState::Tested);
             ticket.link(0);
         }
         let quiet = self.exchange.is_quiet() && backend.wbuf.is_empty();
-        let exchange = &mut self.exchange;
         let (mode, pinned) = (self.mode, self.pins.any());
         if self.pins.loaded_modules > 0 {
             // Nothing unloads a module: this connection serves no one else.
-            self.pool.discard(backend);
+            self.checkout.handle(Event::Left { cleaned: false });
             return;
         }
+        let exchange = &mut self.exchange;
+        let backend = self.checkout.attached();
         let cleanup = async {
             if !quiet {
                 // Abandoned mid-request: cancel it and read to the end, so that the connection
                 // can serve someone else.
-                drain_abandoned(&mut backend, exchange).await?;
+                drain_abandoned(backend, exchange).await?;
             }
             if !exchange.tracker.is_idle() {
                 backend.run_simple("ROLLBACK").await?;
@@ -63,16 +66,17 @@ impl Session {
                 }
                 if exchange.sql_prepared_may_have_changed {
                     // The next client must find the backend's SQL prepared statements as recorded.
-                    crate::client::features::sql_prepared::refresh(&mut backend).await?;
+                    crate::client::features::sql_prepared::refresh(backend).await?;
                 }
             }
             Ok::<(), BackendError>(())
         };
         // Bounded: a statement that ignores cancel is not worth waiting for.
-        match tokio::time::timeout(Duration::from_secs(5), cleanup).await {
-            Ok(Ok(())) => self.pool.release(backend),
-            _ => self.pool.discard(backend),
-        }
+        let cleaned = matches!(
+            tokio::time::timeout(Duration::from_secs(5), cleanup).await,
+            Ok(Ok(()))
+        );
+        self.checkout.handle(Event::Left { cleaned });
     }
 }
 

@@ -21,7 +21,7 @@ impl Session {
     /// client's too.
     pub(crate) fn account_local_parses(&mut self) {
         add(
-            &self.pool.stats.client_parses,
+            &self.checkout.pool().stats.client_parses,
             &mut self.statements.answered_parses,
         );
     }
@@ -38,9 +38,10 @@ impl Session {
     /// A backend was checked out after `waited`.
     pub(crate) fn account_checkout(&self, waited: Duration) {
         let secs = waited.as_secs_f64();
-        self.pool.metrics.wait.observe(secs);
+        self.checkout.pool().metrics.wait.observe(secs);
         self.shared.metrics.role(self.role()).wait.observe(secs);
-        self.pool
+        self.checkout
+            .pool()
             .stats
             .wait_time_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
@@ -49,7 +50,7 @@ impl Session {
     /// Moves what the relay noted into the pool's counters and the metrics.
     pub(crate) fn account_relay(&mut self, event: &RelayEvent) {
         let role = self.role();
-        let stats = &self.pool.stats;
+        let stats = &self.checkout.pool().stats;
         let metrics = self.shared.metrics.role(role);
         let ex = &mut self.exchange;
         if ex.bytes_in > 0 {
@@ -78,7 +79,11 @@ impl Session {
         if matches!(event, RelayEvent::Idle | RelayEvent::IdleInTransaction) {
             if let Some(since) = ex.busy_since.take() {
                 let took = since.elapsed();
-                self.pool.metrics.query_duration.observe(took.as_secs_f64());
+                self.checkout
+                    .pool()
+                    .metrics
+                    .query_duration
+                    .observe(took.as_secs_f64());
                 metrics.query_duration.observe(took.as_secs_f64());
                 stats
                     .query_time_us

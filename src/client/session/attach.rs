@@ -3,10 +3,10 @@
 //! prepared statements, and a fresh exchange for it. Session mode does this once at login,
 //! transaction mode per transaction.
 
-use crate::backend::{BackendConn, BackendError};
-use crate::client::cancel::CancelSlot;
+use crate::backend::BackendError;
 use crate::client::login::CloseReason;
 use crate::client::params::settings_diff_sql;
+use crate::client::session::checkout::Event;
 use crate::client::session::{backend_error_for_client, Session};
 use crate::config::PoolMode;
 use crate::pool::{PoolError, StartupWish};
@@ -19,16 +19,14 @@ impl Session {
     /// Gets a backend for the client: session mode once at login, transaction mode per
     /// transaction. On login, errors are FATAL (as PostgreSQL's would be at startup).
     pub(crate) async fn attach(&mut self, login: bool) -> Result<(), CloseReason> {
-        self.attach_cancellable(login, None).await.map(|_| ())
+        self.attach_cancellable(login).await.map(|_| ())
     }
 
-    /// `attach`, but a cancel request for this client while it waits for the pool takes it out
-    /// of the queue: its request gets 57014 and the connection stays. Returns false then.
-    pub(crate) async fn attach_cancellable(
-        &mut self,
-        login: bool,
-        cancel: Option<&CancelSlot>,
-    ) -> Result<bool, CloseReason> {
+    /// `attach`, but (once the client has a cancel key) a cancel request for this client while
+    /// it waits for the pool takes it out of the queue: its request gets 57014 and the
+    /// connection stays. Returns false when the request fails that way or any other way that
+    /// leaves the client connected (the error is owed to it, `pending_error`).
+    pub(crate) async fn attach_cancellable(&mut self, login: bool) -> Result<bool, CloseReason> {
         self.take_snapshot();
         let decision =
             (!login && self.routes_per_transaction() && self.has_health()).then(|| self.classify_request());
@@ -39,159 +37,45 @@ impl Session {
         // A node that refuses connections may be failing over: with health checking, wait for the
         // topology to change and choose again, up to failover_timeout after the first refusal.
         let mut failover_deadline = None;
-        let mut node = 0;
         // An idle backend may have died since it was checked in (its server went down): one
         // that fails before any of the client's request was sent is replaced, a couple of times.
         let mut replaced = 0;
-        let mut backend = loop {
-            let mut backend = loop {
-                if self.has_health() {
-                    // Sessions (and logins) start on the primary; transactions go where they may.
-                    match self.choose_node(decision).await {
-                        Ok((index, standby)) => match self.node_pool(index) {
-                            Some(pool) => {
-                                self.pool = pool;
-                                self.on_standby = standby;
-                                node = index;
-                                self.note_node(index);
-                                if let Some(parked) = self.take_parked(index) {
-                                    break parked;
-                                }
-                            }
-                            None => {
-                                return Err(CloseReason::Refused(
-                                    "database disappeared from the configuration".into(),
-                                ))
-                            }
-                        },
-                        Err(mut error) if login => {
-                            error.severity = Severity::Fatal;
-                            let message = error.message.clone();
-                            self.client.send_fatal(error).await;
-                            return Err(CloseReason::Refused(message));
-                        }
-                        Err(error) => {
-                            self.pending_error = Some(error);
-                            return Ok(false);
-                        }
-                    }
-                }
-                let wish = match self.mode {
-                    PoolMode::Session => StartupWish {
-                        want: Some(self.params.signature()),
-                        params: &self.params.settings,
-                    },
-                    PoolMode::Transaction => StartupWish {
-                        want: None,
-                        params: &[],
-                    },
-                };
-                // An idle connection at hand needs no future (the checkout future is large to build),
-                // no clock and no watch on the topology: nothing can fail or wait.
-                let mut changed = None;
-                let (checked_out, waited) = match self.pool.checkout_idle_now(wish.want) {
-                    Some(conn) => (Some(Ok(conn)), Duration::ZERO),
-                    None => {
-                        let wait_started = Instant::now();
-                        self.ticket.waiting(node, wait_started);
-                        changed = self.health().map(|h| h.changed());
-                        // Boxed: the wait is rare (an idle connection at hand needs none) and its future
-                        // large; inline, every client's task would carry it while idle.
-                        let checkout = Box::pin(self.pool.checkout(wish));
-                        let waiting = async {
-                            match cancel {
-                                Some(slot) => slot.cancellable(checkout).await,
-                                None => Some(checkout.await),
-                            }
-                        };
-                        // A shutdown does not hold a waiting client to the end (drain.rs); a server
-                        // at hand is still used (biased).
-                        let (stage, first) = (self.shutdown_stage_for_waiting(), self.awaiting_first_request);
-                        let shutdown_due = crate::client::session::drain::stop_due(
-                            &self.ticket,
-                            &self.shared.shutdown,
-                            stage,
-                            first,
-                        );
-                        let checked_out = tokio::select! {
-                            biased;
-                            checked_out = waiting => Some(checked_out),
-                            _ = shutdown_due => None,
-                        };
-                        let Some(checked_out) = checked_out else {
-                            return Err(self.close_waiting_for_shutdown().await);
-                        };
-                        (checked_out, wait_started.elapsed())
-                    }
-                };
-                let Some(checked_out) = checked_out else {
-                    self.pending_error = Some(ErrorFields::error(
-                        SqlState::QUERY_CANCELED,
-                        "canceling statement due to user request",
-                    ));
-                    return Ok(false);
-                };
-                match checked_out {
-                    Ok(b) => {
-                        self.account_checkout(waited);
-                        self.ticket.active(node, b.id);
-                        if let Some(server) = &b.ticket {
-                            server.link(self.ticket.id());
-                        }
-                        break b;
-                    }
-                    Err(PoolError::WaitTimeout) => {
-                        let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
-                            .with_detail("No server connection became available within query_wait_timeout.");
-                        self.client.send_fatal(error).await;
-                        return Err(CloseReason::WaitTimeout);
-                    }
-                    Err(PoolError::Backend(e)) => {
-                        // Nothing of the client's request was sent yet. The node may be restarting
-                        // or failing over: choose again when the health view changes, or after one
-                        // check interval (a quick restart may never show as a change).
-                        if let Some(changed) = changed.filter(|_| e.is_transient()) {
-                            let failover_deadline = *failover_deadline.get_or_insert_with(|| {
-                                Instant::now() + self.snapshot.config.routing.failover_timeout.0
-                            });
-                            let retry_at = Instant::now() + self.snapshot.config.health.interval();
-                            tokio::select! {
-                                _ = changed => {}
-                                _ = sleep_until(retry_at.min(failover_deadline)) => {}
-                            }
-                            if Instant::now() < failover_deadline {
-                                continue;
-                            }
-                        }
-                        return self.no_backend(e, login).await;
-                    }
-                }
-            };
-            match self.prepare_backend(&mut backend, login).await {
-                Ok(()) => break backend,
+        loop {
+            if !self.check_out(decision, login, &mut failover_deadline).await? {
+                return Ok(false);
+            }
+            match self.prepare_backend(login).await {
+                Ok(()) => break,
                 Err(Preamble::Refused(reason)) => {
-                    self.pool.release(backend);
+                    self.checkout.handle(Event::Refused);
                     return Err(reason);
                 }
                 Err(Preamble::Lost(e)) => {
-                    self.pool.discard(backend);
+                    self.checkout.handle(Event::Lost);
                     if e.is_transient() && replaced < 2 {
                         replaced += 1;
-                        tracing::info!(pool = %self.pool.key, "server connection lost before the request was sent; using another: {e}");
+                        let pool = self.checkout.pool();
+                        tracing::info!(pool = %pool.key, "server connection lost before the request was sent; using another: {e}");
                         // Its idle siblings are likely dead too: open fresh connections instead.
-                        self.pool.close_idle();
+                        pool.close_idle();
                         continue;
                     }
                     return self.no_backend(e, login).await;
                 }
             }
-        };
+        }
         let replayed = self.ha.deferred_begin.is_some();
-        if let Err(error) = self.replay_begin(&mut backend, read_only).await {
-            self.pool.discard(backend);
+        if let Err(error) = self.replay_begin(read_only).await {
+            self.checkout.handle(Event::Lost);
             self.pending_error = Some(error);
             return Ok(false);
         }
+        self.fresh_exchange(replayed);
+        Ok(true)
+    }
+
+    /// A fresh exchange for the backend just attached.
+    fn fresh_exchange(&mut self, replayed: bool) {
         self.exchange.restart();
         if replayed {
             self.exchange.tracker = Tracker::at(TransactionStatus::InTransaction);
@@ -205,19 +89,189 @@ impl Session {
         }
         self.exchange.pinned = self.pins.any();
         self.pipeline.reset();
-        self.backend = Some(backend);
-        Ok(true)
+    }
+
+    /// Chooses the node and checks a backend out of its pool into `self.checkout`. False: the
+    /// request fails (the error is owed to the client, which stays).
+    async fn check_out(
+        &mut self,
+        decision: Option<crate::router::Decision>,
+        login: bool,
+        failover_deadline: &mut Option<Instant>,
+    ) -> Result<bool, CloseReason> {
+        loop {
+            let mut node = 0;
+            if self.has_health() {
+                match self.pick_node(decision, login).await? {
+                    Picked::Node(index) => node = index,
+                    Picked::Parked => return Ok(true),
+                    Picked::Failed => return Ok(false),
+                }
+            }
+            let want = self.startup_wish().want;
+            // An idle connection at hand needs no future (the checkout future is large to build),
+            // no clock and no watch on the topology: nothing can fail or wait.
+            let (server, waited) = match self.checkout.pool().checkout_idle_now(want) {
+                Some(server) => (server, Duration::ZERO),
+                None => match self.wait_for_backend(node, failover_deadline).await? {
+                    Waited::Got(server, waited) => (server, waited),
+                    Waited::Retry => continue,
+                    Waited::Cancelled => {
+                        self.pending_error = Some(ErrorFields::error(
+                            SqlState::QUERY_CANCELED,
+                            "canceling statement due to user request",
+                        ));
+                        return Ok(false);
+                    }
+                    Waited::Failed(e) => return self.no_backend(e, login).await,
+                },
+            };
+            self.account_checkout(waited);
+            self.ticket.active(node, server.id);
+            if let Some(ticket) = &server.ticket {
+                ticket.link(self.ticket.id());
+            }
+            self.checkout.attach(server);
+            return Ok(true);
+        }
+    }
+
+    /// What a backend must have been opened with for this client.
+    fn startup_wish(&self) -> StartupWish<'_> {
+        match self.mode {
+            PoolMode::Session => StartupWish {
+                want: Some(self.params.signature()),
+                params: &self.params.settings,
+            },
+            PoolMode::Transaction => StartupWish {
+                want: None,
+                params: &[],
+            },
+        }
+    }
+
+    /// With health checking: the node for this request, whose pool the checkout then draws
+    /// from; a backend parked there is attached at once.
+    async fn pick_node(
+        &mut self,
+        decision: Option<crate::router::Decision>,
+        login: bool,
+    ) -> Result<Picked, CloseReason> {
+        // Sessions (and logins) start on the primary; transactions go where they may.
+        match self.choose_node(decision).await {
+            Ok((index, standby)) => {
+                let Some(pool) = self.node_pool(index) else {
+                    return Err(CloseReason::Refused(
+                        "database disappeared from the configuration".into(),
+                    ));
+                };
+                self.checkout.set_pool(pool);
+                self.on_standby = standby;
+                self.note_node(index);
+                if let Some(parked) = self.take_parked(index) {
+                    self.checkout.attach(parked);
+                    return Ok(Picked::Parked);
+                }
+                Ok(Picked::Node(index))
+            }
+            Err(mut error) if login => {
+                error.severity = Severity::Fatal;
+                let message = error.message.clone();
+                self.client.send_fatal(error).await;
+                Err(CloseReason::Refused(message))
+            }
+            Err(error) => {
+                self.pending_error = Some(error);
+                Ok(Picked::Failed)
+            }
+        }
+    }
+
+    /// No idle backend at hand: queue for one (a cancel for this client, once it has a key,
+    /// takes it out of the queue); a shutdown does not hold a waiting client to the end
+    /// (drain.rs). A backend that cannot be opened on a node that may be failing over is waited
+    /// out (`Retry`).
+    async fn wait_for_backend(
+        &mut self,
+        node: usize,
+        failover_deadline: &mut Option<Instant>,
+    ) -> Result<Waited, CloseReason> {
+        let wait_started = Instant::now();
+        self.ticket.waiting(node, wait_started);
+        let changed = self.health().map(|h| h.changed());
+        let wish = self.startup_wish();
+        // Boxed: the wait is rare (an idle connection at hand needs none) and its future
+        // large; inline, every client's task would carry it while idle.
+        let checkout = Box::pin(self.checkout.pool().checkout(wish));
+        let cancel = self.checkout.cancel_slot();
+        let waiting = async {
+            match cancel {
+                Some(slot) => slot.cancellable(checkout).await,
+                None => Some(checkout.await),
+            }
+        };
+        // A server at hand is still used (biased).
+        let (stage, first) = (self.shutdown_stage_for_waiting(), self.awaiting_first_request);
+        let shutdown_due =
+            crate::client::session::drain::stop_due(&self.ticket, &self.shared.shutdown, stage, first);
+        let checked_out = tokio::select! {
+            biased;
+            checked_out = waiting => Some(checked_out),
+            _ = shutdown_due => None,
+        };
+        let Some(checked_out) = checked_out else {
+            return Err(self.close_waiting_for_shutdown().await);
+        };
+        match checked_out {
+            None => Ok(Waited::Cancelled),
+            Some(Ok(server)) => Ok(Waited::Got(server, wait_started.elapsed())),
+            Some(Err(PoolError::WaitTimeout)) => {
+                let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "query_wait_timeout")
+                    .with_detail("No server connection became available within query_wait_timeout.");
+                self.client.send_fatal(error).await;
+                Err(CloseReason::WaitTimeout)
+            }
+            Some(Err(PoolError::Backend(e))) => {
+                // Nothing of the client's request was sent yet. The node may be restarting
+                // or failing over: choose again when the health view changes, or after one
+                // check interval (a quick restart may never show as a change).
+                if let Some(changed) = changed.filter(|_| e.is_transient()) {
+                    let failover_deadline = *failover_deadline.get_or_insert_with(|| {
+                        Instant::now() + self.snapshot.config.routing.failover_timeout.0
+                    });
+                    let retry_at = Instant::now() + self.snapshot.config.health.interval();
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = sleep_until(retry_at.min(failover_deadline)) => {}
+                    }
+                    if Instant::now() < failover_deadline {
+                        return Ok(Waited::Retry);
+                    }
+                }
+                Ok(Waited::Failed(e))
+            }
+        }
     }
 
     /// Brings a backend just taken from the pool to the client's settings and SQL-level prepared
     /// statements, before any of the client's request goes to it.
-    async fn prepare_backend(&mut self, backend: &mut BackendConn, login: bool) -> Result<(), Preamble> {
-        if self.mode == PoolMode::Session && !login && backend.applied.is_empty() {
+    async fn prepare_backend(&mut self, login: bool) -> Result<(), Preamble> {
+        let per_transaction = !login && self.routes_per_transaction();
+        let Session {
+            checkout,
+            client,
+            params,
+            statements,
+            mode,
+            ..
+        } = self;
+        let (mode, backend) = (*mode, checkout.attached());
+        if mode == PoolMode::Session && !login && backend.applied.is_empty() {
             // Opened (or reset) with the client's startup parameters: that is what it carries.
-            backend.applied = self.params.startup_settings.clone();
+            backend.applied = params.startup_settings.clone();
         }
-        if self.mode == PoolMode::Transaction || (!login && self.routes_per_transaction()) {
-            if let Some(sql) = settings_diff_sql(&backend.applied, &self.params.settings) {
+        if mode == PoolMode::Transaction || per_transaction {
+            if let Some(sql) = settings_diff_sql(&backend.applied, &params.settings) {
                 let outcome = backend.run_simple(&sql).await.map_err(Preamble::Lost)?;
                 if outcome.error.is_some() {
                     // A value the server refuses: PostgreSQL would refuse the login.
@@ -229,15 +283,15 @@ impl Session {
                     if !login {
                         error.severity = Severity::Error;
                     }
-                    self.client.send_fatal(error).await;
+                    client.send_fatal(error).await;
                     return Err(Preamble::Refused(CloseReason::Refused(e.message)));
                 }
-                backend.applied = self.params.settings.clone();
+                backend.applied = params.settings.clone();
             }
         }
-        if self.mode == PoolMode::Transaction {
+        if mode == PoolMode::Transaction {
             // The backend's SQL-level prepared statements become the client's (sql_prepared.rs).
-            crate::client::features::sql_prepared::sync(backend, &self.statements.sql)
+            crate::client::features::sql_prepared::sync(backend, &statements.sql)
                 .await
                 .map_err(Preamble::Lost)?;
         }
@@ -257,6 +311,26 @@ impl Session {
         self.pending_error = Some(backend_error_for_client(&e, Severity::Error));
         Ok(false)
     }
+}
+
+/// How choosing the node went.
+enum Picked {
+    /// Check out of this node's pool.
+    Node(usize),
+    /// The session's parked backend there is attached.
+    Parked,
+    /// The request fails (the error is owed to the client).
+    Failed,
+}
+
+/// How waiting for the pool went.
+enum Waited {
+    Got(crate::pool::Server, Duration),
+    /// A cancel request for the client took it out of the queue.
+    Cancelled,
+    /// The node may be failing over: choose again.
+    Retry,
+    Failed(BackendError),
 }
 
 /// Why a backend could not be prepared for the client.

@@ -13,7 +13,7 @@ impl Session {
         }
         let reported = std::mem::take(&mut self.exchange.reported);
         follow_reported(&mut self.params.settings, &reported);
-        if let Some(backend) = self.backend.as_mut() {
+        if let Some(backend) = self.checkout.server_mut() {
             follow_reported(&mut backend.applied, &reported);
         }
     }
@@ -26,7 +26,7 @@ impl Session {
     /// only go to standbys that replayed that far.
     pub(crate) async fn record_write_position(&mut self) -> Result<(), BackendError> {
         self.routed_write = false;
-        let backend = self.backend.as_mut().expect("attached");
+        let backend = self.checkout.attached();
         let outcome = backend
             .run_simple("SELECT pg_catalog.pg_current_wal_lsn()")
             .await?;
@@ -44,7 +44,7 @@ impl Session {
     /// LISTEN); while it holds any, the backend stays with the client.
     pub(crate) async fn probe_pins(&mut self) -> Result<(), BackendError> {
         self.exchange.pins_may_have_changed = false;
-        let backend = self.backend.as_mut().expect("attached");
+        let backend = self.checkout.attached();
         let outcome = backend
             .run_simple(crate::client::features::pinning::PROBE_SQL)
             .await?;
@@ -58,7 +58,7 @@ impl Session {
 
     /// Records what pins the client now, counting pinned clients.
     pub(crate) fn set_pins(&mut self, pins: crate::client::features::pinning::Pins) {
-        let backend_id = self.backend.as_ref().map(|b| b.id);
+        let backend_id = self.checkout.server().map(|b| b.id);
         if pins.any() != self.pins.any() {
             let peer = self.client.peer;
             if pins.any() {
@@ -115,7 +115,7 @@ impl Session {
             let mut pins = crate::client::features::pinning::Pins::from_row(&self.exchange.isolation.probed);
             pins.sql_prepared = self.pins.sql_prepared;
             self.set_pins(pins);
-            let backend = self.backend.as_mut().expect("attached");
+            let backend = self.checkout.attached();
             if let Some(sql) =
                 crate::client::params::settings_diff_sql(&backend.applied, &self.params.settings)
             {

@@ -67,7 +67,7 @@ impl Session {
         else {
             return false;
         };
-        if self.client.rbuf.len() < total || self.backend.is_some() {
+        if self.client.rbuf.len() < total || self.checkout.is_attached() {
             return false;
         }
         let body = &self.client.rbuf[5..total];

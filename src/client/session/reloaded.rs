@@ -47,17 +47,17 @@ impl Session {
             // Node indexes now mean other nodes.
             self.node_pools = vec![None; self.snapshot.config.nodes.len()];
         }
-        if relocate && self.pool.is_retired() {
+        if relocate && self.checkout.pool().is_retired() {
             let index = node_addresses(&self.snapshot)
                 .iter()
-                .position(|addr| **addr == *self.pool.key.node)
+                .position(|addr| **addr == *self.checkout.pool().key.node)
                 .unwrap_or(0);
             let snapshot = self.snapshot.clone();
             if let Some(pool) = self
                 .shared
                 .pool_for(&snapshot, &self.params.database, &self.user, index)
             {
-                self.pool = pool;
+                self.checkout.set_pool(pool);
             }
         }
     }

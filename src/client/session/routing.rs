@@ -5,6 +5,7 @@
 
 use crate::client::login::CloseReason;
 use crate::client::params::ClientParams;
+use crate::client::session::checkout::Event;
 use crate::client::session::Session;
 use crate::config::PoolMode;
 use crate::health::Role;
@@ -278,17 +279,21 @@ impl Session {
         self.ha.parked.get_mut(index).and_then(Option::take)
     }
 
-    /// Per-transaction session routing, between transactions: the backend stays the session's
-    /// but waits aside, so the next transaction may use another node.
-    pub(crate) fn park_backend(&mut self) {
-        let (Some(backend), Some(node)) = (self.backend.take(), self.ha.node) else {
+    /// Per-transaction session routing, between transactions: the backend (just detached from
+    /// the checkout) stays the session's but waits aside, so the next transaction may use
+    /// another node.
+    pub(crate) fn park_backend(&mut self, backend: crate::pool::Server) {
+        let Some(node) = self.ha.node else {
+            // Never expected (attach notes the node): the backend stays attached.
+            self.checkout.attach(backend);
             return;
         };
         if self.ha.parked.len() <= node {
             self.ha.parked.resize_with(node + 1, || None);
         }
         if let Some(old) = self.ha.parked[node].replace(backend) {
-            self.pool.discard(old);
+            // Parked on the node the session's pool serves: that pool's.
+            self.checkout.pool().discard(old);
         }
     }
 
@@ -307,7 +312,7 @@ impl Session {
         if view.primary() == Some(node) || !(status.fenced || status.role == Role::Standby) {
             return Demotion::None;
         }
-        let Some(backend) = self.backend.take() else {
+        let Some(backend) = self.checkout.server() else {
             return Demotion::None;
         };
         let why = if status.fenced {
@@ -316,7 +321,7 @@ impl Session {
             "is in recovery"
         };
         tracing::warn!(node = %status.addr, backend = backend.id, "server {why}; closing the client's connection to it");
-        self.pool.discard(backend);
+        self.checkout.handle(Event::Lost);
         self.ha.attached_primary = false;
         if self.mode == PoolMode::Session {
             let message = format!(
@@ -351,11 +356,7 @@ impl Session {
     /// Sends the held-back `BEGIN` on the backend just attached, and `SET TRANSACTION READ ONLY`
     /// when the first statement was routed as a read, so that a later write fails with 25006 on
     /// any node (even on the primary, when reads fall back to it).
-    pub(crate) async fn replay_begin(
-        &mut self,
-        backend: &mut crate::backend::BackendConn,
-        read_only: bool,
-    ) -> Result<(), ErrorFields> {
+    pub(crate) async fn replay_begin(&mut self, read_only: bool) -> Result<(), ErrorFields> {
         let Some(begin) = self.ha.deferred_begin.take() else {
             return Ok(());
         };
@@ -364,6 +365,7 @@ impl Session {
         } else {
             begin
         };
+        let backend = self.checkout.attached();
         let outcome = backend.run_simple(&sql).await.map_err(|e| {
             crate::client::session::backend_error_for_client(&e, crate::protocol::Severity::Error)
         })?;

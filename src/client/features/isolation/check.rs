@@ -74,7 +74,7 @@ impl Session {
         let effects = &mut self.exchange.isolation;
         let opaque = effects.verdict == Verdict::Opaque;
         let mut names = std::mem::take(&mut effects.names);
-        let backend = self.backend.as_mut().expect("attached");
+        let backend = self.checkout.attached();
         let known = self.params.settings.iter().chain(backend.applied.iter());
         for (name, _) in known {
             if name.contains('.') && !names.contains(name) {
