@@ -7,6 +7,7 @@ use crate::client::cancel::CancelRegistry;
 use crate::client::features::statements::StatementCache;
 use crate::config::{Config, UserConfig};
 use crate::health::Health;
+use crate::listener::per_core::Workers;
 use crate::listener::{self, ClientCounter};
 use crate::pool::{Limits, Pool, PoolKey, PoolSettings, Pools};
 use crate::router::{Classifier, RoundRobin};
@@ -136,6 +137,11 @@ pub enum AppError {
     /// auth_file or auth_hba_file is unreadable or malformed.
     #[error(transparent)]
     Auth(#[from] DirectoryError),
+    #[error("cannot start the per-core workers: {source}")]
+    Workers {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: SocketAddr,
@@ -316,6 +322,9 @@ pub struct Proxy {
     tasks: TaskTracker,
     accept: JoinHandle<()>,
     janitor: JoinHandle<()>,
+    /// `runtime = "per_core"`: the worker threads, stopped when the proxy is dropped (after
+    /// `shutdown_within` has closed the pools).
+    _workers: Option<Workers>,
 }
 
 impl Proxy {
@@ -370,7 +379,14 @@ impl Proxy {
         });
         let tasks = TaskTracker::new();
         let names: Vec<String> = listeners.iter().map(listener::Listener::describe).collect();
-        let accept = tokio::spawn(listener::accept_all(shared.clone(), listeners, tasks.clone()));
+        let mut listeners = listeners;
+        let (workers, accepting) = start_workers(&shared, &mut listeners, &tasks)?;
+        let accept = tokio::spawn(listener::accept_all(
+            shared.clone(),
+            listeners,
+            tasks.clone(),
+            accepting,
+        ));
         let janitor = tokio::spawn(janitor(shared.clone()));
         tokio::spawn(wake_clients_on_stop(&shared));
         tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
@@ -396,6 +412,7 @@ impl Proxy {
             tasks,
             accept,
             janitor,
+            _workers: workers,
         })
     }
 
@@ -580,10 +597,9 @@ fn bind_all(proxy: &crate::config::ProxyConfig) -> Result<(Vec<listener::Listene
     let mut listeners = Vec::new();
     let mut first = None;
     for &addr in proxy.listen.all() {
-        // `[::]:p` is dual-stack unless `0.0.0.0:p` (or another IPv4 address on p) is listed too.
-        let only_v6 =
-            (proxy.listen.all().iter()).any(|a| a.is_ipv4() && a.port() == addr.port() && addr.port() != 0);
-        let tcp = bind(addr, only_v6).map_err(|source| AppError::Listen { addr, source })?;
+        let std_listener = listener::bind_tcp(addr, only_v6(proxy, addr))
+            .map_err(|source| AppError::Listen { addr, source })?;
+        let tcp = TcpListener::from_std(std_listener).map_err(|source| AppError::Listen { addr, source })?;
         let local = tcp
             .local_addr()
             .map_err(|source| AppError::Listen { addr, source })?;
@@ -608,24 +624,42 @@ fn bind_all(proxy: &crate::config::ProxyConfig) -> Result<(Vec<listener::Listene
     Ok((listeners, first))
 }
 
-/// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
-/// so a new tidepool can listen beside an old one that is draining (binary upgrade; the kernel
-/// spreads new connections over both until the old one closes its listener).
-fn bind(addr: SocketAddr, only_v6: bool) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => {
-            let socket = tokio::net::TcpSocket::new_v6()?;
-            if only_v6 {
-                socket2::SockRef::from(&socket).set_only_v6(true)?;
-            }
-            socket
-        }
+/// `[::]:p` is dual-stack unless `0.0.0.0:p` (or another IPv4 address on p) is listed too.
+fn only_v6(proxy: &crate::config::ProxyConfig, addr: SocketAddr) -> bool {
+    addr.is_ipv6()
+        && (proxy.listen.all().iter()).any(|a| a.is_ipv4() && a.port() == addr.port() && addr.port() != 0)
+}
+
+/// With `runtime = "per_core"`, hands the TCP listeners to per-core workers (the Unix socket
+/// stays here) and starts them; with the work-stealing runtime, leaves everything here.
+fn start_workers(
+    shared: &Arc<Shared>,
+    listeners: &mut Vec<listener::Listener>,
+    tasks: &TaskTracker,
+) -> Result<(Option<Workers>, listener::per_core::Accepting), AppError> {
+    let proxy = &shared.snapshot().config.proxy;
+    if proxy.runtime != crate::config::RuntimeMode::PerCore {
+        return Ok((None, Vec::new()));
+    }
+    let count = match proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    let mut tcp = Vec::new();
+    for one in std::mem::take(listeners) {
+        match one {
+            listener::Listener::Tcp(t) => {
+                let addr = t.local_addr().map_err(|source| AppError::Workers { source })?;
+                let std_listener = t.into_std().map_err(|source| AppError::Workers { source })?;
+                tcp.push((std_listener, only_v6(proxy, addr)));
+            }
+            unix => listeners.push(unix),
+        }
+    }
+    let (workers, accepting) =
+        Workers::start(shared, tcp, count, tasks).map_err(|source| AppError::Workers { source })?;
+    tracing::info!(workers = count, "per-core runtimes started");
+    Ok((Some(workers), accepting))
 }
 
 /// When a node's role changes, its pooled connections are retired: a connection opened to a
