@@ -124,20 +124,10 @@ impl Words {
     /// the chunk, the letters not preceded by one (word starts), and a closer look only at
     /// those starts whose first letter begins some trigger word.
     pub fn scan(sql: &[u8]) -> Words {
-        Words::scan_from(sql, 0)
-    }
-
-    /// [`Words::scan`] of `sql[from..]`, where a letter at `from` continues the letter run
-    /// before it (as if the scan had started at 0): the isolation pass, which finds the words
-    /// of the plain text it reads, hands the rest of a text over here.
-    pub(crate) fn scan_from(sql: &[u8], from: usize) -> Words {
         let mut found = 0u32;
         // The last byte of the previous chunk was a letter (as the chunk's top bit).
-        let mut carry = match from.checked_sub(1).map(|i| sql[i]) {
-            Some(b) if (b | 0x20).wrapping_sub(b'a') < 26 => 0x80,
-            _ => 0u64,
-        };
-        let mut base = from;
+        let mut carry = 0u64;
+        let mut base = 0;
         while base < sql.len() {
             let chunk = match sql.get(base..base + 8) {
                 Some(eight) => u64::from_le_bytes(eight.try_into().expect("8 bytes")),
@@ -170,20 +160,6 @@ impl Words {
             base += 8;
         }
         Words(found)
-    }
-
-    /// The trigger words `rest` starts with, where `rest` starts a letter run.
-    pub(crate) fn starting(rest: &[u8]) -> Words {
-        let first = rest[0] | 0x20;
-        match first.wrapping_sub(b'a') {
-            from_a if from_a < 26 && FIRST_LETTERS & (1 << from_a) != 0 => Words(words_at(rest, first)),
-            _ => Words(0),
-        }
-    }
-
-    /// Both sets.
-    pub(crate) fn with(self, other: Words) -> Words {
-        Words(self.0 | other.0)
     }
 
     pub fn has(self, word: Word) -> bool {
@@ -306,13 +282,6 @@ mod tests {
             }
             assert_eq!(
                 Words::scan(&text),
-                scan_bytewise(&text),
-                "{:?}",
-                String::from_utf8_lossy(&text)
-            );
-            // The isolation pass finds them too (part of it in its own loop).
-            assert_eq!(
-                crate::client::features::isolation::scan(&text).words,
                 scan_bytewise(&text),
                 "{:?}",
                 String::from_utf8_lossy(&text)

@@ -75,7 +75,7 @@ impl Session {
         // `SHOW tidepool.lsn`, `SET tidepool.min_lsn` or a BEGIN / START TRANSACTION.
         use crate::client::features::keywords::{Word, Words};
         let words = match self.exchange.head_words {
-            Some((len, scanned)) if len == total => scanned.words,
+            Some((len, words)) if len == total => words,
             _ => Words::scan(body),
         };
         if !words.any(&[Word::Tidepool, Word::Begin, Word::Start]) {

@@ -16,6 +16,7 @@ use crate::app::{Shared, Snapshot};
 use crate::backend::BackendError;
 use crate::client::cancel::{CancelTarget, Registration};
 use crate::client::conn::{ClientConn, ClientIoError};
+use crate::client::features::keywords::Words;
 use crate::client::features::statements::{ClientStatements, Pipeline};
 use crate::client::login::CloseReason;
 use crate::client::params::ClientParams;
@@ -446,17 +447,16 @@ impl Session {
                 }
                 continue;
             }
-            // One scan of the request's text for every consumer (LISTEN, local commands, relay,
-            // the isolation verdict).
+            // One scan of the request's text for every consumer (LISTEN, local commands, relay).
             let words =
                 (self.mode == PoolMode::Transaction && matches!(tag, tag::QUERY | tag::PARSE)).then(|| {
-                    crate::client::features::isolation::scan(crate::client::session::relay::sql_start(
+                    Words::scan(crate::client::session::relay::sql_start(
                         tag,
                         &self.client.rbuf[5..total],
                     ))
                 });
-            if let Some(scanned) = words {
-                if self.answer_listen(scanned.words).await {
+            if let Some(words) = words {
+                if self.answer_listen(words).await {
                     continue;
                 }
             }

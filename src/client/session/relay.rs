@@ -64,7 +64,7 @@ pub struct Exchange {
     /// Trigger words of the Query/Parse frame at the head of the client's input, with that
     /// frame's length, when the session scanned it already (one scan per request, not one per
     /// consumer); the relay takes it for the frame at offset 0.
-    pub(crate) head_words: Option<(usize, crate::client::features::isolation::Scan)>,
+    pub(crate) head_words: Option<(usize, Words)>,
     /// The databases the request at the head of the client's input needs to itself, found
     /// when the relay stopped before it; then `database_ddl_freed` once the session freed them.
     database_ddl_ahead: Vec<String>,
@@ -323,14 +323,13 @@ fn scan_client(
         let sql_request = matches!(tag, tag::QUERY | tag::PARSE);
         // The trigger words of this Query/Parse (transaction mode scans them for the isolation
         // checks anyway); the session's scan of the head request serves when it is this frame.
-        let mut scanned = None;
+        let mut words = None;
         if ex.track_settings && sql_request {
-            scanned = Some(match ex.head_words.take() {
-                Some((len, scanned)) if pos == 0 && len == total => scanned,
-                _ => crate::client::features::isolation::scan(sql_start(tag, &buf[pos + 5..pos + total])),
+            words = Some(match ex.head_words.take() {
+                Some((len, words)) if pos == 0 && len == total => words,
+                _ => Words::scan(sql_start(tag, &buf[pos + 5..pos + total])),
             });
         }
-        let words = scanned.map(|s| s.words);
         // Without the word DATABASE it cannot be CREATE/DROP/ALTER DATABASE: no second look.
         let may_be_database_ddl = sql_request && words.is_none_or(|w| w.has(Word::Database));
         if may_be_database_ddl && !(pos == 0 && std::mem::take(&mut ex.database_ddl_freed)) {
@@ -375,7 +374,6 @@ fn scan_client(
                 &buf[pos + 5..pos + total],
                 rewrite.as_deref(),
                 &mut ex.isolation,
-                scanned.as_ref(),
             );
         }
         if let Some(scanned) = words {
@@ -434,17 +432,16 @@ fn judge_frame(
     body: &[u8],
     rewrite: Option<&Rewrite<'_>>,
     effects: &mut crate::client::features::isolation::Effects,
-    scanned: Option<&crate::client::features::isolation::Scan>,
 ) {
     use crate::client::features::isolation::Verdict;
     match tag {
         tag::QUERY => {
-            effects.judge_text(body, scanned);
+            effects.judge_text(body);
         }
         tag::PARSE if body.first() == Some(&0) => {
             // The unnamed statement runs only at a later Bind: judged now, counted then.
             let sql = query_text(tag, body);
-            effects.unnamed = effects.judge(sql, scanned);
+            effects.unnamed = effects.judge(sql);
             if effects.unnamed > Verdict::Clean {
                 // Names (and a LOAD) count now, the verdict when a Bind runs it.
                 let verdict = std::mem::replace(&mut effects.verdict, Verdict::Clean);

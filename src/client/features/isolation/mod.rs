@@ -18,7 +18,7 @@ pub mod lexer;
 pub mod verdict;
 
 pub use catalog::{HazardCatalogs, HazardSlot, Hazards};
-pub use verdict::{scan, Scan, Verdict};
+pub use verdict::Verdict;
 
 use std::sync::Arc;
 
@@ -58,25 +58,21 @@ impl Default for Effects {
 }
 
 impl Effects {
-    /// Judges a Query text (or the text of a statement being executed) and raises the verdict;
-    /// `scanned`: the text's [`Scan`], when the session has one (then the text is not read again
-    /// unless it is not plain).
-    pub fn judge_text(&mut self, sql: &[u8], scanned: Option<&Scan>) -> Verdict {
+    /// Judges a Query text (or the text of a statement being executed) and raises the verdict.
+    pub fn judge_text(&mut self, sql: &[u8]) -> Verdict {
         if self.verdict == Verdict::Opaque {
             return Verdict::Opaque;
         }
-        let v = self.judge(sql, scanned);
+        let v = self.judge(sql);
         self.raise(v, sql);
         v
     }
 
-    /// The verdict of `sql` (its [`Scan`] if at hand) against the snapshot taken at attach
-    /// (opaque without one).
-    pub fn judge(&self, sql: &[u8], scanned: Option<&Scan>) -> Verdict {
-        match (&self.hazards, scanned) {
-            (Some(hazards), Some(scan)) => scan.verdict(sql, hazards),
-            (Some(hazards), None) => verdict::judge(sql, hazards),
-            (None, _) => Verdict::Opaque,
+    /// The verdict of `sql` against the snapshot taken at attach (opaque without one).
+    pub fn judge(&self, sql: &[u8]) -> Verdict {
+        match &self.hazards {
+            Some(hazards) => verdict::judge(sql, hazards),
+            None => Verdict::Opaque,
         }
     }
 
@@ -114,18 +110,12 @@ mod tests {
             hazards: Some(Arc::new(Hazards::default())),
             ..Effects::default()
         };
-        assert_eq!(e.judge_text(b"SELECT 1", None), Verdict::Clean);
-        assert_eq!(
-            e.judge_text(b"SET app.tenant = '7'", Some(&scan(b"SET app.tenant = '7'"))),
-            Verdict::Settings
-        );
+        assert_eq!(e.judge_text(b"SELECT 1"), Verdict::Clean);
+        assert_eq!(e.judge_text(b"SET app.tenant = '7'"), Verdict::Settings);
         assert_eq!(e.names, vec!["app.tenant".to_string()]);
-        assert_eq!(
-            e.judge_text(b"SELECT 2", Some(&scan(b"SELECT 2"))),
-            Verdict::Clean
-        );
+        assert_eq!(e.judge_text(b"SELECT 2"), Verdict::Clean);
         assert_eq!(e.verdict, Verdict::Settings);
-        e.judge_text(b"DO $$BEGIN PERFORM set_config('app.x', '1', false); END$$", None);
+        e.judge_text(b"DO $$BEGIN PERFORM set_config('app.x', '1', false); END$$");
         assert_eq!(e.verdict, Verdict::Opaque);
         assert!(e.names.contains(&"app.x".to_string()));
         e.checked();

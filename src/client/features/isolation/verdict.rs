@@ -70,8 +70,7 @@ pub fn judge(sql: &[u8], hazards: &Hazards) -> Verdict {
             Some(_) => Verdict::Opaque,
         };
     }
-    // Plain text in one pass over the bytes; anything else through the tokens. (A request's
-    // text is judged from its `Scan` instead: `Scan::verdict`.)
+    // Plain text in one pass over the bytes; anything else through the tokens.
     fast::judge(sql, hazards).unwrap_or_else(|| judge_tokens(sql, hazards))
 }
 
@@ -283,7 +282,6 @@ fn lowercase<'b>(word: &[u8], buf: &'b mut [u8; 64]) -> &'b [u8] {
 }
 
 mod fast;
-pub use fast::{scan, Scan};
 
 #[cfg(test)]
 mod tests;
