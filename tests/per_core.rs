@@ -31,13 +31,22 @@ async fn per_core_workers_serve_queries_over_shared_pools() {
                 .expect("SET runs");
             let statement = client.prepare("SELECT $1::bigint * 2").await.expect("prepares");
             for i in 0..50i64 {
-                let simple = client.simple_query(&format!("SELECT {i} + {n}")).await.expect("simple query");
+                let simple = client
+                    .simple_query(&format!("SELECT {i} + {n}"))
+                    .await
+                    .expect("simple query");
                 assert_eq!(first_value(&simple), (i + n).to_string());
-                let row = client.query_one(&statement, &[&(i + n)]).await.expect("extended query");
+                let row = client
+                    .query_one(&statement, &[&(i + n)])
+                    .await
+                    .expect("extended query");
                 assert_eq!(row.get::<_, i64>(0), 2 * (i + n));
             }
             // The client's setting followed it from backend to backend.
-            let name = client.simple_query("SHOW application_name").await.expect("SHOW runs");
+            let name = client
+                .simple_query("SHOW application_name")
+                .await
+                .expect("SHOW runs");
             assert_eq!(first_value(&name), format!("per_core_{n}"));
             client
                 .batch_execute("BEGIN; CREATE TEMP TABLE IF NOT EXISTS t (x int); ROLLBACK")
@@ -59,7 +68,10 @@ async fn per_core_workers_serve_queries_over_shared_pools() {
 async fn per_core_with_one_worker_per_cpu() {
     let proxy = start_proxy(per_core_config(0)).await;
     let client = connect(proxy.local_addr(), APP_USER, APP_PASSWORD, APP_DB).await;
-    assert_eq!(first_value(&client.simple_query("SELECT 40 + 2").await.expect("query runs")), "42");
+    assert_eq!(
+        first_value(&client.simple_query("SELECT 40 + 2").await.expect("query runs")),
+        "42"
+    );
     drop(client);
     proxy.shutdown().await;
 }
