@@ -46,6 +46,11 @@ pub enum AppError {
     /// auth_file or auth_hba_file is unreadable or malformed.
     #[error(transparent)]
     Auth(#[from] DirectoryError),
+    #[error("cannot start the per-core workers: {source}")]
+    Workers {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: SocketAddr,
@@ -67,6 +72,9 @@ pub struct Proxy {
     tasks: TaskTracker,
     accept: JoinHandle<()>,
     janitor: JoinHandle<()>,
+    /// `runtime = "per_core"`: the worker threads, stopped when the proxy is dropped (after
+    /// `shutdown_within` has closed the pools).
+    _workers: Option<listener::per_core::Workers>,
 }
 
 impl Proxy {
@@ -101,7 +109,14 @@ impl Proxy {
         let shared = Arc::new(Shared::new(snapshot, health, shutdown));
         let tasks = TaskTracker::new();
         let names: Vec<String> = listeners.iter().map(listener::Listener::describe).collect();
-        let accept = tokio::spawn(listener::accept_all(shared.clone(), listeners, tasks.clone()));
+        let mut listeners = listeners;
+        let (workers, accepting) = bind::start_workers(&shared, &mut listeners, &tasks)?;
+        let accept = tokio::spawn(listener::accept_all(
+            shared.clone(),
+            listeners,
+            tasks.clone(),
+            accepting,
+        ));
         let janitor = tokio::spawn(janitor::run(shared.clone()));
         tokio::spawn(wake_clients_on_stop(&shared));
         tokio::spawn(crate::admin::averages::run(Arc::downgrade(&shared)));
@@ -127,6 +142,7 @@ impl Proxy {
             tasks,
             accept,
             janitor,
+            _workers: workers,
         })
     }
 

@@ -187,6 +187,8 @@ fn fixed_key_notes(old: &Config, new: &Config) -> Vec<String> {
     fixed("metrics", old.metrics != new.metrics);
     fixed("proxy.log_format", old.proxy.log_format != new.proxy.log_format);
     fixed("proxy.log_level", old.proxy.log_level != new.proxy.log_level);
+    fixed("proxy.runtime", old.proxy.runtime != new.proxy.runtime);
+    fixed("proxy.workers", old.proxy.workers != new.proxy.workers);
     notes
 }
 

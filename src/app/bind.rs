@@ -1,8 +1,10 @@
 //! Binding the client listeners: every `listen` address (SO_REUSEADDR, SO_REUSEPORT, dual
-//! stack unless IPv4 is listed too) and the Unix socket.
+//! stack unless IPv4 is listed too) and the Unix socket; with `runtime = "per_core"`, the
+//! workers that take the TCP listeners over.
 
 use super::AppError;
 use crate::listener;
+use crate::listener::per_core::Workers;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
@@ -14,10 +16,9 @@ pub(super) fn bind_all(
     let mut listeners = Vec::new();
     let mut first = None;
     for &addr in proxy.listen.all() {
-        // `[::]:p` is dual-stack unless `0.0.0.0:p` (or another IPv4 address on p) is listed too.
-        let only_v6 =
-            (proxy.listen.all().iter()).any(|a| a.is_ipv4() && a.port() == addr.port() && addr.port() != 0);
-        let tcp = bind(addr, only_v6).map_err(|source| AppError::Listen { addr, source })?;
+        let std_listener = listener::bind_tcp(addr, only_v6(proxy, addr))
+            .map_err(|source| AppError::Listen { addr, source })?;
+        let tcp = TcpListener::from_std(std_listener).map_err(|source| AppError::Listen { addr, source })?;
         let local = tcp
             .local_addr()
             .map_err(|source| AppError::Listen { addr, source })?;
@@ -42,22 +43,40 @@ pub(super) fn bind_all(
     Ok((listeners, first))
 }
 
-/// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
-/// so a new tidepool can listen beside an old one that is draining (binary upgrade; the kernel
-/// spreads new connections over both until the old one closes its listener).
-fn bind(addr: SocketAddr, only_v6: bool) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => {
-            let socket = tokio::net::TcpSocket::new_v6()?;
-            if only_v6 {
-                socket2::SockRef::from(&socket).set_only_v6(true)?;
-            }
-            socket
-        }
+/// `[::]:p` is dual-stack unless `0.0.0.0:p` (or another IPv4 address on p) is listed too.
+pub(super) fn only_v6(proxy: &crate::config::ProxyConfig, addr: SocketAddr) -> bool {
+    addr.is_ipv6()
+        && (proxy.listen.all().iter()).any(|a| a.is_ipv4() && a.port() == addr.port() && addr.port() != 0)
+}
+
+/// With `runtime = "per_core"`, hands the TCP listeners to per-core workers (the Unix socket
+/// stays here) and starts them; with the work-stealing runtime, leaves everything here.
+pub(super) fn start_workers(
+    shared: &std::sync::Arc<super::Shared>,
+    listeners: &mut Vec<listener::Listener>,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<(Option<Workers>, listener::per_core::Accepting), AppError> {
+    let proxy = &shared.snapshot().config.proxy;
+    if proxy.runtime != crate::config::RuntimeMode::PerCore {
+        return Ok((None, Vec::new()));
+    }
+    let count = match proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    let mut tcp = Vec::new();
+    for one in std::mem::take(listeners) {
+        match one {
+            listener::Listener::Tcp(t) => {
+                let addr = t.local_addr().map_err(|source| AppError::Workers { source })?;
+                let std_listener = t.into_std().map_err(|source| AppError::Workers { source })?;
+                tcp.push((std_listener, only_v6(proxy, addr)));
+            }
+            unix => listeners.push(unix),
+        }
+    }
+    let (workers, accepting) =
+        Workers::start(shared, tcp, count, tasks).map_err(|source| AppError::Workers { source })?;
+    tracing::info!(workers = count, "per-core runtimes started");
+    Ok((Some(workers), accepting))
 }

@@ -151,6 +151,13 @@ pub struct ProxyConfig {
     /// Default log filter (`info`, `debug`, `tidepool=debug,warn`, …) when neither
     /// `TIDEPOOL_LOG` nor `RUST_LOG` is set. Not reloadable.
     pub log_level: String,
+    /// How client connections are spread over threads: `work_stealing` (default: one
+    /// multi-threaded tokio runtime) or `per_core` (one current-thread runtime per worker
+    /// thread, each accepting on its own SO_REUSEPORT socket; see docs/BENCHMARKS.md for the
+    /// measurement). Not reloadable.
+    pub runtime: RuntimeMode,
+    /// Worker threads for `runtime = "per_core"`; 0 = one per CPU. Default 0. Not reloadable.
+    pub workers: usize,
 }
 
 impl ProxyConfig {
@@ -172,6 +179,18 @@ impl ProxyConfig {
             mode: self.unix_socket_mode,
         })
     }
+}
+
+/// `proxy.runtime`: the threads that serve clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeMode {
+    /// One multi-threaded (work-stealing) tokio runtime for everything.
+    #[default]
+    WorkStealing,
+    /// Client connections on one current-thread runtime per worker thread; background tasks
+    /// (health checks, janitor, metrics, Unix socket) stay on the main runtime.
+    PerCore,
 }
 
 /// How log lines are written.
@@ -214,6 +233,8 @@ impl Default for ProxyConfig {
             log_disconnections: true,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            runtime: RuntimeMode::WorkStealing,
+            workers: 0,
         }
     }
 }

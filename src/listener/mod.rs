@@ -1,6 +1,7 @@
 //! The accept loops (one per listen address and Unix socket): one task per client
 //! connection, until shutdown.
 
+pub mod per_core;
 pub mod unix_socket;
 
 use crate::app::Shared;
@@ -155,15 +156,43 @@ fn spawn_client(shared: &Arc<Shared>, tasks: &TaskTracker, stream: Stream, peer:
 }
 
 /// Serves every listener until shutdown starts; marks the listeners closed (for
-/// `SHUTDOWN WAIT_FOR_CLIENTS`) once each has drained its backlog and closed.
-pub async fn accept_all(shared: Arc<Shared>, listeners: Vec<Listener>, tasks: TaskTracker) {
+/// `SHUTDOWN WAIT_FOR_CLIENTS`) once each has drained its backlog and closed, and so has every
+/// per-core worker's (`workers`; empty with the work-stealing runtime).
+pub async fn accept_all(
+    shared: Arc<Shared>,
+    listeners: Vec<Listener>,
+    tasks: TaskTracker,
+    workers: per_core::Accepting,
+) {
     let loops: Vec<_> = (listeners.into_iter())
         .map(|listener| tokio::spawn(accept_loop(shared.clone(), listener, tasks.clone())))
         .collect();
     for one in loops {
         let _ = one.await;
     }
+    for worker in workers {
+        let _ = worker.await;
+    }
     shared.clients.close_listener();
+}
+
+/// Binds with SO_REUSEADDR, so a restart does not wait for TIME_WAIT sockets, and SO_REUSEPORT,
+/// so a new tidepool can listen beside an old one that is draining (binary upgrade; the kernel
+/// spreads new connections over both until the old one closes its listener) and per-core
+/// workers can each have their own socket on one address. Non-blocking, not yet registered
+/// with any runtime.
+pub(crate) fn bind_tcp(addr: SocketAddr, only_v6: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && only_v6 {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Accepts clients on one listener until shutdown starts (any stage, draining included); each
