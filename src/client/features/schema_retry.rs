@@ -257,7 +257,7 @@ impl Session {
     /// and a replayed client's name moves to that new statement. Clients still holding the old
     /// one get PostgreSQL's 0A000 where their backend has it, as their own sessions would.
     pub(crate) async fn retry_after_schema_change(&mut self, error: Bytes) -> Result<(), BackendError> {
-        let frames = std::mem::take(&mut self.exchange.batch.frames);
+        let frames = std::mem::take(&mut self.exchange.features.batch.frames);
         let Used {
             protocol,
             sql,
@@ -310,7 +310,7 @@ impl Session {
             let mut input = BytesMut::from(&frames[..]);
             input.extend_from_slice(&self.client.rbuf);
             self.client.rbuf = input;
-            self.exchange.batch.replay_next = true;
+            self.exchange.features.batch.replay_next = true;
         } else {
             self.client.wbuf.extend_from_slice(&error);
             backend_msg::ready_for_query(&mut self.client.wbuf, b'I');

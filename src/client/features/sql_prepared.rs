@@ -244,7 +244,7 @@ impl crate::client::session::Session {
     /// After a transaction that may have prepared or deallocated SQL statements: the client's set
     /// is now what its backend holds. Statements that cannot move pin the client.
     pub(crate) async fn follow_sql_prepared(&mut self) -> Result<(), BackendError> {
-        self.exchange.sql_prepared_may_have_changed = false;
+        self.exchange.features.sql_prepared_may_have_changed = false;
         let backend = self.checkout.attached();
         let set = refresh(backend).await?.clone();
         let mut pins = self.pins;

@@ -48,7 +48,7 @@ impl Session {
                 // Locks, temp tables, cursors and LISTENs must not outlive their client.
                 backend.reset("DISCARD ALL").await?;
             } else {
-                if exchange.isolation.verdict != crate::client::features::isolation::Verdict::Clean {
+                if exchange.features.isolation.verdict != crate::client::features::isolation::Verdict::Clean {
                     // Unchecked effects (also of a rolled-back transaction: sequence state is
                     // not transactional) must not reach the next client.
                     let outcome = backend
@@ -64,7 +64,7 @@ impl Session {
                     }
                     backend.applied.clear();
                 }
-                if exchange.sql_prepared_may_have_changed {
+                if exchange.features.sql_prepared_may_have_changed {
                     // The next client must find the backend's SQL prepared statements as recorded.
                     crate::client::features::sql_prepared::refresh(backend).await?;
                 }

@@ -53,31 +53,31 @@ impl Session {
         let stats = &self.checkout.pool().stats;
         let metrics = self.shared.metrics.role(role);
         let ex = &mut self.exchange;
-        if ex.bytes_in > 0 {
+        if ex.stats.bytes_in > 0 {
             stats
                 .received
-                .fetch_add(std::mem::take(&mut ex.bytes_in), Ordering::Relaxed);
+                .fetch_add(std::mem::take(&mut ex.stats.bytes_in), Ordering::Relaxed);
         }
-        if ex.bytes_out > 0 {
+        if ex.stats.bytes_out > 0 {
             stats
                 .sent
-                .fetch_add(std::mem::take(&mut ex.bytes_out), Ordering::Relaxed);
+                .fetch_add(std::mem::take(&mut ex.stats.bytes_out), Ordering::Relaxed);
         }
-        for class in ex.error_classes.drain(..) {
+        for class in ex.stats.error_classes.drain(..) {
             self.shared.metrics.errors.record(class);
         }
-        if ex.requests > 0 {
-            let n = std::mem::take(&mut ex.requests) as u64;
+        if ex.stats.requests > 0 {
+            let n = std::mem::take(&mut ex.stats.requests) as u64;
             stats.queries.fetch_add(n, Ordering::Relaxed);
             metrics.queries.inc_by(n);
         }
         // Extended protocol (SHOW STATS parse/bind columns): plain fields until here.
-        add(&stats.client_parses, &mut ex.parses);
-        add(&stats.binds, &mut ex.binds);
-        add(&stats.server_parses, &mut ex.forwarded_parses);
+        add(&stats.client_parses, &mut ex.stats.parses);
+        add(&stats.binds, &mut ex.stats.binds);
+        add(&stats.server_parses, &mut ex.stats.forwarded_parses);
         add(&stats.server_parses, &mut self.pipeline.server_parses);
         if matches!(event, RelayEvent::Idle | RelayEvent::IdleInTransaction) {
-            if let Some(since) = ex.busy_since.take() {
+            if let Some(since) = ex.stats.busy_since.take() {
                 let took = since.elapsed();
                 self.checkout
                     .pool()

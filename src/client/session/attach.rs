@@ -80,14 +80,14 @@ impl Session {
         if replayed {
             self.exchange.tracker = Tracker::at(TransactionStatus::InTransaction);
         }
-        self.exchange.track_settings = self.routes_per_transaction();
-        if self.exchange.track_settings {
+        self.exchange.features.track_settings = self.routes_per_transaction();
+        if self.exchange.features.track_settings {
             // Judged against the catalog as it is now; a Bind of the unnamed statement with none
             // parsed on this backend runs something nobody judged.
-            self.exchange.isolation.hazards = Some(self.hazard_slot.load());
-            self.exchange.isolation.unnamed = crate::client::features::isolation::Verdict::Opaque;
+            self.exchange.features.isolation.hazards = Some(self.hazard_slot.load());
+            self.exchange.features.isolation.unnamed = crate::client::features::isolation::Verdict::Opaque;
         }
-        self.exchange.pinned = self.pins.any();
+        self.exchange.features.pinned = self.pins.any();
         self.pipeline.reset();
     }
 

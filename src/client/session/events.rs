@@ -26,7 +26,7 @@ impl Session {
             RelayEvent::DatabaseDdl(databases) => {
                 let holds = crate::client::features::database_ddl::free_databases(&self.shared, &databases);
                 self.database_holds.extend(holds);
-                self.exchange.database_ddl_freed = true;
+                self.exchange.features.database_ddl_freed = true;
                 None
             }
             RelayEvent::Idle => self.between_transactions().await,
@@ -86,10 +86,10 @@ impl Session {
     /// What a finished transaction may have changed on its backend, read back before anyone
     /// else (or another node) gets the client.
     async fn checks_after_transaction(&mut self) -> Result<(), BackendError> {
-        if self.exchange.pins_may_have_changed {
+        if self.exchange.features.pins_may_have_changed {
             self.probe_pins().await?;
         }
-        if self.exchange.sql_prepared_may_have_changed {
+        if self.exchange.features.sql_prepared_may_have_changed {
             self.follow_sql_prepared().await?;
         }
         self.check_before_sharing().await?;

@@ -43,7 +43,7 @@ impl Session {
     /// Asks the backend what the client holds that cannot move (locks, temp tables, cursors,
     /// LISTEN); while it holds any, the backend stays with the client.
     pub(crate) async fn probe_pins(&mut self) -> Result<(), BackendError> {
-        self.exchange.pins_may_have_changed = false;
+        self.exchange.features.pins_may_have_changed = false;
         let backend = self.checkout.attached();
         let outcome = backend
             .run_simple(crate::client::features::pinning::PROBE_SQL)
@@ -76,7 +76,7 @@ impl Session {
             }
         }
         self.pins = pins;
-        self.exchange.pinned = pins.any();
+        self.exchange.features.pinned = pins.any();
     }
 
     /// Between transactions, before the backend can serve anyone else (released to the pool) or
@@ -85,10 +85,10 @@ impl Session {
     /// database's hazards, which rides on the same check.
     pub(crate) async fn check_before_sharing(&mut self) -> Result<(), BackendError> {
         use crate::client::features::isolation::Verdict;
-        if !self.exchange.track_settings {
+        if !self.exchange.features.track_settings {
             return Ok(());
         }
-        if std::mem::take(&mut self.exchange.isolation.loads_module) {
+        if std::mem::take(&mut self.exchange.features.isolation.loads_module) {
             let mut pins = self.pins;
             pins.loaded_modules = 1;
             self.set_pins(pins);
@@ -96,11 +96,11 @@ impl Session {
         if self.pins.any() {
             // A pinned client keeps its backend: what it did is checked when it lets go, and in
             // full, so nothing of what ran while pinned depends on each transaction's verdict.
-            self.exchange.isolation.verdict = Verdict::Opaque;
+            self.exchange.features.isolation.verdict = Verdict::Opaque;
             return Ok(());
         }
         let releasing = self.mode == crate::config::PoolMode::Transaction;
-        let effects = &mut self.exchange.isolation;
+        let effects = &mut self.exchange.features.isolation;
         if releasing && self.hazard_slot.claim_refresh() {
             effects.refresh_claimed = true;
             effects.verdict = effects.verdict.max(Verdict::Settings);
@@ -112,7 +112,8 @@ impl Session {
         if self.check_effects(reset).await? {
             // Code the text did not show took something that cannot move: the client keeps
             // this backend, which the check reset, so its settings go back on.
-            let mut pins = crate::client::features::pinning::Pins::from_row(&self.exchange.isolation.probed);
+            let mut pins =
+                crate::client::features::pinning::Pins::from_row(&self.exchange.features.isolation.probed);
             pins.sql_prepared = self.pins.sql_prepared;
             self.set_pins(pins);
             let backend = self.checkout.attached();

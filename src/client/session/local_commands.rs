@@ -74,7 +74,7 @@ impl Session {
         // Runs before every simple Query between transactions: look closer only at what may be
         // `SHOW tidepool.lsn`, `SET tidepool.min_lsn` or a BEGIN / START TRANSACTION.
         use crate::client::features::keywords::{Word, Words};
-        let words = match self.exchange.head_words {
+        let words = match self.exchange.features.head_words {
             Some((len, words)) if len == total => words,
             _ => Words::scan(body),
         };
@@ -113,14 +113,14 @@ impl Session {
                 self.ha.deferred_begin = Some(sql);
                 backend_msg::command_complete(&mut self.client.wbuf, "BEGIN");
                 self.client.rbuf.advance(total);
-                self.exchange.head_words = None;
+                self.exchange.features.head_words = None;
                 backend_msg::ready_for_query(&mut self.client.wbuf, b'T');
                 return true;
             }
             None => return false,
         }
         self.client.rbuf.advance(total);
-        self.exchange.head_words = None;
+        self.exchange.features.head_words = None;
         backend_msg::ready_for_query(&mut self.client.wbuf, status);
         true
     }

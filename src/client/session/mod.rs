@@ -210,8 +210,8 @@ impl Session {
         let registry = &self.shared.cancels.users;
         let users = (backend.users).get_or_insert_with(|| registry.register(backend.key.pid));
         users.begin(key_pid, || registry.now());
-        if self.exchange.track_settings {
-            self.exchange.notify_as = key_pid;
+        if self.exchange.features.track_settings {
+            self.exchange.features.notify_as = key_pid;
         }
         let rewrite = (per_transaction && self.max_prepared > 0).then(|| Rewrite {
             cache: &self.shared.statements,

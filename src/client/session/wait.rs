@@ -58,7 +58,7 @@ impl Session {
             {
                 self.client.fill().await?;
             }
-            self.exchange.head_words = words.map(|words| (total, words));
+            self.exchange.features.head_words = words.map(|words| (total, words));
             return Ok(());
         }
     }

@@ -71,7 +71,48 @@ impl Session {
     /// whether code took something that cannot move (then it returns true: the client must be
     /// pinned, the pin probe's row is in `probed`).
     pub(crate) async fn check_effects(&mut self, reset: bool) -> Result<bool, BackendError> {
-        let effects = &mut self.exchange.isolation;
+        let (sql, refresh) = self.check_sql(reset);
+        let stats = &self.shared.stats;
+        stats
+            .isolation_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if reset {
+            stats
+                .isolation_resets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let backend = self.checkout.attached();
+        let outcome = backend.run_simple_rows(&sql).await;
+        let slot = self.hazard_slot.clone();
+        let outcome = match outcome {
+            Ok(o) if o.error.is_none() => o,
+            Ok(o) => {
+                if refresh {
+                    slot.release();
+                }
+                let e = o.parsed_error().unwrap_or_default();
+                // Not knowing what the session carries, the backend cannot be shared.
+                backend.set_state(crate::backend::BackendState::Broken);
+                return Err(BackendError::Server {
+                    addr: backend.addr.to_string(),
+                    code: e.code,
+                    message: format!("session state check failed: {}", e.message),
+                    fatal: false,
+                });
+            }
+            Err(e) => {
+                if refresh {
+                    slot.release();
+                }
+                return Err(e);
+            }
+        };
+        Ok(self.adopt_checked(outcome.rows, reset, refresh))
+    }
+
+    /// The check's SQL, and whether it claimed the catalog's hazards refresh.
+    fn check_sql(&mut self, reset: bool) -> (String, bool) {
+        let effects = &mut self.exchange.features.isolation;
         let opaque = effects.verdict == Verdict::Opaque;
         let mut names = std::mem::take(&mut effects.names);
         let backend = self.checkout.attached();
@@ -101,41 +142,13 @@ impl Session {
             sql.push_str("; ");
             sql.push_str(HAZARDS_SQL);
         }
-        let stats = &self.shared.stats;
-        stats
-            .isolation_checks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if reset {
-            stats
-                .isolation_resets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let outcome = backend.run_simple_rows(&sql).await;
-        let slot = self.hazard_slot.clone();
-        let outcome = match outcome {
-            Ok(o) if o.error.is_none() => o,
-            Ok(o) => {
-                if refresh {
-                    slot.release();
-                }
-                let e = o.parsed_error().unwrap_or_default();
-                // Not knowing what the session carries, the backend cannot be shared.
-                backend.set_state(crate::backend::BackendState::Broken);
-                return Err(BackendError::Server {
-                    addr: backend.addr.to_string(),
-                    code: e.code,
-                    message: format!("session state check failed: {}", e.message),
-                    fatal: false,
-                });
-            }
-            Err(e) => {
-                if refresh {
-                    slot.release();
-                }
-                return Err(e);
-            }
-        };
-        let now = carried(&outcome.rows);
+        (sql, refresh)
+    }
+
+    /// Makes what the check read the client's state (and the backend's, unless it was reset);
+    /// installs the hazards it read. True when the pin probe says the client must be pinned.
+    fn adopt_checked(&mut self, rows: Vec<Vec<Option<String>>>, reset: bool, refresh: bool) -> bool {
+        let now = carried(&rows);
         // The client's state: its startup values (what RESET returns to), then what it set.
         let mut settings = self.params.startup_settings.clone();
         for (name, value) in &now {
@@ -146,30 +159,25 @@ impl Session {
             settings.insert(0, entry);
         }
         self.params.settings = settings;
-        backend.applied = if reset { Vec::new() } else { now };
+        self.checkout.attached().applied = if reset { Vec::new() } else { now };
         if refresh {
-            let rows = outcome
-                .rows
+            let hazard_rows = rows
                 .iter()
                 .filter(|r| r.len() == 2)
                 .filter_map(|r| match (&r[0], &r[1]) {
                     (Some(kind), Some(name)) => Some((kind.as_str(), name.as_str())),
                     _ => None,
                 });
-            let hazards = Hazards::from_rows(rows);
+            let hazards = Hazards::from_rows(hazard_rows);
             tracing::debug!(database = %self.params.database, "session-state hazards read from the catalog");
-            slot.install(hazards);
-            self.exchange.isolation.refresh_claimed = false;
+            self.hazard_slot.install(hazards);
+            self.exchange.features.isolation.refresh_claimed = false;
         }
-        let probed = outcome
-            .rows
-            .into_iter()
-            .find(|r| r.len() == 4)
-            .unwrap_or_default();
+        let probed = rows.into_iter().find(|r| r.len() == 4).unwrap_or_default();
         let pinned = reset && crate::client::features::pinning::Pins::from_row(&probed).any();
-        self.exchange.isolation.probed = probed;
-        self.exchange.isolation.checked();
-        Ok(pinned)
+        self.exchange.features.isolation.probed = probed;
+        self.exchange.features.isolation.checked();
+        pinned
     }
 }
 
