@@ -103,13 +103,14 @@ impl BatchCopy {
         }
     }
 
-    /// A fresh copy that keeps this one's buffer (when not oversized).
-    pub fn emptied(mut self) -> BatchCopy {
+    /// Fresh again, in place: keeps the buffer (when not oversized).
+    #[inline]
+    pub fn empty(&mut self) {
         self.off();
-        BatchCopy {
-            frames: self.frames,
-            ..BatchCopy::default()
-        }
+        self.answered = false;
+        self.replayed = false;
+        self.replay_next = false;
+        self.held_error = None;
     }
 
     fn off(&mut self) {

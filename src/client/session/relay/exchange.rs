@@ -87,21 +87,57 @@ impl Exchange {
         self.tracker.status()
     }
 
-    /// A fresh exchange for a newly attached backend. Keeps the batch buffer's allocation, the
+    /// A fresh exchange for a newly attached backend, reset in place (no drop and rebuild of
+    /// the whole struct: this runs once per transaction). Keeps the buffers' allocations, the
     /// isolation effects and the scan of the request about to be relayed.
     pub fn restart(&mut self) {
-        let head_words = self.features.head_words.take();
-        let batch = std::mem::take(&mut self.features.batch).emptied();
-        let isolation = std::mem::take(&mut self.features.isolation);
-        *self = Exchange {
-            features: Features {
-                head_words,
-                batch,
-                isolation,
-                ..Features::default()
-            },
-            ..Exchange::default()
-        };
+        // Destructured in full, so that a new field cannot be forgotten here.
+        let Exchange {
+            tracker,
+            passthrough,
+            quiet_reported,
+            reported,
+            features,
+            stats,
+        } = self;
+        *tracker = Tracker::default();
+        *passthrough = 0;
+        *quiet_reported = false;
+        reported.clear();
+        let Features {
+            track_settings,
+            isolation: _,
+            pins_may_have_changed,
+            pinned,
+            sql_prepared_may_have_changed,
+            notify_as,
+            batch,
+            head_words: _,
+            database_ddl_ahead,
+            database_ddl_freed,
+        } = features;
+        *track_settings = false;
+        *pins_may_have_changed = false;
+        *pinned = false;
+        *sql_prepared_may_have_changed = false;
+        *notify_as = 0;
+        batch.empty();
+        database_ddl_ahead.clear();
+        *database_ddl_freed = false;
+        let Stats {
+            requests,
+            parses,
+            binds,
+            forwarded_parses,
+            busy_since,
+            bytes_in,
+            bytes_out,
+            error_classes,
+        } = stats;
+        (*requests, *parses, *binds, *forwarded_parses) = (0, 0, 0, 0);
+        *busy_since = None;
+        (*bytes_in, *bytes_out) = (0, 0);
+        error_classes.clear();
     }
 
     /// Marks the current quiet state as already seen by the session.
