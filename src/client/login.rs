@@ -111,13 +111,42 @@ async fn serve_inner(
     over_limit: bool,
     guard: &mut ConnectionGuard,
 ) -> CloseReason {
+    // Boxed: the login is transient, and inline its locals (the connection, the startup
+    // parameters) would size the task of every client for its whole life.
+    let mut session = match Box::pin(log_in(shared, snapshot, stream, peer, over_limit, guard)).await {
+        LoggedIn::Session(session) => session,
+        LoggedIn::Done(reason) => return reason,
+    };
+    // By reference: an async fn's arguments take room in its future beside its locals.
+    run_session(shared, &mut session).await
+}
+
+/// How a login ended.
+// Not boxed: the session is moved once into the task, which keeps it anyway.
+#[allow(clippy::large_enum_variant)]
+enum LoggedIn {
+    Session(Session),
+    /// Refused, failed, or a console session served to its end.
+    Done(CloseReason),
+}
+
+/// Startup, max_client_conn, authentication, the database's pool: the session, or why there is
+/// none (a console connection is served here to its end).
+async fn log_in(
+    shared: &Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    stream: Stream,
+    peer: SocketAddr,
+    over_limit: bool,
+    guard: &mut ConnectionGuard,
+) -> LoggedIn {
     let proxy = &snapshot.config.proxy;
     let unix = stream.is_unix();
     let mut client = ClientConn::new(stream, peer, proxy.max_message_size.0.min(u32::MAX as u64) as u32);
     let login_deadline = Instant::now() + proxy.client_login_timeout.0;
     let params = match open(shared, &snapshot, &mut client, unix, login_deadline).await {
         Ok(params) => params,
-        Err(reason) => return reason,
+        Err(reason) => return LoggedIn::Done(reason),
     };
     if over_limit {
         client
@@ -126,23 +155,23 @@ async fn serve_inner(
                 "sorry, too many clients already",
             ))
             .await;
-        return CloseReason::Refused("max_client_conn reached".into());
+        return LoggedIn::Done(CloseReason::Refused("max_client_conn reached".into()));
     }
     let user = match authenticate(&snapshot, &mut client, &params, login_deadline).await {
         Ok(user) => user,
-        Err(reason) => return reason,
+        Err(reason) => return LoggedIn::Done(reason),
     };
     if crate::admin::is_console(&params.database) {
         // A console does not keep a process draining for WAIT_FOR_CLIENTS alive.
         guard.mark_console();
-        return Box::pin(crate::admin::serve(
+        let served = Box::pin(crate::admin::serve(
             shared,
             &snapshot,
             client,
             &params,
             &user.config,
-        ))
-        .await;
+        ));
+        return LoggedIn::Done(served.await);
     }
     // From here on the session sees its database's cluster (its nodes, health, routing).
     let (snapshot, pool) = match database_pool(shared, &snapshot, &params.database, &user) {
@@ -150,7 +179,7 @@ async fn serve_inner(
         Err(error) => {
             let message = error.message.clone();
             client.send_fatal(error).await;
-            return CloseReason::Refused(message);
+            return LoggedIn::Done(CloseReason::Refused(message));
         }
     };
     if pool.control.is_disabled() {
@@ -158,9 +187,13 @@ async fn serve_inner(
         client
             .send_fatal(ErrorFields::fatal(SqlState::CANNOT_CONNECT_NOW, message.clone()))
             .await;
-        return CloseReason::Refused(message);
+        return LoggedIn::Done(CloseReason::Refused(message));
     }
-    let mut session = new_session(shared, snapshot, client, pool, user, params);
+    LoggedIn::Session(new_session(shared, snapshot, client, pool, user, params))
+}
+
+/// The logged-in client's session to its end (or until it is killed).
+async fn run_session(shared: &Arc<Shared>, session: &mut Session) -> CloseReason {
     let entry = session.ticket.entry().clone();
     let reason = tokio::select! {
         reason = session.run() => reason,
@@ -171,12 +204,15 @@ async fn serve_inner(
                 shared.stats.pinned_clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             let error = ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "terminating connection due to administrator command");
-            session.client.send_fatal(error).await;
+            Box::pin(session.client.send_fatal(error)).await;
             return CloseReason::Killed;
         }
     };
-    session.finish().await;
-    session.release_parked().await;
+    Box::pin(async {
+        session.finish().await;
+        session.release_parked().await;
+    })
+    .await;
     reason
 }
 

@@ -60,15 +60,17 @@ impl Session {
                         pool.close_idle();
                         continue;
                     }
-                    return self.no_backend(e, login).await;
+                    return Box::pin(self.no_backend(e, login)).await;
                 }
             }
         }
         let replayed = self.ha.deferred_begin.is_some();
-        if let Err(error) = self.replay_begin(read_only).await {
-            self.checkout.handle(Event::Lost);
-            self.pending_error = Some(error);
-            return Ok(false);
+        if replayed {
+            if let Err(error) = Box::pin(self.replay_begin(read_only)).await {
+                self.checkout.handle(Event::Lost);
+                self.pending_error = Some(error);
+                return Ok(false);
+            }
         }
         self.fresh_exchange(replayed);
         Ok(true)
@@ -113,7 +115,7 @@ impl Session {
             // no clock and no watch on the topology: nothing can fail or wait.
             let (server, waited) = match self.checkout.pool().checkout_idle_now(want) {
                 Some(server) => (server, Duration::ZERO),
-                None => match self.wait_for_backend(node, failover_deadline).await? {
+                None => match Box::pin(self.wait_for_backend(node, failover_deadline)).await? {
                     Waited::Got(server, waited) => (server, waited),
                     Waited::Retry => continue,
                     Waited::Cancelled => {
@@ -123,7 +125,7 @@ impl Session {
                         ));
                         return Ok(false);
                     }
-                    Waited::Failed(e) => return self.no_backend(e, login).await,
+                    Waited::Failed(e) => return Box::pin(self.no_backend(e, login)).await,
                 },
             };
             self.account_checkout(waited);
@@ -177,7 +179,7 @@ impl Session {
             Err(mut error) if login => {
                 error.severity = Severity::Fatal;
                 let message = error.message.clone();
-                self.client.send_fatal(error).await;
+                Box::pin(self.client.send_fatal(error)).await;
                 Err(CloseReason::Refused(message))
             }
             Err(error) => {
@@ -272,7 +274,7 @@ impl Session {
         }
         if mode == PoolMode::Transaction || per_transaction {
             if let Some(sql) = settings_diff_sql(&backend.applied, &params.settings) {
-                let outcome = backend.run_simple(&sql).await.map_err(Preamble::Lost)?;
+                let outcome = Box::pin(backend.run_simple(&sql)).await.map_err(Preamble::Lost)?;
                 if outcome.error.is_some() {
                     // A value the server refuses: PostgreSQL would refuse the login.
                     let e = outcome.parsed_error().unwrap_or_default();
@@ -283,17 +285,20 @@ impl Session {
                     if !login {
                         error.severity = Severity::Error;
                     }
-                    client.send_fatal(error).await;
+                    Box::pin(client.send_fatal(error)).await;
                     return Err(Preamble::Refused(CloseReason::Refused(e.message)));
                 }
                 backend.applied = params.settings.clone();
             }
         }
-        if mode == PoolMode::Transaction {
+        if mode == PoolMode::Transaction && statements.sql != backend.statements.sql {
             // The backend's SQL-level prepared statements become the client's (sql_prepared.rs).
-            crate::client::features::sql_prepared::sync(backend, &statements.sql)
-                .await
-                .map_err(Preamble::Lost)?;
+            Box::pin(crate::client::features::sql_prepared::sync(
+                backend,
+                &statements.sql,
+            ))
+            .await
+            .map_err(Preamble::Lost)?;
         }
         Ok(())
     }

@@ -24,7 +24,8 @@ pub(crate) async fn stop_due(ticket: &ClientTicket, shutdown: &Shutdown, stage: 
     let stage = stage.max(Stage::Graceful);
     ticket.until(|| shutdown.stage() >= stage).await;
     if first {
-        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+        // Boxed: rare, and inline it would size every wait that may see a shutdown.
+        Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)).await;
     }
 }
 

@@ -38,28 +38,28 @@ impl Session {
             // A pinned client keeps its batch open, like its backend.
             RelayEvent::IdleUnsynced if self.pins.any() => None,
             RelayEvent::IdleUnsynced => {
-                self.close_batch().await;
+                Box::pin(self.close_batch()).await;
                 None
             }
-            RelayEvent::SchemaChanged(error) => match self.retry_after_schema_change(error).await {
+            RelayEvent::SchemaChanged(error) => match Box::pin(self.retry_after_schema_change(error)).await {
                 Ok(()) => None,
-                Err(e) => self.backend_lost(None, e.to_string()).await,
+                Err(e) => Box::pin(self.backend_lost(None, e.to_string())).await,
             },
             RelayEvent::ClientTerminated => Some(CloseReason::Terminated),
             RelayEvent::ClientFailed(ClientIoError::Frame(e)) => {
                 let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
-                self.client.send_fatal(error).await;
+                Box::pin(self.client.send_fatal(error)).await;
                 Some(CloseReason::ClientIo(ClientIoError::Frame(e)))
             }
             RelayEvent::ClientFailed(e) => Some(CloseReason::ClientIo(e)),
-            RelayEvent::BackendFailed(e) => self.backend_lost(None, e.to_string()).await,
+            RelayEvent::BackendFailed(e) => Box::pin(self.backend_lost(None, e.to_string())).await,
             RelayEvent::BackendFatal(frame) => {
                 let message = ServerError::parse(&crate::protocol::Frame {
                     tag: frame[0],
                     body: frame.slice(5..),
                 })
                 .message;
-                self.backend_lost(Some(frame), message).await
+                Box::pin(self.backend_lost(Some(frame), message)).await
             }
         }
     }
@@ -70,7 +70,7 @@ impl Session {
         self.awaiting_first_request = false;
         self.follow_settings();
         if let Err(e) = self.checks_after_transaction().await {
-            return self.backend_lost(None, e.to_string()).await;
+            return Box::pin(self.backend_lost(None, e.to_string())).await;
         }
         let sharing = Sharing {
             transaction_mode: self.mode == PoolMode::Transaction,
@@ -87,14 +87,14 @@ impl Session {
     /// else (or another node) gets the client.
     async fn checks_after_transaction(&mut self) -> Result<(), BackendError> {
         if self.exchange.features.pins_may_have_changed {
-            self.probe_pins().await?;
+            Box::pin(self.probe_pins()).await?;
         }
         if self.exchange.features.sql_prepared_may_have_changed {
-            self.follow_sql_prepared().await?;
+            Box::pin(self.follow_sql_prepared()).await?;
         }
         self.check_before_sharing().await?;
         if self.routed_write && self.read_your_writes() {
-            self.record_write_position().await?;
+            Box::pin(self.record_write_position()).await?;
         }
         Ok(())
     }

@@ -109,7 +109,7 @@ impl Session {
             return Ok(());
         }
         let reset = releasing && effects.verdict == Verdict::Opaque;
-        if self.check_effects(reset).await? {
+        if Box::pin(self.check_effects(reset)).await? {
             // Code the text did not show took something that cannot move: the client keeps
             // this backend, which the check reset, so its settings go back on.
             let mut pins =
@@ -120,7 +120,7 @@ impl Session {
             if let Some(sql) =
                 crate::client::params::settings_diff_sql(&backend.applied, &self.params.settings)
             {
-                let outcome = backend.run_simple(&sql).await?;
+                let outcome = Box::pin(backend.run_simple(&sql)).await?;
                 if outcome.error.is_some() {
                     backend.set_state(crate::backend::BackendState::Broken);
                     return Err(BackendError::Closed {

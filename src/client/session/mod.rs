@@ -27,7 +27,10 @@ use crate::client::session::relay::{Exchange, RelayEvent, Rewrite};
 use crate::config::PoolMode;
 use crate::protocol::{backend_msg, ErrorFields, Severity, SqlState, TransactionStatus};
 use crate::shutdown::Stage;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
@@ -88,7 +91,8 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn run(&mut self) -> CloseReason {
-        if let Err(reason) = self.attach(true).await {
+        // Boxed: the login's attach happens once; inline it would size the task for good.
+        if let Err(reason) = Box::pin(self.attach(true)).await {
             return reason;
         }
         let registration = self.welcome();
@@ -223,9 +227,9 @@ impl Session {
             // The relay first; the others are polled only while it waits.
             biased;
             event = crate::client::session::timeouts::relay_timed(&mut self.client, backend, &mut self.exchange, rewrite, query_timeout) => Turn::Event(event),
-            _ = sleep_or_never(idle_deadline) => Turn::Close(self.idle_timeout_hit().await),
-            _ = sleep_or_never(tx_deadline) => Turn::Close(self.transaction_timeout_hit().await),
-            _ = maybe(stop_due) => Turn::Close(self.close_for_shutdown().await),
+            _ = sleep_or_never(idle_deadline) => Turn::Close(Box::pin(self.idle_timeout_hit()).await),
+            _ = sleep_or_never(tx_deadline) => Turn::Close(Box::pin(self.transaction_timeout_hit()).await),
+            _ = maybe(stop_due) => Turn::Close(Box::pin(self.close_for_shutdown()).await),
             _ = crate::client::features::listen::notified(&self.listens), if quiet && between_transactions => {
                 // A pinned client between transactions gets its notifications now.
                 self.deliver_notifications();
@@ -249,19 +253,47 @@ enum Turn {
     Close(CloseReason),
 }
 
-/// Waits for `future` if there is one, else forever.
-pub(crate) async fn maybe<F: std::future::Future<Output = ()>>(future: Option<F>) {
-    match future {
-        Some(future) => future.await,
-        None => std::future::pending().await,
+pin_project_lite::pin_project! {
+    /// Waits for `future` if there is one, else forever. A plain future, not an async fn (whose
+    /// future would hold the argument beside its own copy): an idle client's task carries it.
+    pub(crate) struct Maybe<F> {
+        #[pin]
+        future: Option<F>,
     }
 }
 
-/// Sleeps until `deadline`, or forever when there is none.
-pub(crate) async fn sleep_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
+pub(crate) fn maybe<F: Future<Output = ()>>(future: Option<F>) -> Maybe<F> {
+    Maybe { future }
+}
+
+impl<F: Future<Output = ()>> Future for Maybe<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project().future.as_pin_mut() {
+            Some(future) => future.poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Sleeps until a deadline, or forever when there is none. The timer is boxed, and only made
+/// when there is a deadline (the timeouts are off by default): inline, every client's task
+/// would carry one per wait that may time out, idle or not.
+pub(crate) struct SleepOrNever(Option<Pin<Box<tokio::time::Sleep>>>);
+
+pub(crate) fn sleep_or_never(deadline: Option<Instant>) -> SleepOrNever {
+    SleepOrNever(deadline.map(|at| Box::pin(sleep_until(at))))
+}
+
+impl Future for SleepOrNever {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 

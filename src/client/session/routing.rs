@@ -139,7 +139,10 @@ impl Session {
                 if Instant::now() >= deadline {
                     return Err(no_primary());
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // The waits here are rare (reloads, failovers): boxed, so that the common path's
+                // future (in every client's task) stays small.
+                drop(changed);
+                Box::pin(tokio::time::sleep(Duration::from_millis(10))).await;
                 self.take_snapshot();
                 snapshot = self.snapshot.clone();
                 continue;
@@ -160,7 +163,8 @@ impl Session {
                     why: Why::NoStandby, ..
                 } if min_lsn.is_some() && Instant::now() < ryw_deadline => {
                     // Give a standby up to ryw_wait to replay the client's last write.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    drop(changed);
+                    Box::pin(tokio::time::sleep(Duration::from_millis(5))).await;
                 }
                 Target::Node { index, why } => {
                     let reason = route_reason(why, &decision, &view, min_lsn.is_some());
@@ -178,7 +182,10 @@ impl Session {
                     ))
                 }
                 Target::NoPrimary => {
-                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    if Box::pin(tokio::time::timeout_at(deadline, changed))
+                        .await
+                        .is_err()
+                    {
                         let detail = match health.view().patroni_disagreement() {
                             Some(why) => format!("No primary within failover_timeout: {why}"),
                             None => "No node reported being the primary within failover_timeout.".into(),
@@ -328,9 +335,8 @@ impl Session {
                 "terminating connection because server {} is no longer the primary",
                 status.addr
             );
-            self.client
-                .send_fatal(ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, message.clone()))
-                .await;
+            let error = ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, message.clone());
+            Box::pin(self.client.send_fatal(error)).await;
             return Demotion::Close(CloseReason::BackendLost(message));
         }
         if self.pins.any() {

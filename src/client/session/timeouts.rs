@@ -27,18 +27,33 @@ use std::future::{poll_fn, Future};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 /// [`relay`] with `query_timeout` (`None`: the plain relay, nothing added to the hot path).
-pub(crate) async fn relay_timed(
+/// Not an async fn, so the plain relay's future is just its references; the timed one, made
+/// only when `query_timeout` is on, is boxed.
+pub(crate) fn relay_timed<'a>(
+    client: &'a mut ClientConn,
+    backend: &'a mut BackendConn,
+    ex: &'a mut Exchange,
+    rewrite: Option<Rewrite<'a>>,
+    timeout: Option<Duration>,
+) -> impl Future<Output = RelayEvent> + 'a {
+    match timeout {
+        None => Either::Left(relay(client, backend, ex, rewrite)),
+        Some(timeout) => Either::Right(Box::pin(relay_with_timeout(
+            client, backend, ex, rewrite, timeout,
+        ))),
+    }
+}
+
+async fn relay_with_timeout(
     client: &mut ClientConn,
     backend: &mut BackendConn,
     ex: &mut Exchange,
     mut rewrite: Option<Rewrite<'_>>,
-    timeout: Option<Duration>,
+    timeout: Duration,
 ) -> RelayEvent {
-    let Some(timeout) = timeout else {
-        return relay(client, backend, ex, rewrite).await;
-    };
     let target = CancelTarget {
         addr: backend.addr.clone(),
         key: backend.key,

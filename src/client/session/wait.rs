@@ -28,7 +28,7 @@ impl Session {
             // The wait prefers input: a client sending back to back would never see its
             // shutdown branch.
             if !self.awaiting_first_request && self.shared.shutdown.stage() >= Stage::Graceful {
-                return Err(self.close_for_shutdown().await);
+                return Err(Box::pin(self.close_for_shutdown()).await);
             }
             let (tag, total) =
                 match crate::protocol::frame::peek_header(&self.client.rbuf, self.client.decoder.max_len()) {
@@ -38,9 +38,8 @@ impl Session {
                         continue;
                     }
                     Err(e) => {
-                        self.client
-                            .send_fatal(ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()))
-                            .await;
+                        let error = ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string());
+                        Box::pin(self.client.send_fatal(error)).await;
                         return Err(ClientIoError::Frame(e).into());
                     }
                 };
@@ -78,8 +77,8 @@ impl Session {
             biased;
             ready = self.client.wait_readable() => ready?,
             _ = crate::client::features::listen::notified(&self.listens) => return Ok(false),
-            _ = sleep_or_never(deadline) => return Err(self.idle_timeout_hit().await),
-            _ = shutdown_due => return Err(self.close_for_shutdown().await),
+            _ = sleep_or_never(deadline) => return Err(Box::pin(self.idle_timeout_hit()).await),
+            _ = shutdown_due => return Err(Box::pin(self.close_for_shutdown()).await),
         }
         // Over TLS, waiting already read.
         if self.client.rbuf.is_empty() {
@@ -123,7 +122,7 @@ impl Session {
             ))
         });
         if let Some(words) = words {
-            if self.answer_listen(words).await {
+            if Box::pin(self.answer_listen(words)).await {
                 return Ok(None);
             }
         }

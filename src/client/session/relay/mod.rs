@@ -62,14 +62,15 @@ pub struct Rewrite<'a> {
     pub capacity: usize,
 }
 
-/// Runs until an event; cancel-safe.
-pub async fn relay(
-    client: &mut ClientConn,
-    backend: &mut BackendConn,
-    ex: &mut Exchange,
-    mut rewrite: Option<Rewrite<'_>>,
-) -> RelayEvent {
-    poll_fn(|cx| poll_relay(cx, client, backend, ex, rewrite.as_mut())).await
+/// Runs until an event; cancel-safe. A plain future of the references (not an async fn, whose
+/// future would keep its arguments twice): it is part of every client's task.
+pub fn relay<'a>(
+    client: &'a mut ClientConn,
+    backend: &'a mut BackendConn,
+    ex: &'a mut Exchange,
+    mut rewrite: Option<Rewrite<'a>>,
+) -> impl std::future::Future<Output = RelayEvent> + 'a {
+    poll_fn(move |cx| poll_relay(cx, client, backend, ex, rewrite.as_mut()))
 }
 
 pub(crate) fn poll_relay(
