@@ -174,7 +174,7 @@ pub async fn authenticate(
     let proven = match (method, secret) {
         (AuthMethod::Trust, _) => Proven::Nothing,
         (AuthMethod::Cert, _) => {
-            check_cert(client.tls.as_ref(), user_name)?;
+            check_cert(client.tls.as_deref(), user_name)?;
             Proven::Nothing
         }
         (AuthMethod::Reject, _) => return Err(AuthError::Failed),

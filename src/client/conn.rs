@@ -54,7 +54,8 @@ pub struct ClientConn {
     pub(crate) wbuf: BytesMut,
     pub peer: SocketAddr,
     /// Set once a TLS handshake completed.
-    pub tls: Option<TlsInfo>,
+    /// Boxed: most clients have none, and it would size every session.
+    pub tls: Option<Box<TlsInfo>>,
     pub(crate) decoder: FrameDecoder,
     /// The pid this client was given in BackendKeyData (set at welcome).
     pub(crate) key_pid: Option<i32>,
@@ -196,10 +197,10 @@ impl ClientConn {
             .then(|| stream.get_ref().1.peer_certificates()?.first())
             .flatten()
             .and_then(|cert| crate::tls::cert::common_name(cert));
-        self.tls = Some(TlsInfo {
+        self.tls = Some(Box::new(TlsInfo {
             server_end_point: tls.server_end_point.clone(),
             peer_common_name,
-        });
+        }));
         self.stream = Stream::Tls(Box::new(stream.into()));
         Ok(())
     }

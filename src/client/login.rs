@@ -196,6 +196,8 @@ async fn log_in(
 async fn run_session(shared: &Arc<Shared>, session: &mut Session) -> CloseReason {
     let entry = session.ticket.entry().clone();
     let reason = tokio::select! {
+        // Biased: no random branch order (a thread-local RNG draw) on every poll of the task.
+        biased;
         reason = session.run() => reason,
         _ = entry.killed() => {
             // Killed mid-anything: its backend goes too (it may be mid-request).

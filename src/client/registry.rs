@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// What a client is doing (PgBouncer's client states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +49,10 @@ pub struct ClientEntry {
     waiting_since_us: AtomicU64,
     /// Backend id it is linked to; 0 for none.
     server: AtomicU64,
-    /// Cancelled by KILL_CLIENT / KILL: the session ends at once.
-    kill: CancellationToken,
+    /// Set by KILL_CLIENT / KILL: the session ends at once. A flag and a waker slot, not a
+    /// cancellation token (whose tree node is one more allocation per client).
+    killed: AtomicBool,
+    kill_waker: atomic_waker::AtomicWaker,
     /// The session's task while it idles (`ClientTicket::until`): woken when the stop moves
     /// on, so an idle wait holds a waker here instead of a subscription of its own.
     attention: atomic_waker::AtomicWaker,
@@ -76,7 +77,8 @@ impl ClientEntry {
 
     /// Ends the client's session (KILL_CLIENT).
     pub fn kill(&self) {
-        self.kill.cancel();
+        self.killed.store(true, Ordering::Release);
+        self.kill_waker.wake();
     }
 
     /// Wakes the session if it idles, to look at what changed (a shutdown stage).
@@ -85,8 +87,19 @@ impl ClientEntry {
     }
 
     /// Resolves when the console kills this client.
-    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.kill.cancelled()
+    pub fn killed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.killed.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.kill_waker.register(cx.waker());
+            // A kill between the first look and the registration is not lost.
+            if self.killed.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 }
 
@@ -142,7 +155,8 @@ impl ClientRegistry {
             node: AtomicU32::new(0),
             waiting_since_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
-            kill: CancellationToken::new(),
+            killed: AtomicBool::new(false),
+            kill_waker: Default::default(),
             attention: Default::default(),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -245,11 +245,12 @@ impl Session {
                 ListenCommand::Listen(channel) => {
                     let shutdown = self.shared.shutdown.subscribe();
                     let sub = self.listens.get_or_insert_with(|| {
-                        Subscription::new(self.shared.notify.hub(
+                        // Boxed: few clients LISTEN; inline it would size every session.
+                        Box::new(Subscription::new(self.shared.notify.hub(
                             self.checkout.pool(),
                             &self.shared.cancels.users,
                             shutdown,
-                        ))
+                        )))
                     });
                     if !sub.listen(channel).await {
                         failed = Some(channel.clone());
@@ -302,7 +303,7 @@ impl Session {
 }
 
 /// Resolves when the client has notifications to deliver (never, without subscriptions).
-pub(crate) async fn notified(listens: &Option<Subscription>) {
+pub(crate) async fn notified(listens: &Option<Box<Subscription>>) {
     match listens {
         Some(sub) => sub.inbox.ready().await,
         None => std::future::pending().await,

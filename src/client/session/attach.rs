@@ -68,7 +68,7 @@ impl Session {
         if replayed {
             if let Err(error) = Box::pin(self.replay_begin(read_only)).await {
                 self.checkout.handle(Event::Lost);
-                self.pending_error = Some(error);
+                self.pending_error = Some(Box::new(error));
                 return Ok(false);
             }
         }
@@ -119,10 +119,10 @@ impl Session {
                     Waited::Got(server, waited) => (server, waited),
                     Waited::Retry => continue,
                     Waited::Cancelled => {
-                        self.pending_error = Some(ErrorFields::error(
+                        self.pending_error = Some(Box::new(ErrorFields::error(
                             SqlState::QUERY_CANCELED,
                             "canceling statement due to user request",
-                        ));
+                        )));
                         return Ok(false);
                     }
                     Waited::Failed(e) => return Box::pin(self.no_backend(e, login)).await,
@@ -183,7 +183,7 @@ impl Session {
                 Err(CloseReason::Refused(message))
             }
             Err(error) => {
-                self.pending_error = Some(error);
+                self.pending_error = Some(Box::new(error));
                 Ok(Picked::Failed)
             }
         }
@@ -313,7 +313,7 @@ impl Session {
                 .await;
             return Err(CloseReason::BackendLost(e.to_string()));
         }
-        self.pending_error = Some(backend_error_for_client(&e, Severity::Error));
+        self.pending_error = Some(Box::new(backend_error_for_client(&e, Severity::Error)));
         Ok(false)
     }
 }

@@ -167,7 +167,7 @@ impl Session {
             }
             self.discard_until_sync = ex.tracker.batch_open();
         } else {
-            self.pending_error = Some(error);
+            self.pending_error = Some(Box::new(error));
         }
         None
     }

@@ -59,7 +59,7 @@ pub(crate) struct Session {
     pub(crate) exchange: Exchange,
     /// An error owed to the client's next request (its server died while it idled in a
     /// transaction).
-    pub(crate) pending_error: Option<ErrorFields>,
+    pub(crate) pending_error: Option<Box<ErrorFields>>,
     /// After an error in an extended-protocol batch, drop client messages until Sync.
     pub(crate) discard_until_sync: bool,
     /// The client's named prepared statements (transaction mode).
@@ -80,7 +80,7 @@ pub(crate) struct Session {
     /// Node of the backend, held-back BEGIN, parked backends (`routing.rs`).
     pub(crate) ha: crate::client::session::routing::HaState,
     /// Channels it LISTENs to through the pool's listener (transaction mode, `listen.rs`).
-    pub(crate) listens: Option<crate::notify::Subscription>,
+    pub(crate) listens: Option<Box<crate::notify::Subscription>>,
     /// When the current transaction began (`transaction_timeout`, see `timeouts.rs`).
     pub(crate) tx_clock: crate::client::session::timeouts::TransactionClock,
     /// Pools held while a statement that needs their database to itself runs (`database_ddl.rs`).

@@ -347,7 +347,7 @@ impl Session {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.exchange = Default::default();
-        self.pending_error = Some(
+        self.pending_error = Some(Box::new(
             ErrorFields::error(
                 SqlState::new("25006"),
                 format!("server {} is no longer the primary", status.addr),
@@ -355,7 +355,7 @@ impl Session {
             .with_detail(format!(
                 "The server {why}; the transaction was rolled back and its connection closed."
             )),
-        );
+        ));
         Demotion::Dropped
     }
 
