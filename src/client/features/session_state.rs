@@ -181,18 +181,9 @@ impl Iterator for Statements<'_> {
                 }
                 b'"' => {
                     flush(&mut word, &mut words);
-                    let end = skip_quoted(bytes, i, b'"');
-                    // An unterminated identifier runs to the end of the text (and `end - 1`
-                    // could then split a multi-byte character).
-                    let close = if end > i + 1 && bytes[end - 1] == b'"' {
-                        end - 1
-                    } else {
-                        end
-                    };
-                    let ident = &self.rest[i + 1..close];
-                    // Quoted identifiers keep their case; GUC names are case-insensitive anyway.
+                    let (ident, end) = quoted_identifier(self.rest, i);
                     if words.len() < WORDS_PER_STATEMENT {
-                        words.push(ident.replace("\"\"", "\""));
+                        words.push(ident);
                     }
                     i = end;
                     continue;
@@ -222,6 +213,21 @@ impl Iterator for Statements<'_> {
         self.rest = &self.rest[i.min(self.rest.len())..];
         Some(words)
     }
+}
+
+/// The quoted identifier starting at `i` (its case kept: GUC names are case-insensitive
+/// anyway), and where it ends.
+fn quoted_identifier(text: &str, i: usize) -> (String, usize) {
+    let bytes = text.as_bytes();
+    let end = skip_quoted(bytes, i, b'"');
+    // An unterminated identifier runs to the end of the text (and `end - 1` could then split a
+    // multi-byte character).
+    let close = if end > i + 1 && bytes[end - 1] == b'"' {
+        end - 1
+    } else {
+        end
+    };
+    (text[i + 1..close].replace("\"\"", "\""), end)
 }
 
 fn skip_block_comment(bytes: &[u8], mut i: usize) -> usize {

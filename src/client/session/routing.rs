@@ -186,20 +186,21 @@ impl Session {
                         .await
                         .is_err()
                     {
-                        let detail = match health.view().patroni_disagreement() {
-                            Some(why) => format!("No primary within failover_timeout: {why}"),
-                            None => "No node reported being the primary within failover_timeout.".into(),
-                        };
-                        return Err(ErrorFields::error(
-                            SqlState::CANNOT_CONNECT_NOW,
-                            "no primary server available",
-                        )
-                        .with_detail(detail));
+                        return Err(no_primary_in_time(&health.view()));
                     }
                 }
             }
         }
     }
+}
+
+/// What a request gets when the nodes' checks showed no primary within `failover_timeout`.
+fn no_primary_in_time(view: &crate::health::TopologyView) -> ErrorFields {
+    let detail = match view.patroni_disagreement() {
+        Some(why) => format!("No primary within failover_timeout: {why}"),
+        None => "No node reported being the primary within failover_timeout.".into(),
+    };
+    ErrorFields::error(SqlState::CANNOT_CONNECT_NOW, "no primary server available").with_detail(detail)
 }
 
 /// What a write gets when no primary appeared within `failover_timeout`.
