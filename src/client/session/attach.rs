@@ -202,9 +202,9 @@ impl Session {
         self.ticket.waiting(node, wait_started);
         let changed = self.health().map(|h| h.changed());
         let wish = self.startup_wish();
-        // Boxed: the wait is rare (an idle connection at hand needs none) and its future
-        // large; inline, every client's task would carry it while idle.
-        let checkout = Box::pin(self.checkout.pool().checkout(wish));
+        // Not boxed here: the caller boxes this whole wait (rare: an idle connection at hand
+        // needs none), so the checkout's large future never sizes a client's task.
+        let checkout = self.checkout.pool().checkout(wish);
         let cancel = self.checkout.cancel_slot();
         let waiting = async {
             match cancel {
