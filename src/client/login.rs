@@ -330,6 +330,7 @@ fn new_session(
         mode,
         params,
         exchange: Exchange::default(),
+        checked_out_at: None,
         pending_error: None,
         discard_until_sync: false,
         statements: ClientStatements::default(),

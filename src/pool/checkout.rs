@@ -54,13 +54,15 @@ impl Pool {
 
     /// The common checkout, without a future: an idle connection that needs no check, or
     /// `None` (paused, nothing idle, or the idle one needs a look): then call `checkout`.
-    pub fn checkout_idle_now(&self, want: Want) -> Option<Server> {
+    /// `now`: the caller's clock reading (it uses the same one for its own accounting).
+    pub fn checkout_idle_now(&self, want: Want, now: Instant) -> Option<Server> {
         if self.is_paused() {
             return None;
         }
         let settings = self.settings.load();
         let needs_check = |conn: &Server| {
-            !settings.check_query.is_empty() && conn.last_used.elapsed() >= settings.check_delay
+            !settings.check_query.is_empty()
+                && now.saturating_duration_since(conn.last_used) >= settings.check_delay
         };
         // A connection that spoke while idle is left for `checkout`, which discards it.
         let conn = self

@@ -76,9 +76,14 @@ impl Session {
         add(&stats.binds, &mut ex.stats.binds);
         add(&stats.server_parses, &mut ex.stats.forwarded_parses);
         add(&stats.server_parses, &mut self.pipeline.server_parses);
+        let mut quiet_at = None;
         if matches!(event, RelayEvent::Idle | RelayEvent::IdleInTransaction) {
             if let Some(since) = ex.stats.busy_since.take() {
-                let took = since.elapsed();
+                // The one clock read of the quiet point: also the backend's last use if it is
+                // released now.
+                let now = tokio::time::Instant::now();
+                quiet_at = Some(now);
+                let took = now.saturating_duration_since(since);
                 self.checkout
                     .pool()
                     .metrics
@@ -93,6 +98,9 @@ impl Session {
         if matches!(event, RelayEvent::Idle) {
             stats.transactions.fetch_add(1, Ordering::Relaxed);
             metrics.transactions.inc();
+        }
+        if let Some(at) = quiet_at {
+            self.checkout.set_quiet_at(at);
         }
     }
 }

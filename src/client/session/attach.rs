@@ -28,6 +28,7 @@ impl Session {
     /// leaves the client connected (the error is owed to it, `pending_error`).
     pub(crate) async fn attach_cancellable(&mut self, login: bool) -> Result<bool, CloseReason> {
         self.take_snapshot();
+        self.checked_out_at = None;
         let decision =
             (!login && self.routes_per_transaction() && self.has_health()).then(|| self.classify_request());
         let read_only = decision
@@ -73,6 +74,13 @@ impl Session {
             }
         }
         self.fresh_exchange(replayed);
+        // The request at hand is busy from the checkout on (microseconds before it is forwarded;
+        // settings applied first count too: the client waits for them). Not at login: the
+        // client's first request is still to come.
+        let checked_out_at = self.checked_out_at.take();
+        if !login {
+            self.exchange.stats.busy_since = checked_out_at;
+        }
         Ok(true)
     }
 
@@ -113,10 +121,12 @@ impl Session {
             let want = self.startup_wish().want;
             // An idle connection at hand needs no future (the checkout future is large to build),
             // no clock and no watch on the topology: nothing can fail or wait.
-            let (server, waited) = match self.checkout.pool().checkout_idle_now(want) {
-                Some(server) => (server, Duration::ZERO),
+            // One clock reading for the idle connection's age and the transaction's start.
+            let now = Instant::now();
+            let (server, waited, at) = match self.checkout.pool().checkout_idle_now(want, now) {
+                Some(server) => (server, Duration::ZERO, Some(now)),
                 None => match Box::pin(self.wait_for_backend(node, failover_deadline)).await? {
-                    Waited::Got(server, waited) => (server, waited),
+                    Waited::Got(server, waited) => (server, waited, None),
                     Waited::Retry => continue,
                     Waited::Cancelled => {
                         self.pending_error = Some(Box::new(ErrorFields::error(
@@ -134,6 +144,7 @@ impl Session {
                 ticket.link(self.ticket.id());
             }
             self.checkout.attach(server);
+            self.checked_out_at = at;
             return Ok(true);
         }
     }

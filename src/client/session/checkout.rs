@@ -7,6 +7,7 @@
 use crate::client::cancel::CancelSlot;
 use crate::pool::{Pool, Server};
 use std::sync::Arc;
+use tokio::time::Instant;
 
 #[cfg(test)]
 mod tests;
@@ -117,6 +118,9 @@ pub(crate) struct Checkout {
     phase: Phase,
     /// `Some` exactly in `Phase::Attached`.
     server: Option<Server>,
+    /// When the backend's last answer completed, read once by the session's accounting at the
+    /// quiet point: a release right after records it as the connection's last use.
+    quiet_at: Option<Instant>,
 }
 
 impl Checkout {
@@ -126,7 +130,13 @@ impl Checkout {
             cancel: None,
             phase: Phase::Idle,
             server: None,
+            quiet_at: None,
         }
+    }
+
+    /// The attached backend answered its last request at `at` (see `quiet_at`).
+    pub(crate) fn set_quiet_at(&mut self, at: Instant) {
+        self.quiet_at = Some(at);
     }
 
     /// The pool the session draws from (and its backend, if any, came from).
@@ -194,6 +204,7 @@ impl Checkout {
             Effect::None => None,
             Effect::Take => {
                 self.server = incoming;
+                self.quiet_at = None;
                 None
             }
             Effect::DiscardIncoming => {
@@ -207,9 +218,12 @@ impl Checkout {
                 if let Some(slot) = &self.cancel {
                     slot.set(None);
                 }
+                let quiet_at = self.quiet_at.take();
                 let server = self.server.take()?;
                 match effect {
-                    Effect::Release => self.pool.release(server),
+                    Effect::Release => self
+                        .pool
+                        .release_at(server, quiet_at.unwrap_or_else(Instant::now)),
                     Effect::Discard => self.pool.discard(server),
                     _ => return Some(server),
                 }
