@@ -117,7 +117,9 @@ async fn serve_inner(
         LoggedIn::Session(session) => session,
         LoggedIn::Done(reason) => return reason,
     };
-    // By reference: an async fn's arguments take room in its future beside its locals.
+    // By reference: an async fn's arguments take room in its future beside its locals. (A
+    // separate fn from `serve`: inlined there, the task keeps the login's result beside the
+    // session, ~1 KB more for every client.)
     run_session(shared, &mut session).await
 }
 
@@ -330,7 +332,6 @@ fn new_session(
         mode,
         params,
         exchange: Exchange::default(),
-        checked_out_at: None,
         pending_error: None,
         discard_until_sync: false,
         statements: ClientStatements::default(),

@@ -49,12 +49,12 @@ pub struct ClientEntry {
     waiting_since_us: AtomicU64,
     /// Backend id it is linked to; 0 for none.
     server: AtomicU64,
-    /// Set by KILL_CLIENT / KILL: the session ends at once. A flag and a waker slot, not a
+    /// Set by KILL_CLIENT / KILL: the session ends at once. A flag beside `attention`, not a
     /// cancellation token (whose tree node is one more allocation per client).
     killed: AtomicBool,
-    kill_waker: atomic_waker::AtomicWaker,
-    /// The session's task while it idles (`ClientTicket::until`): woken when the stop moves
-    /// on, so an idle wait holds a waker here instead of a subscription of its own.
+    /// The session's task, while it waits for a kill or idles (`ClientTicket::until`): woken
+    /// when it is killed or the stop moves on, so its waits hold a waker here instead of
+    /// subscriptions of their own (they are in one task: one waker serves them all).
     attention: atomic_waker::AtomicWaker,
 }
 
@@ -78,7 +78,7 @@ impl ClientEntry {
     /// Ends the client's session (KILL_CLIENT).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        self.kill_waker.wake();
+        self.attention.wake();
     }
 
     /// Wakes the session if it idles, to look at what changed (a shutdown stage).
@@ -88,19 +88,28 @@ impl ClientEntry {
 
     /// Resolves when the console kills this client.
     pub fn killed(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.killed.load(Ordering::Acquire) {
-                return std::task::Poll::Ready(());
-            }
-            self.kill_waker.register(cx.waker());
-            // A kill between the first look and the registration is not lost.
-            if self.killed.load(Ordering::Acquire) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
+        woken_when(&self.attention, || self.killed.load(Ordering::Acquire))
     }
+}
+
+/// Resolves once `due()` holds, looked at again whenever `waker` is woken: one waker
+/// registration per poll, no lock.
+fn woken_when<'a>(
+    waker: &'a atomic_waker::AtomicWaker,
+    due: impl Fn() -> bool + 'a,
+) -> impl std::future::Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        if due() {
+            return std::task::Poll::Ready(());
+        }
+        waker.register(cx.waker());
+        // A wake between the first look and the registration is not lost.
+        if due() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
 }
 
 /// All logged-in clients of the process.
@@ -156,7 +165,6 @@ impl ClientRegistry {
             waiting_since_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             killed: AtomicBool::new(false),
-            kill_waker: Default::default(),
             attention: Default::default(),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,18 +201,7 @@ impl ClientTicket {
     /// Resolves once `due()` holds, looked at again whenever the entry is woken
     /// ([`ClientEntry::wake`]). Costs one waker registration per wait, no lock.
     pub fn until<'a>(&'a self, due: impl Fn() -> bool + 'a) -> impl std::future::Future<Output = ()> + 'a {
-        std::future::poll_fn(move |cx| {
-            if due() {
-                return std::task::Poll::Ready(());
-            }
-            self.entry.attention.register(cx.waker());
-            // A wake between the first look and the registration is not lost.
-            if due() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
+        woken_when(&self.entry.attention, due)
     }
 
     pub fn entry(&self) -> &Arc<ClientEntry> {

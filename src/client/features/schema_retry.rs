@@ -103,14 +103,15 @@ impl BatchCopy {
         }
     }
 
-    /// Fresh again, in place: keeps the buffer (when not oversized).
+    /// Fresh again: keeps the buffer (when not oversized).
     #[inline]
     pub fn empty(&mut self) {
         self.off();
-        self.answered = false;
-        self.replayed = false;
-        self.replay_next = false;
-        self.held_error = None;
+        let frames = std::mem::take(&mut self.frames);
+        *self = BatchCopy {
+            frames,
+            ..BatchCopy::default()
+        };
     }
 
     fn off(&mut self) {

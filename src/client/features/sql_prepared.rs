@@ -138,11 +138,9 @@ fn sync_plan(client: &SqlPrepared, backend: &SqlPrepared) -> Vec<Step> {
 /// Makes the backend's SQL prepared statements the client's (at attach, transaction mode).
 /// Each statement is its own Query, so that one failure does not stop the others. A PREPARE
 /// that fails now (say, its table was dropped) leaves the name unprepared: the client's
-/// EXECUTE then fails with 26000.
+/// EXECUTE then fails with 26000. The attach calls it only when the two sets differ (equal
+/// ones make an empty plan here too).
 pub async fn sync(backend: &mut BackendConn, client: &SqlPrepared) -> Result<(), BackendError> {
-    if client == &backend.statements.sql {
-        return Ok(());
-    }
     let mut plan = sync_plan(client, &backend.statements.sql);
     if plan.is_empty() {
         return Ok(());

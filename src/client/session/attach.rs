@@ -28,7 +28,6 @@ impl Session {
     /// leaves the client connected (the error is owed to it, `pending_error`).
     pub(crate) async fn attach_cancellable(&mut self, login: bool) -> Result<bool, CloseReason> {
         self.take_snapshot();
-        self.checked_out_at = None;
         let decision =
             (!login && self.routes_per_transaction() && self.has_health()).then(|| self.classify_request());
         let read_only = decision
@@ -41,12 +40,13 @@ impl Session {
         // An idle backend may have died since it was checked in (its server went down): one
         // that fails before any of the client's request was sent is replaced, a couple of times.
         let mut replaced = 0;
-        loop {
-            if !self.check_out(decision, login, &mut failover_deadline).await? {
+        let checked_out_at = loop {
+            let CheckedOut::Attached { at } = self.check_out(decision, login, &mut failover_deadline).await?
+            else {
                 return Ok(false);
-            }
+            };
             match self.prepare_backend(login).await {
-                Ok(()) => break,
+                Ok(()) => break at,
                 Err(Preamble::Refused(reason)) => {
                     self.checkout.handle(Event::Refused);
                     return Err(reason);
@@ -64,7 +64,7 @@ impl Session {
                     return Box::pin(self.no_backend(e, login)).await;
                 }
             }
-        }
+        };
         let replayed = self.ha.deferred_begin.is_some();
         if replayed {
             if let Err(error) = Box::pin(self.replay_begin(read_only)).await {
@@ -77,7 +77,6 @@ impl Session {
         // The request at hand is busy from the checkout on (microseconds before it is forwarded;
         // settings applied first count too: the client waits for them). Not at login: the
         // client's first request is still to come.
-        let checked_out_at = self.checked_out_at.take();
         if !login {
             self.exchange.stats.busy_since = checked_out_at;
         }
@@ -101,27 +100,27 @@ impl Session {
         self.pipeline.reset();
     }
 
-    /// Chooses the node and checks a backend out of its pool into `self.checkout`. False: the
-    /// request fails (the error is owed to the client, which stays).
+    /// Chooses the node and checks a backend out of its pool into `self.checkout`. `Failed`:
+    /// the request fails (the error is owed to the client, which stays).
     async fn check_out(
         &mut self,
         decision: Option<crate::router::Decision>,
         login: bool,
         failover_deadline: &mut Option<Instant>,
-    ) -> Result<bool, CloseReason> {
+    ) -> Result<CheckedOut, CloseReason> {
         loop {
             let mut node = 0;
             if self.has_health() {
                 match self.pick_node(decision, login).await? {
                     Picked::Node(index) => node = index,
-                    Picked::Parked => return Ok(true),
-                    Picked::Failed => return Ok(false),
+                    Picked::Parked => return Ok(CheckedOut::Attached { at: None }),
+                    Picked::Failed => return Ok(CheckedOut::Failed),
                 }
             }
             let want = self.startup_wish().want;
-            // An idle connection at hand needs no future (the checkout future is large to build),
-            // no clock and no watch on the topology: nothing can fail or wait.
-            // One clock reading for the idle connection's age and the transaction's start.
+            // An idle connection at hand needs no future (the checkout future is large to build)
+            // and no watch on the topology: nothing can fail or wait. One clock reading serves
+            // its age check and the request's start.
             let now = Instant::now();
             let (server, waited, at) = match self.checkout.pool().checkout_idle_now(want, now) {
                 Some(server) => (server, Duration::ZERO, Some(now)),
@@ -133,9 +132,14 @@ impl Session {
                             SqlState::QUERY_CANCELED,
                             "canceling statement due to user request",
                         )));
-                        return Ok(false);
+                        return Ok(CheckedOut::Failed);
                     }
-                    Waited::Failed(e) => return Box::pin(self.no_backend(e, login)).await,
+                    // It attaches nothing: the client gets the error (or goes).
+                    Waited::Failed(e) => {
+                        return Box::pin(self.no_backend(e, login))
+                            .await
+                            .map(|_| CheckedOut::Failed)
+                    }
                 },
             };
             self.account_checkout(waited);
@@ -144,8 +148,7 @@ impl Session {
                 ticket.link(self.ticket.id());
             }
             self.checkout.attach(server);
-            self.checked_out_at = at;
-            return Ok(true);
+            return Ok(CheckedOut::Attached { at });
         }
     }
 
@@ -327,6 +330,15 @@ impl Session {
         self.pending_error = Some(Box::new(backend_error_for_client(&e, Severity::Error)));
         Ok(false)
     }
+}
+
+/// How a checkout went.
+enum CheckedOut {
+    /// A backend is attached; `at`: the clock reading of the checkout when an idle one was
+    /// taken at once (the request's start).
+    Attached { at: Option<Instant> },
+    /// None: the request fails.
+    Failed,
 }
 
 /// How choosing the node went.

@@ -57,9 +57,6 @@ pub(crate) struct Session {
     pub(crate) mode: PoolMode,
     pub(crate) params: ClientParams,
     pub(crate) exchange: Exchange,
-    /// When the idle connection just attached was checked out (the clock reading the checkout
-    /// took), for the request's busy time.
-    pub(crate) checked_out_at: Option<Instant>,
     /// An error owed to the client's next request (its server died while it idled in a
     /// transaction).
     pub(crate) pending_error: Option<Box<ErrorFields>>,

@@ -83,13 +83,13 @@ impl Session {
         }
         let backend = self.checkout.attached();
         let outcome = backend.run_simple_rows(&sql).await;
-        let slot = self.hazard_slot.clone();
+        if refresh && !matches!(&outcome, Ok(o) if o.error.is_none()) {
+            // The hazards were not read: the refresh is free to be claimed again.
+            self.hazard_slot.release();
+        }
         let outcome = match outcome {
             Ok(o) if o.error.is_none() => o,
             Ok(o) => {
-                if refresh {
-                    slot.release();
-                }
                 let e = o.parsed_error().unwrap_or_default();
                 // Not knowing what the session carries, the backend cannot be shared.
                 backend.set_state(crate::backend::BackendState::Broken);
@@ -100,12 +100,7 @@ impl Session {
                     fatal: false,
                 });
             }
-            Err(e) => {
-                if refresh {
-                    slot.release();
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         Ok(self.adopt_checked(outcome.rows, reset, refresh))
     }

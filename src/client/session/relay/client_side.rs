@@ -61,7 +61,14 @@ fn scan(
         if let Some(rw) = rewrite.as_deref_mut().filter(|_| step != Step::IgnoredByServer) {
             // Statement names are per client: rename, inject or answer (transaction mode).
             backend.wbuf.extend_from_slice(&buf[copied..pos]);
-            interceptors::rename_client_frame(frame, words, rw, ex, backend, &mut client.wbuf);
+            interceptors::rename_client_frame(
+                frame,
+                words,
+                rw,
+                &mut ex.features.batch,
+                backend,
+                &mut client.wbuf,
+            );
             copied = pos + total;
         }
         pos += total;

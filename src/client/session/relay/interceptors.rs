@@ -11,7 +11,7 @@ use super::{Exchange, Rewrite};
 use crate::backend::BackendConn;
 use crate::client::features::isolation::{Effects, Verdict};
 use crate::client::features::keywords::{Word, Words};
-use crate::client::features::schema_retry::Retry;
+use crate::client::features::schema_retry::{BatchCopy, Retry};
 use crate::client::features::statements::{self, Disposition, RewriteContext};
 use crate::client::features::{database_ddl, pinning, sql_prepared};
 use crate::protocol::tag;
@@ -77,13 +77,13 @@ pub(super) fn after_client_step(
 }
 
 /// Statement renaming of one client frame: forwards it renamed (or injects, or answers) into
-/// the backend's output and the client's.
+/// the backend's output and the client's; the retry's copy of the batch learns what was answered.
 #[inline]
 pub(super) fn rename_client_frame(
     frame: &[u8],
     words: Option<Words>,
     rw: &mut Rewrite<'_>,
-    ex: &mut Exchange,
+    batch: &mut BatchCopy,
     backend: &mut BackendConn,
     to_client: &mut BytesMut,
 ) {
@@ -99,9 +99,9 @@ pub(super) fn rename_client_frame(
     if to_client.len() != answers_before {
         if frame[0] == tag::PARSE && to_client[answers_before..] == *b"1\0\0\0\x04" {
             // Its ParseComplete, made up for a statement the backend has already.
-            ex.features.batch.parse_answered_locally(frame.len());
+            batch.parse_answered_locally(frame.len());
         } else {
-            ex.features.batch.mark_answered();
+            batch.mark_answered();
         }
     }
 }

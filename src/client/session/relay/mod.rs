@@ -21,7 +21,7 @@ mod client_side;
 mod exchange;
 mod interceptors;
 mod server_side;
-pub use exchange::{Exchange, Features, Stats};
+pub use exchange::Exchange;
 pub(crate) use interceptors::sql_start;
 
 /// Stop reading a side while this much output for the other side is waiting to be written.

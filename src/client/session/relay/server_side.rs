@@ -153,7 +153,7 @@ fn track(
                 ex.reported.push((name.to_string(), value.to_string()));
             }
         }
-        Step::Error => return fatal_error(tag, body, state, ex),
+        Step::Error => return error_frame(tag, body, state, ex),
         _ => {}
     }
     None
@@ -161,7 +161,7 @@ fn track(
 
 /// Counts an ErrorResponse's class; the whole frame when it is FATAL.
 #[cold]
-fn fatal_error(tag: u8, body: &[u8], state: &mut BackendState, ex: &mut Exchange) -> Option<Bytes> {
+fn error_frame(tag: u8, body: &[u8], state: &mut BackendState, ex: &mut Exchange) -> Option<Bytes> {
     if let Some(class) = crate::metrics::class_of(body) {
         ex.stats.error_classes.push(class);
     }
