@@ -10,9 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Read size once a client sends more than small requests; buffers are dropped while it idles.
 const READ_CHUNK: usize = 8192;
-/// First buffer of a client that becomes active: most requests and answers fit, and an
-/// allocation this small is one of malloc's cheap per-thread cached sizes (a client that
-/// idles between requests gets its buffers back on every request).
+/// First buffer of a client that becomes active: most requests and answers fit. A client that
+/// idles between requests takes one from the thread's spares on every request (`buffers`).
 pub(crate) const FIRST_BUFFER: usize = 1024;
 
 /// Least room a read gets: a read much smaller than a request would split batches that
@@ -23,7 +22,7 @@ const MIN_READ: usize = 512;
 /// `MIN_READ` is left, the consumed front back (little buffered) or a full chunk (a large frame).
 pub(crate) fn make_read_room(buf: &mut BytesMut, chunk: usize) {
     if buf.capacity() == 0 {
-        buf.reserve(FIRST_BUFFER);
+        *buf = super::buffers::take();
     } else if buf.capacity() - buf.len() < MIN_READ {
         // `reserve` moves a small remainder to the front of its allocation when that suffices.
         buf.reserve(if buf.len() < MIN_READ { MIN_READ } else { chunk });
@@ -127,8 +126,8 @@ impl ClientConn {
         }
         if self.wbuf.is_empty() {
             // An idle client costs its socket and task only.
-            self.rbuf = BytesMut::new();
-            self.wbuf = BytesMut::new();
+            super::buffers::give(std::mem::take(&mut self.rbuf));
+            super::buffers::give(std::mem::take(&mut self.wbuf));
         }
         match &self.stream {
             Stream::Plain(tcp) => tcp.readable().await?,

@@ -3,6 +3,7 @@
 //! transaction mode adds so that clients can share backends (`features/`).
 
 pub mod authenticate;
+pub(crate) mod buffers;
 pub mod cancel;
 pub mod conn;
 pub mod features;

@@ -226,8 +226,14 @@ impl Session {
     /// Answers a LISTEN-family request at the head of the client's input without a backend.
     /// Returns true when it did.
     /// `words` are the trigger words of that request's text.
+    /// True when `words` may make the request one [`Self::answer_listen`] answers: the
+    /// caller checks this first, so the (boxed) answer costs nothing on other requests.
+    pub(crate) fn may_answer_listen(&self, words: Words) -> bool {
+        words.any(&[Word::Listen, Word::Unlisten, Word::Discard]) && !self.has_health()
+    }
+
     pub(crate) async fn answer_listen(&mut self, words: Words) -> bool {
-        if !words.any(&[Word::Listen, Word::Unlisten, Word::Discard]) || self.has_health() {
+        if !self.may_answer_listen(words) {
             return false;
         }
         if is_discard_all(&self.client.rbuf) {

@@ -121,7 +121,7 @@ impl Session {
                 &self.client.rbuf[5..total],
             ))
         });
-        if let Some(words) = words {
+        if let Some(words) = words.filter(|&w| self.may_answer_listen(w)) {
             if Box::pin(self.answer_listen(words)).await {
                 return Ok(None);
             }

@@ -103,9 +103,9 @@ fn prepare(backend: &mut BackendConn, client: &mut ClientConn, ex: &Exchange) ->
         crate::notify::rewrite_own_pids(&mut backend.rbuf, start, backend.key.pid, pid);
     }
     if client.wbuf.capacity() == 0 {
-        // A cheap first allocation; answers that need more grow it.
-        let first = crate::client::conn::FIRST_BUFFER.max(backend.rbuf.len());
-        client.wbuf.reserve(first);
+        // A spare first buffer; answers that need more grow it.
+        client.wbuf = crate::client::buffers::take();
+        client.wbuf.reserve(backend.rbuf.len());
     }
     own_pids
 }
