@@ -9,26 +9,29 @@
 
 mod errors;
 pub mod http;
+mod latency;
 pub mod readiness;
 mod scrape;
 
 pub use scrape::render;
 
 pub use errors::{class_of, ErrorClasses};
+pub use latency::Latency;
+use latency::{bounds_in_nanos, LatencyVec};
 
 use prometheus::{GaugeVec, Registry};
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
-use std::sync::Mutex;
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use std::sync::{Arc, Mutex};
 
 /// Buckets for the wait for a backend (seconds): mostly zero, sometimes long.
-const WAIT_BUCKETS: &[f64] = &[
+static WAIT_BUCKETS: [u64; 16] = bounds_in_nanos([
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+]);
 /// Buckets for query duration (seconds).
-const QUERY_BUCKETS: &[f64] = &[
+static QUERY_BUCKETS: [u64; 17] = bounds_in_nanos([
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0,
-];
+]);
 
 /// The role of the node serving a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,15 +53,15 @@ impl Role {
 pub struct RoleMetrics {
     pub transactions: IntCounter,
     pub queries: IntCounter,
-    pub wait: Histogram,
-    pub query_duration: Histogram,
+    pub wait: Arc<Latency>,
+    pub query_duration: Arc<Latency>,
 }
 
 /// Handles for one pool, resolved when the pool is created.
 #[derive(Clone)]
 pub struct PoolMetrics {
-    pub wait: Histogram,
-    pub query_duration: Histogram,
+    pub wait: Arc<Latency>,
+    pub query_duration: Arc<Latency>,
 }
 
 /// Every metric family of a proxy; one per `Shared` (no global registry, so tests can run
@@ -67,8 +70,8 @@ pub struct Metrics {
     registry: Registry,
     roles: [RoleMetrics; 2],
     pub errors: ErrorClasses,
-    pool_wait: HistogramVec,
-    pool_query: HistogramVec,
+    pool_wait: LatencyVec,
+    pool_query: LatencyVec,
     families: scrape::Families,
     /// Serialises scrapes (they update the exported families); never taken by the data path.
     scrape_lock: Mutex<()>,
@@ -90,9 +93,8 @@ impl Metrics {
             "tidepool_queries_total",
             "Requests (Query, Sync, FunctionCall) answered, by the role of the node that served them.",
         );
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            let vec = HistogramVec::new(opts, labels).expect("valid metric");
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &'static [u64]| {
+            let vec = LatencyVec::new(name, help, labels, buckets);
             registry.register(Box::new(vec.clone())).expect("unique metric");
             vec
         };
@@ -100,26 +102,26 @@ impl Metrics {
             "tidepool_role_wait_seconds",
             "Time clients waited for a backend, by the role of its node.",
             &["role"],
-            WAIT_BUCKETS,
+            &WAIT_BUCKETS,
         );
         let role_query = histogram(
             "tidepool_role_query_duration_seconds",
             "Time from a request reaching a backend to its last answer, by the role of its node.",
             &["role"],
-            QUERY_BUCKETS,
+            &QUERY_BUCKETS,
         );
         let pool_labels = &["database", "user", "node", "cluster"];
         let pool_wait = histogram(
             "tidepool_pool_wait_seconds",
             "Time clients waited for a backend, per pool.",
             pool_labels,
-            WAIT_BUCKETS,
+            &WAIT_BUCKETS,
         );
         let pool_query = histogram(
             "tidepool_pool_query_duration_seconds",
             "Time from a request reaching a backend to its last answer, per pool.",
             pool_labels,
-            QUERY_BUCKETS,
+            &QUERY_BUCKETS,
         );
         let role = |role: Role| RoleMetrics {
             transactions: transactions.with_label_values(&[role.as_str()]),

@@ -9,6 +9,13 @@ use crate::metrics::Role;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Whole microseconds without 128-bit division (this runs on every transaction).
+fn micros(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()))
+}
+
 /// Moves a plain counter into a pool counter (nothing when it is zero, the usual case).
 fn add(total: &AtomicU64, count: &mut u32) {
     if *count > 0 {
@@ -37,14 +44,13 @@ impl Session {
 
     /// A backend was checked out after `waited`.
     pub(crate) fn account_checkout(&self, waited: Duration) {
-        let secs = waited.as_secs_f64();
-        self.checkout.pool().metrics.wait.observe(secs);
-        self.shared.metrics.role(self.role()).wait.observe(secs);
+        self.checkout.pool().metrics.wait.observe(waited);
+        self.shared.metrics.role(self.role()).wait.observe(waited);
         self.checkout
             .pool()
             .stats
             .wait_time_us
-            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(micros(waited), Ordering::Relaxed);
     }
 
     /// Moves what the relay noted into the pool's counters and the metrics.
@@ -84,15 +90,9 @@ impl Session {
                 let now = tokio::time::Instant::now();
                 quiet_at = Some(now);
                 let took = now.saturating_duration_since(since);
-                self.checkout
-                    .pool()
-                    .metrics
-                    .query_duration
-                    .observe(took.as_secs_f64());
-                metrics.query_duration.observe(took.as_secs_f64());
-                stats
-                    .query_time_us
-                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                self.checkout.pool().metrics.query_duration.observe(took);
+                metrics.query_duration.observe(took);
+                stats.query_time_us.fetch_add(micros(took), Ordering::Relaxed);
             }
         }
         if matches!(event, RelayEvent::Idle) {
