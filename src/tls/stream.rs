@@ -69,13 +69,18 @@ impl Stream {
         let tcp = match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => tls.get_ref().0,
-            Stream::Unix(unix) => return unix_has_input_or_eof(unix),
+            Stream::Unix(unix) => {
+                return peek_says_input_or_eof(unix.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(unix).peek(&mut [std::mem::MaybeUninit::uninit()])
+                }))
+            }
             Stream::Detached => return true,
         };
-        let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+        // `try_io` reads the reactor's readiness without registering a waker: when nothing was
+        // signalled since the last short read (the usual case) there is no syscall at all.
+        peek_says_input_or_eof(tcp.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(tcp).peek(&mut [std::mem::MaybeUninit::uninit()])
+        }))
     }
 
     pub fn is_tls(&self) -> bool {
@@ -107,11 +112,8 @@ impl Stream {
 
 /// `has_input_or_eof` for a Unix socket (tokio has no `poll_peek` for it): a peek only when
 /// the reactor saw the socket readable.
-fn unix_has_input_or_eof(unix: &UnixStream) -> bool {
-    let peeked = unix.try_io(tokio::io::Interest::READABLE, || {
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
-        socket2::SockRef::from(unix).peek(&mut probe)
-    });
+/// A one-byte peek's outcome: bytes or end of stream (or an error: broken all the same).
+fn peek_says_input_or_eof(peeked: io::Result<usize>) -> bool {
     !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
