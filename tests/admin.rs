@@ -242,6 +242,14 @@ async fn show_commands_use_pgbouncer_columns_and_report_traffic() {
         config.get(config.rows_where("key", "listen")[0], "changeable"),
         Some("no")
     );
+    // The runtime the proxy was started with, which a reload cannot change.
+    let runtime = config.rows_where("key", "runtime")[0];
+    assert_eq!(config.get(runtime, "value"), Some("work_stealing"));
+    assert_eq!(config.get(runtime, "changeable"), Some("no"));
+    assert_eq!(
+        config.get(config.rows_where("key", "workers")[0], "value"),
+        Some("0")
+    );
     for row in &config.rows {
         for value in row.iter().flatten() {
             assert!(!value.contains("secret"), "SHOW CONFIG shows a secret: {row:?}");

@@ -295,6 +295,8 @@ pub fn set(config: &mut Config, key: &str, value: &str) -> Result<(), ErrorField
                 .map_err(|e| invalid(e.to_string()))?
         }
         "listen"
+        | "runtime"
+        | "workers"
         | "unix_socket_dir"
         | "unix_socket_mode"
         | "health_check_interval"
@@ -347,6 +349,7 @@ mod tests {
         );
         assert_eq!(code(set(&mut config, "listen", "127.0.0.1:1")), "55P02");
         assert_eq!(code(set(&mut config, "fall", "2")), "55P02");
+        assert_eq!(code(set(&mut config, "runtime", "per_core")), "55P02");
         assert_eq!(code(set(&mut config, "unix_socket_dir", "/tmp")), "55P02");
         set(&mut config, "query_timeout", "30s").unwrap();
         set(&mut config, "pool.max_db_connections", "12").unwrap();

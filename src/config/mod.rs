@@ -193,6 +193,16 @@ pub enum RuntimeMode {
     PerCore,
 }
 
+impl RuntimeMode {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeMode::WorkStealing => "work_stealing",
+            RuntimeMode::PerCore => "per_core",
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -37,6 +37,18 @@ fn rows(c: &Config) -> Vec<(&'static str, String, String, bool)> {
             false,
         ),
         (
+            "runtime",
+            c.proxy.runtime.as_str().into(),
+            d.proxy.runtime.as_str().into(),
+            false,
+        ),
+        (
+            "workers",
+            c.proxy.workers.to_string(),
+            d.proxy.workers.to_string(),
+            false,
+        ),
+        (
             "pool_mode",
             c.proxy.pool_mode.as_str().into(),
             d.proxy.pool_mode.as_str().into(),
