@@ -99,6 +99,14 @@ impl Pipeline {
     pub fn has_made_at_head(&self) -> bool {
         matches!(self.queue.front(), Some(Expect::Made(_)))
     }
+
+    /// True when only a ReadyForQuery (or nothing) can end the head request: then no server
+    /// frame but ReadyForQuery and ErrorResponse (which the relay watches anyway) can concern
+    /// renaming, and rows, RowDescription and CommandComplete stream past unread (a simple Query,
+    /// a Sync's answer).
+    pub fn head_ends_only_at_ready(&self) -> bool {
+        matches!(self.queue.front(), None | Some(Expect::Client(Request::Ready)))
+    }
 }
 
 /// Sends made-up answers now at the head of the queue.

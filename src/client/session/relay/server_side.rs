@@ -45,7 +45,10 @@ pub(super) fn scan(
                 break;
             }
         };
-        if !watched(tag, total, rewrite.is_some(), own_pids) {
+        let renaming = rewrite
+            .as_ref()
+            .is_some_and(|rw| !rw.pipe.head_ends_only_at_ready());
+        if !watched(tag, total, renaming, own_pids) {
             // Rows, COPY data and the like end no request: stream them.
             ex.features.batch.mark_answered();
             let n = total.min(buf.len() - pos);
