@@ -42,6 +42,9 @@ pub struct Hazards {
     /// Code runs where no word names it (user-defined operators or casts), or the catalog was
     /// not read yet: every statement is opaque.
     pub opaque_everywhere: bool,
+    /// A random key per snapshot for hashing texts whose verdicts a session remembers
+    /// (`Effects::judge_parse`): without it nobody can make two texts hash alike.
+    pub text_key: std::hash::RandomState,
 }
 
 impl Default for Hazards {
@@ -53,6 +56,7 @@ impl Default for Hazards {
             names: HashSet::new(),
             setting_names: Vec::new(),
             opaque_everywhere: false,
+            text_key: std::hash::RandomState::new(),
         };
         for name in super::verdict::DANGEROUS_BUILTINS {
             hazards.add_to_bloom(name);

@@ -41,6 +41,8 @@ pub struct Effects {
     pub loads_module: bool,
     /// The pin probe's row from the last reset check (see `check`).
     pub probed: Vec<Option<String>>,
+    /// The last unnamed Parse's verdict: (snapshot id, keyed hash of its text, verdict).
+    last_parse: Option<(u64, u64, Verdict)>,
 }
 
 impl Default for Effects {
@@ -53,6 +55,7 @@ impl Default for Effects {
             refresh_claimed: false,
             loads_module: false,
             probed: Vec::new(),
+            last_parse: None,
         }
     }
 }
@@ -73,6 +76,28 @@ impl Effects {
         match &self.hazards {
             Some(hazards) => verdict::judge(sql, hazards),
             None => Verdict::Opaque,
+        }
+    }
+
+    /// The verdict of an unnamed Parse's text. Drivers parse the same text again and again, so
+    /// the last one's verdict is kept under a hash of the text keyed by the snapshot (a random
+    /// key: no client can aim two texts at one hash), for the same snapshot only.
+    pub fn judge_parse(&mut self, sql: &[u8]) -> Verdict {
+        let Some(hazards) = &self.hazards else {
+            return Verdict::Opaque;
+        };
+        if hazards.id == 0 {
+            // Not a catalog snapshot (nothing read yet): nothing to remember it by.
+            return verdict::judge(sql, hazards);
+        }
+        let hash = std::hash::BuildHasher::hash_one(&hazards.text_key, sql);
+        match self.last_parse {
+            Some((id, h, v)) if id == hazards.id && h == hash => v,
+            _ => {
+                let v = verdict::judge(sql, hazards);
+                self.last_parse = Some((hazards.id, hash, v));
+                v
+            }
         }
     }
 
@@ -103,6 +128,36 @@ pub use crate::backend::BASELINE_SQL as RESET_SQL;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_verdict_is_remembered_for_its_text_and_snapshot_only() {
+        let snapshot = |id, rows: &[(&'static str, &'static str)]| {
+            let mut h = Hazards::from_rows(rows.iter().copied());
+            h.id = id;
+            Some(Arc::new(h))
+        };
+        let mut e = Effects {
+            hazards: snapshot(1, &[]),
+            ..Effects::default()
+        };
+        let select = b"SELECT * FROM audited WHERE id = $1";
+        assert_eq!(e.judge_parse(select), Verdict::Clean);
+        assert_eq!(e.judge_parse(select), Verdict::Clean, "remembered");
+        assert_eq!(
+            e.judge_parse(b"SELECT nextval('s')"),
+            Verdict::Opaque,
+            "another text"
+        );
+        assert_eq!(e.judge_parse(select), Verdict::Clean);
+        // A new snapshot in which the table runs code: judged again.
+        e.hazards = snapshot(2, &[("r", "audited")]);
+        assert_eq!(e.judge_parse(select), Verdict::Opaque);
+        // Before the catalog was read (id 0) nothing is remembered.
+        e.hazards = Some(Arc::new(Hazards::unknown()));
+        assert_eq!(e.judge_parse(select), Verdict::Opaque);
+        e.hazards = None;
+        assert_eq!(e.judge_parse(select), Verdict::Opaque);
+    }
 
     #[test]
     fn verdict_only_rises_until_checked() {

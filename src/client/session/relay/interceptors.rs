@@ -116,7 +116,7 @@ fn judge_frame(tag: u8, body: &[u8], rewrite: Option<&Rewrite<'_>>, effects: &mu
         tag::PARSE if body.first() == Some(&0) => {
             // The unnamed statement runs only at a later Bind: judged now, counted then.
             let sql = query_text(tag, body);
-            effects.unnamed = effects.judge(sql);
+            effects.unnamed = effects.judge_parse(sql);
             if effects.unnamed > Verdict::Clean {
                 // Names (and a LOAD) count now, the verdict when a Bind runs it.
                 let verdict = std::mem::replace(&mut effects.verdict, Verdict::Clean);
