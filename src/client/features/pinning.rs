@@ -39,16 +39,16 @@ pub const PROBE_SQL: &str = "SELECT \
 /// What pins a client to its backend.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pins {
-    pub advisory_locks: u64,
-    pub temp_relations: u64,
-    pub hold_cursors: u64,
-    pub listens: u64,
+    pub advisory_locks: u32,
+    pub temp_relations: u32,
+    pub hold_cursors: u32,
+    pub listens: u32,
     /// SQL-level `PREPARE`s whose text tidepool could not isolate (the others follow the client,
     /// see `sql_prepared`); counted by `Session::follow_sql_prepared`, not by the probe.
-    pub sql_prepared: u64,
+    pub sql_prepared: u32,
     /// Modules loaded with `LOAD`: nothing unloads them, so the backend is closed, not reused,
     /// when the client leaves.
-    pub loaded_modules: u64,
+    pub loaded_modules: u32,
 }
 
 impl Pins {
@@ -72,13 +72,13 @@ impl Pins {
     }
 
     pub fn any(&self) -> bool {
-        self.advisory_locks
-            + self.temp_relations
-            + self.hold_cursors
-            + self.listens
-            + self.sql_prepared
-            + self.loaded_modules
-            > 0
+        (self.advisory_locks
+            | self.temp_relations
+            | self.hold_cursors
+            | self.listens
+            | self.sql_prepared
+            | self.loaded_modules)
+            != 0
     }
 
     /// Short description for logs and the admin console.

@@ -42,8 +42,9 @@ impl SqlPrepared {
     }
 
     /// Statements that cannot be prepared again elsewhere.
-    pub fn unmovable(&self) -> u64 {
-        self.by_name.values().filter(|t| t.is_empty()).count() as u64
+    pub fn unmovable(&self) -> u32 {
+        let n = self.by_name.values().filter(|t| t.is_empty()).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Records `name` as prepared from `text`, or as not prepared.

@@ -41,8 +41,9 @@ pub struct Effects {
     pub loads_module: bool,
     /// The pin probe's row from the last reset check (see `check`).
     pub probed: Vec<Option<String>>,
-    /// The last unnamed Parse's verdict: (snapshot id, keyed hash of its text, verdict).
-    last_parse: Option<(u64, u64, Verdict)>,
+    /// The last unnamed Parse's verdict: (keyed hash of its text, the snapshot's id, verdict).
+    /// Boxed: clients of the simple protocol never parse, and it would size every session.
+    last_parse: Option<Box<(u64, u64, Verdict)>>,
 }
 
 impl Default for Effects {
@@ -91,11 +92,14 @@ impl Effects {
             return verdict::judge(sql, hazards);
         }
         let hash = std::hash::BuildHasher::hash_one(&hazards.text_key, sql);
-        match self.last_parse {
-            Some((id, h, v)) if id == hazards.id && h == hash => v,
-            _ => {
+        match self.last_parse.as_deref_mut() {
+            Some(&mut (h, id, v)) if h == hash && id == hazards.id => v,
+            last => {
                 let v = verdict::judge(sql, hazards);
-                self.last_parse = Some((hazards.id, hash, v));
+                match last {
+                    Some(kept) => *kept = (hash, hazards.id, v),
+                    None => self.last_parse = Some(Box::new((hash, hazards.id, v))),
+                }
                 v
             }
         }

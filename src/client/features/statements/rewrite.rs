@@ -192,8 +192,12 @@ fn parse(
         }));
         return;
     };
-    let text = read_cstr(definition).map_or("", |(text, _)| text);
-    match guard::parse(text.as_bytes(), !name.is_empty(), ctx, pipe, to_server) {
+    // Bytes: the guard reads UTF-8 only when the text may name a SQL-level statement.
+    let text = definition
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(&[][..], |end| &definition[..end]);
+    match guard::parse(text, !name.is_empty(), ctx, pipe, to_server) {
         guard::ParseGuard::Pass => {}
         guard::ParseGuard::Refused(error) => return guard::refuse(error, pipe),
         guard::ParseGuard::Rewritten(text) => {
