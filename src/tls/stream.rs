@@ -110,8 +110,6 @@ impl Stream {
     }
 }
 
-/// `has_input_or_eof` for a Unix socket (tokio has no `poll_peek` for it): a peek only when
-/// the reactor saw the socket readable.
 /// A one-byte peek's outcome: bytes or end of stream (or an error: broken all the same).
 fn peek_says_input_or_eof(peeked: io::Result<usize>) -> bool {
     !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
