@@ -69,6 +69,10 @@ pub struct PoolCore<B> {
     idle: Vec<IdleEntry<B>>,
     waiters: VecDeque<Waiter<B>>,
     next_waiter: u64,
+    /// Connections opened at or before this instant close as they come back: their node's role
+    /// changed, or the node went down under them. Kept under the same lock as `idle`, so a
+    /// release racing a retirement cannot slip a doomed connection into the idle list.
+    retired_before: Option<Instant>,
 }
 
 /// What a release decided; `Close` connections are the caller's to close.
@@ -88,6 +92,7 @@ impl<B: Pooled> PoolCore<B> {
             idle: Vec::new(),
             waiters: VecDeque::new(),
             next_waiter: 1,
+            retired_before: None,
         }
     }
 
@@ -187,6 +192,10 @@ impl<B: Pooled> PoolCore<B> {
 
     /// A healthy connection comes back.
     pub fn release(&mut self, conn: B, now: Instant) -> Released<B> {
+        if self.retired_before.is_some_and(|at| conn.created() <= at) {
+            self.forget();
+            return Released::Close(conn);
+        }
         let mut conn = conn;
         while let Some(waiter) = self.waiters.pop_front() {
             let matches = waiter.want.is_none_or(|sig| sig == conn.signature());
@@ -258,6 +267,15 @@ impl<B: Pooled> PoolCore<B> {
         let all: Vec<B> = self.idle.drain(..).map(|e| e.conn).collect();
         self.open -= all.len();
         all
+    }
+
+    /// Retires every connection open at `now`: the idle ones are returned (counted as closed)
+    /// for the caller to close, the busy ones close when released.
+    pub fn retire_open(&mut self, now: Instant) -> Vec<B> {
+        self.retired_before = Some(now);
+        let idle = self.drain_idle();
+        self.grant_free_slots();
+        idle
     }
 
     /// Removes and returns the idle connections `stale` picks (RECONNECT); they count as closed.

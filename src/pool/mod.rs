@@ -91,9 +91,6 @@ pub struct Pool {
     /// Set when a reload changed this pool's backend settings or removed its database, user or
     /// node: connections close when released, and sessions move to the new pool.
     retired: AtomicBool,
-    /// Connections opened at or before this instant are closed when released: their node's
-    /// role changed since (see [`Pool::retire_connections`]).
-    retired_before: Mutex<Option<Instant>>,
     /// `max_db_connections` and `max_user_connections`: every connection holds a place in both.
     pub caps: [Arc<ConnCap>; 2],
     /// The last refused login, answered again for `server_login_retry`.
@@ -124,7 +121,6 @@ impl Pool {
             conn_ids: context.conn_ids,
             stats: PoolStats::default(),
             retired: AtomicBool::new(false),
-            retired_before: Mutex::new(None),
             caps: context.caps,
             login_failure: Default::default(),
             hold: Default::default(),

@@ -1,5 +1,6 @@
 //! Checking a connection back in: a clean one goes to the first waiter or the idle list;
-//! anything else (broken, retired, held, past its lifetime) is closed and its slot freed.
+//! anything else (broken, retired, held, past its lifetime) is closed (connections older than
+//! a retirement are caught by the core, under its lock) and its slot freed.
 
 use super::core::Released;
 use super::{Pool, Server, ServerState};
@@ -14,7 +15,6 @@ impl Pool {
     /// `release`, with the time the connection went idle already read by the caller (one clock
     /// read per transaction, not one per consumer).
     pub fn release_at(&self, mut conn: Server, now: Instant) {
-        let retired = *self.retired_before.lock().unwrap_or_else(|p| p.into_inner());
         let close_needed = match &conn.ticket {
             Some(ticket) => {
                 ticket.set_state(ServerState::Idle);
@@ -23,12 +23,7 @@ impl Pool {
             }
             None => false,
         };
-        if !conn.is_reusable()
-            || close_needed
-            || self.is_retired()
-            || self.hold.is_held()
-            || retired.is_some_and(|at| conn.created <= at)
-        {
+        if !conn.is_reusable() || close_needed || self.is_retired() || self.hold.is_held() {
             self.discard(conn);
             return;
         }

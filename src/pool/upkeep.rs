@@ -94,11 +94,14 @@ impl Pool {
         }
     }
 
-    /// The node's role changed (promoted, demoted, fenced): every connection open now is closed,
-    /// idle ones at once, checked-out ones when released (never mid-transaction).
+    /// The node's role changed (promoted, demoted, fenced) or it went down under a client: every
+    /// connection open now is closed, idle ones at once, checked-out ones when released (never
+    /// mid-transaction).
     pub fn retire_connections(&self) {
-        *self.retired_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.close_idle();
+        let idle = self.lock().retire_open(Instant::now());
+        for conn in idle {
+            tokio::spawn(conn.terminate());
+        }
     }
 
     /// Holds the pool for a statement that needs its database to itself: no connection opens

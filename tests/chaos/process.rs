@@ -205,6 +205,9 @@ impl Frozen {
 
     fn cont(&mut self) {
         let pids = std::mem::take(&mut self.pids);
+        if pids.is_empty() {
+            return; // thawed already (this runs again on drop): `kill -CONT` alone prints usage
+        }
         // Some may have exited meanwhile; kill -CONT still signals the rest.
         let _ = Command::new("kill")
             .arg("-CONT")

@@ -142,9 +142,10 @@ impl Session {
         }
         self.checkout.handle(Event::Lost);
         if server_going_down(fatal_frame.as_ref()) {
-            // Its idle siblings are about to die too (some may not have noticed yet): open fresh
-            // connections rather than hand those to the next clients.
-            self.checkout.pool().close_idle();
+            // Its siblings are about to die too (some may not have noticed yet, and the reactor
+            // may not have told us of those that did): close the idle ones now and the busy ones
+            // when released, so the next clients get fresh connections instead.
+            self.checkout.pool().retire_connections();
         }
         let ex = std::mem::take(&mut self.exchange);
         if self.mode == PoolMode::Session {

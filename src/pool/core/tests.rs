@@ -255,3 +255,31 @@ fn take_idle_takes_the_latest_match_only_when_accepted() {
     assert_eq!(core.idle_count(), 1);
     assert_eq!(core.open(), 3, "taken connections stay open");
 }
+
+#[test]
+fn retirement_closes_idle_now_and_older_busy_ones_at_release() {
+    let mut core: PoolCore<Fake> = PoolCore::new(limits(2));
+    for _ in 0..2 {
+        assert!(matches!(core.acquire(None), Acquire::Connect));
+    }
+    let (busy, idle) = (fake(1, 0), fake(2, 0));
+    assert!(matches!(core.release(idle, Instant::now()), Released::Stored));
+
+    let drained = core.retire_open(Instant::now());
+    assert_eq!(drained.iter().map(|c| c.id).collect::<Vec<_>>(), [2]);
+    assert_eq!(core.open(), 1, "the idle one counts as closed");
+
+    // A connection opened before the retirement closes when it comes back; its slot is freed.
+    assert!(matches!(
+        core.release(busy, Instant::now()),
+        Released::Close(Fake { id: 1, .. })
+    ));
+    assert_eq!(core.open(), 0);
+    // One opened after it is stored as usual.
+    std::thread::sleep(Duration::from_millis(1));
+    assert!(matches!(core.acquire(None), Acquire::Connect));
+    assert!(matches!(
+        core.release(fake(3, 0), Instant::now()),
+        Released::Stored
+    ));
+}
