@@ -66,21 +66,20 @@ impl Stream {
     /// (TLS records stay for rustls). Costs a system call only when the socket was reported
     /// readable since the last short read.
     pub fn has_input_or_eof(&self) -> bool {
-        let tcp = match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::Tls(tls) => tls.get_ref().0,
-            Stream::Unix(unix) => {
-                return peek_says_input_or_eof(unix.try_io(tokio::io::Interest::READABLE, || {
-                    socket2::SockRef::from(unix).peek(&mut [std::mem::MaybeUninit::uninit()])
-                }))
-            }
-            Stream::Detached => return true,
-        };
         // `try_io` reads the reactor's readiness without registering a waker: when nothing was
         // signalled since the last short read (the usual case) there is no syscall at all.
-        peek_says_input_or_eof(tcp.try_io(tokio::io::Interest::READABLE, || {
-            socket2::SockRef::from(tcp).peek(&mut [std::mem::MaybeUninit::uninit()])
-        }))
+        use tokio::io::Interest;
+        let peeked = match self {
+            Stream::Plain(tcp) => tcp.try_io(Interest::READABLE, || peek_one(tcp)),
+            Stream::Tls(tls) => {
+                let tcp = tls.get_ref().0;
+                tcp.try_io(Interest::READABLE, || peek_one(tcp))
+            }
+            Stream::Unix(unix) => unix.try_io(Interest::READABLE, || peek_one(unix)),
+            Stream::Detached => return true,
+        };
+        // Bytes or end of stream, or an error: broken all the same.
+        !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     pub fn is_tls(&self) -> bool {
@@ -110,9 +109,9 @@ impl Stream {
     }
 }
 
-/// A one-byte peek's outcome: bytes or end of stream (or an error: broken all the same).
-fn peek_says_input_or_eof(peeked: io::Result<usize>) -> bool {
-    !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+/// Peeks at one byte of `socket` without consuming it.
+fn peek_one(socket: &impl std::os::fd::AsFd) -> io::Result<usize> {
+    socket2::SockRef::from(socket).peek(&mut [std::mem::MaybeUninit::uninit()])
 }
 
 impl AsyncRead for Stream {

@@ -223,19 +223,17 @@ fn is_discard_all(input: &[u8]) -> bool {
 }
 
 impl Session {
-    /// Answers a LISTEN-family request at the head of the client's input without a backend.
-    /// Returns true when it did.
-    /// `words` are the trigger words of that request's text.
-    /// True when `words` may make the request one [`Self::answer_listen`] answers: the
-    /// caller checks this first, so the (boxed) answer costs nothing on other requests.
+    /// True when `words` (the trigger words of the request at the head of the client's input)
+    /// may make it one [`Self::answer_listen`] answers: the caller checks this first, so the
+    /// (boxed) answer costs nothing on other requests.
     pub(crate) fn may_answer_listen(&self, words: Words) -> bool {
         words.any(&[Word::Listen, Word::Unlisten, Word::Discard]) && !self.has_health()
     }
 
-    pub(crate) async fn answer_listen(&mut self, words: Words) -> bool {
-        if !self.may_answer_listen(words) {
-            return false;
-        }
+    /// Answers a LISTEN-family request at the head of the client's input without a backend.
+    /// Returns true when it did. Called only where [`Self::may_answer_listen`] said yes; for
+    /// anything else the parsers below find no LISTEN and no DISCARD ALL and it returns false.
+    pub(crate) async fn answer_listen(&mut self) -> bool {
         if is_discard_all(&self.client.rbuf) {
             if let Some(sub) = self.listens.as_mut() {
                 sub.unlisten_all();

@@ -121,10 +121,8 @@ impl Session {
                 &self.client.rbuf[5..total],
             ))
         });
-        if let Some(words) = words.filter(|&w| self.may_answer_listen(w)) {
-            if Box::pin(self.answer_listen(words)).await {
-                return Ok(None);
-            }
+        if words.is_some_and(|w| self.may_answer_listen(w)) && Box::pin(self.answer_listen()).await {
+            return Ok(None);
         }
         if transaction_mode && self.max_prepared > 0 && (tag == tag::PARSE || tag == tag::CLOSE) {
             let answered = crate::client::features::statements::answer_without_backend(
