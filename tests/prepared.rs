@@ -474,3 +474,43 @@ async fn a_first_named_execution_after_a_column_type_change_gets_the_new_rows() 
     .unwrap();
     proxy.shutdown().await;
 }
+
+/// A DISCARD ALL that PostgreSQL refused (inside a transaction block: 25001) left the backend's
+/// statements in place, another client's among them: preparing that one again on the backend
+/// must not collide with the copy it still holds (42P05).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_discard_all_does_not_leave_the_backends_statements_unaccounted() {
+    let proxy = proxy(1).await;
+    let addr = proxy.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let (mut a, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        let (mut b, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
+        // b's statement, on the pool's one backend.
+        let mut msg = parse("s1", "SELECT 'kept'");
+        msg.extend(sync());
+        b.send(&msg);
+        assert_eq!(tags(&b.until_ready()), "1Z");
+        // a's DISCARD ALL on that backend, refused.
+        a.send(&common::wire::query("BEGIN"));
+        a.until_ready();
+        a.send(&common::wire::query("DISCARD ALL"));
+        let msgs = a.until_ready();
+        assert!(
+            msgs.iter().any(|m| m.sqlstate().as_deref() == Some("25001")),
+            "DISCARD ALL in a transaction block is refused: {msgs:?}"
+        );
+        a.send(&common::wire::query("ROLLBACK"));
+        a.until_ready();
+        // b runs its statement on the same backend, which still holds it.
+        let mut msg = bind("s1");
+        msg.extend(execute());
+        msg.extend(sync());
+        b.send(&msg);
+        let msgs = b.until_ready();
+        assert_eq!(tags(&msgs), "2DCZ", "{msgs:?}");
+        assert_eq!(msgs[1].first_value().as_deref(), Some("kept"));
+    })
+    .await
+    .unwrap();
+    proxy.shutdown().await;
+}

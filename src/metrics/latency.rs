@@ -92,20 +92,17 @@ pub struct LatencyVec {
 struct Family {
     desc: Desc,
     bounds: &'static [u64],
-    labels: Vec<String>,
     children: Mutex<Vec<(Vec<String>, Arc<Latency>)>>,
 }
 
 impl LatencyVec {
     pub fn new(name: &str, help: &str, labels: &[&str], bounds: &'static [u64]) -> LatencyVec {
         let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-        let desc =
-            Desc::new(name.into(), help.into(), labels.clone(), Default::default()).expect("valid metric");
+        let desc = Desc::new(name.into(), help.into(), labels, Default::default()).expect("valid metric");
         LatencyVec {
             inner: Arc::new(Family {
                 desc,
                 bounds,
-                labels,
                 children: Mutex::new(Vec::new()),
             }),
         }
@@ -114,7 +111,11 @@ impl LatencyVec {
     /// The histogram of these label values (made on first use; resolved once per pool or role,
     /// never per request).
     pub fn with_label_values(&self, values: &[&str]) -> Arc<Latency> {
-        assert_eq!(values.len(), self.inner.labels.len(), "one value per label");
+        assert_eq!(
+            values.len(),
+            self.inner.desc.variable_labels.len(),
+            "one value per label"
+        );
         let mut children = self.inner.children.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, child)) = children.iter().find(|(v, _)| v.iter().eq(values.iter())) {
             return child.clone();
@@ -137,7 +138,8 @@ impl Collector for LatencyVec {
             .map(|(values, child)| {
                 let mut labels: Vec<proto::LabelPair> = self
                     .inner
-                    .labels
+                    .desc
+                    .variable_labels
                     .iter()
                     .zip(values)
                     .map(|(name, value)| {

@@ -158,7 +158,7 @@ impl Words {
     ///
     /// Eight bytes at a time (this runs on every request): a bit mask of the ASCII letters in
     /// the chunk, the letters not preceded by one (word starts), and a closer look only at
-    /// those starts whose first letter begins some trigger word.
+    /// those starts whose first two letters begin some trigger word (`SECOND_LETTERS`).
     pub fn scan(sql: &[u8]) -> Words {
         let mut found = 0u32;
         // The last byte of the previous chunk was a letter (as the chunk's top bit).

@@ -105,7 +105,7 @@ impl BatchCopy {
 
     /// Fresh again: keeps the buffer (when not oversized).
     #[inline]
-    pub fn empty(&mut self) {
+    pub fn clear(&mut self) {
         self.off();
         let frames = std::mem::take(&mut self.frames);
         *self = BatchCopy {

@@ -183,7 +183,7 @@ fn forget_deallocated(ctx: &mut RewriteContext<'_>, name: &str, stmt: &Arc<State
 
 /// `DEALLOCATE ALL` anywhere: the client's names and the backend's statements go (the ones the
 /// backend may keep, if the statement does not run, are closed before being prepared again).
-fn deallocate_all(ctx: &mut RewriteContext<'_>) {
+pub(super) fn deallocate_all(ctx: &mut RewriteContext<'_>) {
     super::discard_client_statements(ctx.client);
     let ids: Vec<u64> = ctx.backend.prepared.keys().copied().collect();
     ctx.backend.uncertain.extend(ids);

@@ -20,8 +20,13 @@ pub struct RewriteContext<'a> {
     pub words: Option<crate::client::features::keywords::Words>,
 }
 
+/// A made-up answer with an empty body (ParseComplete, CloseComplete): static, no allocation.
 fn simple(tag: u8) -> Bytes {
-    Bytes::from(vec![tag, 0, 0, 0, 4])
+    match tag {
+        b'1' => Bytes::from_static(b"1\0\0\0\x04"),
+        b'3' => Bytes::from_static(b"3\0\0\0\x04"),
+        _ => Bytes::from(vec![tag, 0, 0, 0, 4]),
+    }
 }
 
 /// Handles one whole client frame in transaction mode: forwards it (renamed where needed) to
@@ -76,8 +81,9 @@ pub fn client_frame(
         }
         tag::SYNC | tag::QUERY | tag::FUNCTION_CALL => {
             if tag == tag::QUERY && clears_statements(body, ctx.words) {
-                discard_client_statements(ctx.client);
-                ctx.backend.clear();
+                // The backend's ids stay "uncertain", not gone: PostgreSQL may refuse the
+                // command (in a transaction block, 25001) and keep them.
+                guard::deallocate_all(ctx);
             }
             match (tag == tag::QUERY)
                 .then(|| guard::query(frame, ctx, pipe, to_server))

@@ -121,7 +121,7 @@ impl Exchange {
         *pinned = false;
         *sql_prepared_may_have_changed = false;
         *notify_as = 0;
-        batch.empty();
+        batch.clear();
         database_ddl_ahead.clear();
         *database_ddl_freed = false;
         let Stats {

@@ -208,11 +208,12 @@ pub(super) fn server_frame(
     if let Some(rw) = rewrite {
         let disposition = statements::server_message(frame, rw.pipe, rw.client, backend_statements);
         swallow |= disposition == Disposition::Swallow;
-        if swallow || rw.pipe.has_made_at_head() {
+        let made = rw.pipe.has_made_at_head();
+        if swallow || made {
             let end = if swallow { pos } else { pos + total };
             to_client.extend_from_slice(&buf[*copied..end]);
             *copied = pos + total;
-            if rw.pipe.has_made_at_head() {
+            if made {
                 features.batch.mark_answered();
             }
             statements::deliver_made(rw.pipe, rw.client, to_client);
