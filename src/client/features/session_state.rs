@@ -183,7 +183,7 @@ impl Iterator for Statements<'_> {
                     flush(&mut word, &mut words);
                     let (ident, end) = quoted_identifier(self.rest, i);
                     if words.len() < WORDS_PER_STATEMENT {
-                        words.push(ident);
+                        words.push(ident.replace("\"\"", "\""));
                     }
                     i = end;
                     continue;
@@ -216,8 +216,9 @@ impl Iterator for Statements<'_> {
 }
 
 /// The quoted identifier starting at `i` (its case kept: GUC names are case-insensitive
-/// anyway), and where it ends.
-fn quoted_identifier(text: &str, i: usize) -> (String, usize) {
+/// anyway; doubled quotes still doubled, so nothing is allocated for a word that is not kept),
+/// and where it ends.
+fn quoted_identifier(text: &str, i: usize) -> (&str, usize) {
     let bytes = text.as_bytes();
     let end = skip_quoted(bytes, i, b'"');
     // An unterminated identifier runs to the end of the text (and `end - 1` could then split a
@@ -227,7 +228,7 @@ fn quoted_identifier(text: &str, i: usize) -> (String, usize) {
     } else {
         end
     };
-    (text[i + 1..close].replace("\"\"", "\""), end)
+    (&text[i + 1..close], end)
 }
 
 fn skip_block_comment(bytes: &[u8], mut i: usize) -> usize {

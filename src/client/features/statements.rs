@@ -248,7 +248,7 @@ mod without_backend;
 pub use guard::fuzz_statement_refs;
 pub(crate) use refs::statement_tokens;
 pub use rewrite::{client_frame, RewriteContext};
-pub(crate) use rewrite::{discard_client_statements, ensure_prepared};
+use rewrite::{discard_client_statements, ensure_prepared};
 pub use store::{BackendStatements, ClientStatements, Statement, StatementCache};
 pub use without_backend::answer_without_backend;
 

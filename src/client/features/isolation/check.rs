@@ -82,15 +82,14 @@ impl Session {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let backend = self.checkout.attached();
-        let outcome = backend.run_simple_rows(&sql).await;
-        if refresh && !matches!(&outcome, Ok(o) if o.error.is_none()) {
-            // The hazards were not read: the refresh is free to be claimed again.
-            self.hazard_slot.release();
-        }
-        let outcome = match outcome {
+        let outcome = match backend.run_simple_rows(&sql).await {
             Ok(o) if o.error.is_none() => o,
-            Ok(o) => {
-                let e = o.parsed_error().unwrap_or_default();
+            failed => {
+                if refresh {
+                    // The hazards were not read: the refresh is free to be claimed again.
+                    self.hazard_slot.release();
+                }
+                let e = failed?.parsed_error().unwrap_or_default();
                 // Not knowing what the session carries, the backend cannot be shared.
                 backend.set_state(crate::backend::BackendState::Broken);
                 return Err(BackendError::Server {
@@ -100,7 +99,6 @@ impl Session {
                     fatal: false,
                 });
             }
-            Err(e) => return Err(e),
         };
         Ok(self.adopt_checked(outcome.rows, reset, refresh))
     }

@@ -236,13 +236,7 @@ fn parse(
             SqlState::new("42P05"),
             format!("prepared statement \"{name}\" already exists"),
         );
-        pipe.queue.push_back(Expect::Made(Made {
-            frame: error.to_bytes(),
-            drop_name: None,
-            is_error: true,
-        }));
-        pipe.skipping = true;
-        return;
+        return guard::refuse(error, pipe);
     }
     let stmt = ctx.cache.intern(definition);
     ctx.client.by_name.insert(name.to_string(), stmt.clone());
@@ -305,10 +299,7 @@ pub(crate) fn ensure_prepared(
 /// statements back.
 fn close_excess(ctx: &mut RewriteContext<'_>, pipe: &mut Pipeline, to_server: &mut BytesMut) {
     while let Some(old) = ctx.backend.take_excess(ctx.capacity) {
-        let s = begin(to_server, tag::CLOSE);
-        to_server.put_u8(b'S');
-        put_cstr(to_server, &old.backend_name);
-        finish(to_server, s);
+        guard::write_close(to_server, &old.backend_name);
         pipe.queue
             .push_back(Expect::Injected(Request::Close { evicted: Some(old) }));
     }

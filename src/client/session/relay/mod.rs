@@ -3,7 +3,7 @@
 //! One future drives both sockets in both directions (like `copy_bidirectional`), so a slow
 //! reader on one side never blocks the other direction, and each side's pending output is written
 //! with one syscall for all the frames that are ready. Frames pass as raw bytes: only headers are
-//! read, plus the bodies of ReadyForQuery, ParameterStatus and ErrorResponse from the server.
+//! read, plus the few server bodies the session must know (`server_side.rs` lists them).
 //! Rows and COPY data of any size stream through with bounded buffers. All state lives in the
 //! structs passed in, so the future can be dropped (by `select!`) at any point without loss.
 
