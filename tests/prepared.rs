@@ -19,6 +19,14 @@ fn tags(msgs: &[Msg]) -> String {
     msgs.iter().map(|m| m.tag as char).collect()
 }
 
+/// Parse + Sync of statement `name`, answered ParseComplete, ReadyForQuery.
+fn prepare_named(c: &mut RawClient, name: &str, sql: &str) {
+    let mut msg = parse(name, sql);
+    msg.extend(sync());
+    c.send(&msg);
+    assert_eq!(tags(&c.until_ready()), "1Z");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_postgres_prepared_statements_across_many_transactions_and_backends() {
     let proxy = proxy(3).await;
@@ -61,10 +69,7 @@ async fn describe_before_bind_unknown_names_and_reuse_after_close() {
         let (mut a, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         let (mut b, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         // a prepares in one transaction…
-        let mut msg = parse("st", "SELECT $1::int * 2");
-        msg.extend(sync());
-        a.send(&msg);
-        assert_eq!(tags(&a.until_ready()), "1Z");
+        prepare_named(&mut a, "st", "SELECT $1::int * 2");
         // …b keeps a backend busy in a transaction, so a's next one may land elsewhere.
         b.send(&common::wire::query("BEGIN"));
         b.until_ready();
@@ -324,10 +329,7 @@ async fn a_schema_change_under_a_prepared_statement_is_retried_transparently() {
     let raw = |addr| {
         let (mut c, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         // The same text as tokio-postgres's: one statement on the backend for both clients.
-        let mut msg = parse("ps", select);
-        msg.extend(sync());
-        c.send(&msg);
-        assert_eq!(tags(&c.until_ready()), "1Z");
+        prepare_named(&mut c, "ps", select);
         c.send(&execute_described("ps"));
         let msgs = c.until_ready();
         assert_eq!(tags(&msgs), "2TDDCZ");
@@ -486,10 +488,7 @@ async fn a_refused_discard_all_does_not_leave_the_backends_statements_unaccounte
         let (mut a, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         let (mut b, _) = RawClient::login(addr, APP_USER, APP_PASSWORD, APP_DB);
         // b's statement, on the pool's one backend.
-        let mut msg = parse("s1", "SELECT 'kept'");
-        msg.extend(sync());
-        b.send(&msg);
-        assert_eq!(tags(&b.until_ready()), "1Z");
+        prepare_named(&mut b, "s1", "SELECT 'kept'");
         // a's DISCARD ALL on that backend, refused.
         a.send(&common::wire::query("BEGIN"));
         a.until_ready();

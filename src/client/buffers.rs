@@ -27,6 +27,15 @@ pub(crate) fn take() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(FIRST_BUFFER))
 }
 
+/// An empty buffer with room for `len` bytes: a spare when that fits in one (growing a spare
+/// would free it rather than keep it), else one of exactly that size.
+pub(crate) fn take_for(len: usize) -> BytesMut {
+    match len <= FIRST_BUFFER {
+        true => take(),
+        false => BytesMut::with_capacity(len),
+    }
+}
+
 /// Gives a buffer back (its contents are dropped); only the first buffer size is kept.
 pub(crate) fn give(mut buf: BytesMut) {
     if buf.capacity() == 0 {

@@ -25,9 +25,7 @@ impl Pool {
         let expired = self
             .lock()
             .expire(Instant::now(), settings.idle_timeout, settings.lifetime);
-        for conn in expired {
-            tokio::spawn(conn.terminate());
-        }
+        close_all(expired);
         if self.hold.is_held() {
             return;
         }
@@ -79,9 +77,7 @@ impl Pool {
         }
         let first = std::cell::Cell::new(true);
         let one = self.lock().drain_idle_where(|_| first.replace(false));
-        for conn in one {
-            tokio::spawn(conn.terminate());
-        }
+        close_all(one);
     }
 
     /// Closes idle connections opened before the last RECONNECT or KILL.
@@ -89,9 +85,7 @@ impl Pool {
         let stale = self
             .lock()
             .drain_idle_where(|c: &Server| c.ticket.as_ref().is_some_and(|t| t.entry().close_needed()));
-        for conn in stale {
-            tokio::spawn(conn.terminate());
-        }
+        close_all(stale);
     }
 
     /// The node's role changed (promoted, demoted, fenced) or it went down under a client: every
@@ -99,9 +93,7 @@ impl Pool {
     /// mid-transaction).
     pub fn retire_connections(&self) {
         let idle = self.lock().retire_open(Instant::now());
-        for conn in idle {
-            tokio::spawn(conn.terminate());
-        }
+        close_all(idle);
     }
 
     /// Holds the pool for a statement that needs its database to itself: no connection opens
@@ -116,9 +108,14 @@ impl Pool {
     pub fn close_idle(&self) -> usize {
         let idle = self.lock().drain_idle();
         let count = idle.len();
-        for conn in idle {
-            tokio::spawn(conn.terminate());
-        }
+        close_all(idle);
         count
+    }
+}
+
+/// Closes connections already taken out of the pool's count, each in its own task.
+fn close_all(conns: Vec<Server>) {
+    for conn in conns {
+        tokio::spawn(conn.terminate());
     }
 }

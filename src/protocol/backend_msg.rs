@@ -3,6 +3,11 @@
 
 use bytes::{BufMut, BytesMut};
 
+/// ParseComplete: a whole message (its body is empty).
+pub const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
+/// CloseComplete: a whole message (its body is empty).
+pub const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
+
 /// Starts a tagged message in `out`; returns the offset to pass to [`finish`].
 #[inline]
 pub fn begin(out: &mut BytesMut, tag: u8) -> usize {

@@ -214,8 +214,8 @@ pub(super) fn write_close(to_server: &mut BytesMut, name: &str) {
     finish(to_server, s);
 }
 
-/// Queues a made-up error for a refused Parse (the guard's, or 42P05); the client's messages up to Sync are
-/// skipped, as PostgreSQL skips them after an error.
+/// Queues a made-up error for a refused Parse (the guard's, or 42P05); the client's messages up
+/// to Sync are skipped, as PostgreSQL skips them after an error.
 pub(super) fn refuse(error: ErrorFields, pipe: &mut Pipeline) {
     pipe.queue.push_back(Expect::Made(Made {
         frame: error.to_bytes(),

@@ -5,7 +5,7 @@ use super::{
     deliver_made, guard, BackendStatements, ClientStatements, Expect, Made, Pipeline, Request, Statement,
     StatementCache,
 };
-use crate::protocol::backend_msg::{begin, finish, put_cstr, read_cstr};
+use crate::protocol::backend_msg::{begin, finish, put_cstr, read_cstr, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::{tag, ErrorFields, SqlState};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -18,15 +18,6 @@ pub struct RewriteContext<'a> {
     pub capacity: usize,
     /// Trigger words of this frame's SQL text, when the caller scanned it already.
     pub words: Option<crate::client::features::keywords::Words>,
-}
-
-/// A made-up answer with an empty body (ParseComplete, CloseComplete): static, no allocation.
-fn simple(tag: u8) -> Bytes {
-    match tag {
-        b'1' => Bytes::from_static(b"1\0\0\0\x04"),
-        b'3' => Bytes::from_static(b"3\0\0\0\x04"),
-        _ => Bytes::from(vec![tag, 0, 0, 0, 4]),
-    }
 }
 
 /// Handles one whole client frame in transaction mode: forwards it (renamed where needed) to
@@ -64,7 +55,7 @@ pub fn client_frame(
                 // The backend's copy stays for other clients; closing an unknown name is not an
                 // error in PostgreSQL either.
                 pipe.queue.push_back(Expect::Made(Made {
-                    frame: simple(b'3'),
+                    frame: Bytes::from_static(&CLOSE_COMPLETE),
                     drop_name: Some(name.to_string()),
                     is_error: false,
                 }));
@@ -242,7 +233,7 @@ fn parse(
     ctx.client.by_name.insert(name.to_string(), stmt.clone());
     if ctx.backend.has(stmt.id) {
         pipe.queue.push_back(Expect::Made(Made {
-            frame: simple(b'1'),
+            frame: Bytes::from_static(&PARSE_COMPLETE),
             drop_name: None,
             is_error: false,
         }));

@@ -37,7 +37,7 @@ pub fn answer_without_backend(
         match rest[0] {
             tag::PARSE => {
                 registrations.push(known_parse(body, cache, client, &registrations, &closes)?);
-                reply.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+                reply.extend_from_slice(&crate::protocol::backend_msg::PARSE_COMPLETE);
                 parses += 1;
             }
             tag::DESCRIBE if body.first() == Some(&b'S') => {
@@ -66,7 +66,7 @@ pub fn answer_without_backend(
                     Some(i) => drop(registrations.remove(i)),
                     None => closes.push(name.to_string()),
                 }
-                reply.extend_from_slice(&[b'3', 0, 0, 0, 4]);
+                reply.extend_from_slice(&crate::protocol::backend_msg::CLOSE_COMPLETE);
             }
             tag::SYNC | tag::FLUSH => {
                 pos += 1 + len;

@@ -106,13 +106,8 @@ fn prepare(backend: &mut BackendConn, client: &mut ClientConn, ex: &Exchange) ->
         crate::notify::rewrite_own_pids(&mut backend.rbuf, start, backend.key.pid, pid);
     }
     if client.wbuf.capacity() == 0 {
-        // A spare first buffer when the answer so far fits in one (growing a spare would
-        // free it rather than keep it); answers that need more grow it.
-        let needed = backend.rbuf.len();
-        client.wbuf = match needed <= crate::client::conn::FIRST_BUFFER {
-            true => crate::client::buffers::take(),
-            false => bytes::BytesMut::with_capacity(needed),
-        };
+        // Room for what is already read; answers that need more grow it.
+        client.wbuf = crate::client::buffers::take_for(backend.rbuf.len());
     }
     own_pids
 }
